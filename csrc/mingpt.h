@@ -1,0 +1,161 @@
+/*
+ * mingpt.h — the whole C API of mingpt-c.
+ *
+ * cffi reads this file as it is (preprocessor lines are skipped), so below the
+ * include guard there are no macros: constants are enums.
+ *
+ * Conventions (see STYLE.md):
+ *   - every function returns mg_status and validates its arguments before any
+ *     work; mg_last_error() returns the message of the last failure (per thread);
+ *   - buffers are contiguous, row-major float32 (int32 for token ids);
+ *   - forward: outputs, saved-for-backward, inputs, weights, sizes, flags;
+ *   - backward: gradient outputs, scratch, upstream gradient, saved tensors,
+ *     sizes, flags; backward ADDS into every gradient output (caller zeroes);
+ *   - kernels never allocate; parallel loops write disjoint outputs, so a
+ *     given thread count fixes every bit of every result.
+ * Size letters: B batch, T time, C channels, NH heads, hs = C/NH, V vocab,
+ * OC output channels, N = B*T rows.
+ */
+#ifndef MINGPT_H
+#define MINGPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    MG_OK = 0,
+    MG_ERR_SHAPE = 1,    /* sizes that do not fit together */
+    MG_ERR_VALUE = 2,    /* a bad scalar argument (negative size, NaN lr...) */
+    MG_ERR_INDEX = 3,    /* a token id or target out of range */
+    MG_ERR_NOMEM = 4,    /* an allocation failed (helpers that allocate) */
+    MG_ERR_NULL = 5,     /* a required pointer is NULL */
+    MG_ERR_CUDA = 6,     /* a CUDA runtime or cuBLAS error */
+    MG_ERR_NO_CUDA = 7   /* this build has no CUDA path */
+} mg_status;
+
+typedef enum {
+    MG_IGNORE_INDEX = -100  /* default ignore index of the cross-entropy */
+} mg_constants;
+
+/* ---------------------------------------------------------------- runtime */
+const char* mg_last_error(void);
+const char* mg_version(void);
+const char* mg_compiler(void);
+const char* mg_simd(void);          /* "avx2+fma" or "portable" */
+int mg_has_openmp(void);
+int mg_has_cuda(void);
+int mg_get_num_threads(void);
+mg_status mg_set_num_threads(int n);
+
+/* ---------------------------------------------------------------- matmul */
+/* General single-precision GEMM, row-major:
+ *   Cm (M,N) = beta * Cm + A' @ B'   where A' = A (M,K) or A^T with A (K,M),
+ *                                           B' = B (K,N) or B^T with B (N,K).
+ * lda/ldb/ldc are row strides in elements. beta is 0 or 1 (overwrite or add).
+ * Deterministic: every output element is summed over K in one fixed order. */
+mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
+                   const float* A, int lda, const float* B, int ldb,
+                   float beta, float* Cm, int ldc);
+
+/* Linear layer, PyTorch layout: out (N,OC) = inp (N,C) @ weight^T + bias,
+ * weight (OC,C), bias (OC) or NULL. */
+mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
+                            const float* bias, int N, int C, int OC);
+/* dinp (N,C) += dout @ weight; dweight (OC,C) += dout^T @ inp;
+ * dbias (OC) += sum over rows of dout. dinp, dweight or dbias may be NULL. */
+mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
+                             const float* dout, const float* inp,
+                             const float* weight, int N, int C, int OC);
+
+/* ---------------------------------------------------------------- embedding */
+/* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0,V); T <= maxT. */
+mg_status mg_embedding_forward(float* out, const int32_t* tokens,
+                               const float* wte, const float* wpe,
+                               int B, int T, int C, int V, int maxT);
+/* dwte (V,C) += scatter of dout by token; dwpe (maxT,C) += sum over batch. */
+mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                const int32_t* tokens,
+                                int B, int T, int C, int V, int maxT);
+
+/* ---------------------------------------------------------------- layernorm */
+/* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved.
+ * eps = 1e-5 unless given by mg_layernorm_forward_eps. */
+mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
+                               const float* inp, const float* weight,
+                               const float* bias, int N, int C, float eps);
+mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
+                                const float* dout, const float* inp,
+                                const float* weight, const float* mean,
+                                const float* rstd, int N, int C);
+
+/* ---------------------------------------------------------------- attention */
+/* Multi-head self-attention on packed qkv (B,T,3C) = [q | k | v], head h uses
+ * channels h*hs..(h+1)*hs of each. att (B,NH,T,T) saves the softmax
+ * probabilities; out (B,T,C). causal: key s is visible to query t iff s <= t.
+ * key_mask (B,T) int32 or NULL: 0 marks a padded key (never attended).
+ * A query that sees no key gets a zero output. */
+mg_status mg_attention_forward(float* out, float* att, const float* qkv,
+                               const int32_t* key_mask,
+                               int B, int T, int C, int NH, int causal);
+/* dqkv (B,T,3C) += gradient; scratch (B,NH,T,T) is overwritten. */
+mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
+                                const float* qkv, const float* att,
+                                int B, int T, int C, int NH, int causal);
+/* One decoding step with a KV cache: qkv (B,Tn,3C) holds Tn new positions
+ * starting at position pos; their k and v are written into kcache, vcache
+ * (B,NH,maxT,hs) at pos..pos+Tn-1, then out (B,Tn,C) is causal attention of
+ * each new query over cache positions 0..its own. scratch (B,NH,maxT). */
+mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
+                              float* scratch, const float* qkv,
+                              int B, int Tn, int pos, int maxT, int C, int NH);
+
+/* ---------------------------------------------------------------- mlp */
+/* GELU, tanh approximation (GPT-2):
+ * out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). out may equal inp. */
+mg_status mg_gelu_forward(float* out, const float* inp, size_t N);
+mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout,
+                           size_t N);
+
+/* ---------------------------------------------------------------- residual */
+/* out = inp1 + inp2; backward: dinp1 += dout, dinp2 += dout. */
+mg_status mg_residual_forward(float* out, const float* inp1, const float* inp2,
+                              size_t N);
+mg_status mg_residual_backward(float* dinp1, float* dinp2, const float* dout,
+                               size_t N);
+
+/* ---------------------------------------------------------------- dropout */
+/* out = inp * keep / (1 - p), keep drawn from a counter-based hash of
+ * (seed, index): the same seed gives the same mask at any thread count.
+ * mask (N) uint8 saved for backward. p in [0, 1). */
+mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
+                             size_t N, float p, uint64_t seed);
+mg_status mg_dropout_backward(float* dinp, const float* dout,
+                              const uint8_t* mask, size_t N, float p);
+
+/* ---------------------------------------------------------------- loss */
+/* Softmax cross-entropy per row: losses (N) = -log softmax(logits)[target];
+ * probs (N,V) saved (may equal logits: computed in place). Rows whose target
+ * is ignore_index get loss 0 and are skipped by the backward. */
+mg_status mg_crossentropy_forward(float* losses, float* probs,
+                                  const float* logits, const int32_t* targets,
+                                  int N, int V, int ignore_index);
+/* dlogits (N,V) += dlosses[i] * (probs[i] - onehot(target[i])).
+ * dlogits may equal probs (then it is overwritten, not added to). */
+mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
+                                   const float* probs, const int32_t* targets,
+                                   int N, int V, int ignore_index);
+
+/* ---------------------------------------------------------------- adamw */
+/* Global L2 norm of grads (n), accumulated in double in a fixed order. */
+mg_status mg_global_norm(float* norm, const float* grads, size_t n);
+/* AdamW step t (1-based), decoupled weight decay, bias correction:
+ *   g = grads * grad_scale            (grad_scale: clipping factor)
+ *   m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g^2
+ *   p -= lr * ( m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * decay[i] * p )
+ * decay_mask (n) uint8 or NULL (NULL: decay every parameter). */
+mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
+                          const uint8_t* decay_mask, size_t n, float lr,
+                          float beta1, float beta2, float eps,
+                          float weight_decay, float grad_scale, int t);
+
+#endif /* MINGPT_H */

@@ -1,0 +1,50 @@
+"""Shared test helpers: seeded inputs, float32 casting, closeness checks,
+and the location of the shared data sets."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Offline GPT-2 BPE files for tiktoken (see shared/data/README.md).
+if (DATA / "tiktoken-cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tiktoken-cache"))
+
+SANITIZE = os.environ.get("MINGPT_SANITIZE") == "1"
+
+
+def f32(*arrays):
+    out = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+    return out[0] if len(out) == 1 else out
+
+
+def assert_close(got, want, rtol=1e-5, atol=1e-6, what=""):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what} shape {got.shape} != {want.shape}"
+    err = np.abs(got - want)
+    tol = atol + rtol * np.abs(want)
+    worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
+    assert np.all(err <= tol), (
+        f"{what} mismatch: max abs err {err.max():.3g} at {worst}: "
+        f"got {got[worst]!r}, want {want[worst]!r}")
+
+
+def data_file(rel: str) -> Path:
+    p = DATA / rel
+    if not p.exists():
+        pytest.skip(f"shared data set {rel} not found at {p}")
+    return p
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,100 @@
+"""The float64 references against central finite differences.
+
+Each reference backward must return the gradient of the probe loss
+sum(forward(x) * dout). We perturb every input entry by +-eps (float64,
+eps = 1e-6) and compare.
+"""
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import assert_close
+
+
+def numgrad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def check(f, x, analytic):
+    assert_close(analytic, numgrad(f, x), rtol=1e-6, atol=1e-7)
+
+
+def test_matmul(rng):
+    x, w, b = rng.normal(size=(3, 5)), rng.normal(size=(4, 5)), rng.normal(size=4)
+    dout = rng.normal(size=(3, 4))
+    probe = lambda: (ref.matmul_forward(x, w, b) * dout).sum()
+    dx, dw, db = ref.matmul_backward(dout, x, w)
+    check(probe, x, dx), check(probe, w, dw), check(probe, b, db)
+
+
+def test_embedding(rng):
+    V, maxT, C = 7, 6, 3
+    tokens = rng.integers(0, V, size=(2, 4))
+    wte, wpe = rng.normal(size=(V, C)), rng.normal(size=(maxT, C))
+    dout = rng.normal(size=(2, 4, C))
+    probe = lambda: (ref.embedding_forward(tokens, wte, wpe) * dout).sum()
+    dwte, dwpe = ref.embedding_backward(dout, tokens, V, maxT)
+    check(probe, wte, dwte), check(probe, wpe, dwpe)
+
+
+def test_layernorm(rng):
+    x, w, b = rng.normal(size=(2, 3, 6)) * 2 + 1, rng.normal(size=6), rng.normal(size=6)
+    dout = rng.normal(size=x.shape)
+    probe = lambda: (ref.layernorm_forward(x, w, b)[0] * dout).sum()
+    dx, dw, db = ref.layernorm_backward(dout, x, w)
+    check(probe, x, dx), check(probe, w, dw), check(probe, b, db)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention(rng, causal, masked):
+    B, T, C, NH = 2, 5, 8, 2
+    qkv = rng.normal(size=(B, T, 3 * C))
+    mask = None
+    if masked:
+        mask = np.ones((B, T), np.int32)
+        mask[0, 3:] = 0
+        mask[1, 0] = 0
+    dout = rng.normal(size=(B, T, C))
+    probe = lambda: (ref.attention_forward(qkv, NH, causal, mask)[0] * dout).sum()
+    check(probe, qkv, ref.attention_backward(dout, qkv, NH, causal, mask))
+
+
+def test_gelu(rng):
+    x = rng.normal(size=(4, 9)) * 3
+    dout = rng.normal(size=x.shape)
+    check(lambda: (ref.gelu_forward(x) * dout).sum(), x, ref.gelu_backward(dout, x))
+
+
+def test_residual(rng):
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    dout = rng.normal(size=a.shape)
+    probe = lambda: (ref.residual_forward(a, b) * dout).sum()
+    da, db = ref.residual_backward(dout)
+    check(probe, a, da), check(probe, b, db)
+
+
+def test_crossentropy(rng):
+    logits = rng.normal(size=(5, 7)) * 2
+    targets = np.array([0, 6, -100, 3, 3])
+    dl = rng.normal(size=5)
+    probe = lambda: (ref.crossentropy_forward(logits, targets)[0] * dl).sum()
+    check(probe, logits, ref.crossentropy_backward(dl, logits, targets))
+    losses, _ = ref.crossentropy_forward(logits, targets)
+    assert losses[2] == 0.0
+
+
+def test_global_norm(rng):
+    g = rng.normal(size=100)
+    assert ref.global_norm(g) == pytest.approx(np.linalg.norm(g), rel=1e-12)
