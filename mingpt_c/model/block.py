@@ -1,0 +1,118 @@
+"""The transformer block: the only place the layer order is written.
+
+Pre-layernorm block (GPT-2):
+    x1 = x  + drop(proj(attn(ln_1(x))))
+    x2 = x1 + drop(mlp_proj(gelu(fc(ln_2(x1)))))
+The GPT, the encoder and the ViT all run this block; they differ in the
+`causal` flag, the key padding mask, the embedding and the head.
+
+Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
+training step allocates nothing in the hot path. Backward ADDS into the
+gradient views it is handed, like every kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+
+F32 = np.float32
+
+
+class BlockActs:
+    """Saved activations of one block for one (B, T)."""
+
+    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float):
+        e = lambda *s: np.empty(s, F32)
+        self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
+        self.qkv = e(B, T, 3 * C)
+        self.atty = e(B, T, C)
+        self.att = e(B, NH, T, T)
+        self.attproj = e(B, T, C)
+        self.res1 = e(B, T, C)
+        self.ln2, self.ln2_mean, self.ln2_rstd = e(B, T, C), e(B, T), e(B, T)
+        self.fch = e(B, T, 4 * C)
+        self.fch_gelu = e(B, T, 4 * C)
+        self.fcproj = e(B, T, C)
+        self.out = e(B, T, C)
+        self.drop1 = self.drop2 = None
+        if dropout > 0:
+            self.drop1, self.drop2 = np.empty((B, T, C), np.uint8), np.empty((B, T, C), np.uint8)
+            self.attproj_d, self.fcproj_d = e(B, T, C), e(B, T, C)
+
+
+class BlockGrads:
+    """Scratch gradients for one block's backward, shared by all layers."""
+
+    def __init__(self, B: int, T: int, C: int, NH: int):
+        z = lambda *s: np.zeros(s, F32)
+        self.dres1 = z(B, T, C)
+        self.dln = z(B, T, C)
+        self.dfch = z(B, T, 4 * C)
+        self.dfch_gelu = z(B, T, 4 * C)
+        self.dbranch = z(B, T, C)
+        self.datty = z(B, T, C)
+        self.dqkv = z(B, T, 3 * C)
+        self.scratch = np.empty((B, NH, T, T), F32)
+
+
+def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
+                  causal: bool = True, key_mask=None, dropout: float = 0.0, seed: int = 0):
+    """x (B, T, C) -> a.out (B, T, C); p maps short names (ln_1.weight...) to views."""
+    ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
+    ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
+    ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
+    ops.matmul_forward(a.atty, p["attn.c_proj.weight"], p["attn.c_proj.bias"], a.attproj)
+    branch = a.attproj
+    if dropout > 0:
+        branch, _ = ops.dropout_forward(a.attproj, dropout, seed, a.attproj_d, a.drop1)
+    ops.residual_forward(x, branch, a.res1)
+    ops.layernorm_forward(a.res1, p["ln_2.weight"], p["ln_2.bias"], eps, a.ln2, a.ln2_mean, a.ln2_rstd)
+    ops.matmul_forward(a.ln2, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], a.fch)           # (B, T, 4C)
+    ops.gelu_forward(a.fch, a.fch_gelu)
+    ops.matmul_forward(a.fch_gelu, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], a.fcproj)
+    branch = a.fcproj
+    if dropout > 0:
+        branch, _ = ops.dropout_forward(a.fcproj, dropout, seed + 1, a.fcproj_d, a.drop2)
+    ops.residual_forward(a.res1, branch, a.out)
+    return a.out
+
+
+def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray, p: dict,
+                   g: dict, s: BlockGrads, n_head: int, causal: bool = True,
+                   dropout: float = 0.0):
+    """dout = dL/d(block output) -> dx (written, not added); parameter
+    gradients are added into the views in g."""
+    # out = res1 + drop(fcproj)
+    np.copyto(s.dres1, dout)
+    dfcproj = dout
+    if dropout > 0:
+        s.dbranch.fill(0)
+        dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch)
+    s.dfch_gelu.fill(0)
+    ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
+                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
+    s.dfch.fill(0)
+    ops.gelu_backward(s.dfch_gelu, a.fch, s.dfch)
+    s.dln.fill(0)
+    ops.matmul_backward(s.dfch, a.ln2, p["mlp.c_fc.weight"], s.dln,
+                        g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
+    ops.layernorm_backward(s.dln, a.res1, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
+                           s.dres1, g["ln_2.weight"], g["ln_2.bias"])
+    # res1 = x + drop(attproj)
+    np.copyto(dx, s.dres1)
+    dattproj = s.dres1
+    if dropout > 0:
+        s.dbranch.fill(0)
+        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
+    s.datty.fill(0)
+    ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
+                        g["attn.c_proj.weight"], g["attn.c_proj.bias"])
+    s.dqkv.fill(0)
+    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
+    s.dln.fill(0)
+    ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
+                        g["attn.c_attn.weight"], g["attn.c_attn.bias"])
+    ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
+                           dx, g["ln_1.weight"], g["ln_1.bias"])
+    return dx

@@ -1,0 +1,152 @@
+"""GPT (decoder-only) on the C core: embeddings, n blocks, final layernorm,
+a tied language-model head, softmax cross-entropy.
+
+    x = wte[tokens] + wpe[:T]                 (B, T, C)
+    x = block_i(x)  for i in 0..n_layer-1     causal
+    logits = ln_f(x) @ wte^T                  (B, T, V)
+    loss = mean cross-entropy over targets != ignore_index
+
+Parameters, gradients and AdamW moments are flat buffers sharing one Layout.
+Buffers for activations are allocated once per (B, T) and reused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..errors import ShapeError
+from .block import BlockActs, BlockGrads, block_backward, block_forward
+from .config import GPTConfig
+from .params import Layout, gpt_slots
+
+F32 = np.float32
+IGNORE = ops.IGNORE_INDEX
+
+
+class _Acts:
+    def __init__(self, cfg: GPTConfig, B: int, T: int, with_grads: bool):
+        C, V = cfg.n_embd, cfg.vocab_size
+        self.B, self.T = B, T
+        self.emb = np.empty((B, T, C), F32)
+        self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
+        self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
+        self.blocks = [BlockActs(B, T, C, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer)]
+        self.lnf, self.lnf_mean, self.lnf_rstd = (np.empty((B, T, C), F32), np.empty((B, T), F32),
+                                                  np.empty((B, T), F32))
+        self.logits = np.empty((B, T, V), F32)   # becomes probs, then dlogits, in place
+        self.losses = np.empty((B, T), F32)
+        self.grads = BlockGrads(B, T, C, cfg.n_head) if with_grads else None
+        if with_grads:
+            self.dx = [np.empty((B, T, C), F32) for _ in range(2)]
+            self.dlnf = np.zeros((B, T, C), F32)
+            self.dlosses = np.empty((B, T), F32)
+
+
+class GPT:
+    def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0):
+        self.cfg = cfg
+        self.layout = Layout(gpt_slots(cfg))
+        if params is None:
+            params = self.layout.init(cfg, np.random.default_rng(seed))
+        if params.dtype != F32 or params.size != self.layout.size:
+            raise ShapeError(f"parameter buffer has {params.size} values, the model needs {self.layout.size}")
+        self.params = params
+        self.grads = self.layout.zeros()
+        self.p = self.layout.views(self.params)
+        self.g = self.layout.views(self.grads)
+        self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
+        self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
+        self._acts: _Acts | None = None
+        self._last = None  # (tokens, targets, n_valid, seed) of the last training forward
+
+    @staticmethod
+    def _layer_views(views: dict, i: int) -> dict:
+        pre = f"transformer.h.{i}."
+        return {k[len(pre):]: v for k, v in views.items() if k.startswith(pre)}
+
+    def num_params(self) -> int:
+        return self.layout.count()
+
+    def _buffers(self, B: int, T: int, with_grads: bool) -> _Acts:
+        a = self._acts
+        if a is None or a.B != B or a.T != T or (with_grads and a.grads is None):
+            a = self._acts = _Acts(self.cfg, B, T, with_grads)
+        return a
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, tokens: np.ndarray, targets: np.ndarray | None = None,
+                train: bool = False, seed: int = 0):
+        """tokens (B, T) int32. With targets: returns the mean loss (float)
+        and keeps what backward needs. Without: returns logits (B, T, V)
+        (a view of an internal buffer, valid until the next call)."""
+        cfg = self.cfg
+        tokens = np.ascontiguousarray(tokens, np.int32)
+        if tokens.ndim != 2:
+            raise ShapeError(f"tokens must be (B, T), got shape {tokens.shape}")
+        B, T = tokens.shape
+        if T > cfg.block_size:
+            raise ShapeError(f"sequence length {T} exceeds the model's block size {cfg.block_size}")
+        a = self._buffers(B, T, with_grads=train)
+        drop = cfg.dropout if train else 0.0
+        ops.embedding_forward(tokens, self.p["transformer.wte.weight"], self.p["transformer.wpe.weight"], a.emb)
+        x = a.emb
+        if drop > 0:
+            x, _ = ops.dropout_forward(a.emb, drop, _mix(seed, 0), a.emb_drop, a.emb_mask)
+        for i, ba in enumerate(a.blocks):
+            x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, True, None,
+                              drop, _mix(seed, 2 * i + 1))
+        ops.layernorm_forward(x, self.p["transformer.ln_f.weight"], self.p["transformer.ln_f.bias"],
+                              cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
+        ops.matmul_forward(a.lnf, self.p["transformer.wte.weight"], None, a.logits)  # (B, T, V)
+        if targets is None:
+            self._last = None
+            return a.logits
+        targets = np.ascontiguousarray(targets, np.int32)
+        if targets.shape != (B, T):
+            raise ShapeError(f"targets have shape {targets.shape}, expected {(B, T)}")
+        ops.crossentropy_forward(a.logits, targets, IGNORE, a.losses, a.logits)  # probs in place
+        n_valid = int(np.count_nonzero(targets != IGNORE))
+        loss = float(a.losses.sum(dtype=np.float64) / max(n_valid, 1))
+        self._last = (tokens, targets, n_valid, seed) if train else None
+        return loss
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self, loss_scale: float = 1.0) -> None:
+        """Adds d(loss * loss_scale)/d(params) into self.grads."""
+        if self._last is None:
+            raise RuntimeError("backward() needs a forward(tokens, targets, train=True) first")
+        cfg = self.cfg
+        tokens, targets, n_valid, seed = self._last
+        a = self._acts
+        drop = cfg.dropout
+        a.dlosses.fill(loss_scale / max(n_valid, 1))
+        dlogits = ops.crossentropy_backward(a.dlosses, a.logits, targets, IGNORE, a.logits)
+        a.dlnf.fill(0)
+        ops.matmul_backward(dlogits, a.lnf, self.p["transformer.wte.weight"], a.dlnf,
+                            self.g["transformer.wte.weight"], need_db=False)
+        dx, dnext = a.dx
+        dx.fill(0)
+        x_last = a.blocks[-1].out
+        ops.layernorm_backward(a.dlnf, x_last, self.p["transformer.ln_f.weight"], a.lnf_mean, a.lnf_rstd,
+                               dx, self.g["transformer.ln_f.weight"], self.g["transformer.ln_f.bias"])
+        for i in range(cfg.n_layer - 1, -1, -1):
+            x_in = a.blocks[i - 1].out if i > 0 else (a.emb_drop if drop > 0 else a.emb)
+            block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
+                           a.grads, cfg.n_head, True, drop)
+            dx, dnext = dnext, dx
+        demb = dx
+        if drop > 0:
+            demb = ops.dropout_backward(dx, a.emb_mask, drop, np.zeros_like(dx))
+        ops.embedding_backward(demb, tokens, cfg.vocab_size, cfg.block_size,
+                               self.g["transformer.wte.weight"], self.g["transformer.wpe.weight"])
+        self._last = None
+
+    def zero_grad(self) -> None:
+        self.grads.fill(0)
+
+
+def _mix(seed: int, k: int) -> int:
+    """A distinct 63-bit dropout seed per (step seed, site)."""
+    return (seed * 0x9E3779B97F4A7C15 + k * 0xBF58476D1CE4E5B9 + 1) & 0x7FFFFFFFFFFFFFFF

@@ -1,0 +1,91 @@
+"""One flat float32 buffer with named views.
+
+Parameters, gradients and the two AdamW moments share one layout, so the
+optimizer, the gradient norm and clipping are single calls over one buffer.
+Names are the Hugging Face GPT2LMHeadModel names; linear weights are stored
+here in PyTorch's (out, in) layout, and checkpoint.py transposes the four
+Conv1D weights GPT-2 keeps as (in, out).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import GPTConfig
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    shape: tuple
+    offset: int
+    decay: bool   # weight decay applies (matrices and embeddings, not biases or norms)
+    kind: str     # "embed", "weight", "proj" (residual projection), "bias", "ln_w", "ln_b"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def gpt_slots(cfg: GPTConfig) -> list[tuple[str, tuple, str]]:
+    C, V, T = cfg.n_embd, cfg.vocab_size, cfg.block_size
+    s = [("transformer.wte.weight", (V, C), "embed"),
+         ("transformer.wpe.weight", (T, C), "embed")]
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        s += [(p + "ln_1.weight", (C,), "ln_w"), (p + "ln_1.bias", (C,), "ln_b"),
+              (p + "attn.c_attn.weight", (3 * C, C), "weight"), (p + "attn.c_attn.bias", (3 * C,), "bias"),
+              (p + "attn.c_proj.weight", (C, C), "proj"), (p + "attn.c_proj.bias", (C,), "bias"),
+              (p + "ln_2.weight", (C,), "ln_w"), (p + "ln_2.bias", (C,), "ln_b"),
+              (p + "mlp.c_fc.weight", (4 * C, C), "weight"), (p + "mlp.c_fc.bias", (4 * C,), "bias"),
+              (p + "mlp.c_proj.weight", (C, 4 * C), "proj"), (p + "mlp.c_proj.bias", (C,), "bias")]
+    s += [("transformer.ln_f.weight", (C,), "ln_w"), ("transformer.ln_f.bias", (C,), "ln_b")]
+    return s
+
+
+class Layout:
+    """Where each named tensor lives in the flat buffer."""
+
+    def __init__(self, slots: list[tuple[str, tuple, str]]):
+        self.slots: dict[str, Slot] = {}
+        off = 0
+        for name, shape, kind in slots:
+            slot = Slot(name, tuple(shape), off, kind in ("embed", "weight", "proj"), kind)
+            self.slots[name] = slot
+            off += slot.size
+        self.size = off
+
+    def views(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        assert buf.dtype == np.float32 and buf.size == self.size
+        return {n: buf[s.offset:s.offset + s.size].reshape(s.shape) for n, s in self.slots.items()}
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.size, np.float32)
+
+    def decay_mask(self) -> np.ndarray:
+        mask = np.zeros(self.size, np.uint8)
+        for s in self.slots.values():
+            if s.decay:
+                mask[s.offset:s.offset + s.size] = 1
+        return mask
+
+    def init(self, cfg: GPTConfig, rng: np.random.Generator) -> np.ndarray:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by
+        1/sqrt(2 n_layer), biases 0, layernorm weights 1."""
+        buf = self.zeros()
+        views = self.views(buf)
+        for name, s in self.slots.items():
+            if s.kind in ("embed", "weight"):
+                views[name][...] = rng.normal(0.0, 0.02, s.shape)
+            elif s.kind == "proj":
+                views[name][...] = rng.normal(0.0, 0.02 / np.sqrt(2 * cfg.n_layer), s.shape)
+            elif s.kind == "ln_w":
+                views[name][...] = 1.0
+        return buf
+
+    def count(self, exclude_positions: bool = True) -> int:
+        n = self.size
+        if exclude_positions and "transformer.wpe.weight" in self.slots:
+            n -= self.slots["transformer.wpe.weight"].size
+        return n
