@@ -1,0 +1,277 @@
+"""The `mingpt` command line: parse, validate, call mingpt_c, print.
+
+Errors from the package (MinGPTError) become one line on stderr and exit
+code 1; nothing here computes anything itself.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mingpt_c.errors import MinGPTError
+
+
+class Group(click.Group):
+    """Turns MinGPTError (and Ctrl-C outside training) into one clear line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MinGPTError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="mingpt-c", message="mingpt-c %(version)s")
+def main():
+    """mingpt-c: train and run small transformers on a fast C core."""
+
+
+# ------------------------------------------------------------------ env / info
+
+
+@main.command()
+def env():
+    """What this build has: compiler, OpenMP and threads, vector path, CUDA."""
+    from mingpt_c._lib import build_info
+
+    info = build_info()
+    yes = lambda b: "yes" if b else "no"
+    click.echo(f"mingpt-c {info['version']}")
+    click.echo(f"python      {sys.version.split()[0]}")
+    click.echo(f"compiler    {info['compiler']}")
+    click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads)")
+    click.echo(f"vector path {info['simd']}")
+    click.echo(f"cuda        {yes(info['cuda'])}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+def info(ckpt):
+    """What a checkpoint (or run directory) holds."""
+    from mingpt_c import checkpoint
+
+    path = checkpoint.resolve(ckpt)
+    loaded = checkpoint.load(path)
+    cfg = loaded["cfg"]
+    click.echo(f"checkpoint  {path}")
+    click.echo(f"model       GPT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
+               f"block {cfg.block_size}, vocab {cfg.vocab_size}")
+    n = loaded["params"].size - cfg.block_size * cfg.n_embd
+    click.echo(f"parameters  {n:,} (without position embeddings)")
+    tok = loaded["tokenizer"]
+    click.echo(f"tokenizer   {getattr(tok, 'name', 'none')}")
+    st = path / "train_state.json"
+    if st.exists():
+        s = json.loads(st.read_text())
+        click.echo(f"trained     {s.get('iter')} iterations, best val loss {s.get('best_val')}")
+
+
+# ------------------------------------------------------------------ train
+
+def _train_options(f):
+    from mingpt_c.train import TrainConfig
+
+    d = TrainConfig()
+    opts = [
+        click.option("--out", default=d.out, type=click.Path(file_okay=False), help="run directory"),
+        click.option("--tokenizer", default=d.tokenizer, help="char | byte | gpt2 | path to a tokenizer file"),
+        click.option("--preset", type=click.Choice(["baby", "small", "gpt2"]), default=None,
+                     help="model size preset (explicit size flags win)"),
+        click.option("--n-layer", type=int, default=d.n_layer),
+        click.option("--n-head", type=int, default=d.n_head),
+        click.option("--n-embd", type=int, default=d.n_embd),
+        click.option("--block-size", type=int, default=d.block_size),
+        click.option("--dropout", type=float, default=d.dropout),
+        click.option("--batch-size", type=int, default=d.batch_size),
+        click.option("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step"),
+        click.option("--max-iters", type=int, default=d.max_iters),
+        click.option("--lr", type=float, default=d.lr, help="peak learning rate"),
+        click.option("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine"),
+        click.option("--warmup-iters", type=int, default=d.warmup_iters),
+        click.option("--lr-decay-iters", type=int, default=None, help="cosine length [default: max-iters]"),
+        click.option("--weight-decay", type=float, default=d.weight_decay),
+        click.option("--beta1", type=float, default=d.beta1),
+        click.option("--beta2", type=float, default=d.beta2),
+        click.option("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)"),
+        click.option("--eval-interval", type=int, default=d.eval_interval),
+        click.option("--eval-iters", type=int, default=d.eval_iters, help="batches per evaluation"),
+        click.option("--val-fraction", type=float, default=d.val_fraction),
+        click.option("--val", "val_file", type=click.Path(), default=None, help="validation text file"),
+        click.option("--seed", type=int, default=d.seed),
+        click.option("--threads", type=int, default=None, help="C core threads [default: all cores]"),
+        click.option("--resume", is_flag=True, help="continue the run in --out from its latest checkpoint"),
+        click.option("--init-from", type=click.Path(), default=None, help="fine-tune from a checkpoint"),
+        click.option("--no-progress", is_flag=True, help="no progress bar"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path())
+@_train_options
+@click.pass_context
+def train(ctx, files, preset, resume, no_progress, **opts):
+    """Train a GPT on text FILES (none: Python's own documentation, offline).
+
+    The defaults are nanoGPT's CPU recipe for Tiny Shakespeare (4 layers,
+    4 heads, width 128, block 64, batch 12, 2000 iterations)."""
+    from mingpt_c.model.config import PRESETS
+    from mingpt_c.train import TrainConfig, train as run_train
+
+    given = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if preset:
+        for k, v in PRESETS[preset].items():
+            if k not in given:
+                opts[k] = v
+    out = Path(opts["out"])
+    if resume:
+        saved = out / "run_config.json"
+        if not saved.exists() or not (out / "latest").exists():
+            raise click.ClickException(f"--resume: no checkpoint to resume in {out} "
+                                       f"(expected {out}/latest and {out}/run_config.json)")
+        base = json.loads(saved.read_text())
+        base.update({k: opts[k] for k in given})
+        tc = TrainConfig(**{k: v for k, v in base.items() if k in TrainConfig.__dataclass_fields__})
+        tc.files = tuple(tc.files)
+    else:
+        if (out / "latest").exists():
+            raise click.ClickException(f"{out} already holds a run: pass --resume to continue it, "
+                                       f"or choose another --out")
+        tc = TrainConfig(files=tuple(files), **opts)
+    tc.progress = not no_progress
+    if tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1 or tc.eval_iters < 1:
+        raise click.ClickException("batch size, grad accum, eval interval and eval iters must be positive")
+    res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True))
+    if not res.get("interrupted"):
+        click.echo(f"done: {res['iter']} iterations, val loss {res.get('val_loss', float('nan')):.4f} "
+                   f"(best {res['best_val']:.4f}); checkpoints in {tc.out}/best and {tc.out}/latest; "
+                   f"sample with: mingpt sample {tc.out}")
+
+
+# ------------------------------------------------------------------ sample / eval
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--prompt", default="", help="start text, or @FILE to read it from a file")
+@click.option("--max-new-tokens", type=int, default=500)
+@click.option("--temperature", type=float, default=0.8, help="0: greedy")
+@click.option("--top-k", type=int, default=200, help="0: off")
+@click.option("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
+@click.option("--seed", type=int, default=1337)
+@click.option("--num-samples", type=int, default=1)
+@click.option("--stream/--no-stream", default=True, help="print tokens as they come")
+@click.option("--block-size", type=int, default=None, help="context to use (at most the model's)")
+@click.option("--no-cache", is_flag=True, help="recompute the whole context for every token")
+@click.option("--threads", type=int, default=None)
+def sample(ckpt, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples, stream,
+           block_size, no_cache, threads):
+    """Generate text from a trained (or imported) model."""
+    import numpy as np
+
+    from mingpt_c import checkpoint
+    from mingpt_c._lib import set_num_threads
+    from mingpt_c.model.gpt import GPT
+    from mingpt_c.sample import generate, stream_text
+
+    if threads:
+        set_num_threads(threads)
+    loaded = checkpoint.load(ckpt)
+    cfg, tok = loaded["cfg"], loaded["tokenizer"]
+    if tok is None:
+        raise click.ClickException(f"{loaded['path']} has no tokenizer.json: cannot turn text into tokens")
+    if block_size is not None:
+        if block_size > cfg.block_size or block_size < 1:
+            raise click.ClickException(f"--block-size {block_size} is above the model's block size "
+                                       f"{cfg.block_size}")
+        cfg.block_size = block_size
+    if prompt.startswith("@"):
+        try:
+            prompt = Path(prompt[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.ClickException(f"cannot read prompt file {prompt[1:]}: {e}")
+    model = GPT(loaded["cfg"], loaded["params"])
+    model.cfg.block_size = cfg.block_size
+    ids = tok.encode(prompt) if prompt else _start_ids(tok)
+    for n in range(num_samples):
+        rng = np.random.default_rng([seed, n])
+        gen = generate(model, ids, max_new_tokens, rng, temperature, top_k or None,
+                       top_p if top_p < 1 else None, tok.eot_token, use_cache=not no_cache)
+        gen = (t for t in gen if t != tok.eot_token)
+        if stream:
+            click.echo(prompt, nl=False)
+            for piece in stream_text(tok.decode, gen):
+                click.echo(piece, nl=False)
+            click.echo()
+        else:
+            click.echo(prompt + tok.decode(list(gen)))
+        if n + 1 < num_samples:
+            click.echo("---------------")
+
+
+def _start_ids(tok):
+    if tok.eot_token is not None:
+        return [tok.eot_token]
+    try:
+        return tok.encode("\n")
+    except MinGPTError:
+        return [0]
+
+
+@main.command(name="eval")
+@click.argument("ckpt", type=click.Path())
+@click.argument("file", type=click.Path())
+@click.option("--batch-size", type=int, default=8)
+@click.option("--max-batches", type=int, default=None, help="stop after this many batches")
+@click.option("--threads", type=int, default=None)
+def eval_cmd(ckpt, file, batch_size, max_batches, threads):
+    """Loss and perplexity of a model on a text file (every full block)."""
+    from mingpt_c import checkpoint
+    from mingpt_c._lib import set_num_threads
+    from mingpt_c.evaluate import evaluate_text
+
+    if threads:
+        set_num_threads(threads)
+    loaded = checkpoint.load(ckpt)
+    res = evaluate_text(loaded, file, batch_size, max_batches)
+    click.echo(f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.3f}  "
+               f"({res['tokens']:,} tokens in {res['blocks']} blocks of {res['block_size']})")
+
+
+# ------------------------------------------------------------------ import / export
+
+
+@main.command(name="import")
+@click.argument("hf_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
+@click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
+def import_cmd(hf_dir, out, tokenizer):
+    """Import a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors)."""
+    from mingpt_c.hf import import_gpt2
+
+    path = import_gpt2(hf_dir, out, tokenizer)
+    click.echo(f"imported {hf_dir} -> {path}")
+
+
+@main.command(name="export")
+@click.argument("ckpt", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Hugging Face directory to write")
+def export_cmd(ckpt, out):
+    """Export a checkpoint as a Hugging Face GPT2LMHeadModel directory."""
+    from mingpt_c.hf import export_gpt2
+
+    path = export_gpt2(ckpt, out)
+    click.echo(f"exported {ckpt} -> {path} (load with GPT2LMHeadModel.from_pretrained)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Text generation with a KV cache.
+
+Each new token costs one position: its q, k, v are computed, k and v are
+appended to the per-layer caches (B, NH, block_size, hs), and attention runs
+over the cache (mg_attention_decode). When the context outgrows the block
+size, the window slides: the last block_size tokens are run again from
+position 0, exactly what full recomputation (nanoGPT's crop) does, so cached
+and uncached sampling pick the same tokens.
+
+Sampling: temperature, then top-k, then top-p (nucleus) on float64
+probabilities; the draw is one uniform number per token from a seeded
+generator, inverted through the cumulative distribution. temperature 0 is
+greedy decoding.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import ops
+from .errors import DataError
+from .model.gpt import GPT
+
+F32 = np.float32
+
+
+class KVCache:
+    def __init__(self, model: GPT, B: int = 1):
+        cfg = model.cfg
+        shape = (B, cfg.n_head, cfg.block_size, cfg.head_size)
+        self.k = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
+        self.v = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
+        self.pos = 0
+
+
+def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
+    """tokens (B, Tn) at positions cache.pos.. ; returns the last position's
+    logits (B, V) and advances the cache."""
+    cfg, p = model.cfg, model.p
+    B, Tn = tokens.shape
+    pos = cache.pos
+    if pos + Tn > cfg.block_size:
+        raise DataError(f"positions {pos}..{pos + Tn - 1} exceed the block size {cfg.block_size}")
+    x = (p["transformer.wte.weight"][tokens] + p["transformer.wpe.weight"][pos:pos + Tn]).astype(F32)
+    eps = cfg.layer_norm_eps
+    for i in range(cfg.n_layer):
+        lp = model._layer_p[i]
+        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
+        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
+        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
+        x = x + ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"])
+        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
+        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
+        x = x + ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"])
+    last = np.ascontiguousarray(x[:, -1])
+    h, _, _ = ops.layernorm_forward(last, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+    cache.pos += Tn
+    return ops.matmul_forward(h, p["transformer.wte.weight"])  # (B, V)
+
+
+def forward_full(model: GPT, tokens: np.ndarray) -> np.ndarray:
+    """Logits (B, V) of the last position by a full forward (no cache)."""
+    return model.forward(tokens)[:, -1].copy()
+
+
+def pick(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
+         top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+    """One token id per row of logits (B, V)."""
+    z = logits.astype(np.float64)
+    if temperature <= 0:
+        return np.argmax(z, axis=-1)
+    z = z / temperature
+    if top_k is not None and 0 < top_k < z.shape[-1]:
+        kth = np.sort(z, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(-1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(-1, keepdims=True)
+    if top_p is not None and 0 < top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sp = np.take_along_axis(probs, order, -1)
+        keep_sorted = np.cumsum(sp, -1) - sp < top_p   # always keeps the top token
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(-1, keepdims=True)
+    cdf = np.cumsum(probs, -1)
+    u = rng.random(z.shape[0]) * cdf[:, -1]
+    return np.array([min(int(np.searchsorted(c, ui, side="right")), len(c) - 1) for c, ui in zip(cdf, u)])
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, rng: np.random.Generator,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             eot_token: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Yields new token ids one at a time (stops early at eot_token)."""
+    cfg = model.cfg
+    ctx = list(prompt)
+    if not ctx:
+        raise DataError("the prompt is empty and the tokenizer has no end-of-text token to start from")
+    bad = [t for t in ctx if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise DataError(f"prompt token {bad[0]} is outside the model's vocabulary ({cfg.vocab_size})")
+    cache = KVCache(model) if use_cache else None
+    logits = None
+    for _ in range(max_new_tokens):
+        window = ctx[-cfg.block_size:]
+        if not use_cache:
+            logits = forward_full(model, np.array([window], np.int32))
+        elif logits is None or cache.pos + 1 > cfg.block_size or cache.pos != len(window) - 1:
+            cache.pos = 0   # (re)fill: first call, or the window slid
+            logits = forward_cached(model, cache, np.array([window], np.int32))
+        else:
+            logits = forward_cached(model, cache, np.array([[window[-1]]], np.int32))
+        tok = int(pick(logits, rng, temperature, top_k, top_p)[0])
+        yield tok
+        if eot_token is not None and tok == eot_token:
+            return
+        ctx.append(tok)
+
+
+def stream_text(decode: Callable, ids: Iterator[int]) -> Iterator[str]:
+    """Turns ids into text pieces, holding back incomplete UTF-8 sequences."""
+    got: list[int] = []
+    shown = 0
+    for t in ids:
+        got.append(t)
+        text = decode(got)
+        if text.endswith("\ufffd"):
+            continue
+        if len(text) > shown:
+            yield text[shown:]
+            shown = len(text)
+    text = decode(got)
+    if len(text) > shown:
+        yield text[shown:]

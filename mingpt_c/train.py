@@ -1,0 +1,326 @@
+"""The GPT training loop: data preparation, AdamW steps with gradient
+accumulation and clipping, evaluation, logging, checkpoints, resume.
+
+Run directory (--out):
+    run_config.json   every resolved option
+    data/             token files (train.tokens, val.tokens) and their source
+    latest/ best/     checkpoints (mingpt_c.checkpoint)
+    log.jsonl         one JSON object per evaluation (and every log interval)
+    loss.png          the loss curves, drawn at the end
+
+Determinism: batches come from a generator fixed by (seed, iteration,
+micro-step) and dropout masks from (seed, iteration, micro-step, site), so a
+run resumed from a checkpoint at iteration k continues bit for bit as the
+uninterrupted run would (same thread count).
+Ctrl-C sets a flag; the loop finishes the current step, saves latest/ and
+returns. A second Ctrl-C interrupts at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, data
+from ._lib import set_num_threads
+from .errors import CheckpointError, DataError, MinGPTError
+from .model.config import GPTConfig
+from .model.gpt import GPT
+from .optim import AdamW, lr_at
+from .tokenfile import read_tokens
+
+
+@dataclass
+class TrainConfig:
+    out: str = "out"                 # run directory
+    files: tuple = ()                # training text files; empty: the embedded corpus
+    val_file: str | None = None      # validation text; default: the tail of the training text
+    val_fraction: float = 0.1        # share of the training text held out for validation
+    tokenizer: str = "char"          # char | byte | gpt2 | path to a trained tokenizer file
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    batch_size: int = 12
+    grad_accum: int = 1              # micro-batches per optimizer step
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # cosine decay length; default max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0           # max global gradient norm; 0 disables
+    eval_interval: int = 250
+    eval_iters: int = 20             # batches per split and evaluation
+    log_interval: int = 10           # iterations between train-loss records in log.jsonl
+    seed: int = 1337
+    threads: int | None = None       # C core threads; default: all cores
+    init_from: str | None = None     # fine-tune: start from this checkpoint's weights
+    max_nan_steps: int = 5           # consecutive non-finite steps before giving up
+    progress: bool = True
+
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters if self.lr_decay_iters else self.max_iters
+
+
+# ------------------------------------------------------------------ data
+
+
+def _prepare_data(tc: TrainConfig, run: Path, tokenizer_override=None):
+    """Tokenizes the text into run/data/*.tokens; returns (tokenizer,
+    train tokens, val tokens, source description)."""
+    from .tokenizer import build_tokenizer
+
+    ddir = run / "data"
+    ddir.mkdir(parents=True, exist_ok=True)
+    if tc.files:
+        paths = [data.check_text_file(f) for f in tc.files]
+        source = ", ".join(str(p) for p in paths)
+        pieces = lambda: data.iter_text(paths)
+    else:
+        source, text = data.default_corpus()
+        pieces = lambda: iter([text])
+    val_paths = [data.check_text_file(tc.val_file)] if tc.val_file else []
+    tok = tokenizer_override or build_tokenizer(tc.tokenizer, lambda: _chain(pieces(), *(
+        data.iter_text(val_paths) for _ in [0] if val_paths)))
+    tokens = data.tokenize_to_file(pieces(), tok, ddir / "train.tokens")
+    if val_paths:
+        train, val = tokens, data.tokenize_to_file(data.iter_text(val_paths), tok, ddir / "val.tokens")
+    else:
+        if not 0.0 < tc.val_fraction < 1.0:
+            raise DataError(f"--val-fraction {tc.val_fraction} must be in (0, 1), or pass --val FILE")
+        train, val = data.split_tokens(tokens, tc.val_fraction)
+    data.require_length(train, tc.block_size, "training")
+    data.require_length(val, tc.block_size, "validation")
+    return tok, train, val, source
+
+
+def step_seed(seed: int, it: int, micro: int) -> int:
+    """The dropout seed of one micro-step."""
+    return ((seed * 1_000_003 + it) * 1_009 + micro) & 0x7FFFFFFFFFFFFFFF
+
+
+def _chain(*iters):
+    for it in iters:
+        yield from it
+
+# ------------------------------------------------------------------ loop
+
+
+class _StopFlag:
+    """First SIGINT: ask the loop to stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def evaluate(model: GPT, splits: dict, tc: TrainConfig, it: int) -> dict:
+    """Mean loss over eval_iters batches of each split (no dropout), drawn
+    from a generator fixed by the iteration, not the training stream."""
+    out = {}
+    for k, (name, toks) in enumerate(splits.items()):
+        losses = []
+        for e in range(tc.eval_iters):
+            x, y = data.get_batch(toks, tc.batch_size, tc.block_size, data.batch_rng(tc.seed, it, e, 1 + k))
+            losses.append(model.forward(x, y))
+        out[name] = float(np.mean(losses))
+    return out
+
+
+def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Runs (or resumes) training; returns a summary dict."""
+    run = Path(tc.out)
+    if tc.threads:
+        set_num_threads(tc.threads)
+    state = None
+    if resume:
+        ck = run / "latest"
+        try:
+            loaded = checkpoint.load(ck, with_optimizer=True)
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume from {ck}: {e}") from None
+        cfg, tok, state = loaded["cfg"], loaded["tokenizer"], loaded["train_state"]
+        train_toks = read_tokens(run / "data" / "train.tokens")
+        val_toks = (read_tokens(run / "data" / "val.tokens")
+                    if (run / "data" / "val.tokens").exists() else None)
+        if val_toks is None:
+            train_toks, val_toks = data.split_tokens(train_toks, tc.val_fraction)
+        source = state.get("source", "")
+        model = GPT(cfg, loaded["params"])
+        m, v, t = loaded["optimizer"]
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        init = checkpoint.load(tc.init_from) if tc.init_from else None
+        tok, train_toks, val_toks, source = _prepare_data(tc, run, init["tokenizer"] if init else None)
+        if init:
+            cfg = init["cfg"]
+            if tc.block_size > cfg.block_size:
+                raise DataError(f"--block-size {tc.block_size} exceeds the block size "
+                                f"{cfg.block_size} of {tc.init_from}")
+            cfg.dropout = tc.dropout
+            model = GPT(cfg, init["params"])
+        else:
+            cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
+                            n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
+            model = GPT(cfg, seed=tc.seed)
+        m = v = None
+        t = 0
+    cfg.extra = {"tokenizer": getattr(tok, "name", tc.tokenizer), "eot_token": tok.eot_token}
+    opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
+                tc.weight_decay, tc.grad_clip, t)
+    if m is not None:
+        opt.m[...], opt.v[...] = m, v
+    (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2, default=str) + "\n")
+
+    start = state["iter"] if state else 0
+    best_val = state.get("best_val", math.inf) if state else math.inf
+    splits = {"train": train_toks, "val": val_toks}
+    tokens_per_iter = tc.batch_size * tc.block_size * tc.grad_accum
+    log(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, block {cfg.block_size}, "
+        f"vocab {cfg.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
+    log(f"data: {source}: {len(train_toks):,} train / {len(val_toks):,} val tokens; "
+        f"{tokens_per_iter:,} tokens per iteration")
+
+    def train_state(it):
+        return {"iter": it, "best_val": best_val, "seed": tc.seed, "source": source,
+                "sampler": "numpy default_rng([seed, iter, micro, 0])",
+                "tokens_seen": it * tokens_per_iter, "options": dataclasses.asdict(tc)}
+
+    def save(name, it):
+        checkpoint.save(run / name, cfg, model.params, tok, opt, train_state(it))
+
+    logf = open(run / "log.jsonl", "a")
+    bar = None
+    if tc.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=tc.max_iters, initial=start, unit="it", dynamic_ncols=True, leave=True)
+    nan_streak = 0
+    last_losses = []
+    t_last, tok_last = time.perf_counter(), 0
+    it = start
+    stopped = False
+    result = {}
+    try:
+        with _StopFlag() as stop:
+            while True:
+                if it % tc.eval_interval == 0 or it == tc.max_iters:
+                    ev = evaluate(model, splits, tc, it)
+                    rec = {"type": "eval", "iter": it, "train_loss": ev["train"], "val_loss": ev["val"],
+                           "lr": lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, tc.decay_iters())}
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                    msg = f"iter {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}"
+                    (bar.write if bar else log)(msg)
+                    result.update(train_loss=ev["train"], val_loss=ev["val"])
+                    if it > 0 and ev["val"] < best_val:
+                        best_val = ev["val"]
+                        save("best", it)
+                    if it > start:
+                        save("latest", it)
+                if it >= tc.max_iters:
+                    break
+                if stop.requested:
+                    stopped = True
+                    break
+                lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, tc.decay_iters())
+                model.zero_grad()
+                loss = 0.0
+                for micro in range(tc.grad_accum):
+                    x, y = data.get_batch(train_toks, tc.batch_size, tc.block_size,
+                                          data.batch_rng(tc.seed, it, micro))
+                    loss += model.forward(x, y, train=True, seed=step_seed(tc.seed, it, micro))
+                    model.backward(1.0 / tc.grad_accum)
+                loss /= tc.grad_accum
+                norm = float("nan")
+                if math.isfinite(loss):
+                    norm = opt.step(model.grads, lr)
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    nan_streak += 1
+                    (bar.write if bar else log)(f"iter {it}: non-finite loss or gradient "
+                                                f"(loss {loss}, grad norm {norm}): step skipped")
+                    if nan_streak >= tc.max_nan_steps:
+                        raise MinGPTError(
+                            f"training diverged: {nan_streak} non-finite steps in a row at iteration {it}; "
+                            f"the last good checkpoint is in {run / 'latest'} (try a lower --lr)")
+                else:
+                    nan_streak = 0
+                it += 1
+                last_losses.append(loss)
+                tok_last += tokens_per_iter
+                if it % tc.log_interval == 0:
+                    now = time.perf_counter()
+                    tps = tok_last / max(now - t_last, 1e-9)
+                    rec = {"type": "train", "iter": it, "loss": float(np.mean(last_losses)), "lr": lr,
+                           "grad_norm": norm, "tokens_per_s": tps}
+                    logf.write(json.dumps(rec) + "\n")
+                    t_last, tok_last, last_losses = now, 0, []
+                    if bar:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                if bar:
+                    bar.update(1)
+            if stopped:
+                save("latest", it)
+    finally:
+        if bar:
+            bar.close()
+        logf.close()
+    plot_losses(run / "log.jsonl", run / "loss.png")
+    result.update(iter=it, interrupted=stopped, best_val=best_val, out=str(run))
+    if stopped:
+        log(f"interrupted at iteration {it}: checkpoint saved in {run / 'latest'}; "
+            f"continue with: mingpt train --out {run} --resume")
+    return result
+
+
+def plot_losses(log_path: Path, png: Path) -> None:
+    """Train and val loss against iterations, from log.jsonl."""
+    recs = [json.loads(line) for line in open(log_path) if line.strip()]
+    if not recs:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    tr = [(r["iter"], r["loss"]) for r in recs if r["type"] == "train"]
+    ev = [(r["iter"], r["train_loss"], r["val_loss"]) for r in recs if r["type"] == "eval"]
+    if tr:
+        ax.plot(*zip(*tr), lw=0.8, alpha=0.6, label="train (batch)")
+    if ev:
+        its, trl, val = zip(*ev)
+        ax.plot(its, trl, "o-", ms=3, label="train (eval)")
+        ax.plot(its, val, "o-", ms=3, label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png)
