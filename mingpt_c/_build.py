@@ -66,9 +66,11 @@ def compile_flags() -> tuple[list[str], list[str], dict[str, bool]]:
     return cflags, ldflags, features
 
 
-def make_ffi() -> FFI:
+def make_ffi(absolute: bool = False) -> FFI:
+    """setuptools wants source paths relative to the project; a direct
+    compile in a temporary directory needs them absolute."""
     cflags, ldflags, features = compile_flags()
-    sources = sorted(str(p) for p in CSRC.glob("*.c"))
+    sources = sorted(str(p if absolute else p.relative_to(ROOT)) for p in CSRC.glob("*.c"))
     extra_objects: list[str] = []
     libraries: list[str] = []
     library_dirs: list[str] = []
@@ -82,7 +84,7 @@ def make_ffi() -> FFI:
     ffi = FFI()
     ffi.cdef(cdef_text())
     ffi.set_source("mingpt_c._C", '#include "mingpt.h"\n',
-                   sources=sources, include_dirs=[str(CSRC)],
+                   sources=sources, include_dirs=[str(CSRC) if absolute else "csrc"],
                    extra_compile_args=cflags, extra_link_args=ldflags,
                    extra_objects=extra_objects, libraries=libraries,
                    library_dirs=library_dirs)
@@ -95,9 +97,12 @@ ffibuilder = make_ffi()
 
 def main() -> None:
     os.chdir(ROOT)
-    features = ffibuilder._mingpt_features
+    ffi = make_ffi(absolute=True)
+    features = ffi._mingpt_features
+    for old in (ROOT / "mingpt_c").glob("_C.*.so"):
+        old.unlink()  # a stale build under another ABI tag would shadow this one
     with tempfile.TemporaryDirectory() as tmp:
-        lib = ffibuilder.compile(tmpdir=tmp, verbose=False)
+        lib = ffi.compile(tmpdir=tmp, verbose=False)
         dest = ROOT / "mingpt_c" / Path(lib).name
         shutil.copyfile(lib, dest)
     mode = os.environ.get("MINGPT_BUILD", "release")

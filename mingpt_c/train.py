@@ -174,8 +174,11 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
         model = GPT(cfg, loaded["params"])
         m, v, t = loaded["optimizer"]
     else:
-        run.mkdir(parents=True, exist_ok=True)
+        if not tc.init_from:  # check the architecture before any work is done
+            GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
+                      n_embd=tc.n_embd, dropout=tc.dropout)
         init = checkpoint.load(tc.init_from) if tc.init_from else None
+        run.mkdir(parents=True, exist_ok=True)
         tok, train_toks, val_toks, source = _prepare_data(tc, run, init["tokenizer"] if init else None)
         if init:
             cfg = init["cfg"]

@@ -1,0 +1,75 @@
+"""Text checks, chunked reading, token files and batches."""
+import numpy as np
+import pytest
+
+from mingpt_c import data
+from mingpt_c.errors import DataError
+from mingpt_c.tokenfile import TokenWriter, read_tokens, write_tokens
+from mingpt_c.tokenizer import CharTokenizer
+
+
+def test_token_file_roundtrip(tmp_path):
+    ids = np.arange(1000) % 300
+    write_tokens(tmp_path / "a.tokens", ids, vocab_size=300)
+    got = read_tokens(tmp_path / "a.tokens")
+    assert got.dtype == np.uint16 and np.array_equal(got, ids)
+    big = np.array([0, 70000, 5])
+    write_tokens(tmp_path / "b.tokens", big, vocab_size=100_000)
+    got = read_tokens(tmp_path / "b.tokens")
+    assert got.dtype == np.uint32 and np.array_equal(got, big)
+
+
+def test_token_file_errors(tmp_path):
+    p = tmp_path / "t.tokens"
+    write_tokens(p, np.arange(100), vocab_size=100)
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-10])
+    with pytest.raises(DataError, match="truncated token file"):
+        read_tokens(p)
+    p.write_bytes(b"NOTATOKN" + raw[8:])
+    with pytest.raises(DataError, match="bad magic"):
+        read_tokens(p)
+    with pytest.raises(DataError, match="outside"):
+        write_tokens(p, [5, 100], vocab_size=100)
+
+
+def test_token_writer_is_atomic(tmp_path):
+    p = tmp_path / "t.tokens"
+    with pytest.raises(RuntimeError):
+        with TokenWriter(p, 10) as w:
+            w.write([1, 2, 3])
+            raise RuntimeError("interrupted")
+    assert not p.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_chunked_reading_equals_whole(tmp_path, monkeypatch):
+    text = "".join(f"line {i} é✓\n" for i in range(500)) + "no newline at end"
+    p = tmp_path / "t.txt"
+    p.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(data, "CHUNK_BYTES", 37)
+    assert "".join(data.iter_text([data.check_text_file(p)])) == text
+    tok = CharTokenizer(text)
+    toks = data.tokenize_to_file(data.iter_text([p]), tok, tmp_path / "t.tokens")
+    assert tok.decode(toks) == text
+
+
+def test_invalid_utf8_position(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_BYTES", 16)
+    p = tmp_path / "u.txt"
+    p.write_bytes(b"a" * 40 + b"\nb\n\xc3(")
+    with pytest.raises(DataError, match=r"invalid UTF-8 at byte 43 \(line 3\)"):
+        data.check_text_file(p)
+
+
+def test_default_corpus():
+    name, text = data.default_corpus()
+    assert len(text) > 100_000 and "Python" in text
+
+
+def test_batches_are_shifted_windows():
+    toks = np.arange(100, dtype=np.uint16)
+    x, y = data.get_batch(toks, 4, 10, data.batch_rng(1, 0, 0))
+    assert x.dtype == np.int32 and x.shape == (4, 10)
+    assert np.array_equal(y, x + 1)
+    x2, _ = data.get_batch(toks, 4, 10, data.batch_rng(1, 0, 0))
+    assert np.array_equal(x, x2)
