@@ -273,5 +273,26 @@ def export_cmd(ckpt, out):
     click.echo(f"exported {ckpt} -> {path} (load with GPT2LMHeadModel.from_pretrained)")
 
 
+# ------------------------------------------------------------------ bench
+
+
+@main.command()
+@click.option("--config", default="baby,small,gpt2", help="comma-separated: baby, small, gpt2")
+@click.option("--rounds", type=int, default=5, help="alternating rounds per side (medians over these)")
+@click.option("--steps", type=int, default=10, help="timed training steps per round")
+@click.option("--threads", type=int, default=2)
+@click.option("--sample-tokens", type=int, default=256, help="sampling benchmark length (0: skip)")
+@click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
+def bench(config, rounds, steps, threads, sample_tokens, no_torch):
+    """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py)."""
+    from mingpt_c.benchmark import CONFIGS, run
+
+    names = [c.strip() for c in config.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise click.ClickException(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    run(names, rounds, steps, threads, sample_tokens, not no_torch, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()
