@@ -12,25 +12,28 @@
  * Layout of the work: one (b, h) per work item, parallel over B*NH with a
  * static schedule. Each item writes only its own head's channels of out/dqkv
  * and its own (T,T) slab of att/scratch, so there are no atomics and every
- * bit is fixed regardless of the thread count. The three products per pass
- * run as small register-blocked panels straight from the strided qkv rows
- * (each row of a head is hs contiguous floats), so nothing is gathered and
- * nothing is allocated:
- *   panel_dot:  C = A B^T  (S = q k^T, dP = do v^T), dot products over hs;
- *   panel_axpy: C (+)= A B (o = P v, dq = dS k) and C += A^T B
- *               (dk = dS^T q, dv = P^T do), broadcast-FMA over hs columns.
- * In the causal case the panels stop at the diagonal block.
+ * bit is fixed regardless of the thread count. All six products are one
+ * register-blocked panel, panel_axpy (4 rows x 16 columns, broadcast-FMA):
+ *   forward:  S = q k^T (k packed into 16-key transposed panels), o = P v;
+ *   backward: dP = do v^T (v in panels), dq += dS k, and per 16-key column
+ *             block (packed) dk += dS^T q, dv += P^T do.
+ * Each head's rows are first copied out of the strided qkv into a fixed
+ * per-thread area (see gather); heads too long for it fall back to the
+ * strided rows and a dot-product panel (panel_dot). Causal blocks stop at the
+ * diagonal, so about half of every product is skipped.
  *
  * Numerical notes:
  *   - softmax subtracts the row max of the visible scores (no overflow);
  *     rows with no visible key are detected via the max (-inf) and zeroed.
  *   - exp is a vectorised Cody-Waite + degree-7 polynomial (Cephes expf
- *     coefficients), max relative error ~2e-7 on [-88, 0], checked against
- *     float64 exp in the tests; arguments below about -87.3 flush to 0 (the
+ *     coefficients): max relative error 8.4e-8 (about 1.4 ulp) over every float
+ *     in [-87, 0] against double exp (the tests check the probabilities to
+ *     2e-6 against float64); arguments below about -87.3 flush to 0 (the
  *     true value is below FLT_MIN, far under the 1e-6 we care about in a row
  *     whose largest entry is 1).
  *   - all sums run in a fixed order (vector lanes, then a fixed lane tree).
- *   - no -ffast-math: NaN inputs propagate to the outputs.
+ *   - a NaN score makes its whole query row (att and out) NaN, as in the
+ *     reference; it is never mistaken for a row with no visible key.
  */
 #include <math.h>
 #include <string.h>
@@ -122,10 +125,12 @@ static float exp_sum(float* a, int n, float mx) {
 }
 
 /* a[s] = a[s]*scale for s < n, -inf where mask[s] == 0 (mask may be NULL);
- * returns the max. */
+ * returns the max, or NaN if any visible score is NaN: max() drops NaNs, and
+ * a row of NaNs would otherwise look like a row with no visible key and be
+ * zeroed silently instead of poisoning the output. */
 static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
     const __m256 vs = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
-    __m256 mx = ninf;
+    __m256 mx = ninf, bad = _mm256_setzero_ps();
     int s = 0;
     for (; s + 8 <= n; s += 8) {
         __m256 x = _mm256_mul_ps(_mm256_loadu_ps(a + s), vs);
@@ -136,14 +141,17 @@ static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
         }
         _mm256_storeu_ps(a + s, x);
         mx = _mm256_max_ps(mx, x);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     }
     float m = hmax(mx);
+    int nan = _mm256_movemask_ps(bad) != 0;
     for (; s < n; s++) {
         float x = (mask && !mask[s]) ? -INFINITY : a[s] * scale;
         a[s] = x;
         m = x > m ? x : m;
+        nan |= isnan(x);
     }
-    return m;
+    return nan ? NAN : m;
 }
 
 /* ---------------------------------------------------------------- panels */
@@ -256,28 +264,30 @@ axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
     }
 }
 
-/* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * b[k*ldb + n], m < mr (<= 4),
- * n < N, with A(m,k) = a[m*ars + k*acs]: (ars, acs) = (lda, 1) for A, (1, lda)
- * for A^T. accumulate: add into c instead of overwriting it. */
+/* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * B(k,n), m < mr (<= 4), n < N,
+ * with A(m,k) = a[m*ars + k*acs]: (ars, acs) = (lda, 1) for A, (1, lda) for
+ * A^T, or (1, 4) for a packed row block. B(k,n) = b[(n/16)*bblk + k*ldb + n%16]:
+ * bblk = 16 for plain rows, 16*K for 16-column panels (see pack_panels).
+ * accumulate: add into c instead of overwriting it. */
 static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
-                       size_t acs, const float* b, size_t ldb, float* c, size_t ldc,
-                       int accumulate) {
+                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
+                       size_t ldc, int accumulate) {
     const float* a0 = a;
     const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * ars;
     const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
     const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
     int n = 0;
     const __m256i ones = _mm256_set1_epi32(-1);
-    for (; n + 16 <= N; n += 16)
-        axpy_tile(2, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b + n, ldb, c + n, ldc, accumulate);
+    for (; n + 16 <= N; n += 16, b += bblk)
+        axpy_tile(2, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
     int rest = N - n;
     if (rest > 8)
-        axpy_tile(2, 1, tail_mask(rest - 8), mr, k0, k1, a0, a1, a2, a3, acs, b + n, ldb,
+        axpy_tile(2, 1, tail_mask(rest - 8), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
                   c + n, ldc, accumulate);
     else if (rest == 8)
-        axpy_tile(1, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b + n, ldb, c + n, ldc, accumulate);
+        axpy_tile(1, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
     else if (rest > 0)
-        axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b + n, ldb,
+        axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
                   c + n, ldc, accumulate);
 }
 
@@ -292,12 +302,14 @@ static float exp_sum(float* a, int n, float mx) {
 
 static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
     float m = -INFINITY;
+    int nan = 0;
     for (int s = 0; s < n; s++) {
         float x = (mask && !mask[s]) ? -INFINITY : a[s] * scale;
         a[s] = x;
         m = x > m ? x : m;
+        nan |= isnan(x);
     }
-    return m;
+    return nan ? NAN : m;
 }
 
 static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
@@ -311,15 +323,15 @@ static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
 }
 
 static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
-                       size_t acs, const float* b, size_t ldb, float* c, size_t ldc,
-                       int accumulate) {
+                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
+                       size_t ldc, int accumulate) {
     for (int m = 0; m < mr; m++) {
         float* cm = c + m * ldc;
         if (!accumulate) memset(cm, 0, (size_t)N * sizeof(float));
         for (int k = k0; k < k1; k++) {
             float w = a[m * ars + k * acs];
-            const float* bk = b + (size_t)k * ldb;
-            for (int n = 0; n < N; n++) cm[n] += w * bk[n];
+            for (int n = 0; n < N; n++)
+                cm[n] += w * b[(size_t)(n / 16) * bblk + (size_t)k * ldb + n % 16];
         }
     }
 }
@@ -341,6 +353,95 @@ static void softmax_row(float* a, int n, int T, const int32_t* mask, float scale
     if (n < T) memset(a + n, 0, (size_t)(T - n) * sizeof(float));
 }
 
+/* ================================================================ gather */
+
+/* Per-thread copy of one head's rows, made contiguous (row stride hs instead
+ * of 3C). Why: at C=384 the qkv row stride is 4608 bytes, which maps every row
+ * of a head onto 8 of the 64 L1 sets, so the k/v rows the panels stream
+ * through evict each other long before they are reused; contiguous rows use
+ * every set and the adjacent-line prefetch. Fixed size and allocated once per
+ * thread by the TLS machinery, never per call; heads that do not fit (T*hs
+ * beyond ARENA/4, e.g. T > 1024 at hs = 64) use the strided rows directly. */
+enum { ARENA = 4 * 65536 };
+static _Thread_local float arena[ARENA];
+
+/* Column panels of dS and P for the dk, dv sums: KB keys (one cache line of
+ * each row) by up to PT queries, packed contiguous. Reading the columns in
+ * place walks rows T*4 bytes apart (4096 at T=1024: one L1 set); packing
+ * reads each line once. */
+enum { KB = 16, PT = 2048, PACKBUF = 2 * KB * PT };
+static _Thread_local float packbuf[PACKBUF];
+
+/* dst (n,KB) = src[t][0..w) for t < n, src rows ld apart; zero beyond w. */
+static void pack_cols(float* dst, const float* src, size_t ld, int n, int w) {
+    for (int t = 0; t < n; t++) {
+        const float* r = src + (size_t)t * ld;
+        float* d = dst + (size_t)t * KB;
+        if (w == KB) {
+            memcpy(d, r, KB * sizeof(float));
+        } else {
+            for (int j = 0; j < w; j++) d[j] = r[j];
+            for (int j = w; j < KB; j++) d[j] = 0.0f;
+        }
+    }
+}
+
+/* dst = src (T, ld) transposed into 16-row panels: dst[(s/16)*16*hs + i*16 +
+ * s%16] = src[s][i], zero past T. S = q k^T then runs as broadcast-FMA over
+ * contiguous 64-byte rows of keys (panel_axpy with ldb 16, bblk 16*hs) instead
+ * of dot products that end in horizontal adds. Returns dst. */
+static float* pack_panels(float* dst, const float* src, size_t ld, int T, int hs) {
+    for (int s0 = 0; s0 < T; s0 += 16) {
+        float* d = dst + (size_t)s0 * hs;
+        const int w = MG_MIN(16, T - s0);
+        for (int j = 0; j < w; j++) {
+            const float* r = src + (size_t)(s0 + j) * ld;
+            for (int i = 0; i < hs; i++) d[(size_t)i * 16 + j] = r[i];
+        }
+        for (int j = w; j < 16; j++)
+            for (int i = 0; i < hs; i++) d[(size_t)i * 16 + j] = 0.0f;
+    }
+    return dst;
+}
+
+/* dst (n,4): rows r < mr of src (mr, ld) interleaved, dst[k*4 + r] = src[r][k].
+ * The broadcasts of panel_axpy then read one line for four rows. */
+static float* pack_rows4(float* dst, const float* src, size_t ld, int mr, int n) {
+    for (int r = 0; r < mr; r++)
+        for (int k = 0; k < n; k++) dst[(size_t)k * 4 + r] = src[(size_t)r * ld + k];
+    return dst;
+}
+
+/* dst (T,hs) = rows of src (T, ld); returns dst. */
+static float* gather(float* dst, const float* src, size_t ld, int T, int hs) {
+    for (int t = 0; t < T; t++)
+        memcpy(dst + (size_t)t * hs, src + (size_t)t * ld, (size_t)hs * sizeof(float));
+    return dst;
+}
+
+/* Softmax backward on one row, in place: d[s] = p[s] (d[s] - sum_r p[r] d[r])
+ * * scale for s < n (forward: p = softmax(scale * S) over the visible keys). */
+static void softmax_grad_row(float* d, const float* p, int n, float scale) {
+    int s = 0;
+    float dot = 0.0f;
+#if ATT_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; s + 8 <= n; s += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(d + s), acc);
+    dot = hsum(acc);
+#endif
+    for (; s < n; s++) dot += p[s] * d[s];
+    s = 0;
+#if ATT_AVX2
+    const __m256 vdot = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
+    for (; s + 8 <= n; s += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(d + s), vdot);
+        _mm256_storeu_ps(d + s, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + s), x), vs));
+    }
+#endif
+    for (; s < n; s++) d[s] = p[s] * (d[s] - dot) * scale;
+}
+
 /* ================================================================ forward */
 
 mg_status mg_attention_forward(float* out, float* att, const float* qkv,
@@ -353,6 +454,10 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t C3 = 3 * (size_t)C;
     const int BH = B * NH;
+    /* Heads too long for the per-thread areas run on the strided rows. */
+    const int Tp = (T + 15) & ~15;
+    const int fast = (size_t)(Tp + T) * hs <= ARENA;
+    const int packA = 4 * (size_t)T <= PACKBUF;
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
@@ -362,16 +467,30 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
         float* o = out + (size_t)b * T * C + (size_t)h * hs;          /* (T,hs), ld C */
         float* A = att + (size_t)bh * T * T;                          /* (T,T) */
         const int32_t* mask = key_mask ? key_mask + (size_t)b * T : NULL;
+        const float* kp = NULL;                                       /* k in panels */
+        size_t ldv = C3;
+        if (fast) {
+            kp = pack_panels(arena, k, C3, T, hs);
+            v = gather(arena + (size_t)Tp * hs, v, C3, T, hs);
+            ldv = (size_t)hs;
+        }
         /* Row blocks of MR queries: S, softmax and P v while the block's rows
          * of P are still in L1. Causal blocks stop at their last row's key. */
         for (int t0 = 0; t0 < T; t0 += MR) {
             const int mr = MG_MIN(MR, T - t0);
             const int nk = causal ? t0 + mr : T;
             float* Ab = A + (size_t)t0 * T;
-            panel_dot(mr, nk, hs, q + (size_t)t0 * C3, C3, k, C3, Ab, (size_t)T);
+            const float* qb = q + (size_t)t0 * C3;
+            if (kp) panel_axpy(mr, nk, 0, hs, qb, C3, 1, kp, 16, 16 * (size_t)hs, Ab, (size_t)T, 0);
+            else panel_dot(mr, nk, hs, qb, C3, k, C3, Ab, (size_t)T);
             for (int m = 0; m < mr; m++)
                 softmax_row(Ab + (size_t)m * T, causal ? t0 + m + 1 : T, T, mask, scale);
-            panel_axpy(mr, hs, 0, nk, Ab, (size_t)T, 1, v, C3, o + (size_t)t0 * C, (size_t)C, 0);
+            if (packA)
+                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, Ab, (size_t)T, mr, nk), 1, 4,
+                           v, ldv, 16, o + (size_t)t0 * C, (size_t)C, 0);
+            else
+                panel_axpy(mr, hs, 0, nk, Ab, (size_t)T, 1, v, ldv, 16, o + (size_t)t0 * C,
+                           (size_t)C, 0);
         }
     }
     return MG_OK;
@@ -390,6 +509,9 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t C3 = 3 * (size_t)C;
     const int BH = B * NH;
+    const int Tp = (T + 15) & ~15;
+    const int fast = (size_t)(3 * (size_t)T + Tp) * hs <= ARENA;
+    const int packA = 4 * (size_t)T <= PACKBUF;
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
@@ -401,6 +523,16 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
         float* dk = dq + C;
         float* dv = dq + 2 * (size_t)C;
         const float* g = dout + (size_t)b * T * C + (size_t)h * hs;  /* (T,hs), ld C */
+        size_t ldq = C3, ldg = (size_t)C;
+        const float* vp = NULL;                                       /* v in panels */
+        if (fast) {
+            const size_t n = (size_t)T * hs;
+            q = gather(arena, q, C3, T, hs);
+            k = gather(arena + n, k, C3, T, hs);
+            g = gather(arena + 2 * n, g, (size_t)C, T, hs);
+            vp = pack_panels(arena + 3 * n, v, C3, T, hs);
+            ldq = ldg = (size_t)hs;
+        }
         const float* P = att + (size_t)bh * T * T;                    /* (T,T) */
         float* dS = scratch + (size_t)bh * T * T;                     /* (T,T) */
 
@@ -416,27 +548,45 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
             const int mr = MG_MIN(MR, T - t0);
             const int nk = causal ? t0 + mr : T;
             float* dSb = dS + (size_t)t0 * T;
-            panel_dot(mr, nk, hs, g + (size_t)t0 * C, (size_t)C, v, C3, dSb, (size_t)T);
+            const float* gb = g + (size_t)t0 * ldg;
+            if (vp) panel_axpy(mr, nk, 0, hs, gb, ldg, 1, vp, 16, 16 * (size_t)hs, dSb, (size_t)T, 0);
+            else panel_dot(mr, nk, hs, gb, ldg, v, C3, dSb, (size_t)T);
             for (int m = 0; m < mr; m++) {
-                const float* p = P + (size_t)(t0 + m) * T;
                 float* d = dSb + (size_t)m * T;
                 const int n = causal ? t0 + m + 1 : T;
-                float dot = 0.0f;
-                for (int s = 0; s < n; s++) dot += p[s] * d[s];
-                for (int s = 0; s < n; s++) d[s] = p[s] * (d[s] - dot) * scale;
+                softmax_grad_row(d, P + (size_t)(t0 + m) * T, n, scale);
                 for (int s = n; s < nk; s++) d[s] = 0.0f;
             }
-            panel_axpy(mr, hs, 0, nk, dSb, (size_t)T, 1, k, C3, dq + (size_t)t0 * C3, C3, 1);
+            if (packA)
+                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, dSb, (size_t)T, mr, nk), 1, 4,
+                           k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
+            else
+                panel_axpy(mr, hs, 0, nk, dSb, (size_t)T, 1, k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
         }
         /* Pass 2, per block of keys s (columns of dS and P), summing over the
          * queries t that see them (t >= s0 when causal).
          * Forward: S = q k^T * scale -> dk += dS^T q
          * Forward: o = P v           -> dv += P^T do */
-        for (int s0 = 0; s0 < T; s0 += MR) {
-            const int mr = MG_MIN(MR, T - s0);
-            const int t_lo = causal ? s0 : 0;
-            panel_axpy(mr, hs, t_lo, T, dS + s0, 1, (size_t)T, q, C3, dk + (size_t)s0 * C3, C3, 1);
-            panel_axpy(mr, hs, t_lo, T, P + s0, 1, (size_t)T, g, (size_t)C, dv + (size_t)s0 * C3, C3, 1);
+        float* pdS = packbuf;                 /* (PT,KB) */
+        float* pP = packbuf + KB * PT;        /* (PT,KB) */
+        for (int s0 = 0; s0 < T; s0 += KB) {
+            const int w = MG_MIN(KB, T - s0);
+            /* queries in chunks of PT (the pack size); the chunks add into
+             * dk, dv one after another, in a fixed order */
+            for (int c0 = causal ? s0 : 0; c0 < T; c0 += PT) {
+                const int n = MG_MIN(PT, T - c0);
+                pack_cols(pdS, dS + (size_t)c0 * T + s0, (size_t)T, n, w);
+                pack_cols(pP, P + (size_t)c0 * T + s0, (size_t)T, n, w);
+                for (int j = 0; j < w; j += MR) {
+                    const int mr = MG_MIN(MR, w - j);
+                    /* causal: keys s0+j.. are seen by queries t >= s0+j only */
+                    const int k0 = (causal && c0 == s0) ? j : 0;
+                    float* dkj = dk + (size_t)(s0 + j) * C3;
+                    float* dvj = dv + (size_t)(s0 + j) * C3;
+                    panel_axpy(mr, hs, k0, n, pdS + j, 1, KB, q + (size_t)c0 * ldq, ldq, 16, dkj, C3, 1);
+                    panel_axpy(mr, hs, k0, n, pP + j, 1, KB, g + (size_t)c0 * ldg, ldg, 16, dvj, C3, 1);
+                }
+            }
         }
     }
     return MG_OK;
@@ -477,7 +627,7 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
             const int L = pos + t + 1;
             panel_dot(1, L, hs, x + (size_t)t * C3, 0, kc, (size_t)hs, a, 0);
             softmax_row(a, L, L, NULL, scale);
-            panel_axpy(1, hs, 0, L, a, 0, 1, vc, (size_t)hs,
+            panel_axpy(1, hs, 0, L, a, 0, 1, vc, (size_t)hs, 16,
                        out + ((size_t)b * Tn + t) * C + (size_t)h * hs, 0, 0);
         }
     }

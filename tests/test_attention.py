@@ -55,6 +55,31 @@ def test_forward_backward(rng, B, T, NH, hs, causal, masked):
     assert_close(dqkv - dqkv0, want, rtol=1e-4, atol=1e-5, what="dqkv")
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_large_head_strided_path(rng, causal):
+    """T*hs too large for the per-thread copy areas: the strided fallback."""
+    B, T, NH, hs = 1, 520, 1, 256
+    qkv, dout = make(rng, B, T, NH, hs, scale=0.2)
+    out, att = ops.attention_forward(qkv, NH, causal=causal)
+    want_out, want_att = ref.attention_forward(qkv.astype(np.float64), NH, causal)
+    assert_close(out, want_out, rtol=1e-5, atol=2e-6, what="out")
+    dqkv = ops.attention_backward(dout, qkv, att, NH, causal=causal)
+    want = ref.attention_backward(dout.astype(np.float64), qkv.astype(np.float64), NH, causal)
+    assert_close(dqkv, want, rtol=1e-4, atol=1e-5, what="dqkv")
+
+
+@pytest.mark.parametrize("T", [5, 13])
+def test_nan_propagates(rng, T):
+    """A NaN query poisons its own row; it must not read as 'no visible key'."""
+    qkv, _ = make(rng, 1, T, 2, 4)
+    qkv[0, 3, 0] = np.nan  # query 3, head 0
+    out, att = ops.attention_forward(qkv, 2, causal=True)
+    assert np.all(np.isnan(out[0, 3, :4])) and np.all(np.isnan(att[0, 0, 3, :4]))
+    bad = np.zeros(out.shape, bool)
+    bad[0, 3, :4] = True
+    assert np.all(np.isfinite(out[~bad]))
+
+
 def test_fully_masked_row_is_zero(rng):
     B, T, NH, hs = 3, 13, 2, 8
     qkv, dout = make(rng, B, T, NH, hs)
