@@ -1,11 +1,448 @@
 /*
- * attention.c — multi-head self-attention on packed qkv (PLACEHOLDER: plain
- * loops, one (b, h) per work item).
- *   att = softmax(q k^T / sqrt(hs) + mask), out = att v
+ * attention.c — multi-head self-attention on packed qkv (B,T,3C) = [q|k|v]:
+ * forward, backward and a KV-cache decoding step.
+ *
+ * Math, per batch row b and head h (q, k, v, o are (T,hs) slices):
+ *   S = q k^T * scale,  scale = 1/sqrt(hs)
+ *   P = softmax over the visible keys of each row (invisible: P = 0)
+ *   o = P v
+ * Visible: s <= t when causal, and key_mask[b][s] != 0 when a mask is given.
+ * A query that sees no key gets P = 0 and o = 0 (not NaN).
+ *
+ * Layout of the work: one (b, h) per work item, parallel over B*NH with a
+ * static schedule. Each item writes only its own head's channels of out/dqkv
+ * and its own (T,T) slab of att/scratch, so there are no atomics and every
+ * bit is fixed regardless of the thread count. All six products are one
+ * register-blocked panel, panel_axpy (4 rows x 16 columns, broadcast-FMA):
+ *   forward:  S = q k^T (k packed into 16-key transposed panels), o = P v;
+ *   backward: dP = do v^T (v in panels), dq += dS k, and per 16-key column
+ *             block (packed) dk += dS^T q, dv += P^T do.
+ * Each head's rows are first copied out of the strided qkv into a fixed
+ * per-thread area (see gather); heads too long for it fall back to the
+ * strided rows and a dot-product panel (panel_dot). Causal blocks stop at the
+ * diagonal, so about half of every product is skipped.
+ *
+ * Numerical notes:
+ *   - softmax subtracts the row max of the visible scores (no overflow);
+ *     rows with no visible key are detected via the max (-inf) and zeroed.
+ *   - exp is a vectorised Cody-Waite + degree-7 polynomial (Cephes expf
+ *     coefficients): max relative error 8.4e-8 (about 1.4 ulp) over every float
+ *     in [-87, 0] against double exp (the tests check the probabilities to
+ *     2e-6 against float64); arguments below about -87.3 flush to 0 (the
+ *     true value is below FLT_MIN, far under the 1e-6 we care about in a row
+ *     whose largest entry is 1).
+ *   - all sums run in a fixed order (vector lanes, then a fixed lane tree).
+ *   - a NaN score makes its whole query row (att and out) NaN, as in the
+ *     reference; it is never mistaken for a row with no visible key.
  */
 #include <math.h>
+#include <string.h>
 
 #include "common.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ATT_AVX2 1
+#else
+#define ATT_AVX2 0
+#endif
+
+/* Rows per register tile: 4 rows x 16 columns keeps 8 accumulators plus the
+ * operands in the 16 ymm registers of AVX2. */
+enum { MR = 4 };
+
+#if ATT_AVX2
+/* ================================================================ AVX2 */
+
+/* Lanes j < n all-ones: masked loads for the tail of a row (n in 1..8). */
+static inline __m256i tail_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for x <= 0 (softmax arguments after subtracting the max).
+ * x = n ln2 + r, |r| <= ln2/2; exp(r) = 1 + r + r^2 p(r) (Cephes expf);
+ * 2^n is built in the exponent bits. max(-88, x) keeps n >= -127, and n = -127
+ * gives exponent bits 0, i.e. an exact 0: that is the flush below FLT_MIN.
+ * -inf (masked score) therefore maps to 0; NaN passes through max() as NaN. */
+static inline __m256 exp_neg(__m256 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693145751953125f);   /* exact n*ln2_hi */
+    const __m256 ln2_lo = _mm256_set1_ps(1.428606765330187e-06f);
+    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* a[s] = exp(a[s] - mx) for s < n; returns the sum. The tail goes through a
+ * padded 8-float buffer so every element sees the same exp code. */
+static float exp_sum(float* a, int n, float mx) {
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    int s = 0;
+    for (; s + 8 <= n; s += 8) {
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(a + s), vm));
+        _mm256_storeu_ps(a + s, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (s < n) {
+        float buf[8];
+        int r = n - s;
+        for (int j = 0; j < 8; j++) buf[j] = j < r ? a[s + j] : -INFINITY;
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(buf), vm));
+        _mm256_storeu_ps(buf, e);
+        acc = _mm256_add_ps(acc, e);
+        for (int j = 0; j < r; j++) a[s + j] = buf[j];
+    }
+    return hsum(acc);
+}
+
+/* a[s] = a[s]*scale for s < n, -inf where mask[s] == 0 (mask may be NULL);
+ * returns the max, or NaN if any visible score is NaN: max() drops NaNs, and
+ * a row of NaNs would otherwise look like a row with no visible key and be
+ * zeroed silently instead of poisoning the output. */
+static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
+    const __m256 vs = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mx = ninf, bad = _mm256_setzero_ps();
+    int s = 0;
+    for (; s + 8 <= n; s += 8) {
+        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(a + s), vs);
+        if (mask) {
+            __m256i m = _mm256_loadu_si256((const __m256i*)(mask + s));
+            __m256 dead = _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+            x = _mm256_blendv_ps(x, ninf, dead);
+        }
+        _mm256_storeu_ps(a + s, x);
+        mx = _mm256_max_ps(mx, x);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    }
+    float m = hmax(mx);
+    int nan = _mm256_movemask_ps(bad) != 0;
+    for (; s < n; s++) {
+        float x = (mask && !mask[s]) ? -INFINITY : a[s] * scale;
+        a[s] = x;
+        m = x > m ? x : m;
+        nan |= isnan(x);
+    }
+    return nan ? NAN : m;
+}
+
+/* ---------------------------------------------------------------- panels */
+
+/* c[m*ldc + n] = sum_{i<K} a[m*lda + i] * b[n*ldb + i] for m < mr (<= 4),
+ * n < N. Rows m >= mr alias row mr-1 (computed, not stored), so one code
+ * path serves the ragged last block. Tiles of 4 rows x 2 columns: 8
+ * accumulators, 4+1 operand registers; the hadd tree reduces them 4 at a
+ * time. */
+static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
+                      const float* b, size_t ldb, float* c, size_t ldc) {
+    const float* a0 = a;
+    const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * lda;
+    const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * lda;
+    const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * lda;
+    const int Kv = K & ~7;
+    const __m256i km = tail_mask(K - Kv);
+    for (int n = 0; n < N; n += 2) {
+        const float* b0 = b + (size_t)n * ldb;
+        const float* b1 = b + (size_t)MG_MIN(n + 1, N - 1) * ldb;
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
+        __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+        /* ---- hot loop: 8 FMAs per 6 loads */
+        for (int i = 0; i < Kv; i += 8) {
+            __m256 x0 = _mm256_loadu_ps(a0 + i), x1 = _mm256_loadu_ps(a1 + i);
+            __m256 x2 = _mm256_loadu_ps(a2 + i), x3 = _mm256_loadu_ps(a3 + i);
+            __m256 y = _mm256_loadu_ps(b0 + i);
+            c00 = _mm256_fmadd_ps(x0, y, c00); c10 = _mm256_fmadd_ps(x1, y, c10);
+            c20 = _mm256_fmadd_ps(x2, y, c20); c30 = _mm256_fmadd_ps(x3, y, c30);
+            y = _mm256_loadu_ps(b1 + i);
+            c01 = _mm256_fmadd_ps(x0, y, c01); c11 = _mm256_fmadd_ps(x1, y, c11);
+            c21 = _mm256_fmadd_ps(x2, y, c21); c31 = _mm256_fmadd_ps(x3, y, c31);
+        }
+        if (Kv < K) {
+            int i = Kv;
+            __m256 x0 = _mm256_maskload_ps(a0 + i, km), x1 = _mm256_maskload_ps(a1 + i, km);
+            __m256 x2 = _mm256_maskload_ps(a2 + i, km), x3 = _mm256_maskload_ps(a3 + i, km);
+            __m256 y = _mm256_maskload_ps(b0 + i, km);
+            c00 = _mm256_fmadd_ps(x0, y, c00); c10 = _mm256_fmadd_ps(x1, y, c10);
+            c20 = _mm256_fmadd_ps(x2, y, c20); c30 = _mm256_fmadd_ps(x3, y, c30);
+            y = _mm256_maskload_ps(b1 + i, km);
+            c01 = _mm256_fmadd_ps(x0, y, c01); c11 = _mm256_fmadd_ps(x1, y, c11);
+            c21 = _mm256_fmadd_ps(x2, y, c21); c31 = _mm256_fmadd_ps(x3, y, c31);
+        }
+        /* r01 = [row0 col n, row0 col n+1, row1 col n, row1 col n+1] */
+        __m256 h01 = _mm256_hadd_ps(_mm256_hadd_ps(c00, c01), _mm256_hadd_ps(c10, c11));
+        __m256 h23 = _mm256_hadd_ps(_mm256_hadd_ps(c20, c21), _mm256_hadd_ps(c30, c31));
+        __m128 r01 = _mm_add_ps(_mm256_castps256_ps128(h01), _mm256_extractf128_ps(h01, 1));
+        __m128 r23 = _mm_add_ps(_mm256_castps256_ps128(h23), _mm256_extractf128_ps(h23, 1));
+        float* cp = c + n;
+        if (n + 1 < N) {
+            _mm_storel_pi((__m64*)cp, r01);
+            if (mr > 1) _mm_storeh_pi((__m64*)(cp + ldc), r01);
+            if (mr > 2) _mm_storel_pi((__m64*)(cp + 2 * ldc), r23);
+            if (mr > 3) _mm_storeh_pi((__m64*)(cp + 3 * ldc), r23);
+        } else {
+            _mm_store_ss(cp, r01);
+            if (mr > 1) _mm_store_ss(cp + ldc, _mm_movehl_ps(r01, r01));
+            if (mr > 2) _mm_store_ss(cp + 2 * ldc, r23);
+            if (mr > 3) _mm_store_ss(cp + 3 * ldc, _mm_movehl_ps(r23, r23));
+        }
+    }
+}
+
+/* One 4 x (8*NV) tile of panel_axpy; `part` masks the last vector.
+ * always_inline so that NV and part fold to constants. */
+static inline __attribute__((always_inline)) void
+axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
+          const float* a0, const float* a1, const float* a2, const float* a3,
+          size_t acs, const float* b, size_t ldb, float* c, size_t ldc, int accumulate) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
+    __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    /* ---- hot loop: 8 FMAs per 2 loads + 4 broadcasts */
+    for (int k = k0; k < k1; k++) {
+        const float* bk = b + (size_t)k * ldb;
+        const size_t ak = (size_t)k * acs;
+        __m256 y0, y1 = _mm256_setzero_ps();
+        if (NV == 1) {
+            y0 = part ? _mm256_maskload_ps(bk, mk) : _mm256_loadu_ps(bk);
+        } else {
+            y0 = _mm256_loadu_ps(bk);
+            y1 = part ? _mm256_maskload_ps(bk + 8, mk) : _mm256_loadu_ps(bk + 8);
+        }
+        __m256 x = _mm256_broadcast_ss(a0 + ak);
+        c00 = _mm256_fmadd_ps(x, y0, c00);
+        if (NV == 2) c01 = _mm256_fmadd_ps(x, y1, c01);
+        x = _mm256_broadcast_ss(a1 + ak);
+        c10 = _mm256_fmadd_ps(x, y0, c10);
+        if (NV == 2) c11 = _mm256_fmadd_ps(x, y1, c11);
+        x = _mm256_broadcast_ss(a2 + ak);
+        c20 = _mm256_fmadd_ps(x, y0, c20);
+        if (NV == 2) c21 = _mm256_fmadd_ps(x, y1, c21);
+        x = _mm256_broadcast_ss(a3 + ak);
+        c30 = _mm256_fmadd_ps(x, y0, c30);
+        if (NV == 2) c31 = _mm256_fmadd_ps(x, y1, c31);
+    }
+    __m256 acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    for (int m = 0; m < mr; m++) {
+        float* cm = c + (size_t)m * ldc;
+        for (int v = 0; v < NV; v++) {
+            __m256 r = acc[m][v];
+            if (part && v == NV - 1) {
+                if (accumulate) r = _mm256_add_ps(r, _mm256_maskload_ps(cm + 8 * v, mk));
+                _mm256_maskstore_ps(cm + 8 * v, mk, r);
+            } else {
+                if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(cm + 8 * v));
+                _mm256_storeu_ps(cm + 8 * v, r);
+            }
+        }
+    }
+}
+
+/* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * B(k,n), m < mr (<= 4), n < N,
+ * with A(m,k) = a[m*ars + k*acs]: (ars, acs) = (lda, 1) for A, (1, lda) for
+ * A^T, or (1, 4) for a packed row block. B(k,n) = b[(n/16)*bblk + k*ldb + n%16]:
+ * bblk = 16 for plain rows, 16*K for 16-column panels (see pack_panels).
+ * accumulate: add into c instead of overwriting it. */
+static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
+                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
+                       size_t ldc, int accumulate) {
+    const float* a0 = a;
+    const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * ars;
+    const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
+    const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
+    int n = 0;
+    const __m256i ones = _mm256_set1_epi32(-1);
+    for (; n + 16 <= N; n += 16, b += bblk)
+        axpy_tile(2, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
+    int rest = N - n;
+    if (rest > 8)
+        axpy_tile(2, 1, tail_mask(rest - 8), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
+                  c + n, ldc, accumulate);
+    else if (rest == 8)
+        axpy_tile(1, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
+    else if (rest > 0)
+        axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
+                  c + n, ldc, accumulate);
+}
+
+#else
+/* ================================================================ portable */
+
+static float exp_sum(float* a, int n, float mx) {
+    float sum = 0.0f;
+    for (int s = 0; s < n; s++) { a[s] = expf(a[s] - mx); sum += a[s]; }
+    return sum;
+}
+
+static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
+    float m = -INFINITY;
+    int nan = 0;
+    for (int s = 0; s < n; s++) {
+        float x = (mask && !mask[s]) ? -INFINITY : a[s] * scale;
+        a[s] = x;
+        m = x > m ? x : m;
+        nan |= isnan(x);
+    }
+    return nan ? NAN : m;
+}
+
+static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
+                      const float* b, size_t ldb, float* c, size_t ldc) {
+    for (int m = 0; m < mr; m++)
+        for (int n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (int i = 0; i < K; i++) s += a[m * lda + i] * b[n * ldb + i];
+            c[m * ldc + n] = s;
+        }
+}
+
+static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
+                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
+                       size_t ldc, int accumulate) {
+    for (int m = 0; m < mr; m++) {
+        float* cm = c + m * ldc;
+        if (!accumulate) memset(cm, 0, (size_t)N * sizeof(float));
+        for (int k = k0; k < k1; k++) {
+            float w = a[m * ars + k * acs];
+            for (int n = 0; n < N; n++)
+                cm[n] += w * b[(size_t)(n / 16) * bblk + (size_t)k * ldb + n % 16];
+        }
+    }
+}
+#endif
+
+/* ================================================================ softmax */
+
+/* Row a[0..T): entries s < n hold raw scores q.k; keys s >= n are invisible
+ * (causal), as are keys with mask[s] == 0. Leaves the probabilities, with
+ * zeros at every invisible key; a row that sees no key becomes all zeros. */
+static void softmax_row(float* a, int n, int T, const int32_t* mask, float scale) {
+    float mx = scale_mask_max(a, n, mask, scale);
+    if (mx == -INFINITY) {
+        memset(a, 0, (size_t)T * sizeof(float));
+        return;
+    }
+    float inv = 1.0f / exp_sum(a, n, mx);
+    for (int s = 0; s < n; s++) a[s] *= inv;
+    if (n < T) memset(a + n, 0, (size_t)(T - n) * sizeof(float));
+}
+
+/* ================================================================ gather */
+
+/* Per-thread copy of one head's rows, made contiguous (row stride hs instead
+ * of 3C). Why: at C=384 the qkv row stride is 4608 bytes, which maps every row
+ * of a head onto 8 of the 64 L1 sets, so the k/v rows the panels stream
+ * through evict each other long before they are reused; contiguous rows use
+ * every set and the adjacent-line prefetch. Fixed size and allocated once per
+ * thread by the TLS machinery, never per call; heads that do not fit (T*hs
+ * beyond ARENA/4, e.g. T > 1024 at hs = 64) use the strided rows directly. */
+enum { ARENA = 4 * 65536 };
+static _Thread_local float arena[ARENA];
+
+/* Column panels of dS and P for the dk, dv sums: KB keys (one cache line of
+ * each row) by up to PT queries, packed contiguous. Reading the columns in
+ * place walks rows T*4 bytes apart (4096 at T=1024: one L1 set); packing
+ * reads each line once. */
+enum { KB = 16, PT = 2048, PACKBUF = 2 * KB * PT };
+static _Thread_local float packbuf[PACKBUF];
+
+/* dst (n,KB) = src[t][0..w) for t < n, src rows ld apart; zero beyond w. */
+static void pack_cols(float* dst, const float* src, size_t ld, int n, int w) {
+    for (int t = 0; t < n; t++) {
+        const float* r = src + (size_t)t * ld;
+        float* d = dst + (size_t)t * KB;
+        if (w == KB) {
+            memcpy(d, r, KB * sizeof(float));
+        } else {
+            for (int j = 0; j < w; j++) d[j] = r[j];
+            for (int j = w; j < KB; j++) d[j] = 0.0f;
+        }
+    }
+}
+
+/* dst = src (T, ld) transposed into 16-row panels: dst[(s/16)*16*hs + i*16 +
+ * s%16] = src[s][i], zero past T. S = q k^T then runs as broadcast-FMA over
+ * contiguous 64-byte rows of keys (panel_axpy with ldb 16, bblk 16*hs) instead
+ * of dot products that end in horizontal adds. Returns dst. */
+static float* pack_panels(float* dst, const float* src, size_t ld, int T, int hs) {
+    for (int s0 = 0; s0 < T; s0 += 16) {
+        float* d = dst + (size_t)s0 * hs;
+        const int w = MG_MIN(16, T - s0);
+        for (int j = 0; j < w; j++) {
+            const float* r = src + (size_t)(s0 + j) * ld;
+            for (int i = 0; i < hs; i++) d[(size_t)i * 16 + j] = r[i];
+        }
+        for (int j = w; j < 16; j++)
+            for (int i = 0; i < hs; i++) d[(size_t)i * 16 + j] = 0.0f;
+    }
+    return dst;
+}
+
+/* dst (n,4): rows r < mr of src (mr, ld) interleaved, dst[k*4 + r] = src[r][k].
+ * The broadcasts of panel_axpy then read one line for four rows. */
+static float* pack_rows4(float* dst, const float* src, size_t ld, int mr, int n) {
+    for (int r = 0; r < mr; r++)
+        for (int k = 0; k < n; k++) dst[(size_t)k * 4 + r] = src[(size_t)r * ld + k];
+    return dst;
+}
+
+/* dst (T,hs) = rows of src (T, ld); returns dst. */
+static float* gather(float* dst, const float* src, size_t ld, int T, int hs) {
+    for (int t = 0; t < T; t++)
+        memcpy(dst + (size_t)t * hs, src + (size_t)t * ld, (size_t)hs * sizeof(float));
+    return dst;
+}
+
+/* Softmax backward on one row, in place: d[s] = p[s] (d[s] - sum_r p[r] d[r])
+ * * scale for s < n (forward: p = softmax(scale * S) over the visible keys). */
+static void softmax_grad_row(float* d, const float* p, int n, float scale) {
+    int s = 0;
+    float dot = 0.0f;
+#if ATT_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; s + 8 <= n; s += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(d + s), acc);
+    dot = hsum(acc);
+#endif
+    for (; s < n; s++) dot += p[s] * d[s];
+    s = 0;
+#if ATT_AVX2
+    const __m256 vdot = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
+    for (; s + 8 <= n; s += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(d + s), vdot);
+        _mm256_storeu_ps(d + s, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + s), x), vs));
+    }
+#endif
+    for (; s < n; s++) d[s] = p[s] * (d[s] - dot) * scale;
+}
+
+/* ================================================================ forward */
 
 mg_status mg_attention_forward(float* out, float* att, const float* qkv,
                                const int32_t* key_mask,
@@ -13,44 +450,53 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
     MG_CHECK_PTR(out); MG_CHECK_PTR(att); MG_CHECK_PTR(qkv);
     MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(NH);
     MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    size_t C3 = 3 * (size_t)C;
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            for (int t = 0; t < T; t++) {
-                const float* q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
-                float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int s = 0; s < T; s++) {
-                    int vis = (!causal || s <= t) && (!key_mask || key_mask[(size_t)b * T + s]);
-                    if (!vis) { a[s] = -INFINITY; continue; }
-                    const float* k = qkv + ((size_t)b * T + s) * C3 + C + (size_t)h * hs;
-                    float d = 0.0f;
-                    for (int i = 0; i < hs; i++) d += q[i] * k[i];
-                    a[s] = d * scale;
-                    if (a[s] > mx) mx = a[s];
-                }
-                float sum = 0.0f;
-                for (int s = 0; s < T; s++) {
-                    float e = (a[s] == -INFINITY) ? 0.0f : expf(a[s] - mx);
-                    a[s] = e;
-                    sum += e;
-                }
-                float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-                float* o = out + ((size_t)b * T + t) * C + (size_t)h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int s = 0; s < T; s++) {
-                    a[s] *= inv;
-                    const float* v = qkv + ((size_t)b * T + s) * C3 + 2 * (size_t)C + (size_t)h * hs;
-                    for (int i = 0; i < hs; i++) o[i] += a[s] * v[i];
-                }
-            }
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const size_t C3 = 3 * (size_t)C;
+    const int BH = B * NH;
+    /* Heads too long for the per-thread areas run on the strided rows. */
+    const int Tp = (T + 15) & ~15;
+    const int fast = (size_t)(Tp + T) * hs <= ARENA;
+    const int packA = 4 * (size_t)T <= PACKBUF;
+    #pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < BH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const float* q = qkv + (size_t)b * T * C3 + (size_t)h * hs;   /* (T,hs), ld 3C */
+        const float* k = q + C;
+        const float* v = q + 2 * (size_t)C;
+        float* o = out + (size_t)b * T * C + (size_t)h * hs;          /* (T,hs), ld C */
+        float* A = att + (size_t)bh * T * T;                          /* (T,T) */
+        const int32_t* mask = key_mask ? key_mask + (size_t)b * T : NULL;
+        const float* kp = NULL;                                       /* k in panels */
+        size_t ldv = C3;
+        if (fast) {
+            kp = pack_panels(arena, k, C3, T, hs);
+            v = gather(arena + (size_t)Tp * hs, v, C3, T, hs);
+            ldv = (size_t)hs;
+        }
+        /* Row blocks of MR queries: S, softmax and P v while the block's rows
+         * of P are still in L1. Causal blocks stop at their last row's key. */
+        for (int t0 = 0; t0 < T; t0 += MR) {
+            const int mr = MG_MIN(MR, T - t0);
+            const int nk = causal ? t0 + mr : T;
+            float* Ab = A + (size_t)t0 * T;
+            const float* qb = q + (size_t)t0 * C3;
+            if (kp) panel_axpy(mr, nk, 0, hs, qb, C3, 1, kp, 16, 16 * (size_t)hs, Ab, (size_t)T, 0);
+            else panel_dot(mr, nk, hs, qb, C3, k, C3, Ab, (size_t)T);
+            for (int m = 0; m < mr; m++)
+                softmax_row(Ab + (size_t)m * T, causal ? t0 + m + 1 : T, T, mask, scale);
+            if (packA)
+                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, Ab, (size_t)T, mr, nk), 1, 4,
+                           v, ldv, 16, o + (size_t)t0 * C, (size_t)C, 0);
+            else
+                panel_axpy(mr, hs, 0, nk, Ab, (size_t)T, 1, v, ldv, 16, o + (size_t)t0 * C,
+                           (size_t)C, 0);
         }
     }
     return MG_OK;
 }
+
+/* ================================================================ backward */
 
 mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                                 const float* qkv, const float* att,
@@ -59,42 +505,94 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
     MG_CHECK_PTR(qkv); MG_CHECK_PTR(att);
     MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(NH);
     MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    size_t C3 = 3 * (size_t)C;
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            for (int t = 0; t < T; t++) {
-                const float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                float* da = scratch + (((size_t)b * NH + h) * T + t) * T;
-                const float* g = dout + ((size_t)b * T + t) * C + (size_t)h * hs;
-                /* out = sum_s a[s] v[s]: da[s] = g . v[s], dv[s] += a[s] g */
-                float dot = 0.0f;
-                for (int s = 0; s < T; s++) {
-                    const float* v = qkv + ((size_t)b * T + s) * C3 + 2 * (size_t)C + (size_t)h * hs;
-                    float* dv = dqkv + ((size_t)b * T + s) * C3 + 2 * (size_t)C + (size_t)h * hs;
-                    float d = 0.0f;
-                    for (int i = 0; i < hs; i++) { d += g[i] * v[i]; dv[i] += a[s] * g[i]; }
-                    da[s] = d;
-                    dot += d * a[s];
-                }
-                /* a = softmax(pre): dpre[s] = a[s] (da[s] - sum_r a[r] da[r]) */
-                const float* q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
-                float* dq = dqkv + ((size_t)b * T + t) * C3 + (size_t)h * hs;
-                for (int s = 0; s < T; s++) {
-                    float dp = a[s] * (da[s] - dot) * scale;
-                    if (dp == 0.0f) continue;
-                    const float* k = qkv + ((size_t)b * T + s) * C3 + C + (size_t)h * hs;
-                    float* dk = dqkv + ((size_t)b * T + s) * C3 + C + (size_t)h * hs;
-                    for (int i = 0; i < hs; i++) { dq[i] += dp * k[i]; dk[i] += dp * q[i]; }
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const size_t C3 = 3 * (size_t)C;
+    const int BH = B * NH;
+    const int Tp = (T + 15) & ~15;
+    const int fast = (size_t)(3 * (size_t)T + Tp) * hs <= ARENA;
+    const int packA = 4 * (size_t)T <= PACKBUF;
+    #pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < BH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const size_t off = (size_t)b * T * C3 + (size_t)h * hs;
+        const float* q = qkv + off;                      /* (T,hs), ld 3C */
+        const float* k = q + C;
+        const float* v = q + 2 * (size_t)C;
+        float* dq = dqkv + off;
+        float* dk = dq + C;
+        float* dv = dq + 2 * (size_t)C;
+        const float* g = dout + (size_t)b * T * C + (size_t)h * hs;  /* (T,hs), ld C */
+        size_t ldq = C3, ldg = (size_t)C;
+        const float* vp = NULL;                                       /* v in panels */
+        if (fast) {
+            const size_t n = (size_t)T * hs;
+            q = gather(arena, q, C3, T, hs);
+            k = gather(arena + n, k, C3, T, hs);
+            g = gather(arena + 2 * n, g, (size_t)C, T, hs);
+            vp = pack_panels(arena + 3 * n, v, C3, T, hs);
+            ldq = ldg = (size_t)hs;
+        }
+        const float* P = att + (size_t)bh * T * T;                    /* (T,T) */
+        float* dS = scratch + (size_t)bh * T * T;                     /* (T,T) */
+
+        /* Pass 1, per block of query rows (the rows of dS are independent).
+         * Forward: o = P v           -> dP = do v^T
+         * Forward: P = softmax(S)    -> dS = P * (dP - sum_s P dP)
+         * Forward: S = q k^T * scale -> dq += scale * dS k
+         * The scale is folded into dS. Causal: P is zero right of the
+         * diagonal, so the block stops at its last row's key; the entries of
+         * the block right of each row's diagonal are set to 0 because pass 2
+         * and the dq panel read them. */
+        for (int t0 = 0; t0 < T; t0 += MR) {
+            const int mr = MG_MIN(MR, T - t0);
+            const int nk = causal ? t0 + mr : T;
+            float* dSb = dS + (size_t)t0 * T;
+            const float* gb = g + (size_t)t0 * ldg;
+            if (vp) panel_axpy(mr, nk, 0, hs, gb, ldg, 1, vp, 16, 16 * (size_t)hs, dSb, (size_t)T, 0);
+            else panel_dot(mr, nk, hs, gb, ldg, v, C3, dSb, (size_t)T);
+            for (int m = 0; m < mr; m++) {
+                float* d = dSb + (size_t)m * T;
+                const int n = causal ? t0 + m + 1 : T;
+                softmax_grad_row(d, P + (size_t)(t0 + m) * T, n, scale);
+                for (int s = n; s < nk; s++) d[s] = 0.0f;
+            }
+            if (packA)
+                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, dSb, (size_t)T, mr, nk), 1, 4,
+                           k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
+            else
+                panel_axpy(mr, hs, 0, nk, dSb, (size_t)T, 1, k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
+        }
+        /* Pass 2, per block of keys s (columns of dS and P), summing over the
+         * queries t that see them (t >= s0 when causal).
+         * Forward: S = q k^T * scale -> dk += dS^T q
+         * Forward: o = P v           -> dv += P^T do */
+        float* pdS = packbuf;                 /* (PT,KB) */
+        float* pP = packbuf + KB * PT;        /* (PT,KB) */
+        for (int s0 = 0; s0 < T; s0 += KB) {
+            const int w = MG_MIN(KB, T - s0);
+            /* queries in chunks of PT (the pack size); the chunks add into
+             * dk, dv one after another, in a fixed order */
+            for (int c0 = causal ? s0 : 0; c0 < T; c0 += PT) {
+                const int n = MG_MIN(PT, T - c0);
+                pack_cols(pdS, dS + (size_t)c0 * T + s0, (size_t)T, n, w);
+                pack_cols(pP, P + (size_t)c0 * T + s0, (size_t)T, n, w);
+                for (int j = 0; j < w; j += MR) {
+                    const int mr = MG_MIN(MR, w - j);
+                    /* causal: keys s0+j.. are seen by queries t >= s0+j only */
+                    const int k0 = (causal && c0 == s0) ? j : 0;
+                    float* dkj = dk + (size_t)(s0 + j) * C3;
+                    float* dvj = dv + (size_t)(s0 + j) * C3;
+                    panel_axpy(mr, hs, k0, n, pdS + j, 1, KB, q + (size_t)c0 * ldq, ldq, 16, dkj, C3, 1);
+                    panel_axpy(mr, hs, k0, n, pP + j, 1, KB, g + (size_t)c0 * ldg, ldg, 16, dvj, C3, 1);
                 }
             }
         }
     }
-    (void)causal;
     return MG_OK;
 }
+
+/* ================================================================ decode */
 
 mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
                               float* scratch, const float* qkv,
@@ -102,45 +600,35 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
     MG_CHECK_PTR(out); MG_CHECK_PTR(kcache); MG_CHECK_PTR(vcache);
     MG_CHECK_PTR(scratch); MG_CHECK_PTR(qkv);
     MG_CHECK_POS(B); MG_CHECK_POS(Tn); MG_CHECK_POS(C); MG_CHECK_POS(NH);
+    MG_CHECK_POS(maxT);
     MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
-    MG_CHECK(pos >= 0 && pos + Tn <= maxT, MG_ERR_SHAPE,
-             "positions %d..%d do not fit a cache of %d", pos, pos + Tn - 1, maxT);
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    size_t C3 = 3 * (size_t)C;
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            float* kc = kcache + ((size_t)b * NH + h) * maxT * hs;
-            float* vc = vcache + ((size_t)b * NH + h) * maxT * hs;
-            float* a = scratch + ((size_t)b * NH + h) * maxT;
-            for (int t = 0; t < Tn; t++) {
-                const float* x = qkv + ((size_t)b * Tn + t) * C3 + (size_t)h * hs;
-                for (int i = 0; i < hs; i++) {
-                    kc[(size_t)(pos + t) * hs + i] = x[C + i];
-                    vc[(size_t)(pos + t) * hs + i] = x[2 * (size_t)C + i];
-                }
-            }
-            for (int t = 0; t < Tn; t++) {
-                const float* q = qkv + ((size_t)b * Tn + t) * C3 + (size_t)h * hs;
-                int L = pos + t + 1;
-                float mx = -INFINITY;
-                for (int s = 0; s < L; s++) {
-                    float d = 0.0f;
-                    for (int i = 0; i < hs; i++) d += q[i] * kc[(size_t)s * hs + i];
-                    a[s] = d * scale;
-                    if (a[s] > mx) mx = a[s];
-                }
-                float sum = 0.0f;
-                for (int s = 0; s < L; s++) { a[s] = expf(a[s] - mx); sum += a[s]; }
-                float inv = 1.0f / sum;
-                float* o = out + ((size_t)b * Tn + t) * C + (size_t)h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int s = 0; s < L; s++) {
-                    float w = a[s] * inv;
-                    for (int i = 0; i < hs; i++) o[i] += w * vc[(size_t)s * hs + i];
-                }
-            }
+    MG_CHECK(pos >= 0 && pos <= maxT - Tn, MG_ERR_SHAPE,
+             "positions %d..%d do not fit a cache of %d (reset the cache or "
+             "raise maxT)", pos, pos + Tn - 1, maxT);
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const size_t C3 = 3 * (size_t)C;
+    const int BH = B * NH;
+    #pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < BH; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        float* kc = kcache + (size_t)bh * maxT * hs;     /* (maxT,hs) */
+        float* vc = vcache + (size_t)bh * maxT * hs;
+        float* a = scratch + (size_t)bh * maxT;          /* (maxT) */
+        const float* x = qkv + (size_t)b * Tn * C3 + (size_t)h * hs;  /* (Tn,hs), ld 3C */
+        /* All new keys first: query t then reads cache rows 0..pos+t only. */
+        for (int t = 0; t < Tn; t++) {
+            memcpy(kc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + C, (size_t)hs * sizeof(float));
+            memcpy(vc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + 2 * (size_t)C,
+                   (size_t)hs * sizeof(float));
+        }
+        /* One query at a time: scratch holds a single row per (b, h). */
+        for (int t = 0; t < Tn; t++) {
+            const int L = pos + t + 1;
+            panel_dot(1, L, hs, x + (size_t)t * C3, 0, kc, (size_t)hs, a, 0);
+            softmax_row(a, L, L, NULL, scale);
+            panel_axpy(1, hs, 0, L, a, 0, 1, vc, (size_t)hs, 16,
+                       out + ((size_t)b * Tn + t) * C + (size_t)h * hs, 0, 0);
         }
     }
     return MG_OK;
