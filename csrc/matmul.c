@@ -41,8 +41,10 @@
 
 #include "common.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if (defined(__AVX2__) && defined(__FMA__)) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
 #define MG_GEMM_AVX2 1
 #else
 #define MG_GEMM_AVX2 0
@@ -50,14 +52,20 @@
 
 // ---------------------------------------------------------------- blocking
 
+#if defined(__AVX512F__)
+// 12 x 32: 24 zmm accumulators + 2 for B + 1 broadcast of 32 zmm registers.
+// kc*NR*4 = 24 KiB of B micro-panel stays in a 48 KiB L1d.
+enum { MR = 12, NR = 32, KC_MAX = 192, MC_MAX = 192, NC_MAX = 4096 };
+#else
 enum {
     MR = 6,          // micro-tile rows (A broadcasts)
     NR = 16,         // micro-tile columns (two 8-float vectors)
     KC_MAX = 256,    // B micro-panel kc*NR*4 = 16 KiB stays in a 32 KiB L1d
     MC_MAX = 144,    // A block mc*kc*4 = 144 KiB, well inside a 1 MiB L2
-    NC_MAX = 4080,   // B block kc*nc*4 = 4 MiB, an eighth of the 32 MiB L3
-    ALIGN = 64
+    NC_MAX = 4080    // B block kc*nc*4 = 4 MiB, an eighth of the 32 MiB L3
 };
+#endif
+enum { ALIGN = 64 };
 
 // Below this many multiply-adds a parallel region costs more than it saves.
 #define SERIAL_MNK ((double)96 * 96 * 96)
@@ -89,6 +97,8 @@ static float* workspace(size_t nfloats) {
 
 // Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
 // dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
+// Full panels use constant trip counts so the copies compile to vector moves
+// instead of library calls.
 static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
                    int transA, int i0, int p0, int mc, int kc) {
     for (int ip = 0; ip < mc; ip += MR) {
@@ -97,37 +107,87 @@ static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
         if (transA) {   // A is (K,M): a row of A' is a column; k rows are contiguous
             for (int k = 0; k < kc; k++) {
                 const float* s = A + (size_t)(p0 + k) * lda + (size_t)(i0 + ip);
-                for (int r = 0; r < mr; r++) d[(size_t)k * MR + r] = s[r];
-                for (int r = mr; r < MR; r++) d[(size_t)k * MR + r] = 0.0f;
+                float* dk = d + (size_t)k * MR;
+                if (mr == MR) {
+                    for (int r = 0; r < MR; r++) dk[r] = s[r];
+                } else {
+                    for (int r = 0; r < mr; r++) dk[r] = s[r];
+                    for (int r = mr; r < MR; r++) dk[r] = 0.0f;
+                }
             }
-        } else {        // A is (M,K): read each row once, contiguously
-            for (int r = 0; r < mr; r++) {
-                const float* s = A + (size_t)(i0 + ip + r) * lda + (size_t)p0;
-                for (int k = 0; k < kc; k++) d[(size_t)k * MR + r] = s[k];
+        } else {        // A is (M,K): MR row streams, one k column at a time
+            const float* s[MR];
+            for (int r = 0; r < MR; r++)
+                s[r] = A + (size_t)(i0 + ip + MG_MIN(r, mr - 1)) * lda + (size_t)p0;
+            if (mr == MR) {
+                for (int k = 0; k < kc; k++)
+                    for (int r = 0; r < MR; r++) d[(size_t)k * MR + r] = s[r][k];
+            } else {
+                for (int k = 0; k < kc; k++)
+                    for (int r = 0; r < MR; r++)
+                        d[(size_t)k * MR + r] = r < mr ? s[r][k] : 0.0f;
             }
-            for (int r = mr; r < MR; r++)
-                for (int k = 0; k < kc; k++) d[(size_t)k * MR + r] = 0.0f;
         }
     }
 }
+
+#if MG_GEMM_AVX2
+// d[k*NR + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8): an in-register
+// transpose, so the transposed-B pack streams rows instead of single floats.
+static inline void transpose_8x8(float* restrict d, const float* restrict s, size_t lds) {
+    __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
+    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_store_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
 
 // Packs NR-column panel q of the kc x nc block of B' at (p0, j0):
 // dst[k*NR + j] = B'(p0+k, j0+q*NR+j); columns past nc are zero.
 static void pack_b_panel(float* restrict d, const float* restrict B, size_t ldb,
                          int transB, int p0, int j0, int nr, int kc) {
     if (transB) {       // B is (N,K): each column of B' is a contiguous row of B
+        int k0 = 0;
+#if MG_GEMM_AVX2
+        if (nr == NR) {
+            for (; k0 + 8 <= kc; k0 += 8)
+                for (int j = 0; j < NR; j += 8)
+                    transpose_8x8(d + (size_t)k0 * NR + j,
+                                  B + (size_t)(j0 + j) * ldb + (size_t)(p0 + k0), ldb);
+        }
+#endif
         for (int j = 0; j < nr; j++) {
             const float* s = B + (size_t)(j0 + j) * ldb + (size_t)p0;
-            for (int k = 0; k < kc; k++) d[(size_t)k * NR + j] = s[k];
+            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = s[k];
         }
         for (int j = nr; j < NR; j++)
-            for (int k = 0; k < kc; k++) d[(size_t)k * NR + j] = 0.0f;
+            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = 0.0f;
     } else {            // B is (K,N): copy NR contiguous floats per k
         for (int k = 0; k < kc; k++) {
             const float* s = B + (size_t)(p0 + k) * ldb + (size_t)j0;
             float* dk = d + (size_t)k * NR;
-            for (int j = 0; j < nr; j++) dk[j] = s[j];
-            for (int j = nr; j < NR; j++) dk[j] = 0.0f;
+            if (nr == NR) {
+                for (int j = 0; j < NR; j++) dk[j] = s[j];
+            } else {
+                for (int j = 0; j < nr; j++) dk[j] = s[j];
+                for (int j = nr; j < NR; j++) dk[j] = 0.0f;
+            }
         }
     }
 }
@@ -139,11 +199,56 @@ static void pack_b_panel(float* restrict d, const float* restrict B, size_t ldb,
 //   STORE_ADD: C = C + acc                                 later blocks, beta 1
 enum { STORE_SET = 0, STORE_ADD = 1 };
 
-#if MG_GEMM_AVX2
+#if defined(__AVX512F__)
+
+// acc (12,32) = a (kc,12 packed) @ b (kc,32 packed), then stored per mode
+// into c (12,32) with row stride ldc. bias (32) or NULL (STORE_SET only).
+static void kernel(int kc, const float* restrict a, const float* restrict b,
+                   float* restrict c, size_t ldc, int mode,
+                   const float* restrict bias) {
+    __m512 acc[MR][2];
+    #pragma GCC unroll 12
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    // ---- hot loop: 24 FMAs per k, operands streamed from the packed panels
+    #pragma GCC unroll 2
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b);
+        __m512 b1 = _mm512_load_ps(b + 16);
+        #pragma GCC unroll 12
+        for (int r = 0; r < MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (mode == STORE_SET && bias) {
+        bias0 = _mm512_loadu_ps(bias);
+        bias1 = _mm512_loadu_ps(bias + 16);
+    }
+    #pragma GCC unroll 12
+    for (int r = 0; r < MR; r++) {
+        float* cr = c + (size_t)r * ldc;
+        __m512 v0 = acc[r][0], v1 = acc[r][1];
+        if (mode == STORE_ADD) {
+            v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0);
+            v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1);
+        } else if (bias) {
+            v0 = _mm512_add_ps(bias0, v0);
+            v1 = _mm512_add_ps(bias1, v1);
+        }
+        _mm512_storeu_ps(cr, v0);
+        _mm512_storeu_ps(cr + 16, v1);
+    }
+}
+
+#elif MG_GEMM_AVX2
 
 // acc (6,16) = a (kc,6 packed) @ b (kc,16 packed), then stored per mode into
 // c (6,16) with row stride ldc. bias (16) or NULL, used only by STORE_SET.
-static void kernel_6x16(int kc, const float* restrict a, const float* restrict b,
+static void kernel(int kc, const float* restrict a, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -199,7 +304,7 @@ static void kernel_6x16(int kc, const float* restrict a, const float* restrict b
 
 #else  // portable: plain C, the same packed layout and the same store rule
 
-static void kernel_6x16(int kc, const float* restrict a, const float* restrict b,
+static void kernel(int kc, const float* restrict a, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     float acc[MR][NR];
@@ -228,11 +333,11 @@ static void kernel_6x16(int kc, const float* restrict a, const float* restrict b
 static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
                         int mr, int nr, int mode, const float* bias) {
     if (mr == MR && nr == NR) {
-        kernel_6x16(kc, a, b, c, ldc, mode, bias);
+        kernel(kc, a, b, c, ldc, mode, bias);
         return;
     }
-    float t[MR * NR] __attribute__((aligned(32)));
-    kernel_6x16(kc, a, b, t, NR, STORE_SET, NULL);
+    float t[MR * NR] __attribute__((aligned(64)));
+    kernel(kc, a, b, t, NR, STORE_SET, NULL);
     for (int r = 0; r < mr; r++) {
         float* cr = c + (size_t)r * ldc;
         const float* tr = t + r * NR;
@@ -268,7 +373,7 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     // With fewer M blocks than threads (short M), threads also split columns.
     int njs = nmb >= nt ? 1 : nt;
 
-    size_t b_size = (size_t)KC_MAX * NC_MAX;            // packed B block
+    size_t b_size = (size_t)KC_MAX * (NC_MAX + NR);     // packed B block
     size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
     float* ws = workspace(b_size + (size_t)nt * a_size);
     if (!ws) return mg_fail(MG_ERR_NOMEM, "mg_sgemm",
