@@ -12,14 +12,19 @@
  *       for ic in M by mc      A block (mc x kc) lives in L2, one per thread
  *         pack A' (mc x kc)    into MR-tall row panels, zero-padded
  *         for jr by NR, ir by MR:  micro-kernel MR x NR, kc deep (hot loop)
- * The micro-kernel holds an MR x NR tile of C in registers: 6 x 16 with
- * AVX2+FMA = 12 ymm accumulators + 2 for B + 1 broadcast of A, which is 15
- * of the 16 ymm registers; 12 independent FMA chains cover the 4-cycle FMA
- * latency on 2 FMA pipes. Each k step loads 2 vectors of B and broadcasts 6
- * values of A for 12 FMAs, within the load ports' budget. Packing turns every
- * transpose combination into the same unit-stride stream, so there is one
- * kernel. Edge tiles (fewer than MR rows or NR columns) run the same kernel
- * into a small stack tile and copy the valid part out.
+ * The micro-kernel holds an MR x NR tile of C in registers. With AVX2+FMA
+ * (the target: Zen 3) it is 6 x 16 = 12 ymm accumulators + 2 for B + 1
+ * broadcast of A, 15 of the 16 ymm registers; 12 independent FMA chains
+ * cover the 4-cycle FMA latency on 2 FMA pipes, and each k step's 2 loads of
+ * B + 6 broadcasts of A fit the load ports. Where the compiler targets
+ * AVX-512 (-march=native on such a host) the same design runs 12 x 32 on
+ * zmm registers (24 accumulators of 32), twice the work per instruction.
+ * Without AVX2 a plain-C kernel over the same packed layout is used.
+ * Packing turns every transpose combination into the same unit-stride
+ * stream, so there is one kernel per ISA; the transposed B of the linear
+ * layer (weight (OC,C)) is packed with 8x8 in-register transposes. Edge
+ * tiles (fewer than MR rows or NR columns) run the same kernel into a small
+ * stack tile and copy the valid part out.
  *
  * Numerics and determinism: each output element is the sum over K in one
  * fixed order: K is cut into blocks whose size depends on K alone; within a
@@ -33,13 +38,20 @@
  * Memory: the packing buffers are one aligned workspace per calling thread,
  * grown on demand and kept (so steady-state calls do not allocate); OpenMP
  * workers use slices of the caller's workspace. A failed allocation returns
- * MG_ERR_NOMEM. The workspace of a thread that exits is not freed (it is
- * small: about 4.5 MiB).
+ * MG_ERR_NOMEM. The workspace of a thread that exits is not freed (about
+ * 4-5 MiB, once per thread that ever called a GEMM).
+ * Parallelism: one parallel region per call; threads pack B panels together,
+ * then take (M block, column slice) units. Below ~1M multiply-adds, or when
+ * called from inside a parallel region, the call runs serially.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+
+#ifndef _OPENMP
+static inline int omp_in_parallel(void) { return 0; }
+#endif
 
 #if (defined(__AVX2__) && defined(__FMA__)) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -354,7 +366,7 @@ static inline void tile(int kc, const float* a, const float* b, float* c, size_t
 static mg_status gemm(int transA, int transB, int M, int N, int K,
                       const float* A, size_t lda, const float* B, size_t ldb,
                       float beta, float* Cm, size_t ldc, const float* bias) {
-    int nt = omp_get_max_threads();
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     int parallel = nt > 1 && (double)M * N * K >= SERIAL_MNK;
     if (!parallel) nt = 1;
 
@@ -370,8 +382,12 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     int nnb = (N + NC_MAX - 1) / NC_MAX;
     int ncb = (N + nnb - 1) / nnb;
     ncb = ((ncb + NR - 1) / NR) * NR;
-    // With fewer M blocks than threads (short M), threads also split columns.
-    int njs = nmb >= nt ? 1 : nt;
+    // Work units are (M block, column slice). Threads take them dynamically:
+    // on a shared machine a thread can lose its core for a while, and the
+    // other then takes its units instead of waiting at the barrier. At least
+    // 4 units per thread keep that balancing fine-grained; which thread
+    // computes a tile never changes its bits.
+    int njs = nt > 1 ? MG_MAX(1, (4 * nt + nmb - 1) / nmb) : 1;
 
     size_t b_size = (size_t)KC_MAX * (NC_MAX + NR);     // packed B block
     size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
@@ -392,27 +408,28 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
                 int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
                 const float* bias_p = (mode == STORE_SET) ? bias : NULL;
 
-                #pragma omp for schedule(static)
+                #pragma omp for schedule(dynamic, 4)
                 for (int q = 0; q < npan; q++)
                     pack_b_panel(bpack + (size_t)q * kc * NR, B, ldb, transB,
                                  pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
                 // (implicit barrier: B is packed before anyone reads it)
 
-                // Work units: (M block, column slice), M-block major so a
-                // thread's consecutive units reuse its packed A block.
-                int units = nmb * njs;
+                // Units are numbered M-block major: a thread that takes
+                // consecutive units of one M block packs its A block once.
+                int units = nmb * MG_MIN(njs, npan);
+                int nsl = MG_MIN(njs, npan);
                 int packed_ib = -1;
-                #pragma omp for schedule(static)
+                #pragma omp for schedule(dynamic, 1)
                 for (int u = 0; u < units; u++) {
-                    int ib = u / njs, js = u % njs;
+                    int ib = u / nsl, js = u % nsl;
                     int ic = ib * mcb;
                     int mc = MG_MIN(mcb, M - ic);
                     if (ib != packed_ib) {
                         pack_a(apack, A, lda, transA, ic, pc, mc, kc);
                         packed_ib = ib;
                     }
-                    int q0 = (int)((long)npan * js / njs);
-                    int q1 = (int)((long)npan * (js + 1) / njs);
+                    int q0 = (int)((long)npan * js / nsl);
+                    int q1 = (int)((long)npan * (js + 1) / nsl);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;
                         int nr = MG_MIN(NR, nc - j);
