@@ -5,13 +5,17 @@
  *   mg_matmul_backward: dinp += dout @ weight; dweight += dout^T @ inp;
  *                       dbias += column sums of dout
  *
- * Design (the BLIS/GotoBLAS layering):
- *   for jc in N by NC          B block (KC x NC) lives in L3, shared by threads
- *     for pc in K by kc        kc depends on K only (see below)
- *       pack B' (kc x nc)      into NR-wide column panels, zero-padded
- *       for ic in M by mc      A block (mc x kc) lives in L2, one per thread
- *         pack A' (mc x kc)    into MR-tall row panels, zero-padded
+ * Design (the BLIS/GotoBLAS layering, with the K loop moved inside a unit):
+ *   for jc in N by nc          chunk of B: K x nc packed at once (<= 16 MiB, L3)
+ *     pack B' (K x nc)         threads together: NR-wide column panels per
+ *                              K block, zero-padded; then one barrier
+ *     for (ic, slice) units    M block x column slice, taken dynamically
+ *       for pc in K by kc      kc depends on K only (see below)
+ *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread
  *         for jr by NR, ir by MR:  micro-kernel MR x NR, kc deep (hot loop)
+ * Packing all of K before computing costs one barrier per chunk instead of
+ * two per K block; that matters on shared 2-core machines, where a thread
+ * that spins at a barrier can sit on the core its partner needs.
  * The micro-kernel holds an MR x NR tile of C in registers. With AVX2+FMA
  * (the target: Zen 3) it is 6 x 16 = 12 ymm accumulators + 2 for B + 1
  * broadcast of A, 15 of the 16 ymm registers; 12 independent FMA chains
@@ -67,17 +71,20 @@ static inline int omp_in_parallel(void) { return 0; }
 #if defined(__AVX512F__)
 // 12 x 32: 24 zmm accumulators + 2 for B + 1 broadcast of 32 zmm registers.
 // kc*NR*4 = 24 KiB of B micro-panel stays in a 48 KiB L1d.
-enum { MR = 12, NR = 32, KC_MAX = 192, MC_MAX = 192, NC_MAX = 4096 };
+enum { MR = 12, NR = 32, KC_MAX = 192, MC_MAX = 192 };
 #else
 enum {
     MR = 6,          // micro-tile rows (A broadcasts)
     NR = 16,         // micro-tile columns (two 8-float vectors)
     KC_MAX = 256,    // B micro-panel kc*NR*4 = 16 KiB stays in a 32 KiB L1d
-    MC_MAX = 144,    // A block mc*kc*4 = 144 KiB, well inside a 1 MiB L2
-    NC_MAX = 4080    // B block kc*nc*4 = 4 MiB, an eighth of the 32 MiB L3
+    MC_MAX = 144     // A block mc*kc*4 = 144 KiB, well inside a 1 MiB L2
 };
 #endif
 enum { ALIGN = 64 };
+
+// Packed B is kept for all of K at once, up to this many floats (16 MiB):
+// the whole weight of most transformer layers, well inside a 32 MiB L3.
+#define B_CAP ((size_t)4 << 20)
 
 // Below this many multiply-adds a parallel region costs more than it saves.
 #define SERIAL_MNK ((double)96 * 96 * 96)
@@ -371,31 +378,34 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     if (!parallel) nt = 1;
 
     const int kcb = k_block(K);
-    // M blocks: at least one per thread and a multiple of the thread count,
-    // evened out and rounded to MR, so every thread gets the same work.
+    // M blocks of at most MC_MAX rows, evened out and rounded to MR.
     int nmb = (M + MC_MAX - 1) / MC_MAX;
     nmb = ((nmb + nt - 1) / nt) * nt;
     int mcb = (M + nmb - 1) / nmb;
     mcb = ((mcb + MR - 1) / MR) * MR;
     nmb = (M + mcb - 1) / mcb;
-    // N blocks for the L3, evened out the same way and rounded to NR.
-    int nnb = (N + NC_MAX - 1) / NC_MAX;
-    int ncb = (N + nnb - 1) / nnb;
+    // N chunks: all K blocks of a chunk of B are packed at once, at most
+    // about B_CAP floats, so a chunk costs two synchronisations (after the
+    // packing, and the join) instead of two per K block.
+    int ncb = (int)MG_MIN((size_t)N, MG_MAX((size_t)NR, B_CAP / (size_t)K));
+    int nnb = (N + ncb - 1) / ncb;
+    ncb = (N + nnb - 1) / nnb;
     ncb = ((ncb + NR - 1) / NR) * NR;
     // Work units are (M block, column slice). Threads take them dynamically:
     // on a shared machine a thread can lose its core for a while, and the
-    // other then takes its units instead of waiting at the barrier. At least
-    // 4 units per thread keep that balancing fine-grained; which thread
-    // computes a tile never changes its bits.
+    // other then takes its units instead of waiting for it. At least 4 units
+    // per thread keep that balancing fine-grained; which thread computes a
+    // tile never changes its bits.
     int njs = nt > 1 ? MG_MAX(1, (4 * nt + nmb - 1) / nmb) : 1;
 
-    size_t b_size = (size_t)KC_MAX * (NC_MAX + NR);     // packed B block
+    size_t b_size = (size_t)K * (size_t)ncb;            // packed B chunk, all K
     size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
     float* ws = workspace(b_size + (size_t)nt * a_size);
     if (!ws) return mg_fail(MG_ERR_NOMEM, "mg_sgemm",
                             "cannot allocate %zu bytes of packing workspace",
                             (b_size + (size_t)nt * a_size) * sizeof(float));
     float* bpack = ws;
+    const int nkb = (K + kcb - 1) / kcb;
 
     #pragma omp parallel num_threads(nt) if (parallel)
     {
@@ -403,47 +413,44 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
         for (int jc = 0; jc < N; jc += ncb) {
             int nc = MG_MIN(ncb, N - jc);
             int npan = (nc + NR - 1) / NR;
-            for (int pc = 0; pc < K; pc += kcb) {
+            // K block pc's panels start at bpack + pc*npan*NR (blocks before
+            // it are full), panel q at + q*kc*NR.
+            #pragma omp for schedule(dynamic, 4)
+            for (int t = 0; t < nkb * npan; t++) {
+                int pc = (t / npan) * kcb, q = t % npan;
                 int kc = MG_MIN(kcb, K - pc);
-                int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
-                const float* bias_p = (mode == STORE_SET) ? bias : NULL;
+                pack_b_panel(bpack + (size_t)pc * npan * NR + (size_t)q * kc * NR,
+                             B, ldb, transB, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
+            }
+            // (implicit barrier: B is packed before anyone reads it)
 
-                #pragma omp for schedule(dynamic, 4)
-                for (int q = 0; q < npan; q++)
-                    pack_b_panel(bpack + (size_t)q * kc * NR, B, ldb, transB,
-                                 pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
-                // (implicit barrier: B is packed before anyone reads it)
-
-                // Units are numbered M-block major: a thread that takes
-                // consecutive units of one M block packs its A block once.
-                int units = nmb * MG_MIN(njs, npan);
-                int nsl = MG_MIN(njs, npan);
-                int packed_ib = -1;
-                #pragma omp for schedule(dynamic, 1)
-                for (int u = 0; u < units; u++) {
-                    int ib = u / nsl, js = u % nsl;
-                    int ic = ib * mcb;
-                    int mc = MG_MIN(mcb, M - ic);
-                    if (ib != packed_ib) {
-                        pack_a(apack, A, lda, transA, ic, pc, mc, kc);
-                        packed_ib = ib;
-                    }
-                    int q0 = (int)((long)npan * js / nsl);
-                    int q1 = (int)((long)npan * (js + 1) / nsl);
+            int nsl = MG_MIN(njs, npan);
+            #pragma omp for schedule(dynamic, 1)
+            for (int u = 0; u < nmb * nsl; u++) {
+                int ib = u / nsl, js = u % nsl;
+                int ic = ib * mcb, mc = MG_MIN(mcb, M - ic);
+                int q0 = (int)((long)npan * js / nsl);
+                int q1 = (int)((long)npan * (js + 1) / nsl);
+                // K blocks in order: this fixes each element's summation order.
+                for (int pc = 0; pc < K; pc += kcb) {
+                    int kc = MG_MIN(kcb, K - pc);
+                    int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
+                    const float* bias_p = (mode == STORE_SET) ? bias : NULL;
+                    const float* bblk = bpack + (size_t)pc * npan * NR;
+                    pack_a(apack, A, lda, transA, ic, pc, mc, kc);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;
                         int nr = MG_MIN(NR, nc - j);
-                        const float* bp = bpack + (size_t)q * kc * NR;
+                        const float* bp = bblk + (size_t)q * kc * NR;
                         const float* bq = bias_p ? bias_p + jc + j : NULL;
-                        for (int i = 0; i < mc; i += MR) {
+                        for (int i = 0; i < mc; i += MR)
                             tile(kc, apack + (size_t)i * kc, bp,
                                  Cm + (size_t)(ic + i) * ldc + (size_t)(jc + j), ldc,
                                  MG_MIN(MR, mc - i), nr, mode, bq);
-                        }
                     }
                 }
-                // (implicit barrier: nobody repacks B while it is in use)
             }
+            // (implicit barrier: the next chunk's packing reuses bpack)
         }
     }
     return MG_OK;
