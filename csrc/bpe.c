@@ -211,11 +211,15 @@ mg_status mg_bpe_split(int64_t* ends, int64_t* n_chunks, const uint8_t* text,
 
 /* Open-addressing table of distinct chunks, keyed by their bytes in the text
  * (stored as offset + length: no copies). */
+enum { INLINE = 16 };
+
 typedef struct {
     uint64_t hash;   /* 0 marks an empty slot */
     int64_t off;
     int64_t count;
     int32_t len;
+    uint8_t inl[INLINE];  /* a copy of short chunks: comparing against the first
+                             occurrence in the text would be a cache miss */
 } chunk_slot;
 
 typedef struct {
@@ -262,7 +266,8 @@ static int chunk_add(chunk_table* t, const uint8_t* text, uint64_t h, int64_t of
     for (;; j = (j + 1) & m) {
         chunk_slot* e = &t->slots[j];
         if (!e->hash) break;
-        if (e->hash == h && e->len == len && memcmp(text + e->off, text + off, (size_t)len) == 0) {
+        if (e->hash == h && e->len == len
+            && memcmp(len <= INLINE ? e->inl : text + e->off, text + off, (size_t)len) == 0) {
             e->count += count;
             return 0;
         }
@@ -272,7 +277,12 @@ static int chunk_add(chunk_table* t, const uint8_t* text, uint64_t h, int64_t of
         m = t->cap - 1;
         for (j = (size_t)h & m; t->slots[j].hash; j = (j + 1) & m) {}
     }
-    t->slots[j] = (chunk_slot){h, off, count, len};
+    chunk_slot* e = &t->slots[j];
+    e->hash = h;
+    e->off = off;
+    e->count = count;
+    e->len = len;
+    if (len <= INLINE) memcpy(e->inl, text + off, (size_t)len);
     t->used++;
     return 0;
 }
@@ -735,18 +745,26 @@ static mg_status count_segments(chunk_table* out, const uint8_t* text, const int
     chunk_table* tables = calloc((size_t)nt, sizeof *tables);
     if (!tables) return mg_fail(MG_ERR_NOMEM, "mg_bpe_train_text", "out of memory");
     int oom = 0;
-    for (int k = 0; k < nt; k++) oom |= chunk_table_init(&tables[k], 1 << 16);
+    for (int k = 0; k < nt; k++)
+        if (chunk_table_init(&tables[k], 1 << 16)) oom = 1;
     if (!oom) {
-        #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(|:oom)
-        for (int64_t g = 0; g < n_seg; g++) {
-            chunk_table* tab = &tables[omp_get_thread_num()];
-            int64_t i = seg[2 * g], end = seg[2 * g + 1];
-            while (i < end && !oom) {                        /* hot loop */
-                int64_t j = match_at(text, i, end, cls, pattern);
-                if (chunk_add(tab, text, hash_bytes(text + i, j - i), i, (int32_t)(j - i), 1))
-                    oom = 1;
-                i = j;
+        /* Each thread works on a private copy of its table header: adjacent
+         * headers in `tables` would share a cache line on every insert. */
+        #pragma omp parallel num_threads(nt) reduction(|:oom)
+        {
+            chunk_table tab = tables[omp_get_thread_num()];
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t g = 0; g < n_seg; g++) {
+                int64_t i = seg[2 * g], end = seg[2 * g + 1];
+                while (i < end && !oom) {                    /* hot loop */
+                    int64_t j = match_at(text, i, end, cls, pattern);
+                    if (j - i > INT32_MAX) { oom = 2; break; }  /* a 2 GiB line ("none") */
+                    if (chunk_add(&tab, text, hash_bytes(text + i, j - i), i, (int32_t)(j - i), 1))
+                        oom = 1;
+                    i = j;
+                }
             }
+            tables[omp_get_thread_num()] = tab;
         }
     }
     for (int k = 1; k < nt && !oom; k++) {
@@ -762,6 +780,9 @@ static mg_status count_segments(chunk_table* out, const uint8_t* text, const int
     if (oom) {
         free(out->slots);
         out->slots = NULL;
+        if (oom & 2)
+            return mg_fail(MG_ERR_SHAPE, "mg_bpe_train_text",
+                           "a pre-split chunk is longer than 2 GiB: use a splitting pattern");
         return mg_fail(MG_ERR_NOMEM, "mg_bpe_train_text", "out of memory while counting chunks");
     }
     return MG_OK;

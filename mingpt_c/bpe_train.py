@@ -124,13 +124,20 @@ def learn_merges_from_docs(docs: Sequence[bytes], n_merges: int, pattern: str = 
     offsets = np.zeros(len(docs) + 1, np.int64)  # (n_docs + 1,)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
     data = docs[0] if len(docs) == 1 else b"".join(docs)
+    return _learn_from_buffer(data, offsets, n_merges, pattern, min_frequency)
+
+
+def _learn_from_buffer(data, offsets: np.ndarray, n_merges: int, pattern: str,
+                       min_frequency: int) -> tuple[np.ndarray, int]:
+    """data: all documents back to back; offsets (n_docs + 1,) int64 bounds."""
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     classes = codepoint_classes()
     merges = np.zeros((max(n_merges, 1), 2), np.int32)
     n_done = ffi.new("int32_t*")
     n_unique = ffi.new("int64_t*")
     check(lib.mg_bpe_train_text(ffi.cast("int32_t*", merges.ctypes.data), n_done, n_unique,
                                 ffi.from_buffer(data), ffi.cast("int64_t*", offsets.ctypes.data),
-                                len(docs), ffi.cast("uint8_t*", classes.ctypes.data),
+                                len(offsets) - 1, ffi.cast("uint8_t*", classes.ctypes.data),
                                 _pattern_id(pattern), int(n_merges), int(min_frequency)))
     return merges[:n_done[0]].copy(), int(n_unique[0])
 
@@ -165,32 +172,43 @@ def _without_specials(doc: bytes, specials: Sequence[bytes]) -> list[bytes]:
     return parts
 
 
+def _utf8(i: int, t: str | bytes) -> bytes:
+    if isinstance(t, str):
+        try:
+            return t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"training text {i} holds a lone surrogate at {e.start}") from None
+    b = bytes(t)
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"training text {i} is not valid UTF-8 (byte {e.start})") from None
+    return b
+
+
 def train(texts: Iterable[str | bytes], vocab_size: int, pattern: str = "gpt2",
           special_tokens: Sequence[str] = (), min_frequency: int = 2) -> BPETokenizer:
     """Learns a BPE vocabulary from documents (str, or UTF-8 bytes). Special
     token strings found in the texts are cut out, never learned from."""
     n_merges = check_train_args(vocab_size, special_tokens, pattern, min_frequency)
-    docs: list[bytes] = []
     sp = [s.encode("utf-8") for s in special_tokens]
-    for i, t in enumerate(texts):
-        if isinstance(t, str):
-            try:
-                b = t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise DataError(f"training text {i} holds a lone surrogate at {e.start}") from None
-        else:
-            b = bytes(t)
-            try:
-                b.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"training text {i} is not valid UTF-8 (byte {e.start})") from None
-        docs.extend(_without_specials(b, sp) if sp else [b])
-    if not any(docs):
+    texts = list(texts) if not isinstance(texts, (list, tuple)) else texts
+    if len(texts) == 1 and not sp:  # one document (a file): no copy
+        data = _utf8(0, texts[0])
+        offsets = [0, len(data)]
+    else:  # one buffer grown in place: the corpus is held once more, not twice
+        data, offsets = bytearray(), [0]
+        for i, t in enumerate(texts):
+            for part in _without_specials(_utf8(i, t), sp) if sp else [_utf8(i, t)]:
+                data += part
+                offsets.append(len(data))
+    if not data:
         raise DataError("the training corpus is empty: nothing to learn merges from")
-    merges, n_unique = learn_merges_from_docs(docs, n_merges, pattern, min_frequency)
+    merges, n_unique = _learn_from_buffer(data, np.asarray(offsets, np.int64), n_merges,
+                                          pattern, min_frequency)
     tok = BPETokenizer.from_merges(merges.tolist(), pattern=pattern, special_tokens=special_tokens)
     tok.train_stats = {"requested_merges": n_merges, "merges": len(merges),
-                       "distinct_chunks": n_unique, "bytes": sum(map(len, docs))}
+                       "distinct_chunks": n_unique, "bytes": len(data)}
     return tok
 
 

@@ -94,7 +94,7 @@ class Tokenizer:
     vocab_size: int
     eot_token: int | None = None
 
-    def encode(self, text: str, allowed_special="none", disallowed_special="all") -> list[int]:
+    def encode(self, text: str, allowed_special=(), disallowed_special="all") -> list[int]:
         raise NotImplementedError
 
     def encode_array(self, text: str, **special) -> np.ndarray:
@@ -179,7 +179,7 @@ class CharTokenizer(Tokenizer):
     def from_text(cls, text: str) -> "CharTokenizer":
         return cls(sorted(set(text)))
 
-    def encode(self, text: str, allowed_special="none", disallowed_special="all") -> list[int]:
+    def encode(self, text: str, allowed_special=(), disallowed_special="all") -> list[int]:
         stoi = self.stoi
         try:
             return [stoi[c] for c in text]
@@ -210,7 +210,7 @@ class ByteTokenizer(Tokenizer):
     kind = "byte"
     vocab_size = 256
 
-    def encode(self, text: str, allowed_special="none", disallowed_special="all") -> list[int]:
+    def encode(self, text: str, allowed_special=(), disallowed_special="all") -> list[int]:
         return list(text.encode("utf-8"))
 
     def encode_array(self, text: str, **special) -> np.ndarray:
@@ -296,14 +296,14 @@ class BPETokenizer(Tokenizer):
             raise CheckpointError(f"tiktoken rejected the BPE tables: {e}") from None
 
     # ---- encoding
-    def encode(self, text: str, allowed_special="none", disallowed_special="all") -> list[int]:
+    def encode(self, text: str, allowed_special=(), disallowed_special="all") -> list[int]:
         allowed, disallowed = self._special_args(allowed_special, disallowed_special)
         try:
             return self.enc.encode(text, allowed_special=allowed, disallowed_special=disallowed)
         except ValueError as e:
             raise self._special_error(text, allowed, e) from None
 
-    def encode_array(self, text: str, allowed_special="none", disallowed_special="all") -> np.ndarray:
+    def encode_array(self, text: str, allowed_special=(), disallowed_special="all") -> np.ndarray:
         allowed, disallowed = self._special_args(allowed_special, disallowed_special)
         parts = _cuts(text, self.special_tokens)
         try:
@@ -317,7 +317,7 @@ class BPETokenizer(Tokenizer):
         return np.concatenate([np.asarray(b, dtype=np.int32) for b in batches])
 
     def _special_args(self, allowed_special, disallowed_special):
-        if allowed_special in ("none", None):
+        if allowed_special is None:
             allowed = set()
         elif allowed_special == "all":
             allowed = "all"
