@@ -7,8 +7,8 @@ cores for both. Each training runs in a fresh subprocess, so its peak RSS
 its own; runs alternate between the two systems and the table shows medians.
 The wall time is the training call only (for Shakespeare: from the file
 path, reading included, on both sides; for IMDB: from the texts already in
-memory). "same" is the share of HF's tokens that mingpt-c also learned: the
-tie rules differ, so the vocabularies agree on nearly all but not all tokens.
+memory). "same" counts HF's tokens that mingpt-c also learned (the tie rules
+differ, so the vocabularies need not be identical).
 
     python bench/bench_bpe.py [--rounds 3] [--imdb-docs N]
 """
@@ -123,11 +123,11 @@ def main() -> None:
         wall = {s: statistics.median(r["wall"] for r in runs[s]) for s in runs}
         rss = {s: statistics.median(r["rss"] for r in runs[s]) for s in runs}
         ours_tokens, hf_tokens = set(runs["ours"][0]["tokens"]), set(runs["hf"][0]["tokens"])
-        same = len(ours_tokens & hf_tokens) / len(hf_tokens)
+        same = f"{len(ours_tokens & hf_tokens)}/{len(hf_tokens)}"
         loaded = statistics.median(r["rss_loaded"] for r in runs["ours"])
         print(f"| {corpus_name} | {vocab} | {wall['ours']:.3f} | {rss['ours']:.0f} | "
               f"{wall['hf']:.3f} | {rss['hf']:.0f} | {wall['hf'] / wall['ours']:.1f}x | "
-              f"{same:.1%} |", flush=True)
+              f"{same} |", flush=True)
         print(f"  (RSS with the corpus loaded, before training: {loaded:.0f} MB; "
               f"ours {len(ours_tokens)} tokens, HF {len(hf_tokens)})", file=sys.stderr)
 

@@ -33,6 +33,12 @@ _DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 _CODES = {np.dtype("<u2"): 1, np.dtype("<u4"): 2}
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
@@ -63,6 +69,7 @@ def write_tokens(path: str | os.PathLike, ids: np.ndarray | Iterable, vocab_size
                                prefix=path.name + ".", suffix=".tmp")
     count = 0
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             f.write(b"\0" * HEADER.size)
             for p in parts:
