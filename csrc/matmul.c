@@ -495,12 +495,48 @@ mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
                 beta, Cm, (size_t)ldc, NULL);
 }
 
+// A few rows (token-by-token decoding): every weight row is read once, so the
+// product is bound by memory, and packing the whole weight per call would
+// triple the traffic. Dot products straight from the (OC,C) rows instead,
+// parallel over output channels.
+enum { GEMV_ROWS = 4 };
+
+static inline float dot(const float* restrict a, const float* restrict b, int n) {
+    int k = 0;
+    float s = 0.0f;
+#if MG_GEMM_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; k + 16 <= n; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+    }
+    __m256 acc = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    s = _mm_cvtss_f32(h);
+#endif
+    for (; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+static void gemv_rows(float* out, const float* inp, const float* weight,
+                      const float* bias, int N, int C, int OC) {
+    #pragma omp parallel for schedule(static) if ((double)OC * C >= 1 << 16)
+    for (int o = 0; o < OC; o++) {
+        const float* w = weight + (size_t)o * C;
+        for (int i = 0; i < N; i++)
+            out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
+    }
+}
+
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
                             const float* bias, int N, int C, int OC) {
     MG_CHECK_PTR(out); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(C); MG_CHECK_POS(OC);
     if (N == 0) return MG_OK;
+    if (N <= GEMV_ROWS) { gemv_rows(out, inp, weight, bias, N, C, OC); return MG_OK; }
     // out (N,OC) = inp (N,C) @ weight^T; the bias rides on the first K block's store.
     return gemm(0, 1, N, OC, C, inp, (size_t)C, weight, (size_t)C,
                 0.0f, out, (size_t)OC, bias);
