@@ -15,7 +15,7 @@ mg_status mg_global_norm(float* norm, const float* grads, size_t n) {
     MG_CHECK_PTR(norm); MG_CHECK_PTR(grads);
     double partial[MAX_THREADS] = {0};
     int nt = MG_MIN(omp_get_max_threads(), MAX_THREADS);
-    #pragma omp parallel num_threads(nt)
+    #pragma omp parallel num_threads(nt) if (n >= MG_PAR_MIN)
     {
         int tid = omp_get_thread_num(), k = omp_get_num_threads();
         size_t lo = n * (size_t)tid / (size_t)k, hi = n * (size_t)(tid + 1) / (size_t)k;
@@ -45,7 +45,7 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
     float step = lr / bc1;          /* lr * m_hat = step * m */
     float sbc2 = sqrtf(bc2);        /* sqrt(v_hat) = sqrt(v) / sbc2 */
     float lwd = lr * weight_decay;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (n >= MG_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float g = grads[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;

@@ -432,7 +432,7 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
     const int Tp = (T + 15) & ~15;
     const int fast = (size_t)(Tp + T) * hs <= ARENA;
     const int packA = 4 * (size_t)T <= PACKBUF;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)BH * T * T * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
         const float* q = qkv + (size_t)b * T * C3 + (size_t)h * hs;   /* (T,hs), ld 3C */
@@ -486,7 +486,7 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
     const int Tp = (T + 15) & ~15;
     const int fast = (size_t)(3 * (size_t)T + Tp) * hs <= ARENA;
     const int packA = 4 * (size_t)T <= PACKBUF;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)BH * T * T * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
         const size_t off = (size_t)b * T * C3 + (size_t)h * hs;
@@ -583,7 +583,7 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t C3 = 3 * (size_t)C;
     const int BH = B * NH;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)BH * Tn * (pos + Tn) * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
         float* kc = kcache + (size_t)bh * maxT * hs;     /* (maxT,hs) */

@@ -29,6 +29,11 @@ mg_status mg_fail(mg_status status, const char* func, const char* fmt, ...)
 #define MG_CHECK_PTR(p) MG_CHECK((p) != NULL, MG_ERR_NULL, "%s is NULL", #p)
 #define MG_CHECK_POS(x) MG_CHECK((x) > 0, MG_ERR_SHAPE, "%s=%d must be positive", #x, (int)(x))
 
+/* Work (in elements touched) below which a loop runs on one thread: a
+ * parallel region costs microseconds, and far more on a busy machine where
+ * the partner thread must first be scheduled. */
+enum { MG_PAR_MIN = 1 << 15 };
+
 #define MG_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MG_MAX(a, b) ((a) > (b) ? (a) : (b))
 

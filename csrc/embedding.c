@@ -25,7 +25,7 @@ mg_status mg_embedding_forward(float* out, const int32_t* tokens,
     MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
     mg_status st = check_tokens(tokens, (size_t)B * T, V, __func__);
     if (st != MG_OK) return st;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= MG_PAR_MIN)
     for (long bt = 0; bt < (long)B * T; bt++) {
         int t = (int)(bt % T);
         const float* te = wte + (size_t)tokens[bt] * C;
@@ -47,7 +47,7 @@ mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
     const int CB = 16;  /* one cache line of channels per work item */
     int nblk = (C + CB - 1) / CB;
     if (dwte) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= MG_PAR_MIN)
         for (int blk = 0; blk < nblk; blk++) {
             int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
             for (size_t bt = 0; bt < (size_t)B * T; bt++) {
@@ -58,7 +58,7 @@ mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
         }
     }
     if (dwpe) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= MG_PAR_MIN)
         for (int t = 0; t < T; t++) {
             float* d = dwpe + (size_t)t * C;
             for (int b = 0; b < B; b++) {

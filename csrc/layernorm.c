@@ -19,7 +19,7 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(C);
     MG_CHECK(eps > 0.0f, MG_ERR_VALUE, "eps=%g must be positive", (double)eps);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* x = inp + (size_t)i * C;
         double s = 0.0;
@@ -49,7 +49,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
     if (dinp) {
         /* out = xhat * w + b, xhat = (x - mean) * rstd:
          * dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
         for (int i = 0; i < N; i++) {
             const float* x = inp + (size_t)i * C;
             const float* g = dout + (size_t)i * C;
@@ -73,7 +73,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
     if (dweight || dbias) {
         const int CB = 16;
         int nblk = (C + CB - 1) / CB;
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
         for (int blk = 0; blk < nblk; blk++) {
             int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
             float accw[16] = {0}, accb[16] = {0};

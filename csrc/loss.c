@@ -21,7 +21,7 @@ mg_status mg_crossentropy_forward(float* losses, float* probs,
         MG_CHECK(t == ignore_index || (t >= 0 && t < V), MG_ERR_INDEX,
                  "target %d at row %d outside [0, %d)", t, i, V);
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* z = logits + (size_t)i * V;
         float* p = probs + (size_t)i * V;
@@ -54,7 +54,7 @@ mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
                  "target %d at row %d outside [0, %d)", t, i, V);
     }
     int inplace = (const float*)dlogits == probs;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         /* loss = -log p[t]:  dlogits = dloss * (p - onehot(t)) */
         const float* p = probs + (size_t)i * V;

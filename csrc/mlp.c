@@ -117,7 +117,7 @@ mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
     /* keep iff a uniform 24-bit draw is >= p * 2^24 */
     uint32_t thresh = (uint32_t)((double)p * 16777216.0);
     uint64_t key = splitmix64(seed);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
     for (size_t i = 0; i < N; i++) {
         uint32_t r = (uint32_t)(splitmix64(key ^ (uint64_t)i) >> 40);
         uint8_t keep = r >= thresh;
@@ -132,7 +132,7 @@ mg_status mg_dropout_backward(float* dinp, const float* dout, const uint8_t* mas
     MG_CHECK_PTR(dinp); MG_CHECK_PTR(dout); MG_CHECK_PTR(mask);
     MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
     float scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
     for (size_t i = 0; i < N; i++) dinp[i] += mask[i] ? dout[i] * scale : 0.0f;
     return MG_OK;
 }
