@@ -10,17 +10,24 @@
 
 #include "common.h"
 
+static mg_status check_targets(const int32_t* targets, int N, int V, int ignore_index,
+                               const char* fn) {
+    for (int i = 0; i < N; i++) {
+        int t = targets[i];
+        if (t != ignore_index && (t < 0 || t >= V))
+            return mg_fail(MG_ERR_INDEX, fn, "target %d at row %d outside [0, %d)", t, i, V);
+    }
+    return MG_OK;
+}
+
 mg_status mg_crossentropy_forward(float* losses, float* probs,
                                   const float* logits, const int32_t* targets,
                                   int N, int V, int ignore_index) {
     MG_CHECK_PTR(losses); MG_CHECK_PTR(probs); MG_CHECK_PTR(logits); MG_CHECK_PTR(targets);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(V);
-    for (int i = 0; i < N; i++) {
-        int t = targets[i];
-        MG_CHECK(t == ignore_index || (t >= 0 && t < V), MG_ERR_INDEX,
-                 "target %d at row %d outside [0, %d)", t, i, V);
-    }
+    mg_status st = check_targets(targets, N, V, ignore_index, __func__);
+    if (st != MG_OK) return st;
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* z = logits + (size_t)i * V;
@@ -48,11 +55,8 @@ mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
     MG_CHECK_PTR(dlogits); MG_CHECK_PTR(dlosses); MG_CHECK_PTR(probs); MG_CHECK_PTR(targets);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(V);
-    for (int i = 0; i < N; i++) {
-        int t = targets[i];
-        MG_CHECK(t == ignore_index || (t >= 0 && t < V), MG_ERR_INDEX,
-                 "target %d at row %d outside [0, %d)", t, i, V);
-    }
+    mg_status st = check_targets(targets, N, V, ignore_index, __func__);
+    if (st != MG_OK) return st;
     int inplace = (const float*)dlogits == probs;
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {

@@ -8,31 +8,6 @@ from mingpt_c.tokenfile import read_tokens, write_tokens
 from mingpt_c.tokenizer import CharTokenizer
 
 
-def test_token_file_roundtrip(tmp_path):
-    ids = np.arange(1000) % 300
-    write_tokens(tmp_path / "a.tokens", ids, vocab_size=300)
-    got = read_tokens(tmp_path / "a.tokens")
-    assert got.dtype == np.uint16 and np.array_equal(got, ids)
-    big = np.array([0, 70000, 5])
-    write_tokens(tmp_path / "b.tokens", big, vocab_size=100_000)
-    got = read_tokens(tmp_path / "b.tokens")
-    assert got.dtype == np.uint32 and np.array_equal(got, big)
-
-
-def test_token_file_errors(tmp_path):
-    p = tmp_path / "t.tokens"
-    write_tokens(p, np.arange(100), vocab_size=100)
-    raw = p.read_bytes()
-    p.write_bytes(raw[:-10])
-    with pytest.raises(DataError, match="truncated"):
-        read_tokens(p)
-    p.write_bytes(b"NOTATOKN" + raw[8:])
-    with pytest.raises(DataError, match="bad magic"):
-        read_tokens(p)
-    with pytest.raises(DataError, match="does not fit"):
-        write_tokens(p, [5, 100], vocab_size=100)
-
-
 def test_streamed_write_is_atomic(tmp_path):
     p = tmp_path / "t.tokens"
 
