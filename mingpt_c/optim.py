@@ -36,8 +36,11 @@ class AdamW:
         self.v = np.zeros_like(self.params)
 
     def step(self, grads: np.ndarray, lr: float) -> float:
-        """One update; returns the gradient norm before clipping."""
+        """One update; returns the gradient norm before clipping. A
+        non-finite norm skips the update (the caller decides what to do)."""
         norm = ops.global_norm(grads)
+        if not math.isfinite(norm):
+            return norm
         scale = 1.0
         if self.grad_clip > 0:  # as torch.nn.utils.clip_grad_norm_
             scale = min(1.0, self.grad_clip / (norm + 1e-6))

@@ -186,3 +186,14 @@ def test_gradients_bitwise_repeatable(rng):
         runs.append((loss, model.grads.copy()))
     for loss, g in runs[1:]:
         assert loss == runs[0][0] and np.array_equal(g, runs[0][1])
+
+
+def test_non_finite_gradient_skips_the_update():
+    cfg = GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=8)
+    model = GPT(cfg, seed=0)
+    opt = AdamW(model.params, model.layout.decay_mask())
+    before = model.params.copy()
+    model.grads[:] = 0.1
+    model.grads[5] = np.inf
+    assert not np.isfinite(opt.step(model.grads, 1e-3))
+    assert np.array_equal(model.params, before) and opt.t == 0
