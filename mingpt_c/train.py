@@ -217,7 +217,7 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
     def save(name, it):
         checkpoint.save(run / name, cfg, model.params, tok, opt, train_state(it))
 
-    logf = open(run / "log.jsonl", "a")
+    logf = open(run / "log.jsonl", "a", buffering=1)  # line-buffered: tail -f works
     bar = None
     if tc.progress:
         from tqdm import tqdm
