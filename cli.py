@@ -49,6 +49,9 @@ def env():
     click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads)")
     click.echo(f"vector path {info['simd']}")
     click.echo(f"cuda        {yes(info['cuda'])}")
+    from mingpt_c.distributed import mpi_available
+    mpi = mpi_available()
+    click.echo(f"mpi         {mpi or 'no (pip install mingpt-c[mpi] for data-parallel training)'}")
 
 
 @main.command()
@@ -232,6 +235,8 @@ def _train_options(f):
         click.option("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)"),
         click.option("--eval-interval", type=int, default=d.eval_interval),
         click.option("--eval-iters", type=int, default=d.eval_iters, help="batches per evaluation"),
+        click.option("--log-interval", type=int, default=d.log_interval,
+                     help="iterations between train-loss lines in log.jsonl"),
         click.option("--val-fraction", type=float, default=d.val_fraction),
         click.option("--val", "val_file", type=click.Path(), default=None, help="validation text file"),
         click.option("--seed", type=int, default=d.seed),
@@ -239,6 +244,8 @@ def _train_options(f):
         click.option("--resume", is_flag=True, help="continue the run in --out from its latest checkpoint"),
         click.option("--init-from", type=click.Path(), default=None, help="fine-tune from a checkpoint"),
         click.option("--no-progress", is_flag=True, help="no progress bar"),
+        click.option("--dist-timeout", type=float, default=d.dist_timeout,
+                     help="under MPI: seconds to wait for the other ranks before aborting"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -278,10 +285,11 @@ def train(ctx, files, preset, resume, no_progress, **opts):
                                        f"or choose another --out")
         tc = TrainConfig(files=tuple(files), **opts)
     tc.progress = not no_progress
-    if tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1 or tc.eval_iters < 1:
-        raise click.ClickException("batch size, grad accum, eval interval and eval iters must be positive")
+    if (tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1
+            or tc.eval_iters < 1 or tc.log_interval < 1):
+        raise click.ClickException("batch size, grad accum, eval and log intervals and eval iters must be positive")
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True))
-    if not res.get("interrupted"):
+    if res["main"] and not res.get("interrupted"):
         click.echo(f"done: {res['iter']} iterations, val loss {res.get('val_loss', float('nan')):.4f} "
                    f"(best {res['best_val']:.4f}); checkpoints in {tc.out}/best and {tc.out}/latest; "
                    f"sample with: mingpt sample {tc.out}")

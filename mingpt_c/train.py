@@ -67,6 +67,7 @@ class TrainConfig:
     init_from: str | None = None     # fine-tune: start from this checkpoint's weights
     max_nan_steps: int = 5           # consecutive non-finite steps before giving up
     progress: bool = True
+    dist_timeout: float = 300.0      # seconds a rank waits for the others before aborting the job
 
     def decay_iters(self) -> int:
         return self.lr_decay_iters if self.lr_decay_iters else self.max_iters
@@ -104,9 +105,9 @@ def _prepare_data(tc: TrainConfig, run: Path, tokenizer_override=None):
     return tok, train, val, source
 
 
-def step_seed(seed: int, it: int, micro: int) -> int:
-    """The dropout seed of one micro-step."""
-    return ((seed * 1_000_003 + it) * 1_009 + micro) & 0x7FFFFFFFFFFFFFFF
+def step_seed(seed: int, it: int, micro: int, rank: int = 0) -> int:
+    """The dropout seed of one micro-step on one rank."""
+    return (((seed * 1_000_003 + it) * 1_009 + micro) * 10_007 + rank) & 0x7FFFFFFFFFFFFFFF
 
 
 def _chain(*iters):
@@ -139,89 +140,147 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def evaluate(model: GPT, splits: dict, tc: TrainConfig, it: int) -> dict:
-    """Mean loss over eval_iters batches of each split (no dropout), drawn
-    from a generator fixed by the iteration, not the training stream."""
+def evaluate(model: GPT, splits: dict, tc: TrainConfig, it: int, world) -> dict:
+    """Mean loss over eval_iters global batches of each split (no dropout),
+    drawn from a generator fixed by the iteration, not the training stream;
+    each rank takes its slice of every batch."""
     out = {}
     for k, (name, toks) in enumerate(splits.items()):
-        losses = []
+        total = 0.0
         for e in range(tc.eval_iters):
-            x, y = data.get_batch(toks, tc.batch_size, tc.block_size, data.batch_rng(tc.seed, it, e, 1 + k))
-            losses.append(model.forward(x, y))
-        out[name] = float(np.mean(losses))
+            x, y = _rank_batch(toks, tc, world, data.batch_rng(tc.seed, it, e, 1 + k))
+            total += model.forward(x, y)
+        out[name] = world.allreduce_sum(total) / (tc.eval_iters * world.size)
     return out
 
 
+def _rank_batch(tokens, tc: TrainConfig, world, rng):
+    """This rank's rows of the global batch (batch_size rows per rank)."""
+    x, y = data.get_batch(tokens, tc.batch_size * world.size, tc.block_size, rng)
+    rows = slice(world.rank * tc.batch_size, (world.rank + 1) * tc.batch_size)
+    return np.ascontiguousarray(x[rows]), np.ascontiguousarray(y[rows])
+
+
+def _load_prepared(run: Path, tc: TrainConfig):
+    """The token files and tokenizer that _prepare_data left in run/data."""
+    train_toks = read_tokens(run / "data" / "train.tokens")
+    if (run / "data" / "val.tokens").exists():
+        val_toks = read_tokens(run / "data" / "val.tokens")
+    else:
+        train_toks, val_toks = data.split_tokens(train_toks, tc.val_fraction)
+    return train_toks, val_toks
+
+
+def _start(tc: TrainConfig, run: Path, world, log):
+    """Builds (model, tokenizer, tokens, optimizer moments, state, source) for
+    a new run; rank 0 prepares the data, the other ranks read what it wrote."""
+    if not tc.init_from:  # check the architecture before any work is done
+        GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
+                  n_embd=tc.n_embd, dropout=tc.dropout)
+    init = checkpoint.load(tc.init_from) if tc.init_from else None
+    failure = None
+    if world.is_main:
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            tok, train_toks, val_toks, source = _prepare_data(tc, run, init["tokenizer"] if init else None)
+            tok.save(run / "data" / "tokenizer.json")
+            (run / "data" / "source.txt").write_text(source + "\n")
+        except MinGPTError as e:
+            failure = e
+    if world.any(failure is not None):
+        if failure is not None:
+            raise failure
+        raise DataError("rank 0 could not prepare the training data (see its message)")
+    if not world.is_main:
+        from .tokenizer import load_tokenizer
+        tok = load_tokenizer(run / "data" / "tokenizer.json")
+        train_toks, val_toks = _load_prepared(run, tc)
+        source = (run / "data" / "source.txt").read_text().strip()
+    if init:
+        cfg = init["cfg"]
+        if tc.block_size > cfg.block_size:
+            raise DataError(f"--block-size {tc.block_size} exceeds the block size "
+                            f"{cfg.block_size} of {tc.init_from}")
+        cfg.dropout = tc.dropout
+        model = GPT(cfg, init["params"])
+    else:
+        cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
+                        n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
+        model = GPT(cfg, seed=tc.seed)
+    return model, tok, train_toks, val_toks, None, None, source
+
+
+def _resume(tc: TrainConfig, run: Path, world, log):
+    ck = run / "latest"
+    try:
+        loaded = checkpoint.load(ck, with_optimizer=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {ck}: {e}") from None
+    state = loaded["train_state"]
+    gb = state.get("global_batch")
+    if gb and gb != tc.batch_size * world.size:
+        # the same global batch sequence, cut among this many ranks
+        if gb % world.size:
+            raise DataError(f"the run's global batch of {gb} rows cannot be split among "
+                            f"{world.size} ranks")
+        tc.batch_size = gb // world.size
+        log(f"resuming a global batch of {gb} rows on {world.size} rank(s): {tc.batch_size} per rank")
+    train_toks, val_toks = _load_prepared(run, tc)
+    model = GPT(loaded["cfg"], loaded["params"])
+    return (model, loaded["tokenizer"], train_toks, val_toks, loaded["optimizer"], state,
+            state.get("source", ""))
+
+
 def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
-    """Runs (or resumes) training; returns a summary dict."""
+    """Runs (or resumes) training; returns a summary dict. Under an MPI
+    launcher with several ranks, runs data-parallel (mingpt_c.distributed)."""
+    from .distributed import default_threads, get_world
+
     run = Path(tc.out)
+    world = get_world(tc.dist_timeout)
     if tc.threads:
         set_num_threads(tc.threads)
-    state = None
-    if resume:
-        ck = run / "latest"
-        try:
-            loaded = checkpoint.load(ck, with_optimizer=True)
-        except CheckpointError as e:
-            raise CheckpointError(f"cannot resume from {ck}: {e}") from None
-        cfg, tok, state = loaded["cfg"], loaded["tokenizer"], loaded["train_state"]
-        train_toks = read_tokens(run / "data" / "train.tokens")
-        val_toks = (read_tokens(run / "data" / "val.tokens")
-                    if (run / "data" / "val.tokens").exists() else None)
-        if val_toks is None:
-            train_toks, val_toks = data.split_tokens(train_toks, tc.val_fraction)
-        source = state.get("source", "")
-        model = GPT(cfg, loaded["params"])
-        m, v, t = loaded["optimizer"]
-    else:
-        if not tc.init_from:  # check the architecture before any work is done
-            GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
-                      n_embd=tc.n_embd, dropout=tc.dropout)
-        init = checkpoint.load(tc.init_from) if tc.init_from else None
-        run.mkdir(parents=True, exist_ok=True)
-        tok, train_toks, val_toks, source = _prepare_data(tc, run, init["tokenizer"] if init else None)
-        if init:
-            cfg = init["cfg"]
-            if tc.block_size > cfg.block_size:
-                raise DataError(f"--block-size {tc.block_size} exceeds the block size "
-                                f"{cfg.block_size} of {tc.init_from}")
-            cfg.dropout = tc.dropout
-            model = GPT(cfg, init["params"])
-        else:
-            cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
-                            n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
-            model = GPT(cfg, seed=tc.seed)
-        m = v = None
-        t = 0
+    elif world.size > 1:
+        set_num_threads(default_threads(world))
+    say = log if world.is_main else (lambda m: None)
+    model, tok, train_toks, val_toks, moments, state, source = (
+        _resume if resume else _start)(tc, run, world, say)
+    cfg = model.cfg
     cfg.extra = {"tokenizer": tok.kind, "eot_token": tok.eot_token}
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
-                tc.weight_decay, tc.grad_clip, t)
-    if m is not None:
-        opt.m[...], opt.v[...] = m, v
-    (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2, default=str) + "\n")
+                tc.weight_decay, tc.grad_clip, moments[2] if moments else 0)
+    if moments:
+        opt.m[...], opt.v[...] = moments[0], moments[1]
+    if world.is_main:
+        (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2, default=str) + "\n")
 
     start = state["iter"] if state else 0
     best_val = state.get("best_val", math.inf) if state else math.inf
     splits = {"train": train_toks, "val": val_toks}
-    tokens_per_iter = tc.batch_size * tc.block_size * tc.grad_accum
-    log(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, block {cfg.block_size}, "
+    global_batch = tc.batch_size * world.size
+    tokens_per_iter = global_batch * tc.block_size * tc.grad_accum
+    say(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, block {cfg.block_size}, "
         f"vocab {cfg.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
-    log(f"data: {source}: {len(train_toks):,} train / {len(val_toks):,} val tokens; "
-        f"{tokens_per_iter:,} tokens per iteration")
+    say(f"data: {source}: {len(train_toks):,} train / {len(val_toks):,} val tokens; "
+        f"{tokens_per_iter:,} tokens per iteration"
+        + (f" ({world.size} ranks x {tc.batch_size} rows)" if world.size > 1 else ""))
 
     def train_state(it):
         return {"iter": it, "best_val": best_val, "seed": tc.seed, "source": source,
-                "sampler": "numpy default_rng([seed, iter, micro, 0])",
+                "sampler": "numpy default_rng([seed, iter, micro, 0]), global batch cut by rank",
+                "global_batch": global_batch, "world_size": world.size,
                 "tokens_seen": it * tokens_per_iter, "options": dataclasses.asdict(tc)}
 
     def save(name, it):
-        checkpoint.save(run / name, cfg, model.params, tok, opt, train_state(it))
+        if world.is_main:
+            checkpoint.save(run / name, cfg, model.params, tok, opt, train_state(it))
 
-    logf = open(run / "log.jsonl", "a", buffering=1)  # line-buffered: tail -f works
+    logf = open(run / "log.jsonl", "a", buffering=1) if world.is_main else None  # line-buffered
     bar = None
-    if tc.progress:
+    if tc.progress and world.is_main:
         from tqdm import tqdm
         bar = tqdm(total=tc.max_iters, initial=start, unit="it", dynamic_ncols=True, leave=True)
+    note = bar.write if bar else say
     nan_streak = 0
     last_losses = []
     t_last, tok_last = time.perf_counter(), 0
@@ -232,13 +291,13 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
         with _StopFlag() as stop:
             while True:
                 if it % tc.eval_interval == 0 or it == tc.max_iters:
-                    ev = evaluate(model, splits, tc, it)
-                    rec = {"type": "eval", "iter": it, "train_loss": ev["train"], "val_loss": ev["val"],
-                           "lr": lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, tc.decay_iters())}
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
-                    msg = f"iter {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}"
-                    (bar.write if bar else log)(msg)
+                    ev = evaluate(model, splits, tc, it, world)
+                    if logf:
+                        logf.write(json.dumps({"type": "eval", "iter": it, "train_loss": ev["train"],
+                                               "val_loss": ev["val"], "lr": lr_at(
+                                                   it, tc.lr, tc.min_lr, tc.warmup_iters,
+                                                   tc.decay_iters())}) + "\n")
+                    note(f"iter {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
                     result.update(train_loss=ev["train"], val_loss=ev["val"])
                     if it > 0 and ev["val"] < best_val:
                         best_val = ev["val"]
@@ -247,25 +306,24 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
                         save("latest", it)
                 if it >= tc.max_iters:
                     break
-                if stop.requested:
+                if world.any(stop.requested):
                     stopped = True
                     break
                 lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, tc.decay_iters())
                 model.zero_grad()
                 loss = 0.0
                 for micro in range(tc.grad_accum):
-                    x, y = data.get_batch(train_toks, tc.batch_size, tc.block_size,
-                                          data.batch_rng(tc.seed, it, micro))
-                    loss += model.forward(x, y, train=True, seed=step_seed(tc.seed, it, micro))
+                    x, y = _rank_batch(train_toks, tc, world, data.batch_rng(tc.seed, it, micro))
+                    loss += model.forward(x, y, train=True,
+                                          seed=step_seed(tc.seed, it, micro, world.rank))
                     model.backward(1.0 / tc.grad_accum)
-                loss /= tc.grad_accum
-                norm = float("nan")
-                if math.isfinite(loss):
-                    norm = opt.step(model.grads, lr)
+                world.allreduce_mean_(model.grads)
+                loss = world.allreduce_sum(loss) / (tc.grad_accum * world.size)
+                norm = opt.step(model.grads, lr) if math.isfinite(loss) else float("nan")
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     nan_streak += 1
-                    (bar.write if bar else log)(f"iter {it}: non-finite loss or gradient "
-                                                f"(loss {loss}, grad norm {norm}): step skipped")
+                    note(f"iter {it}: non-finite loss or gradient (loss {loss}, grad norm {norm}): "
+                         f"step skipped")
                     if nan_streak >= tc.max_nan_steps:
                         raise MinGPTError(
                             f"training diverged: {nan_streak} non-finite steps in a row at iteration {it}; "
@@ -278,9 +336,9 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
                 if it % tc.log_interval == 0:
                     now = time.perf_counter()
                     tps = tok_last / max(now - t_last, 1e-9)
-                    rec = {"type": "train", "iter": it, "loss": float(np.mean(last_losses)), "lr": lr,
-                           "grad_norm": norm, "tokens_per_s": tps}
-                    logf.write(json.dumps(rec) + "\n")
+                    if logf:
+                        logf.write(json.dumps({"type": "train", "iter": it, "loss": float(np.mean(last_losses)),
+                                               "lr": lr, "grad_norm": norm, "tokens_per_s": tps}) + "\n")
                     t_last, tok_last, last_losses = now, 0, []
                     if bar:
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -291,11 +349,13 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
     finally:
         if bar:
             bar.close()
-        logf.close()
-    plot_losses(run / "log.jsonl", run / "loss.png")
-    result.update(iter=it, interrupted=stopped, best_val=best_val, out=str(run))
+        if logf:
+            logf.close()
+    if world.is_main:
+        plot_losses(run / "log.jsonl", run / "loss.png")
+    result.update(iter=it, interrupted=stopped, best_val=best_val, out=str(run), main=world.is_main)
     if stopped:
-        log(f"interrupted at iteration {it}: checkpoint saved in {run / 'latest'}; "
+        say(f"interrupted at iteration {it}: checkpoint saved in {run / 'latest'}; "
             f"continue with: mingpt train --out {run} --resume")
     return result
 
