@@ -1,7 +1,9 @@
 /*
- * mlp.c — GELU (tanh approximation, as GPT-2) and dropout, forward and backward.
- *   gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
- * tanhf saturates cleanly for large |u|, so no special cases are needed.
+ * mlp.c — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT) and
+ * dropout, forward and backward.
+ *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+ *   gelu_erf(x) = 0.5 x (1 + erf(x / sqrt(2)))
+ * tanhf and erff saturate cleanly for large |x|, so no special cases are needed.
  * Dropout draws its keep mask from a counter-based hash of (seed, index)
  * (splitmix64), so the mask does not depend on the thread count.
  */
@@ -10,6 +12,8 @@
 #include "common.h"
 
 #define GELU_K 0.7978845608028654f  /* sqrt(2/pi) */
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
 
 mg_status mg_gelu_forward(float* out, const float* inp, size_t N) {
     MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
@@ -32,6 +36,32 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, siz
         float th = tanhf(u);
         float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+    }
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- exact GELU */
+
+mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * INV_SQRT2));
+    }
+    return MG_OK;
+}
+
+mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        /* d/dx [0.5 x (1 + erf(x/sqrt2))] = Phi(x) + x phi(x),
+         * phi(x) = exp(-x^2/2) / sqrt(2 pi); expf underflows to 0 for large |x|. */
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
+        float pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
     }
     return MG_OK;
 }
