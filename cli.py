@@ -255,10 +255,11 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
 @click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
 def import_cmd(hf_dir, out, tokenizer):
-    """Import a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors)."""
-    from mingpt_c.hf import import_gpt2
+    """Import a Hugging Face GPT2LMHeadModel or ViTForImageClassification
+    directory (config.json + model.safetensors)."""
+    from mingpt_c.hf import import_hf
 
-    path = import_gpt2(hf_dir, out, tokenizer)
+    path = import_hf(hf_dir, out, tokenizer)
     click.echo(f"imported {hf_dir} -> {path}")
 
 
@@ -266,11 +267,12 @@ def import_cmd(hf_dir, out, tokenizer):
 @click.argument("ckpt", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Hugging Face directory to write")
 def export_cmd(ckpt, out):
-    """Export a checkpoint as a Hugging Face GPT2LMHeadModel directory."""
-    from mingpt_c.hf import export_gpt2
+    """Export a checkpoint as a Hugging Face GPT2LMHeadModel (or, for a ViT,
+    ViTForImageClassification) directory."""
+    from mingpt_c.hf import export_hf
 
-    path = export_gpt2(ckpt, out)
-    click.echo(f"exported {ckpt} -> {path} (load with GPT2LMHeadModel.from_pretrained)")
+    path = export_hf(ckpt, out)
+    click.echo(f"exported {ckpt} -> {path} (load with transformers' from_pretrained)")
 
 
 # ------------------------------------------------------------------ bench
