@@ -1,30 +1,533 @@
 /*
- * matmul.c — GEMM and the linear layer (PLACEHOLDER: simple loops; the
- * blocked, packed AVX2 kernel replaces the body of sgemm).
- *   out (N,OC) = inp (N,C) @ weight^T (OC,C) + bias (OC)
+ * matmul.c — single-precision GEMM and the linear layer built on it.
+ *   mg_sgemm:           Cm (M,N) = beta*Cm + A' (M,K) @ B' (K,N), row-major
+ *   mg_matmul_forward:  out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC)
+ *   mg_matmul_backward: dinp += dout @ weight; dweight += dout^T @ inp;
+ *                       dbias += column sums of dout
+ *
+ * Design (the BLIS/GotoBLAS layering, with the K loop moved inside a unit):
+ *   for jc in N by nc          chunk of B: K x nc packed at once (<= 16 MiB, L3)
+ *     pack B' (K x nc)         threads together: NR-wide column panels per
+ *                              K block, zero-padded; then one barrier
+ *     for (ic, slice) units    M block x column slice, taken dynamically
+ *       for pc in K by kc      kc depends on K only (see below)
+ *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread
+ *         for jr by NR, ir by MR:  micro-kernel MR x NR, kc deep (hot loop)
+ * Packing all of K before computing costs one barrier per chunk instead of
+ * two per K block; that matters on shared 2-core machines, where a thread
+ * that spins at a barrier can sit on the core its partner needs.
+ * The micro-kernel holds an MR x NR tile of C in registers. With AVX2+FMA
+ * (the target: Zen 3) it is 6 x 16 = 12 ymm accumulators + 2 for B + 1
+ * broadcast of A, 15 of the 16 ymm registers; 12 independent FMA chains
+ * cover the 4-cycle FMA latency on 2 FMA pipes, and each k step's 2 loads of
+ * B + 6 broadcasts of A fit the load ports. Where the compiler targets
+ * AVX-512 (-march=native on such a host) the same design runs 12 x 32 on
+ * zmm registers (24 accumulators of 32), twice the work per instruction.
+ * Without AVX2 a plain-C kernel over the same packed layout is used.
+ * Packing turns every transpose combination into the same unit-stride
+ * stream, so there is one kernel per ISA; the transposed B of the linear
+ * layer (weight (OC,C)) is packed with 8x8 in-register transposes. Edge
+ * tiles (fewer than MR rows or NR columns) run the same kernel into a small
+ * stack tile and copy the valid part out.
+ *
+ * Numerics and determinism: each output element is the sum over K in one
+ * fixed order: K is cut into blocks whose size depends on K alone; within a
+ * block the products are chained with FMA in k order starting from zero, and
+ * the block sums are added to C in block order (the first block overwrites C
+ * when beta = 0, or adds to bias when a bias is fused). The cut of M and N
+ * among threads never changes that order, so results are bitwise identical
+ * across runs and across thread counts. Threads write disjoint C tiles: no
+ * atomics, no reductions across threads.
+ *
+ * Memory: the packing buffers are one aligned workspace per calling thread,
+ * grown on demand and kept (so steady-state calls do not allocate); OpenMP
+ * workers use slices of the caller's workspace. A failed allocation returns
+ * MG_ERR_NOMEM. The workspace of a thread that exits is not freed (about
+ * 4-5 MiB, once per thread that ever called a GEMM).
+ * Parallelism: one parallel region per call; threads pack B panels together,
+ * then take (M block, column slice) units. Below ~1M multiply-adds, or when
+ * called from inside a parallel region, the call runs serially.
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "common.h"
 
-static inline float elem(const float* X, int ld, int trans, int r, int c) {
-    return trans ? X[(size_t)c * ld + r] : X[(size_t)r * ld + c];
+#ifndef _OPENMP
+static inline int omp_in_parallel(void) { return 0; }
+#endif
+
+#if (defined(__AVX2__) && defined(__FMA__)) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define MG_GEMM_AVX2 1
+#else
+#define MG_GEMM_AVX2 0
+#endif
+
+// ---------------------------------------------------------------- blocking
+
+#if defined(__AVX512F__)
+// 12 x 32: 24 zmm accumulators + 2 for B + 1 broadcast of 32 zmm registers.
+// kc*NR*4 = 24 KiB of B micro-panel stays in a 48 KiB L1d.
+enum { MR = 12, NR = 32, KC_MAX = 192, MC_MAX = 192 };
+#else
+enum {
+    MR = 6,          // micro-tile rows (A broadcasts)
+    NR = 16,         // micro-tile columns (two 8-float vectors)
+    KC_MAX = 256,    // B micro-panel kc*NR*4 = 16 KiB stays in a 32 KiB L1d
+    MC_MAX = 144     // A block mc*kc*4 = 144 KiB, well inside a 1 MiB L2
+};
+#endif
+enum { ALIGN = 64 };
+
+// Packed B is kept for all of K at once, up to this many floats (16 MiB):
+// the whole weight of most transformer layers, well inside a 32 MiB L3.
+#define B_CAP ((size_t)4 << 20)
+
+// Below this many multiply-adds a parallel region costs more than it saves.
+#define SERIAL_MNK ((double)96 * 96 * 96)
+
+// kc for a given K: the fewest blocks of at most KC_MAX, evened out so the
+// last block is not a sliver. Depends on K alone: this fixes the summation
+// order of every output element whatever the thread count.
+static inline int k_block(int K) {
+    int nk = (K + KC_MAX - 1) / KC_MAX;
+    return (K + nk - 1) / nk;
 }
+
+// ---------------------------------------------------------------- workspace
+
+static _Thread_local float* ws_buf;   // packed B block, then one A block per thread
+static _Thread_local size_t ws_cap;   // in floats
+
+static float* workspace(size_t nfloats) {
+    if (nfloats <= ws_cap) return ws_buf;
+    void* p = NULL;
+    if (posix_memalign(&p, ALIGN, nfloats * sizeof(float)) != 0) return NULL;
+    free(ws_buf);
+    ws_buf = p;
+    ws_cap = nfloats;
+    return ws_buf;
+}
+
+// ---------------------------------------------------------------- packing
+
+// Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
+// dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
+// Full panels use constant trip counts so the copies compile to vector moves
+// instead of library calls.
+static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
+                   int transA, int i0, int p0, int mc, int kc) {
+    for (int ip = 0; ip < mc; ip += MR) {
+        int mr = MG_MIN(MR, mc - ip);
+        float* d = dst + (size_t)ip * kc;
+        if (transA) {   // A is (K,M): a row of A' is a column; k rows are contiguous
+            for (int k = 0; k < kc; k++) {
+                const float* s = A + (size_t)(p0 + k) * lda + (size_t)(i0 + ip);
+                float* dk = d + (size_t)k * MR;
+                if (mr == MR) {
+                    for (int r = 0; r < MR; r++) dk[r] = s[r];
+                } else {
+                    for (int r = 0; r < mr; r++) dk[r] = s[r];
+                    for (int r = mr; r < MR; r++) dk[r] = 0.0f;
+                }
+            }
+        } else {        // A is (M,K): MR row streams, one k column at a time
+            const float* s[MR];
+            for (int r = 0; r < MR; r++)
+                s[r] = A + (size_t)(i0 + ip + MG_MIN(r, mr - 1)) * lda + (size_t)p0;
+            if (mr == MR) {
+                for (int k = 0; k < kc; k++)
+                    for (int r = 0; r < MR; r++) d[(size_t)k * MR + r] = s[r][k];
+            } else {
+                for (int k = 0; k < kc; k++)
+                    for (int r = 0; r < MR; r++)
+                        d[(size_t)k * MR + r] = r < mr ? s[r][k] : 0.0f;
+            }
+        }
+    }
+}
+
+#if MG_GEMM_AVX2
+// d[k*NR + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8): an in-register
+// transpose, so the transposed-B pack streams rows instead of single floats.
+static inline void transpose_8x8(float* restrict d, const float* restrict s, size_t lds) {
+    __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
+    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_store_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+// Packs NR-column panel q of the kc x nc block of B' at (p0, j0):
+// dst[k*NR + j] = B'(p0+k, j0+q*NR+j); columns past nc are zero.
+static void pack_b_panel(float* restrict d, const float* restrict B, size_t ldb,
+                         int transB, int p0, int j0, int nr, int kc) {
+    if (transB) {       // B is (N,K): each column of B' is a contiguous row of B
+        int k0 = 0;
+#if MG_GEMM_AVX2
+        if (nr == NR) {
+            for (; k0 + 8 <= kc; k0 += 8)
+                for (int j = 0; j < NR; j += 8)
+                    transpose_8x8(d + (size_t)k0 * NR + j,
+                                  B + (size_t)(j0 + j) * ldb + (size_t)(p0 + k0), ldb);
+        }
+#endif
+        for (int j = 0; j < nr; j++) {
+            const float* s = B + (size_t)(j0 + j) * ldb + (size_t)p0;
+            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = s[k];
+        }
+        for (int j = nr; j < NR; j++)
+            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = 0.0f;
+    } else {            // B is (K,N): copy NR contiguous floats per k
+        for (int k = 0; k < kc; k++) {
+            const float* s = B + (size_t)(p0 + k) * ldb + (size_t)j0;
+            float* dk = d + (size_t)k * NR;
+            if (nr == NR) {
+                for (int j = 0; j < NR; j++) dk[j] = s[j];
+            } else {
+                for (int j = 0; j < nr; j++) dk[j] = s[j];
+                for (int j = nr; j < NR; j++) dk[j] = 0.0f;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- micro-kernel
+
+// How a finished kc-deep tile sum acc meets C:
+//   STORE_SET: C = acc (+ bias[j] when bias is given)    first K block, beta 0
+//   STORE_ADD: C = C + acc                                 later blocks, beta 1
+enum { STORE_SET = 0, STORE_ADD = 1 };
+
+#if defined(__AVX512F__)
+
+// acc (12,32) = a (kc,12 packed) @ b (kc,32 packed), then stored per mode
+// into c (12,32) with row stride ldc. bias (32) or NULL (STORE_SET only).
+static void kernel(int kc, const float* restrict a, const float* restrict b,
+                   float* restrict c, size_t ldc, int mode,
+                   const float* restrict bias) {
+    __m512 acc[MR][2];
+    #pragma GCC unroll 12
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    // ---- hot loop: 24 FMAs per k, operands streamed from the packed panels
+    #pragma GCC unroll 2
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b);
+        __m512 b1 = _mm512_load_ps(b + 16);
+        #pragma GCC unroll 12
+        for (int r = 0; r < MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (mode == STORE_SET && bias) {
+        bias0 = _mm512_loadu_ps(bias);
+        bias1 = _mm512_loadu_ps(bias + 16);
+    }
+    #pragma GCC unroll 12
+    for (int r = 0; r < MR; r++) {
+        float* cr = c + (size_t)r * ldc;
+        __m512 v0 = acc[r][0], v1 = acc[r][1];
+        if (mode == STORE_ADD) {
+            v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0);
+            v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1);
+        } else if (bias) {
+            v0 = _mm512_add_ps(bias0, v0);
+            v1 = _mm512_add_ps(bias1, v1);
+        }
+        _mm512_storeu_ps(cr, v0);
+        _mm512_storeu_ps(cr + 16, v1);
+    }
+}
+
+#elif MG_GEMM_AVX2
+
+// acc (6,16) = a (kc,6 packed) @ b (kc,16 packed), then stored per mode into
+// c (6,16) with row stride ldc. bias (16) or NULL, used only by STORE_SET.
+static void kernel(int kc, const float* restrict a, const float* restrict b,
+                        float* restrict c, size_t ldc, int mode,
+                        const float* restrict bias) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    // ---- hot loop: 12 FMAs per k, operands streamed from the packed panels
+    #pragma GCC unroll 4
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b);
+        __m256 b1 = _mm256_load_ps(b + 8);
+        __m256 av;
+        av = _mm256_broadcast_ss(a + 0);
+        c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += MR;
+        b += NR;
+    }
+    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                         {c30, c31}, {c40, c41}, {c50, c51}};
+    if (mode == STORE_ADD) {
+        for (int r = 0; r < MR; r++) {
+            float* cr = c + (size_t)r * ldc;
+            _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[r][0]));
+            _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1]));
+        }
+    } else if (bias) {
+        __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+        for (int r = 0; r < MR; r++) {
+            float* cr = c + (size_t)r * ldc;
+            _mm256_storeu_ps(cr, _mm256_add_ps(b0, acc[r][0]));
+            _mm256_storeu_ps(cr + 8, _mm256_add_ps(b1, acc[r][1]));
+        }
+    } else {
+        for (int r = 0; r < MR; r++) {
+            float* cr = c + (size_t)r * ldc;
+            _mm256_storeu_ps(cr, acc[r][0]);
+            _mm256_storeu_ps(cr + 8, acc[r][1]);
+        }
+    }
+}
+
+#else  // portable: plain C, the same packed layout and the same store rule
+
+static void kernel(int kc, const float* restrict a, const float* restrict b,
+                        float* restrict c, size_t ldc, int mode,
+                        const float* restrict bias) {
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    // ---- hot loop (the compiler vectorises the j loop)
+    for (int k = 0; k < kc; k++) {
+        for (int r = 0; r < MR; r++) {
+            float ar = a[r];
+            for (int j = 0; j < NR; j++) acc[r][j] += ar * b[j];
+        }
+        a += MR;
+        b += NR;
+    }
+    for (int r = 0; r < MR; r++) {
+        float* cr = c + (size_t)r * ldc;
+        for (int j = 0; j < NR; j++)
+            cr[j] = mode == STORE_ADD ? cr[j] + acc[r][j]
+                  : bias ? bias[j] + acc[r][j] : acc[r][j];
+    }
+}
+
+#endif
+
+// A possibly partial tile: mr <= MR rows, nr <= NR columns. Partial tiles go
+// through a stack tile so the kernel never touches C outside the matrix.
+static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
+                        int mr, int nr, int mode, const float* bias) {
+    if (mr == MR && nr == NR) {
+        kernel(kc, a, b, c, ldc, mode, bias);
+        return;
+    }
+    float t[MR * NR] __attribute__((aligned(64)));
+    kernel(kc, a, b, t, NR, STORE_SET, NULL);
+    for (int r = 0; r < mr; r++) {
+        float* cr = c + (size_t)r * ldc;
+        const float* tr = t + r * NR;
+        for (int j = 0; j < nr; j++)
+            cr[j] = mode == STORE_ADD ? cr[j] + tr[j]
+                  : bias ? bias[j] + tr[j] : tr[j];
+    }
+}
+
+// ---------------------------------------------------------------- driver
+
+// Cm (M,N) = beta*Cm + A' @ B' (+ bias (N) broadcast over rows, beta 0 only).
+// Sizes are validated and non-zero (K >= 1) here.
+static mg_status gemm(int transA, int transB, int M, int N, int K,
+                      const float* A, size_t lda, const float* B, size_t ldb,
+                      float beta, float* Cm, size_t ldc, const float* bias) {
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int parallel = nt > 1 && (double)M * N * K >= SERIAL_MNK;
+    if (!parallel) nt = 1;
+
+    const int kcb = k_block(K);
+    // M blocks of at most MC_MAX rows, evened out and rounded to MR.
+    int nmb = (M + MC_MAX - 1) / MC_MAX;
+    nmb = ((nmb + nt - 1) / nt) * nt;
+    int mcb = (M + nmb - 1) / nmb;
+    mcb = ((mcb + MR - 1) / MR) * MR;
+    nmb = (M + mcb - 1) / mcb;
+    // N chunks: all K blocks of a chunk of B are packed at once, at most
+    // about B_CAP floats, so a chunk costs two synchronisations (after the
+    // packing, and the join) instead of two per K block.
+    int ncb = (int)MG_MIN((size_t)N, MG_MAX((size_t)NR, B_CAP / (size_t)K));
+    int nnb = (N + ncb - 1) / ncb;
+    ncb = (N + nnb - 1) / nnb;
+    ncb = ((ncb + NR - 1) / NR) * NR;
+    // Work units are (M block, column slice). Threads take them dynamically:
+    // on a shared machine a thread can lose its core for a while, and the
+    // other then takes its units instead of waiting for it. At least 4 units
+    // per thread keep that balancing fine-grained; which thread computes a
+    // tile never changes its bits.
+    int njs = nt > 1 ? MG_MAX(1, (4 * nt + nmb - 1) / nmb) : 1;
+
+    size_t b_size = (size_t)K * (size_t)ncb;            // packed B chunk, all K
+    size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
+    float* ws = workspace(b_size + (size_t)nt * a_size);
+    if (!ws) return mg_fail(MG_ERR_NOMEM, "mg_sgemm",
+                            "cannot allocate %zu bytes of packing workspace",
+                            (b_size + (size_t)nt * a_size) * sizeof(float));
+    float* bpack = ws;
+    const int nkb = (K + kcb - 1) / kcb;
+
+    #pragma omp parallel num_threads(nt) if (parallel)
+    {
+        float* apack = ws + b_size + (size_t)omp_get_thread_num() * a_size;
+        for (int jc = 0; jc < N; jc += ncb) {
+            int nc = MG_MIN(ncb, N - jc);
+            int npan = (nc + NR - 1) / NR;
+            // K block pc's panels start at bpack + pc*npan*NR (blocks before
+            // it are full), panel q at + q*kc*NR.
+            #pragma omp for schedule(dynamic, 4)
+            for (int t = 0; t < nkb * npan; t++) {
+                int pc = (t / npan) * kcb, q = t % npan;
+                int kc = MG_MIN(kcb, K - pc);
+                pack_b_panel(bpack + (size_t)pc * npan * NR + (size_t)q * kc * NR,
+                             B, ldb, transB, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
+            }
+            // (implicit barrier: B is packed before anyone reads it)
+
+            int nsl = MG_MIN(njs, npan);
+            #pragma omp for schedule(dynamic, 1)
+            for (int u = 0; u < nmb * nsl; u++) {
+                int ib = u / nsl, js = u % nsl;
+                int ic = ib * mcb, mc = MG_MIN(mcb, M - ic);
+                int q0 = (int)((long)npan * js / nsl);
+                int q1 = (int)((long)npan * (js + 1) / nsl);
+                // K blocks in order: this fixes each element's summation order.
+                for (int pc = 0; pc < K; pc += kcb) {
+                    int kc = MG_MIN(kcb, K - pc);
+                    int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
+                    const float* bias_p = (mode == STORE_SET) ? bias : NULL;
+                    const float* bblk = bpack + (size_t)pc * npan * NR;
+                    pack_a(apack, A, lda, transA, ic, pc, mc, kc);
+                    for (int q = q0; q < q1; q++) {
+                        int j = q * NR;
+                        int nr = MG_MIN(NR, nc - j);
+                        const float* bp = bblk + (size_t)q * kc * NR;
+                        const float* bq = bias_p ? bias_p + jc + j : NULL;
+                        for (int i = 0; i < mc; i += MR)
+                            tile(kc, apack + (size_t)i * kc, bp,
+                                 Cm + (size_t)(ic + i) * ldc + (size_t)(jc + j), ldc,
+                                 MG_MIN(MR, mc - i), nr, mode, bq);
+                    }
+                }
+            }
+            // (implicit barrier: the next chunk's packing reuses bpack)
+        }
+    }
+    return MG_OK;
+}
+
+// K = 0: Cm = beta*Cm (+ bias).
+static void scale_c(int M, int N, float beta, float* Cm, size_t ldc, const float* bias) {
+    if (beta != 0.0f && !bias) return;
+    for (int i = 0; i < M; i++) {
+        float* c = Cm + (size_t)i * ldc;
+        for (int j = 0; j < N; j++)
+            c[j] = (beta != 0.0f ? c[j] : 0.0f) + (bias ? bias[j] : 0.0f);
+    }
+}
+
+// ---------------------------------------------------------------- API
 
 mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
                    const float* A, int lda, const float* B, int ldb,
                    float beta, float* Cm, int ldc) {
-    MG_CHECK_PTR(A); MG_CHECK_PTR(B); MG_CHECK_PTR(Cm);
-    MG_CHECK(M >= 0 && N >= 0 && K >= 0, MG_ERR_SHAPE, "negative size M=%d N=%d K=%d", M, N, K);
-    MG_CHECK(beta == 0.0f || beta == 1.0f, MG_ERR_VALUE, "beta=%g must be 0 or 1", (double)beta);
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < M; i++) {
-        float* c = Cm + (size_t)i * ldc;
-        for (int j = 0; j < N; j++) {
-            float s = 0.0f;
-            for (int k = 0; k < K; k++) s += elem(A, lda, transA, i, k) * elem(B, ldb, transB, k, j);
-            c[j] = (beta == 0.0f ? 0.0f : c[j]) + s;
-        }
+    MG_CHECK(M >= 0 && N >= 0 && K >= 0, MG_ERR_SHAPE,
+             "negative size M=%d N=%d K=%d", M, N, K);
+    MG_CHECK(transA == 0 || transA == 1, MG_ERR_VALUE, "transA=%d must be 0 or 1", transA);
+    MG_CHECK(transB == 0 || transB == 1, MG_ERR_VALUE, "transB=%d must be 0 or 1", transB);
+    MG_CHECK(beta == 0.0f || beta == 1.0f, MG_ERR_VALUE,
+             "beta=%g must be 0 or 1", (double)beta);
+    // Pointers that will be read or written must exist; an empty operand may be NULL.
+    MG_CHECK(A != NULL || (size_t)M * K == 0, MG_ERR_NULL, "A is NULL");
+    MG_CHECK(B != NULL || (size_t)K * N == 0, MG_ERR_NULL, "B is NULL");
+    MG_CHECK(Cm != NULL || (size_t)M * N == 0, MG_ERR_NULL, "Cm is NULL");
+    // Row strides: A is (M,K) or (K,M), B is (K,N) or (N,K), Cm is (M,N).
+    int a_cols = transA ? M : K, b_cols = transB ? K : N;
+    MG_CHECK(lda >= MG_MAX(1, a_cols), MG_ERR_SHAPE,
+             "lda=%d is less than the %d columns of A%s", lda, a_cols, transA ? " (K,M)" : " (M,K)");
+    MG_CHECK(ldb >= MG_MAX(1, b_cols), MG_ERR_SHAPE,
+             "ldb=%d is less than the %d columns of B%s", ldb, b_cols, transB ? " (N,K)" : " (K,N)");
+    MG_CHECK(ldc >= MG_MAX(1, N), MG_ERR_SHAPE,
+             "ldc=%d is less than the %d columns of Cm", ldc, N);
+    if (M == 0 || N == 0) return MG_OK;
+    if (K == 0) { scale_c(M, N, beta, Cm, (size_t)ldc, NULL); return MG_OK; }
+    return gemm(transA, transB, M, N, K, A, (size_t)lda, B, (size_t)ldb,
+                beta, Cm, (size_t)ldc, NULL);
+}
+
+// A few rows (token-by-token decoding): every weight row is read once, so the
+// product is bound by memory, and packing the whole weight per call would
+// triple the traffic. Dot products straight from the (OC,C) rows instead,
+// parallel over output channels.
+enum { GEMV_ROWS = 4 };
+
+static inline float dot(const float* restrict a, const float* restrict b, int n) {
+    int k = 0;
+    float s = 0.0f;
+#if MG_GEMM_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; k + 16 <= n; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
     }
-    return MG_OK;
+    __m256 acc = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    s = _mm_cvtss_f32(h);
+#endif
+    for (; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+static void gemv_rows(float* out, const float* inp, const float* weight,
+                      const float* bias, int N, int C, int OC) {
+    #pragma omp parallel for schedule(static) if ((double)OC * C >= 1 << 16)
+    for (int o = 0; o < OC; o++) {
+        const float* w = weight + (size_t)o * C;
+        for (int i = 0; i < N; i++)
+            out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
+    }
 }
 
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
@@ -32,12 +535,29 @@ mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
     MG_CHECK_PTR(out); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(C); MG_CHECK_POS(OC);
-    mg_status st = mg_sgemm(0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
-    if (st != MG_OK || !bias) return st;
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) out[(size_t)i * OC + o] += bias[o];
-    return MG_OK;
+    if (N == 0) return MG_OK;
+    if (N <= GEMV_ROWS) { gemv_rows(out, inp, weight, bias, N, C, OC); return MG_OK; }
+    // out (N,OC) = inp (N,C) @ weight^T; the bias rides on the first K block's store.
+    return gemm(0, 1, N, OC, C, inp, (size_t)C, weight, (size_t)C,
+                0.0f, out, (size_t)OC, bias);
+}
+
+// dbias (OC) += sum over rows of dout (N,OC). Parallel over column slices so
+// each column is summed by one thread in row order (deterministic); a slice
+// of 64 partial sums stays in registers while the rows stream past.
+static void column_sums(float* dbias, const float* dout, int N, int OC) {
+    enum { CS = 64 };
+    int nslices = (OC + CS - 1) / CS;
+    #pragma omp parallel for schedule(static) if ((double)N * OC >= 1 << 16)
+    for (int s = 0; s < nslices; s++) {
+        int o0 = s * CS, w = MG_MIN(CS, OC - o0);
+        float acc[CS] = {0};
+        for (int i = 0; i < N; i++) {
+            const float* row = dout + (size_t)i * OC + (size_t)o0;
+            for (int o = 0; o < w; o++) acc[o] += row[o];
+        }
+        for (int o = 0; o < w; o++) dbias[o0 + o] += acc[o];
+    }
 }
 
 mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
@@ -46,18 +566,17 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
     MG_CHECK_PTR(dout); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(C); MG_CHECK_POS(OC);
+    if (N == 0) return MG_OK;
+    // forward: out = inp @ weight^T + bias
     mg_status st;
-    if (dinp && (st = mg_sgemm(0, 0, N, C, OC, dout, OC, weight, C, 1.0f, dinp, C)) != MG_OK)
+    // dinp (N,C) += dout (N,OC) @ weight (OC,C)
+    if (dinp && (st = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C,
+                           1.0f, dinp, (size_t)C, NULL)) != MG_OK)
         return st;
-    if (dweight && (st = mg_sgemm(1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C)) != MG_OK)
+    // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
+    if (dweight && (st = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C,
+                              1.0f, dweight, (size_t)C, NULL)) != MG_OK)
         return st;
-    if (dbias) {
-        #pragma omp parallel for schedule(static)
-        for (int o = 0; o < OC; o++) {
-            float s = 0.0f;
-            for (int i = 0; i < N; i++) s += dout[(size_t)i * OC + o];
-            dbias[o] += s;
-        }
-    }
+    if (dbias) column_sums(dbias, dout, N, OC);
     return MG_OK;
 }

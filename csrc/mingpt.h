@@ -163,4 +163,57 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
                           float beta1, float beta2, float eps,
                           float weight_decay, float grad_scale, int t);
 
+/* ---------------------------------------------------------------- bpe */
+/* Byte-level BPE training (bpe.c). Tokens 0..255 are the byte values; merge i
+ * creates token 256 + i from the pair merges[i] = (left, right).
+ * Tie rule: the pair with the highest count is merged next; among equal
+ * counts the smallest left id wins, then the smallest right id. A pair whose
+ * bytes equal those of an existing token is never merged (a byte string can
+ * have only one id). Training stops early when no pair has a count of at least
+ * min_frequency (n_done < n_merges). These functions allocate their working
+ * memory and free it before returning; MG_ERR_NOMEM if it cannot be had.
+ *
+ * Pre-split patterns, written out by hand in C (byte-exact with the regexes
+ * tiktoken uses, given the same code point classes):
+ *   GPT2  '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
+ *   GPT4  the cl100k_base pattern (case-insensitive contractions, \p{N}{1,3}, ...)
+ *   LINES [^\n]*\n|[^\n]+   (no word split: merges may cross spaces)
+ * classes (MG_BPE_N_CODEPOINTS) uint8: per code point, an OR of the CLASS bits
+ * below (0 = other). Invalid UTF-8 bytes count as one "other" character. */
+typedef enum {
+    MG_BPE_PATTERN_GPT2 = 0,
+    MG_BPE_PATTERN_GPT4 = 1,
+    MG_BPE_PATTERN_LINES = 2
+} mg_bpe_pattern;
+
+typedef enum {
+    MG_BPE_CLASS_LETTER = 1,        /* \p{L} */
+    MG_BPE_CLASS_NUMBER = 2,        /* \p{N} */
+    MG_BPE_CLASS_SPACE = 4,         /* \s: Unicode White_Space */
+    MG_BPE_N_CODEPOINTS = 1114112,  /* 0x110000 */
+    MG_BPE_MAX_VOCAB = 1048576      /* 2^20 token ids, specials included */
+} mg_bpe_limits;
+
+/* Splits text (n bytes) into chunks: ends (n) receives the end offset of each
+ * chunk, *n_chunks their number (chunk k is ends[k-1]..ends[k]). */
+mg_status mg_bpe_split(int64_t* ends, int64_t* n_chunks, const uint8_t* text,
+                       int64_t n, const uint8_t* classes, int pattern);
+
+/* Trains on given chunks: chunk k is chunks[offsets[k]..offsets[k+1]) with
+ * weight counts[k] >= 0 (duplicates allowed, they add up).
+ * merges (n_merges, 2) int32 out; *n_done merges were learned. */
+mg_status mg_bpe_train_chunks(int32_t* merges, int32_t* n_done,
+                              const uint8_t* chunks, const int64_t* offsets,
+                              const int64_t* counts, int64_t n_chunks,
+                              int32_t n_merges, int64_t min_frequency);
+
+/* Pre-splits and counts, then trains: document d is
+ * text[doc_offsets[d]..doc_offsets[d+1]) and no chunk crosses a document end.
+ * Splitting and counting run on all threads; the result does not depend on
+ * the thread count. *n_unique receives the number of distinct chunks. */
+mg_status mg_bpe_train_text(int32_t* merges, int32_t* n_done, int64_t* n_unique,
+                            const uint8_t* text, const int64_t* doc_offsets,
+                            int64_t n_docs, const uint8_t* classes, int pattern,
+                            int32_t n_merges, int64_t min_frequency);
+
 #endif /* MINGPT_H */

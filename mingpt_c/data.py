@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import DataError
-from .tokenfile import TokenWriter, read_tokens
+from .tokenfile import read_tokens, write_tokens
 
 CHUNK_BYTES = 8 << 20  # text read per tokenizer call
 
@@ -102,9 +102,9 @@ def iter_text(paths: list[Path]) -> Iterator[str]:
 
 def tokenize_to_file(pieces, tokenizer, out: Path) -> np.ndarray:
     """Encodes text pieces into a token file; returns it memory-mapped."""
-    with TokenWriter(out, tokenizer.vocab_size) as w:
-        for piece in pieces:
-            w.write(np.asarray(tokenizer.encode(piece), dtype=np.int64))
+    # special-token strings in a training text are text, not control tokens
+    ids = (tokenizer.encode_array(piece, disallowed_special=()) for piece in pieces)
+    write_tokens(out, ids, vocab_size=tokenizer.vocab_size)
     return read_tokens(out)
 
 

@@ -41,6 +41,6 @@ def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | No
     p = data.check_text_file(path)
     ids = []
     for piece in data.iter_text([p]):
-        ids.extend(tok.encode(piece))
+        ids.extend(tok.encode(piece, disallowed_special=()))
     model = GPT(loaded["cfg"], loaded["params"])
     return evaluate_tokens(model, np.asarray(ids, np.int64), batch_size, max_batches)

@@ -193,7 +193,7 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
             model = GPT(cfg, seed=tc.seed)
         m = v = None
         t = 0
-    cfg.extra = {"tokenizer": getattr(tok, "name", tc.tokenizer), "eot_token": tok.eot_token}
+    cfg.extra = {"tokenizer": tok.kind, "eot_token": tok.eot_token}
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
                 tc.weight_decay, tc.grad_clip, t)
     if m is not None:

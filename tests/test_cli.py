@@ -131,3 +131,15 @@ def test_mismatched_checkpoint(trained, tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     one_line_error(invoke("sample", tmp_path), "not a checkpoint")
+
+
+def test_train_with_a_trained_bpe_tokenizer(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 3)
+    tok = tmp_path / "tok.json"
+    res = invoke("tokenize", "train", corpus, "--vocab-size", "300", "--out", tok)
+    assert res.exit_code == 0, res.stderr
+    res = invoke("train", corpus, "--tokenizer", tok, "--out", tmp_path / "run", "--max-iters", "3", *TINY)
+    assert res.exit_code == 0, res.stderr
+    res = invoke("sample", tmp_path / "run", "--prompt", "To be", "--max-new-tokens", "5")
+    assert res.exit_code == 0 and res.output.startswith("To be")

@@ -171,3 +171,18 @@ def test_sigkill_while_saving_never_corrupts(tmp_path):
         loaded = checkpoint.load(ck)
         vals = np.unique(loaded["params"])
         assert len(vals) == 1 and vals[0] in (1.0, 2.0)
+
+
+def test_gradients_bitwise_repeatable(rng):
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    model = GPT(cfg, seed=1)
+    x = rng.integers(0, 50, size=(3, 16)).astype(np.int32)
+    y = rng.integers(0, 50, size=(3, 16)).astype(np.int32)
+    runs = []
+    for _ in range(3):
+        model.zero_grad()
+        loss = model.forward(x, y, train=True)
+        model.backward()
+        runs.append((loss, model.grads.copy()))
+    for loss, g in runs[1:]:
+        assert loss == runs[0][0] and np.array_equal(g, runs[0][1])

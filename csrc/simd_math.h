@@ -1,0 +1,40 @@
+/*
+ * simd_math.h — vectorised elementary functions shared by the kernels
+ * (private; only for files compiled with AVX2 + FMA).
+ *   exp_neg(x)   exp for x <= 0, about 1.4 ulp (Cephes expf polynomial)
+ */
+#ifndef MINGPT_SIMD_MATH_H
+#define MINGPT_SIMD_MATH_H
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* exp(x) for x <= 0 (softmax arguments after subtracting the max).
+ * x = n ln2 + r, |r| <= ln2/2; exp(r) = 1 + r + r^2 p(r) (Cephes expf);
+ * 2^n is built in the exponent bits. max(-88, x) keeps n >= -127, and n = -127
+ * gives exponent bits 0, i.e. an exact 0: that is the flush below FLT_MIN.
+ * -inf (masked score) therefore maps to 0; NaN passes through max() as NaN. */
+static inline __m256 exp_neg(__m256 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693145751953125f);   /* exact n*ln2_hi */
+    const __m256 ln2_lo = _mm256_set1_ps(1.428606765330187e-06f);
+    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+#endif /* __AVX2__ && __FMA__ */
+#endif /* MINGPT_SIMD_MATH_H */
