@@ -337,9 +337,9 @@ def generated_shapes(n_train: int = 8000, n_test: int = 2000, size: int = 28,
     labels = np.arange(n) % len(SHAPES)
     rng.shuffle(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    cy = rng.uniform(9, size - 9, n)[:, None, None]
-    cx = rng.uniform(9, size - 9, n)[:, None, None]
-    r = rng.uniform(5, 8.5, n)[:, None, None]
+    cy = rng.uniform(11, size - 11, n)[:, None, None]
+    cx = rng.uniform(11, size - 11, n)[:, None, None]
+    r = rng.uniform(6, 9.5, n)[:, None, None]
     w = rng.uniform(1.2, 2.2, n)[:, None, None]
     dy, dx = yy[None] - cy, xx[None] - cx
     dist = np.sqrt(dy ** 2 + dx ** 2)

@@ -47,7 +47,7 @@ class ViTTrainConfig:
     dropout: float = 0.0
     batch_size: int = 128
     epochs: int = 5
-    max_iters: int | None = None     # stop after this many iterations (overrides epochs)
+    max_iters: int | None = None     # stop after this many iterations (the schedule still spans epochs)
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_iters: int = 200
@@ -171,7 +171,8 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
         raise DataError(f"{train_set.source}: {N} training images, fewer than one batch of {B}: "
                         f"lower --batch-size")
     per_epoch = N // B   # the last partial batch of an epoch is dropped
-    total = per_epoch * tc.epochs
+    schedule = per_epoch * tc.epochs  # the cosine spans every epoch, so stopping early and
+    total = schedule                  # resuming later gives exactly the uninterrupted run
     if tc.max_iters is not None:
         total = min(total, tc.max_iters)
     start = state["iter"] if state else 0
@@ -209,7 +210,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
                 idx = np.sort(perm[k * B:(k + 1) * B])   # sorted: faster gathers, same batch
                 batch = imgs.augment(train_set.images[idx], np.random.default_rng([tc.seed, it, 1]),
                                      tc.crop_pad, tc.hflip)
-                lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, total)
+                lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, schedule)
                 model.zero_grad()
                 loss = model.forward(norm(batch, x), train_set.labels[idx], train=True,
                                      seed=tc.seed * 1_000_003 + it, label_smoothing=tc.label_smoothing)
