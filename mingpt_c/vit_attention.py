@@ -49,14 +49,14 @@ def draw(image: np.ndarray, amap: np.ndarray, png, title: str = "") -> None:
 
     ch, H, W = image.shape
     up = np.kron(amap, np.ones((H // amap.shape[0], W // amap.shape[1])))
-    up = up / max(up.max(), 1e-12)
+    up = (up - up.min()) / max(up.max() - up.min(), 1e-12)  # the identity term lifts the floor
     shown = image[0] if ch == 1 else image.transpose(1, 2, 0)
     cmap = "gray" if ch == 1 else None
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4), dpi=100)
     axes[0].imshow(shown, cmap=cmap)
     axes[0].set_title("image")
     axes[1].imshow(shown, cmap=cmap)
-    axes[1].imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    axes[1].imshow(up, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
     axes[1].set_title("attention rollout")
     for a in axes:
         a.axis("off")
