@@ -19,6 +19,7 @@ lookup table.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -327,11 +328,13 @@ def read_folder(path: Path, image_size: int | None = None, classes: list | None 
 SHAPES = ["disc", "ring", "square", "frame", "triangle", "plus", "cross", "bars"]
 
 
+@functools.lru_cache(maxsize=2)
 def generated_shapes(n_train: int = 8000, n_test: int = 2000, size: int = 28,
                      seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Eight classes of white shapes on black, 28 x 28 grayscale: random
     centre, size, stroke, brightness and noise. Deterministic for a seed;
-    needs no download, so `mingpt vit train` runs offline."""
+    needs no download, so `mingpt vit train` runs offline. Cached (read-only
+    arrays): a few seconds to draw."""
     rng = np.random.default_rng([seed, 2024])
     n = n_train + n_test
     labels = np.arange(n) % len(SHAPES)
@@ -362,6 +365,7 @@ def generated_shapes(n_train: int = 8000, n_test: int = 2000, size: int = 28,
     noise = rng.normal(0, 12, (n, size, size))
     images = np.clip(shape * bright + noise, 0, 255).astype(np.uint8)[:, None]
     labels = labels.astype(np.int32)
+    images.flags.writeable = labels.flags.writeable = False
     src = f"generated shapes (seed {seed})"
     return (ImageSet(images[:n_train], labels[:n_train], list(SHAPES), src + " train"),
             ImageSet(images[n_train:], labels[n_train:], list(SHAPES), src + " test"))
