@@ -139,18 +139,18 @@ def gelu_backward(dout, x):
     return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th ** 2) * du)
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])  # float64 erf without scipy
+# float64 erfc without scipy; Phi(x) = erfc(-x / sqrt 2) / 2 keeps relative
+# accuracy in the negative tail, where 1 + erf(x / sqrt 2) cancels
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def gelu_erf_forward(x):
-    erf = _erf
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return x * 0.5 * _erfc(-x / np.sqrt(2.0))
 
 
 def gelu_erf_backward(dout, x):
     # out = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2))
-    erf = _erf
-    cdf = 0.5 * (1.0 + erf(x / np.sqrt(2.0)))
+    cdf = 0.5 * _erfc(-x / np.sqrt(2.0))
     pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
     return dout * (cdf + x * pdf)
 
