@@ -58,6 +58,8 @@ def info(ckpt):
     from mingpt_c import checkpoint
 
     path = checkpoint.resolve(ckpt)
+    if json.loads((path / "config.json").read_text()).get("model_type") == "vit":
+        return _vit_info(path)
     loaded = checkpoint.load(path)
     cfg = loaded["cfg"]
     click.echo(f"checkpoint  {path}")
@@ -477,6 +479,25 @@ def _vit_train_options(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _vit_info(path):
+    from mingpt_c import vit_checkpoint
+
+    loaded = vit_checkpoint.load(path)
+    cfg = loaded["cfg"]
+    click.echo(f"checkpoint  {path}")
+    click.echo(f"model       ViT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
+               f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels}, {cfg.act}")
+    click.echo(f"parameters  {loaded['params'].size:,}")
+    click.echo(f"classes     {cfg.num_classes}: {', '.join(cfg.labels[:10])}"
+               f"{', ...' if cfg.num_classes > 10 else ''}")
+    st = path / "train_state.json"
+    if st.exists():
+        s = json.loads(st.read_text())
+        acc = s.get("test_accuracy")
+        click.echo(f"trained     {s.get('iter')} iterations ({s.get('epoch', 0):.2f} epochs), test accuracy "
+                   f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}")
 
 
 @vit.command(name="train")

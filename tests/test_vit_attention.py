@@ -39,9 +39,10 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vit_mnist"
 # The fixture is the checkpoint after 2 epochs (936 iterations) of the MNIST
 # recipe (README: `mingpt vit train --dataset mnist:...`); --max-iters stops
 # it there with the same 12-epoch schedule, so this regenerates it bit for
-# bit (1 thread). Set MINGPT_REGEN_FIXTURES=1, or delete it, to retrain (minutes).
+# bit (2 threads, same kernels). Set MINGPT_REGEN_FIXTURES=1, or delete it,
+# to retrain (a few minutes).
 RECIPE = dict(patch_size=7, n_layer=4, n_head=4, n_embd=64, epochs=12, max_iters=936, lr=1e-3,
-              warmup_iters=300, crop_pad=2, label_smoothing=0.1, threads=1, progress=False)
+              warmup_iters=300, crop_pad=2, label_smoothing=0.1, threads=2, progress=False)
 
 
 @pytest.fixture(scope="module")
