@@ -61,6 +61,8 @@ def info(ckpt):
     from mingpt_c import checkpoint
 
     path = checkpoint.resolve(ckpt)
+    if json.loads((path / "config.json").read_text()).get("model_type") == "vit":
+        return _vit_info(path)
     loaded = checkpoint.load(path)
     cfg = loaded["cfg"]
     click.echo(f"checkpoint  {path}")
@@ -393,10 +395,11 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
 @click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
 def import_cmd(hf_dir, out, tokenizer):
-    """Import a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors)."""
-    from mingpt_c.hf import import_gpt2
+    """Import a Hugging Face GPT2LMHeadModel or ViTForImageClassification
+    directory (config.json + model.safetensors)."""
+    from mingpt_c.hf import import_hf
 
-    path = import_gpt2(hf_dir, out, tokenizer)
+    path = import_hf(hf_dir, out, tokenizer)
     click.echo(f"imported {hf_dir} -> {path}")
 
 
@@ -404,11 +407,12 @@ def import_cmd(hf_dir, out, tokenizer):
 @click.argument("ckpt", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Hugging Face directory to write")
 def export_cmd(ckpt, out):
-    """Export a checkpoint as a Hugging Face GPT2LMHeadModel directory."""
-    from mingpt_c.hf import export_gpt2
+    """Export a checkpoint as a Hugging Face GPT2LMHeadModel (or, for a ViT,
+    ViTForImageClassification) directory."""
+    from mingpt_c.hf import export_hf
 
-    path = export_gpt2(ckpt, out)
-    click.echo(f"exported {ckpt} -> {path} (load with GPT2LMHeadModel.from_pretrained)")
+    path = export_hf(ckpt, out)
+    click.echo(f"exported {ckpt} -> {path} (load with transformers' from_pretrained)")
 
 
 # ------------------------------------------------------------------ bench
@@ -430,6 +434,174 @@ def bench(config, rounds, steps, threads, sample_tokens, no_torch):
     if unknown:
         raise click.ClickException(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
     run(names, rounds, steps, threads, sample_tokens, not no_torch, echo=click.echo)
+
+# ------------------------------------------------------------------ vit
+
+
+@main.group()
+def vit():
+    """Vision Transformer: train, eval, predict, attention maps.
+
+    Data sets (--dataset): mnist:DIR, fashion-mnist:DIR (IDX files),
+    cifar10:DIR (python batches), folder:DIR (one sub-folder per class);
+    none: a generated set of shapes that needs no download."""
+
+
+def _vit_train_options(f):
+    from mingpt_c.vit_train import ViTTrainConfig
+
+    d = ViTTrainConfig()
+    opts = [
+        click.option("--dataset", default=None, help="KIND:PATH [default: generated shapes]"),
+        click.option("--out", default=d.out, type=click.Path(file_okay=False), help="run directory"),
+        click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default=None,
+                     help="model size preset (explicit size flags win)"),
+        click.option("--image-size", type=int, default=None, help="resize folder images to this"),
+        click.option("--patch-size", type=int, default=d.patch_size),
+        click.option("--n-layer", type=int, default=d.n_layer),
+        click.option("--n-head", type=int, default=d.n_head),
+        click.option("--n-embd", type=int, default=d.n_embd),
+        click.option("--dropout", type=float, default=d.dropout),
+        click.option("--batch-size", type=int, default=d.batch_size),
+        click.option("--epochs", type=int, default=d.epochs),
+        click.option("--max-iters", type=int, default=None, help="stop after this many iterations"),
+        click.option("--lr", type=float, default=d.lr, help="peak learning rate"),
+        click.option("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine"),
+        click.option("--warmup-iters", type=int, default=d.warmup_iters),
+        click.option("--weight-decay", type=float, default=d.weight_decay),
+        click.option("--beta2", type=float, default=d.beta2),
+        click.option("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)"),
+        click.option("--label-smoothing", type=float, default=d.label_smoothing),
+        click.option("--crop-pad", type=int, default=d.crop_pad,
+                     help="augmentation: random crop after padding this many pixels (0: off)"),
+        click.option("--hflip", is_flag=True, help="augmentation: random horizontal flip"),
+        click.option("--val-fraction", type=float, default=d.val_fraction,
+                     help="held out of a folder with no train/ and test/ inside"),
+        click.option("--train-limit", type=int, default=None, help="use the first N training images"),
+        click.option("--eval-limit", type=int, default=None, help="evaluate on the first N test images"),
+        click.option("--seed", type=int, default=d.seed),
+        click.option("--threads", type=int, default=None, help="C core threads [default: all cores]"),
+        click.option("--resume", is_flag=True, help="continue the run in --out from its latest checkpoint"),
+        click.option("--no-progress", is_flag=True, help="no progress bar"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _vit_info(path):
+    from mingpt_c import vit_checkpoint
+
+    loaded = vit_checkpoint.load(path)
+    cfg = loaded["cfg"]
+    click.echo(f"checkpoint  {path}")
+    click.echo(f"model       ViT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
+               f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels}, {cfg.act}")
+    click.echo(f"parameters  {loaded['params'].size:,}")
+    click.echo(f"classes     {cfg.num_classes}: {', '.join(cfg.labels[:10])}"
+               f"{', ...' if cfg.num_classes > 10 else ''}")
+    st = path / "train_state.json"
+    if st.exists():
+        s = json.loads(st.read_text())
+        acc = s.get("test_accuracy")
+        click.echo(f"trained     {s.get('iter')} iterations ({s.get('epoch', 0):.2f} epochs), test accuracy "
+                   f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}")
+
+
+@vit.command(name="train")
+@_vit_train_options
+@click.pass_context
+def vit_train(ctx, preset, resume, no_progress, **opts):
+    """Train a ViT classifier (defaults: 4 layers, 4 heads, width 64, patch 4)."""
+    from mingpt_c.model.vit import PRESETS
+    from mingpt_c.vit_train import ViTTrainConfig, train as run_train
+
+    given = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if preset:
+        for k, v in PRESETS[preset].items():
+            if k not in given:
+                opts[k] = v
+    out = Path(opts["out"])
+    if resume:
+        saved = out / "run_config.json"
+        if not saved.exists() or not (out / "latest").exists():
+            raise click.ClickException(f"--resume: no checkpoint to resume in {out}")
+        base = json.loads(saved.read_text())
+        base.update({k: opts[k] for k in given})
+        tc = ViTTrainConfig(**{k: v for k, v in base.items() if k in ViTTrainConfig.__dataclass_fields__})
+    else:
+        if (out / "latest").exists():
+            raise click.ClickException(f"{out} already holds a run: pass --resume to continue it, "
+                                       f"or choose another --out")
+        tc = ViTTrainConfig(**opts)
+    tc.progress = not no_progress
+    res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True))
+    if not res.get("interrupted"):
+        acc = res.get("test_accuracy")
+        acc_s = f"{100 * acc:.2f}%" if acc is not None else "n/a"
+        click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s, test accuracy {acc_s}; "
+                   f"checkpoint in {tc.out}/latest")
+
+
+@vit.command(name="eval")
+@click.argument("ckpt", type=click.Path())
+@click.option("--dataset", default=None, help="KIND:PATH [default: generated shapes]")
+@click.option("--image-size", type=int, default=None, help="resize folder images to this")
+@click.option("--limit", type=int, default=None, help="evaluate the first N images only")
+@click.option("--batch-size", type=int, default=500)
+@click.option("--threads", type=int, default=None)
+def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads):
+    """Accuracy and confusion matrix of a ViT on a data set's test split."""
+    from mingpt_c import images, vit_checkpoint
+    from mingpt_c._lib import set_num_threads
+    from mingpt_c.model.vit import ViT
+    from mingpt_c.vit_train import evaluate
+
+    if threads:
+        set_num_threads(threads)
+    loaded = vit_checkpoint.load(ckpt)
+    data = images.load_eval_split(dataset, image_size)
+    if limit:
+        data = data.subset(slice(0, limit))
+    res = evaluate(ViT(loaded["cfg"], loaded["params"]), data, batch_size)
+    click.echo(f"{data.source}: accuracy {100 * res['accuracy']:.2f}% ({res['n']:,} images), "
+               f"loss {res['loss']:.4f}")
+    names = loaded["cfg"].labels
+    w = max(6, max(len(str(v)) for v in res["confusion"].flat) + 1)
+    click.echo("confusion matrix (rows: true class, columns: predicted)")
+    click.echo(" " * 14 + "".join(f"{i:>{w}}" for i in range(len(names))))
+    for i, row in enumerate(res["confusion"]):
+        click.echo(f"{i:>3} {names[i][:10]:<10}" + "".join(f"{v:>{w}}" for v in row))
+
+
+@vit.command(name="predict")
+@click.argument("ckpt", type=click.Path())
+@click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=3)
+@click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
+def vit_predict(ckpt, images_, top_k, convert):
+    """Top-k classes with probabilities for each IMAGE."""
+    from mingpt_c import vit_checkpoint
+    from mingpt_c.vit_infer import predict_files
+
+    loaded = vit_checkpoint.load(ckpt)
+    for path, top in predict_files(loaded, images_, top_k, convert):
+        click.echo(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
+
+
+@vit.command(name="attention")
+@click.argument("ckpt", type=click.Path())
+@click.argument("image", type=click.Path())
+@click.option("--out", default="attention.png", type=click.Path(dir_okay=False), help="PNG to write")
+@click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
+def vit_attention(ckpt, image, out, convert):
+    """Attention rollout from the class token, drawn over IMAGE."""
+    from mingpt_c import vit_checkpoint
+    from mingpt_c.vit_attention import attention_map_file
+
+    loaded = vit_checkpoint.load(ckpt)
+    name, p = attention_map_file(loaded, image, out, convert)
+    click.echo(f"{image}: predicted {name} ({100 * p:.1f}%); attention rollout drawn in {out}")
 
 
 if __name__ == "__main__":

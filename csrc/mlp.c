@@ -1,6 +1,8 @@
 /*
- * mlp.c — GELU (tanh approximation, as GPT-2) and dropout, forward and backward.
- *   gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+ * mlp.c — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT) and
+ * dropout, forward and backward.
+ *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+ *   gelu_erf(x) = 0.5 x (1 + erf(x / sqrt(2)))
  * Computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u), so one
  * exp of a non-positive argument does the work of tanhf (the scalar libm
  * tanhf made GELU a third of a training step):
@@ -9,6 +11,8 @@
  *   gelu(x) = x s;   gelu'(x) = s + x s (1 - s) 2 du/dx
  * Both forms stay accurate in relative terms for any sign of u, and exp of
  * a very negative argument flushes to 0, so saturation needs no special case.
+ * The exact GELU goes through erfc with one more exp, vectorised the same way
+ * (see its section).
  * Dropout draws its keep mask from a counter-based hash of (seed, index)
  * (splitmix64), so the mask does not depend on the thread count.
  */
@@ -19,6 +23,8 @@
 
 #define GELU_K 0.7978845608028654f  /* sqrt(2/pi) */
 #define GELU_C 0.044715f
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
 
 /* ---------------------------------------------------------------- gelu */
 
@@ -95,6 +101,94 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, siz
             float s = sigmoid2u_scalar(GELU_K * x * (1.0f + GELU_C * x * x));
             float du2 = 2.0f * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
             dinp[i] += dout[i] * (s + x * s * (1.0f - s) * du2);
+        }
+    }
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- exact GELU */
+/* Phi(x) = 0.5 (1 + erf(x/sqrt2)) through erfc of z = |x|/sqrt2 >= 0, which
+ * keeps relative accuracy in the tail (no 1 - erf cancellation):
+ *   erfc(z) = t exp(-z^2) exp(q(t)),  t = 1 / (1 + z/2)
+ * with q the Chebyshev fit of Numerical Recipes' erfcc (fractional error
+ * < 1.2e-7 for every z). Phi(x) = 1 - erfc/2 for x >= 0, erfc/2 for x < 0.
+ *   gelu(x) = x Phi(x);  gelu'(x) = Phi(x) + x phi(x),
+ *   phi(x) = exp(-x^2/2) / sqrt(2 pi) = exp(-z^2) / sqrt(2 pi)
+ * Both exponentials have non-positive arguments (q(t) <= ~3e-8), the range
+ * of exp_neg; for |x| > ~13 exp(-z^2) flushes to 0 and gelu to 0 or x. */
+
+static inline float erfc_q(float t) {
+    return -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+           t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+           t * (-0.82215223f + t * 0.17087277f))))))));
+}
+
+/* Phi(x) and exp(-x^2/2), scalar */
+static inline float phi_scalar(float x, float* e) {
+    float z = fabsf(x) * INV_SQRT2;
+    float t = 1.0f / (1.0f + 0.5f * z);
+    *e = expf(-z * z);
+    float half_erfc = 0.5f * t * *e * expf(erfc_q(t));
+    return x >= 0.0f ? 1.0f - half_erfc : half_erfc;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* Phi(x) and exp(-x^2/2) for 8 lanes */
+static inline __m256 phi_vec(__m256 x, __m256* e) {
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(INV_SQRT2));
+    __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
+    static const float c[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+    __m256 q = _mm256_set1_ps(c[0]);
+    for (int k = 1; k < 10; k++) q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(c[k]));
+    *e = exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z), z));
+    __m256 half_erfc = _mm256_mul_ps(_mm256_mul_ps(half, t), _mm256_mul_ps(*e, exp_neg(q)));
+    __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(_mm256_sub_ps(one, half_erfc), half_erfc, neg);
+}
+#endif
+
+mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
+    #pragma omp parallel for schedule(static) if (nblk > 1)
+    for (size_t blk = 0; blk < nblk; blk++) {
+        size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= end; i += 8) {  /* hot loop */
+            __m256 x = _mm256_loadu_ps(inp + i), e;
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(x, phi_vec(x, &e)));
+        }
+#endif
+        for (; i < end; i++) {
+            float e;
+            out[i] = inp[i] * phi_scalar(inp[i], &e);
+        }
+    }
+    return MG_OK;
+}
+
+mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
+    #pragma omp parallel for schedule(static) if (nblk > 1)
+    for (size_t blk = 0; blk < nblk; blk++) {
+        size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
+        /* out = x Phi(x): dout/dx = Phi(x) + x phi(x) */
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= end; i += 8) {  /* hot loop */
+            __m256 x = _mm256_loadu_ps(inp + i), e;
+            __m256 cdf = phi_vec(x, &e);
+            __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
+            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g,
+                                                       _mm256_loadu_ps(dinp + i)));
+        }
+#endif
+        for (; i < end; i++) {
+            float x = inp[i], e;
+            float cdf = phi_scalar(x, &e);
+            dinp[i] += dout[i] * (cdf + x * INV_SQRT_2PI * e);
         }
     }
     return MG_OK;

@@ -1,10 +1,15 @@
-"""Hugging Face interop: GPT2LMHeadModel directories in and out.
+"""Hugging Face interop: GPT2LMHeadModel and ViTForImageClassification
+directories in and out. import_hf/export_hf dispatch on config.json's
+model_type (gpt2, vit).
 
-Our checkpoints already use GPT2LMHeadModel tensor names and layout and a
+GPT: our checkpoints already use GPT2LMHeadModel tensor names and layout and a
 GPT2Config-compatible config.json, so export writes the same files without
 training state, and import reads config.json + model.safetensors (names with
 or without the 'transformer.' prefix; buffers such as attn.bias and the tied
 lm_head.weight are ignored).
+ViT: our checkpoints are a ViTForImageClassification state dict with its
+config.json, so import reads them as they are; the pixel mean/std come from
+preprocessor_config.json when there is one, and export writes one back.
 """
 from __future__ import annotations
 
@@ -52,3 +57,67 @@ def import_gpt2(hf_dir, out, tokenizer: str = "gpt2") -> Path:
 def export_gpt2(ckpt, out) -> Path:
     loaded = checkpoint.load(ckpt)
     return checkpoint.save(out, loaded["cfg"], loaded["params"], loaded["tokenizer"])
+
+
+# ------------------------------------------------------------------ ViT
+
+
+def import_vit(hf_dir, out) -> Path:
+    from . import vit_checkpoint
+
+    d = Path(hf_dir)
+    if not (d / "model.safetensors").exists():
+        raise CheckpointError(f"{d}: no model.safetensors (save the model with safe_serialization=True)")
+    loaded = vit_checkpoint.load(d)
+    cfg = loaded["cfg"]
+    pre = d / "preprocessor_config.json"
+    if pre.exists():
+        try:
+            pp = json.loads(pre.read_text())
+            mean, std = pp.get("image_mean"), pp.get("image_std")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{pre}: unreadable ({e})") from None
+        if mean and std and len(mean) == len(std) == cfg.num_channels:
+            cfg.image_mean, cfg.image_std = [float(v) for v in mean], [float(v) for v in std]
+    return vit_checkpoint.save(out, cfg, loaded["params"])
+
+
+def export_vit(ckpt, out) -> Path:
+    from . import vit_checkpoint
+
+    loaded = vit_checkpoint.load(ckpt)
+    cfg = loaded["cfg"]
+    path = vit_checkpoint.save(out, cfg, loaded["params"])
+    pp = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+          "size": {"height": cfg.image_size, "width": cfg.image_size}, "resample": 2,
+          "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+          "image_mean": cfg.image_mean, "image_std": cfg.image_std}
+    (path / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
+    return path
+
+# ------------------------------------------------------------------ dispatch
+
+
+def _model_type(d: Path) -> str:
+    try:
+        hf = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{d}/config.json: cannot read ({e})") from None
+    return hf.get("model_type")
+
+
+def import_hf(hf_dir, out, tokenizer: str = "gpt2") -> Path:
+    """A Hugging Face directory (gpt2 or vit) -> our checkpoint."""
+    kind = _model_type(Path(hf_dir))
+    if kind == "vit":
+        return import_vit(hf_dir, out)
+    if kind == "gpt2":
+        return import_gpt2(hf_dir, out, tokenizer)
+    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is not supported (gpt2, vit)")
+
+
+def export_hf(ckpt, out) -> Path:
+    """Our checkpoint (GPT or ViT) -> a Hugging Face directory."""
+    if _model_type(checkpoint.resolve(ckpt)) == "vit":
+        return export_vit(ckpt, out)
+    return export_gpt2(ckpt, out)

@@ -7,6 +7,8 @@ these.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 GELU_K = np.sqrt(2.0 / np.pi)
@@ -135,6 +137,22 @@ def gelu_backward(dout, x):
     th = np.tanh(u)
     du = GELU_K * (1.0 + 3 * 0.044715 * x ** 2)
     return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th ** 2) * du)
+
+
+# float64 erfc without scipy; Phi(x) = erfc(-x / sqrt 2) / 2 keeps relative
+# accuracy in the negative tail, where 1 + erf(x / sqrt 2) cancels
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def gelu_erf_forward(x):
+    return x * 0.5 * _erfc(-x / np.sqrt(2.0))
+
+
+def gelu_erf_backward(dout, x):
+    # out = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+    cdf = 0.5 * _erfc(-x / np.sqrt(2.0))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    return dout * (cdf + x * pdf)
 
 
 def residual_forward(a, b):

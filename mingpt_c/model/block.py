@@ -4,7 +4,9 @@ Pre-layernorm block (GPT-2):
     x1 = x  + drop(proj(attn(ln_1(x))))
     x2 = x1 + drop(mlp_proj(gelu(fc(ln_2(x1)))))
 The GPT, the encoder and the ViT all run this block; they differ in the
-`causal` flag, the key padding mask, the embedding and the head.
+`causal` flag, the key padding mask, the embedding and the head. `act` picks
+the GELU: "gelu_tanh" (GPT-2's approximation, the default) or "gelu" (exact,
+erf; BERT and ViT as Hugging Face ships them).
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
 training step allocates nothing in the hot path. Backward ADDS into the
@@ -17,6 +19,10 @@ import numpy as np
 from .. import ops
 
 F32 = np.float32
+
+# act name -> (forward, backward) kernels
+ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
+        "gelu": (ops.gelu_erf_forward, ops.gelu_erf_backward)}
 
 
 class BlockActs:
@@ -57,7 +63,8 @@ class BlockGrads:
 
 
 def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
-                  causal: bool = True, key_mask=None, dropout: float = 0.0, seed: int = 0):
+                  causal: bool = True, key_mask=None, dropout: float = 0.0, seed: int = 0,
+                  act: str = "gelu_tanh"):
     """x (B, T, C) -> a.out (B, T, C); p maps short names (ln_1.weight...) to views."""
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
@@ -69,7 +76,7 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
     ops.residual_forward(x, branch, a.res1)
     ops.layernorm_forward(a.res1, p["ln_2.weight"], p["ln_2.bias"], eps, a.ln2, a.ln2_mean, a.ln2_rstd)
     ops.matmul_forward(a.ln2, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], a.fch)           # (B, T, 4C)
-    ops.gelu_forward(a.fch, a.fch_gelu)
+    ACTS[act][0](a.fch, a.fch_gelu)
     ops.matmul_forward(a.fch_gelu, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], a.fcproj)
     branch = a.fcproj
     if dropout > 0:
@@ -80,7 +87,7 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
 
 def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray, p: dict,
                    g: dict, s: BlockGrads, n_head: int, causal: bool = True,
-                   dropout: float = 0.0):
+                   dropout: float = 0.0, act: str = "gelu_tanh"):
     """dout = dL/d(block output) -> dx (written, not added); parameter
     gradients are added into the views in g."""
     # out = res1 + drop(fcproj)
@@ -93,7 +100,7 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
     s.dfch.fill(0)
-    ops.gelu_backward(s.dfch_gelu, a.fch, s.dfch)
+    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
     s.dln.fill(0)
     ops.matmul_backward(s.dfch, a.ln2, p["mlp.c_fc.weight"], s.dln,
                         g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])

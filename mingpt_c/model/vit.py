@@ -1,0 +1,400 @@
+"""Vision Transformer (Dosovitskiy et al. 2020) on the C core, from the same
+blocks as the GPT:
+
+    patches = im2col(images)                     (B, Np, ch*P*P), channel-major
+    x = [cls ; patches @ Wp^T + bp] + pos        (B, T = Np + 1, C)
+    x = block_i(x)  for i in 0..n_layer-1        bidirectional (causal=False)
+    logits = layernorm(x[:, 0]) @ Wc^T + bc      (B, K) from the class token
+    loss = mean cross-entropy, with optional label smoothing
+
+Parameter names and shapes are exactly those of Hugging Face's
+ViTForImageClassification state dict (vit.embeddings.*, vit.encoder.layer.{i}.*,
+vit.layernorm.*, classifier.*), so a checkpoint is that state dict as it is.
+Two facts let the flat buffer serve the C kernels without any copy:
+  - the patch projection is stored as the Conv2d weight (C, ch, P, P); its
+    row-major (C, ch*P*P) view matches the channel-major patch vectors;
+  - query, key, value weights (then their biases) are laid out back to back,
+    so together they are the block's packed c_attn weight (3C, C) and bias (3C).
+The final layernorm only runs on the class token: the head reads nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import ops
+from ..errors import ShapeError
+from .block import ACTS, BlockActs, BlockGrads, block_backward, block_forward
+from .gpt import _mix
+from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from .params import Layout
+
+F32 = np.float32
+
+# HF hidden_act -> our block's act
+HF_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 28            # H = W, a multiple of patch_size
+    patch_size: int = 4             # P: each P x P patch is one token
+    num_channels: int = 1           # 1 (grayscale) or 3 (RGB)
+    num_classes: int = 10           # K
+    n_layer: int = 4                # transformer blocks
+    n_head: int = 4                 # attention heads; n_embd % n_head == 0
+    n_embd: int = 64                # model width C (the MLP is 4C wide)
+    dropout: float = 0.0            # on embeddings and each block's residual branches
+    layer_norm_eps: float = 1e-12   # Hugging Face ViT's epsilon
+    act: str = "gelu"               # "gelu" (exact, HF ViT) or "gelu_tanh"
+    labels: list = field(default_factory=list)  # class names, index = class id
+    image_mean: list = field(default_factory=lambda: [0.5])  # per channel, on [0, 1] pixels
+    image_std: list = field(default_factory=lambda: [0.5])
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("image_size", "patch_size", "num_channels", "num_classes", "n_layer", "n_head",
+                     "n_embd"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ShapeError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.image_size % self.patch_size:
+            raise ShapeError(f"image size {self.image_size} is not divisible by the patch size "
+                             f"{self.patch_size}: choose a patch size that divides it")
+        if self.n_embd % self.n_head:
+            raise ShapeError(f"n-embd={self.n_embd} is not divisible by n-head={self.n_head}: "
+                             f"choose a width that is a multiple of the head count")
+        if self.num_channels not in (1, 3):
+            raise ShapeError(f"num-channels={self.num_channels}: only 1 (grayscale) or 3 (RGB)")
+        if self.act not in ACTS:
+            raise ShapeError(f"activation {self.act!r} is not one of {', '.join(ACTS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ShapeError(f"dropout={self.dropout} must be in [0, 1)")
+        if not self.labels:
+            self.labels = [str(i) for i in range(self.num_classes)]
+        if len(self.labels) != self.num_classes:
+            raise ShapeError(f"{len(self.labels)} class names for {self.num_classes} classes")
+        for name in ("image_mean", "image_std"):
+            v = getattr(self, name)
+            if len(v) == 1 and self.num_channels > 1:
+                setattr(self, name, list(v) * self.num_channels)
+            elif len(v) != self.num_channels:
+                raise ShapeError(f"{name} has {len(v)} values for {self.num_channels} channels")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_patches + 1
+
+    @property
+    def patch_dim(self) -> int:
+        return self.num_channels * self.patch_size ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # Hugging Face ViTConfig <-> ours
+    def to_hf(self) -> dict:
+        hf_act = "gelu" if self.act == "gelu" else "gelu_pytorch_tanh"
+        return {
+            "architectures": ["ViTForImageClassification"],
+            "model_type": "vit",
+            "hidden_size": self.n_embd,
+            "num_hidden_layers": self.n_layer,
+            "num_attention_heads": self.n_head,
+            "intermediate_size": 4 * self.n_embd,
+            "hidden_act": hf_act,
+            "hidden_dropout_prob": self.dropout,
+            "attention_probs_dropout_prob": 0.0,
+            "initializer_range": 0.02,
+            "layer_norm_eps": self.layer_norm_eps,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "num_channels": self.num_channels,
+            "qkv_bias": True,
+            "encoder_stride": self.patch_size,
+            "id2label": {str(i): n for i, n in enumerate(self.labels)},
+            "label2id": {n: i for i, n in enumerate(self.labels)},
+        }
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "ViTConfig":
+        act = hf.get("hidden_act", "gelu")
+        if act not in HF_ACTS:
+            raise ShapeError(f"hidden_act {act!r} is not supported (gelu, gelu_new, gelu_pytorch_tanh)")
+        C = hf["hidden_size"]
+        if hf.get("intermediate_size", 4 * C) != 4 * C:
+            raise ShapeError(f"intermediate_size={hf['intermediate_size']} is not supported "
+                             f"(only 4 * hidden_size = {4 * C})")
+        size, patch = hf.get("image_size", 224), hf.get("patch_size", 16)
+        if isinstance(size, (list, tuple)):
+            if size[0] != size[1]:
+                raise ShapeError(f"image_size {size}: only square images are supported")
+            size = size[0]
+        if isinstance(patch, (list, tuple)):
+            if patch[0] != patch[1]:
+                raise ShapeError(f"patch_size {patch}: only square patches are supported")
+            patch = patch[0]
+        id2label = hf.get("id2label") or {}
+        k = len(id2label) or hf.get("num_labels", 2)
+        labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(k)]
+        ch = hf.get("num_channels", 3)
+        return cls(image_size=size, patch_size=patch, num_channels=ch, num_classes=k,
+                   n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=C,
+                   dropout=0.0, layer_norm_eps=hf.get("layer_norm_eps", 1e-12), act=HF_ACTS[act],
+                   labels=labels, image_mean=[0.5] * ch, image_std=[0.5] * ch)
+
+
+# Named sizes: `mingpt vit train --preset NAME`.
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=64),     # MNIST-class data on a laptop CPU
+    "small": dict(n_layer=6, n_head=4, n_embd=128),
+    "base": dict(n_layer=12, n_head=12, n_embd=768),  # ViT-B
+}
+
+# ---------------------------------------------------------------- layout
+
+
+def layer_prefix(i: int) -> str:
+    return f"vit.encoder.layer.{i}."
+
+
+def vit_slots(cfg: ViTConfig) -> list[tuple[str, tuple, str]]:
+    C, K, P, ch = cfg.n_embd, cfg.num_classes, cfg.patch_size, cfg.num_channels
+    s = [("vit.embeddings.cls_token", (1, 1, C), "pos"),
+         ("vit.embeddings.position_embeddings", (1, cfg.seq_len, C), "pos"),
+         ("vit.embeddings.patch_embeddings.projection.weight", (C, ch, P, P), "weight"),
+         ("vit.embeddings.patch_embeddings.projection.bias", (C,), "bias")]
+    for i in range(cfg.n_layer):
+        p = layer_prefix(i)
+        a = p + "attention.attention."
+        # query, key, value weights back to back, then their biases: the packed c_attn
+        s += [(p + "layernorm_before.weight", (C,), "ln_w"), (p + "layernorm_before.bias", (C,), "ln_b"),
+              (a + "query.weight", (C, C), "weight"), (a + "key.weight", (C, C), "weight"),
+              (a + "value.weight", (C, C), "weight"),
+              (a + "query.bias", (C,), "bias"), (a + "key.bias", (C,), "bias"), (a + "value.bias", (C,), "bias"),
+              (p + "attention.output.dense.weight", (C, C), "proj"),
+              (p + "attention.output.dense.bias", (C,), "bias"),
+              (p + "layernorm_after.weight", (C,), "ln_w"), (p + "layernorm_after.bias", (C,), "ln_b"),
+              (p + "intermediate.dense.weight", (4 * C, C), "weight"),
+              (p + "intermediate.dense.bias", (4 * C,), "bias"),
+              (p + "output.dense.weight", (C, 4 * C), "proj"), (p + "output.dense.bias", (C,), "bias")]
+    s += [("vit.layernorm.weight", (C,), "ln_w"), ("vit.layernorm.bias", (C,), "ln_b"),
+          ("classifier.weight", (K, C), "weight"), ("classifier.bias", (K,), "bias")]
+    return s
+
+
+def block_views(layout: Layout, buf: np.ndarray, i: int) -> dict:
+    """The short names model/block.py reads, as views of layer i in buf."""
+    v = layout.views(buf)
+    p = layer_prefix(i)
+    a = p + "attention.attention."
+    C = v[a + "query.bias"].shape[0]
+
+    def span(first: str, shape: tuple) -> np.ndarray:
+        off = layout.slots[first].offset
+        return buf[off:off + int(np.prod(shape))].reshape(shape)
+
+    return {"ln_1.weight": v[p + "layernorm_before.weight"], "ln_1.bias": v[p + "layernorm_before.bias"],
+            "attn.c_attn.weight": span(a + "query.weight", (3 * C, C)),
+            "attn.c_attn.bias": span(a + "query.bias", (3 * C,)),
+            "attn.c_proj.weight": v[p + "attention.output.dense.weight"],
+            "attn.c_proj.bias": v[p + "attention.output.dense.bias"],
+            "ln_2.weight": v[p + "layernorm_after.weight"], "ln_2.bias": v[p + "layernorm_after.bias"],
+            "mlp.c_fc.weight": v[p + "intermediate.dense.weight"],
+            "mlp.c_fc.bias": v[p + "intermediate.dense.bias"],
+            "mlp.c_proj.weight": v[p + "output.dense.weight"],
+            "mlp.c_proj.bias": v[p + "output.dense.bias"]}
+
+
+def init_params(layout: Layout, cfg: ViTConfig, rng: np.random.Generator) -> np.ndarray:
+    """Hugging Face ViT's initialisation: truncated N(0, 0.02) for every
+    matrix, the class token and the position embeddings; zero biases, unit
+    layernorm weights. (A zero classifier, or GPT-2's scaled residual
+    projections, measurably slowed the first epochs on MNIST.)"""
+    buf = layout.zeros()
+    views = layout.views(buf)
+    for name, s in layout.slots.items():
+        if s.kind in ("weight", "proj", "pos"):
+            views[name][...] = np.clip(rng.normal(0.0, 1.0, s.shape), -2.0, 2.0) * 0.02
+        elif s.kind == "ln_w":
+            views[name][...] = 1.0
+    return buf
+
+# ---------------------------------------------------------------- images
+
+
+def patchify(images: np.ndarray, P: int, out: np.ndarray | None = None) -> np.ndarray:
+    """images (B, ch, H, W) -> (B, Np, ch*P*P): row-major over the patch grid,
+    each patch flattened channel-major (ch, P, P), as Conv2d weights are."""
+    B, ch, H, W = images.shape
+    gh, gw = H // P, W // P
+    x = images.reshape(B, ch, gh, P, gw, P).transpose(0, 2, 4, 1, 3, 5)  # (B, gh, gw, ch, P, P)
+    if out is None:
+        return np.ascontiguousarray(x, F32).reshape(B, gh * gw, ch * P * P)
+    out.reshape(B, gh, gw, ch, P, P)[...] = x
+    return out
+
+
+def check_images(cfg: ViTConfig, images: np.ndarray) -> np.ndarray:
+    if images.ndim != 4:
+        raise ShapeError(f"images must be (B, channels, H, W), got shape {images.shape}")
+    B, ch, H, W = images.shape
+    if ch != cfg.num_channels:
+        raise ShapeError(f"images have {ch} channel(s), the model takes {cfg.num_channels}")
+    if H % cfg.patch_size or W % cfg.patch_size:
+        raise ShapeError(f"image size {H}x{W} is not divisible by the patch size {cfg.patch_size}")
+    if H != cfg.image_size or W != cfg.image_size:
+        raise ShapeError(f"images are {H}x{W}, the model takes {cfg.image_size}x{cfg.image_size}")
+    return np.ascontiguousarray(images, F32)
+
+# ---------------------------------------------------------------- model
+
+
+class _Acts:
+    def __init__(self, cfg: ViTConfig, B: int, with_grads: bool):
+        C, T, K = cfg.n_embd, cfg.seq_len, cfg.num_classes
+        self.B = B
+        self.patches = np.empty((B, cfg.num_patches, cfg.patch_dim), F32)
+        self.pe = np.empty((B, cfg.num_patches, C), F32)    # patch projections
+        self.emb = np.empty((B, T, C), F32)
+        self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
+        self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
+        self.blocks = [BlockActs(B, T, C, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer)]
+        self.cls = np.empty((B, C), F32)
+        self.lnf, self.lnf_mean, self.lnf_rstd = np.empty((B, C), F32), np.empty(B, F32), np.empty(B, F32)
+        self.logits = np.empty((B, K), F32)
+        self.probs = np.empty((B, K), F32)
+        self.losses = np.empty(B, F32)
+        self.grads = BlockGrads(B, T, C, cfg.n_head) if with_grads else None
+        if with_grads:
+            self.dx = [np.empty((B, T, C), F32) for _ in range(2)]
+            self.dcls = np.zeros((B, C), F32)      # d(layernormed class token)
+            self.dcls_in = np.zeros((B, C), F32)   # d(class token out of the last block)
+            self.dpe = np.empty((B, cfg.num_patches, C), F32)
+
+
+class ViT:
+    def __init__(self, cfg: ViTConfig, params: np.ndarray | None = None, seed: int = 0):
+        self.cfg = cfg
+        self.layout = Layout(vit_slots(cfg))
+        if params is None:
+            params = init_params(self.layout, cfg, np.random.default_rng(seed))
+        if params.dtype != F32 or params.size != self.layout.size:
+            raise ShapeError(f"parameter buffer has {params.size} values, the model needs {self.layout.size}")
+        self.params = params
+        self.grads = self.layout.zeros()
+        self.p = self.layout.views(self.params)
+        self.g = self.layout.views(self.grads)
+        C = cfg.n_embd
+        self._wp = self.p["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
+        self._dwp = self.g["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
+        self._layer_p = [block_views(self.layout, self.params, i) for i in range(cfg.n_layer)]
+        self._layer_g = [block_views(self.layout, self.grads, i) for i in range(cfg.n_layer)]
+        self._acts: _Acts | None = None
+        self._last = None
+
+    def num_params(self) -> int:
+        return self.layout.size
+
+    def _buffers(self, B: int, with_grads: bool) -> _Acts:
+        a = self._acts
+        if a is None or a.B != B or (with_grads and a.grads is None):
+            a = self._acts = _Acts(self.cfg, B, with_grads)
+        return a
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, images: np.ndarray, labels: np.ndarray | None = None, train: bool = False,
+                seed: int = 0, label_smoothing: float = 0.0):
+        """images (B, ch, H, W) float32, normalised. With labels: returns the
+        mean loss and keeps what backward needs. Without: returns logits
+        (B, K), a view of an internal buffer valid until the next call."""
+        cfg = self.cfg
+        images = check_images(cfg, images)
+        B = images.shape[0]
+        a = self._buffers(B, with_grads=train)
+        drop = cfg.dropout if train else 0.0
+        patchify(images, cfg.patch_size, a.patches)
+        ops.matmul_forward(a.patches, self._wp, self.p["vit.embeddings.patch_embeddings.projection.bias"],
+                           a.pe)                                                        # (B, Np, C)
+        pos = self.p["vit.embeddings.position_embeddings"][0]                          # (T, C)
+        a.emb[:, 0] = self.p["vit.embeddings.cls_token"][0, 0] + pos[0]
+        np.add(a.pe, pos[1:], out=a.emb[:, 1:])
+        x = a.emb
+        if drop > 0:
+            x, _ = ops.dropout_forward(a.emb, drop, _mix(seed, 0), a.emb_drop, a.emb_mask)
+        for i, ba in enumerate(a.blocks):
+            x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, False, None,
+                              drop, _mix(seed, 2 * i + 1), cfg.act)
+        np.copyto(a.cls, x[:, 0])
+        ops.layernorm_forward(a.cls, self.p["vit.layernorm.weight"], self.p["vit.layernorm.bias"],
+                              cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
+        ops.matmul_forward(a.lnf, self.p["classifier.weight"], self.p["classifier.bias"], a.logits)
+        if labels is None:
+            self._last = None
+            return a.logits
+        labels = np.ascontiguousarray(labels, np.int32)
+        if labels.shape != (B,):
+            raise ShapeError(f"labels have shape {labels.shape}, expected ({B},)")
+        loss = smoothed_crossentropy_forward(a.logits, labels, label_smoothing, a.losses, a.probs)
+        self._last = (labels, label_smoothing) if train else None
+        return loss
+
+    def attentions(self) -> list[np.ndarray]:
+        """Attention probabilities (B, NH, T, T) of each layer, from the last forward."""
+        return [ba.att for ba in self._acts.blocks]
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self, loss_scale: float = 1.0) -> None:
+        """Adds d(loss * loss_scale)/d(params) into self.grads."""
+        if self._last is None:
+            raise RuntimeError("backward() needs a forward(images, labels, train=True) first")
+        cfg = self.cfg
+        labels, eps = self._last
+        a = self._acts
+        drop = cfg.dropout
+        dlogits = smoothed_crossentropy_backward(a.probs, labels, eps, loss_scale)     # (B, K)
+        a.dcls.fill(0)
+        ops.matmul_backward(dlogits, a.lnf, self.p["classifier.weight"], a.dcls,
+                            self.g["classifier.weight"], self.g["classifier.bias"])
+        dx, dnext = a.dx
+        dx.fill(0)
+        a.dcls_in.fill(0)
+        ops.layernorm_backward(a.dcls, a.cls, self.p["vit.layernorm.weight"], a.lnf_mean, a.lnf_rstd,
+                               a.dcls_in, self.g["vit.layernorm.weight"], self.g["vit.layernorm.bias"])
+        dx[:, 0] = a.dcls_in  # only the class token reaches the head
+        for i in range(cfg.n_layer - 1, -1, -1):
+            x_in = a.blocks[i - 1].out if i > 0 else (a.emb_drop if drop > 0 else a.emb)
+            block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
+                           a.grads, cfg.n_head, False, drop, cfg.act)
+            dx, dnext = dnext, dx
+        demb = dx                                                                       # (B, T, C)
+        if drop > 0:
+            demb = ops.dropout_backward(dx, a.emb_mask, drop, np.zeros_like(dx))
+        self.g["vit.embeddings.cls_token"][0, 0] += demb[:, 0].sum(0)
+        self.g["vit.embeddings.position_embeddings"][0] += demb.sum(0)
+        np.copyto(a.dpe, demb[:, 1:])
+        ops.matmul_backward(a.dpe, a.patches, self._wp, None, self._dwp,
+                            self.g["vit.embeddings.patch_embeddings.projection.bias"], need_dx=False)
+        self._last = None
+
+    def zero_grad(self) -> None:
+        self.grads.fill(0)

@@ -1,0 +1,135 @@
+"""ViT checkpoints: a directory that Hugging Face transformers reads as a
+ViTForImageClassification.
+
+    config.json            ViTConfig fields (id2label holds the class names),
+                           plus ours under "mingpt" (incl. pixel mean/std)
+    model.safetensors      the ViTForImageClassification state dict: our flat
+                           layout already uses its names and shapes
+    optimizer.safetensors  AdamW moments m, v (training runs)
+    train_state.json       epoch, iteration, accuracy, run options
+
+Writing is atomic as in mingpt_c.checkpoint: a full temporary sibling
+directory, fsynced, swapped in with two renames.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .errors import CheckpointError
+from .model.params import Layout
+from .model.vit import ViTConfig, vit_slots
+
+FORMAT = "mingpt-vit-checkpoint"
+FORMAT_VERSION = 1
+
+
+def to_hf_tensors(layout: Layout, params: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(v) for name, v in layout.views(params).items()}
+
+
+def from_hf_tensors(cfg: ViTConfig, tensors: dict, where: str, qkv_bias: bool = True) -> np.ndarray:
+    """Flat float32 buffer from ViTForImageClassification tensors; raises
+    CheckpointError on anything missing or of the wrong shape. Without
+    qkv_bias (a HF option), the query/key/value biases are zeros."""
+    layout = Layout(vit_slots(cfg))
+    buf = layout.zeros()
+    views = layout.views(buf)
+    for name, slot in layout.slots.items():
+        t = tensors.get(name)
+        if t is None:
+            if not qkv_bias and name.endswith(("query.bias", "key.bias", "value.bias")):
+                continue
+            raise CheckpointError(f"{where}: tensor {name} is missing")
+        t = np.asarray(t)
+        if tuple(t.shape) != slot.shape:
+            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(t.shape)}, "
+                                  f"the config implies {slot.shape}")
+        views[name][...] = t
+    return buf
+
+
+def save(path: str | Path, cfg: ViTConfig, params: np.ndarray, optimizer=None,
+         train_state: dict | None = None) -> Path:
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout = Layout(vit_slots(cfg))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        hf = cfg.to_hf()
+        hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
+        checkpoint._write_json(tmp / "config.json", hf)
+        save_file(to_hf_tensors(layout, params), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if optimizer is not None:
+            save_file({"m": optimizer.m, "v": optimizer.v}, str(tmp / "optimizer.safetensors"),
+                      metadata={"t": str(optimizer.t)})
+        if train_state is not None:
+            checkpoint._write_json(tmp / "train_state.json", train_state)
+        checkpoint._fsync_tree(tmp)
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_hf_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/config.json: unreadable ({e})") from None
+
+
+def load_config(path: Path) -> ViTConfig:
+    hf = read_hf_config(path)
+    try:
+        ours = hf.get("mingpt")
+        if ours:
+            if ours.get("format") != FORMAT or ours.get("version", 0) > FORMAT_VERSION:
+                raise CheckpointError(f"{path}: not a ViT checkpoint (format {ours.get('format')} "
+                                      f"v{ours.get('version')})")
+            return ViTConfig.from_dict(ours["config"])
+        if hf.get("model_type") != "vit":
+            raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not vit")
+        return ViTConfig.from_hf(hf)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}/config.json: bad ViT configuration ({e})") from None
+
+
+def load(path: str | Path, with_optimizer: bool = False) -> dict:
+    """Returns dict(cfg, params, optimizer (m, v, t) or None, train_state or None, path)."""
+    path = checkpoint.resolve(path)
+    cfg = load_config(path)
+    tensors, _ = checkpoint._load_safetensors(path / "model.safetensors")
+    qkv_bias = read_hf_config(path).get("qkv_bias", True)
+    params = from_hf_tensors(cfg, tensors, str(path / "model.safetensors"), qkv_bias)
+    opt = state = None
+    if with_optimizer:
+        t, meta = checkpoint._load_safetensors(path / "optimizer.safetensors")
+        if set(t) != {"m", "v"} or any(t[k].shape != params.shape for k in ("m", "v")):
+            raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
+        opt = (t["m"], t["v"], int(meta.get("t", 0)))
+        try:
+            state = json.loads((path / "train_state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
+    return dict(cfg=cfg, params=params, optimizer=opt, train_state=state, path=path)
