@@ -385,10 +385,11 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
 @click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
 def import_cmd(hf_dir, out, tokenizer):
-    """Import a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors)."""
-    from mingpt_c.hf import import_gpt2
+    """Import a Hugging Face GPT2LMHeadModel or BERT-family (BertModel) directory
+    (config.json + model.safetensors; BERT: its vocab.txt or tokenizer.json)."""
+    from mingpt_c.hf import import_model
 
-    path = import_gpt2(hf_dir, out, tokenizer)
+    path = import_model(hf_dir, out, tokenizer)
     click.echo(f"imported {hf_dir} -> {path}")
 
 

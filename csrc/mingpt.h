@@ -115,6 +115,10 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
 mg_status mg_gelu_forward(float* out, const float* inp, size_t N);
 mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout,
                            size_t N);
+/* GELU, exact (BERT, ViT): out = 0.5 x (1 + erf(x / sqrt(2))). out may equal inp. */
+mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N);
+mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
+                               size_t N);
 
 /* ---------------------------------------------------------------- residual */
 /* out = inp1 + inp2; backward: dinp1 += dout, dinp2 += dout. */

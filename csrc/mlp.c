@@ -9,6 +9,9 @@
  *   gelu(x) = x s;   gelu'(x) = s + x s (1 - s) 2 du/dx
  * Both forms stay accurate in relative terms for any sign of u, and exp of
  * a very negative argument flushes to 0, so saturation needs no special case.
+ * Exact GELU (BERT, ViT): gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)),
+ *   gelu'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi).
+ * It goes through libm's erff (scalar); GPT-2 keeps the faster tanh form.
  * Dropout draws its keep mask from a counter-based hash of (seed, index)
  * (splitmix64), so the mask does not depend on the thread count.
  */
@@ -96,6 +99,34 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, siz
             float du2 = 2.0f * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
             dinp[i] += dout[i] * (s + x * s * (1.0f - s) * du2);
         }
+    }
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- gelu (erf) */
+
+#define INV_SQRT2 0.70710678118654752f
+#define INV_SQRT_2PI 0.39894228040143268f
+
+mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    #pragma omp parallel for schedule(static) if (N > GELU_GRAIN)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * INV_SQRT2));
+    }
+    return MG_OK;
+}
+
+mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    #pragma omp parallel for schedule(static) if (N > GELU_GRAIN)
+    for (size_t i = 0; i < N; i++) {
+        /* out = x Phi(x): dout/dx = Phi(x) + x phi(x) */
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
+        float pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
     }
     return MG_OK;
 }

@@ -1,4 +1,5 @@
-"""Hugging Face interop: GPT2LMHeadModel directories in and out.
+"""Hugging Face interop: GPT2LMHeadModel directories in and out; BERT-family
+directories (model_type "bert") in, through encoder_checkpoint.import_bert.
 
 Our checkpoints already use GPT2LMHeadModel tensor names and layout and a
 GPT2Config-compatible config.json, so export writes the same files without
@@ -15,6 +16,18 @@ from . import checkpoint
 from .errors import CheckpointError
 from .model.config import GPTConfig
 from .model.params import Layout, gpt_slots
+
+
+def import_model(hf_dir, out, tokenizer: str = "gpt2") -> Path:
+    """Dispatches on config.json's model_type: bert -> encoder, else GPT-2."""
+    try:
+        model_type = json.loads((Path(hf_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None  # import_gpt2 reports what is wrong with the file
+    if model_type == "bert":
+        from .encoder_checkpoint import import_bert
+        return import_bert(hf_dir, out)
+    return import_gpt2(hf_dir, out, tokenizer)
 
 
 def import_gpt2(hf_dir, out, tokenizer: str = "gpt2") -> Path:

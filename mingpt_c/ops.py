@@ -249,6 +249,21 @@ def gelu_backward(dout, x, dx=None):
     return dx
 
 
+def gelu_erf_forward(x, out=None):
+    """Exact GELU, x Phi(x) (BERT, ViT)."""
+    _f32("inp", x)
+    out = _out("out", out, x.shape)
+    check(lib.mg_gelu_erf_forward(_p(out), _p(x), x.size))
+    return out
+
+
+def gelu_erf_backward(dout, x, dx=None):
+    _f32("inp", x), _f32("dout", dout, x.shape)
+    dx = _out("dinp", dx, x.shape, zero=True)
+    check(lib.mg_gelu_erf_backward(_p(dx), _p(x), _p(dout), x.size))
+    return dx
+
+
 def residual_forward(a, b, out=None):
     _f32("inp1", a), _f32("inp2", b, a.shape)
     out = _out("out", out, a.shape)

@@ -137,6 +137,21 @@ def gelu_backward(dout, x):
     return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th ** 2) * du)
 
 
+def gelu_erf_forward(x):
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+
+
+def gelu_erf_backward(dout, x):
+    # out = x Phi(x): d/dx = Phi(x) + x phi(x)
+    cdf = 0.5 * (1.0 + _erf(x / np.sqrt(2.0)))
+    return dout * (cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi))
+
+
+def _erf(x):
+    import math
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
 def residual_forward(a, b):
     return a + b
 
