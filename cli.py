@@ -387,6 +387,148 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
                f"({res['tokens']:,} tokens in {res['blocks']} blocks of {res['block_size']})")
 
 
+# ------------------------------------------------------------------ encoder
+
+
+def _encoder_options(f):
+    from mingpt_c.encoder_train import EncoderTrainConfig
+
+    d = EncoderTrainConfig()
+    opts = [
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory"),
+        click.option("--init-from", type=click.Path(), default=None,
+                     help="start from an encoder checkpoint (ours, or imported with `mingpt import`)"),
+        click.option("--tokenizer", default=None, type=click.Path(dir_okay=False),
+                     help="BPE file with [PAD] [UNK] [CLS] [SEP] [MASK] [default: train one]"),
+        click.option("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary to train"),
+        click.option("--lower/--no-lower", default=d.lower, help="lower-case texts for the trained BPE"),
+        click.option("--max-len", type=int, default=d.max_len,
+                     help="tokens per text with [CLS] and [SEP]; longer texts are cut (with a note)"),
+        click.option("--truncate", type=click.Choice(["head", "head_tail"]), default=d.truncate,
+                     help="what a cut text keeps"),
+        click.option("--n-layer", type=int, default=d.n_layer),
+        click.option("--n-head", type=int, default=d.n_head),
+        click.option("--n-embd", type=int, default=d.n_embd),
+        click.option("--dropout", type=float, default=d.dropout),
+        click.option("--act", type=click.Choice(["gelu", "gelu_tanh"]), default=d.act,
+                     help="GELU: exact (BERT) or tanh approximation (faster)"),
+        click.option("--pre-ln", is_flag=True, help="pre-layernorm blocks (GPT-2 order) instead of BERT's post-LN"),
+        click.option("--batch-size", type=int, default=d.batch_size),
+        click.option("--epochs", type=float, default=d.epochs),
+        click.option("--max-iters", type=int, default=None, help="iterations (overrides --epochs)"),
+        click.option("--lr", type=float, default=d.lr, help="peak learning rate"),
+        click.option("--min-lr", type=float, default=d.min_lr),
+        click.option("--warmup-iters", type=int, default=d.warmup_iters),
+        click.option("--weight-decay", type=float, default=d.weight_decay),
+        click.option("--grad-clip", type=float, default=d.grad_clip),
+        click.option("--limit", type=int, default=None, help="use only the first N training examples"),
+        click.option("--seed", type=int, default=d.seed),
+        click.option("--threads", type=int, default=None, help="C core threads [default: all cores]"),
+        click.option("--no-progress", is_flag=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _encoder_config(opts: dict, **more):
+    from mingpt_c.encoder_train import EncoderTrainConfig
+
+    progress = not opts.pop("no_progress")
+    tc = EncoderTrainConfig(**opts, **more, progress=progress)
+    for name in ("batch_size", "max_len"):
+        if getattr(tc, name) < (3 if name == "max_len" else 1):
+            raise click.ClickException(f"--{name.replace('_', '-')} {getattr(tc, name)} is too small")
+    if (Path(tc.out) / "latest").exists():
+        raise click.ClickException(f"{tc.out} already holds a run: choose another --out")
+    return tc
+
+
+@main.group()
+def encoder() -> None:
+    """BERT-style encoder: masked-LM pretraining, text classification."""
+
+
+@encoder.command("pretrain")
+@click.argument("file", type=click.Path())
+@_encoder_options
+@click.option("--mask-prob", type=float, default=0.15, help="share of tokens chosen for masking")
+def encoder_pretrain(file, mask_prob, **opts):
+    """Masked-LM pretraining on FILE: text (one document per line) or JSON Lines (its "text")."""
+    from mingpt_c.encoder_train import pretrain
+
+    tc = _encoder_config(opts, train_file=file, mask_prob=mask_prob)
+    res = pretrain(tc, log=lambda m: click.echo(m, err=True))
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s; checkpoint in {tc.out}/latest; "
+               f"fine-tune with: mingpt encoder train --init-from {tc.out} --train DATA.jsonl --out DIR")
+
+
+@encoder.command("train")
+@click.option("--train", "train_file", required=True, type=click.Path(), help="JSON Lines with text and label")
+@click.option("--val", "val_file", type=click.Path(), default=None, help="JSON Lines to validate on each epoch")
+@click.option("--pooling", type=click.Choice(["cls", "mean"]), default="mean", help="classifier input")
+@click.option("--val-limit", type=int, default=None, help="validate on the first N examples")
+@_encoder_options
+def encoder_train(**opts):
+    """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""
+    from mingpt_c.encoder_train import train_classifier
+
+    tc = _encoder_config(opts)
+    res = train_classifier(tc, log=lambda m: click.echo(m, err=True))
+    acc = res.get("val_accuracy")
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s"
+               + (f", val accuracy {acc:.4f} (best {res['best_val_accuracy']:.4f})" if acc is not None else "")
+               + f"; evaluate with: mingpt encoder eval {tc.out} DATA.jsonl")
+
+
+@encoder.command("eval")
+@click.argument("ckpt", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--batch-size", type=int, default=64)
+@click.option("--limit", type=int, default=None, help="evaluate on the first N examples")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@click.option("--threads", type=int, default=None)
+def encoder_eval(ckpt, data, batch_size, limit, as_json, threads):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on DATA (JSON Lines)."""
+    from mingpt_c._lib import set_num_threads
+    from mingpt_c.encoder_train import evaluate_file
+
+    if threads:
+        set_num_threads(threads)
+    r = evaluate_file(ckpt, data, batch_size, limit, log=lambda m: click.echo(m, err=True),
+                      progress=sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    names = [str(n) for n in r["labels"]]
+    w = max(8, *(len(n) for n in names))
+    click.echo(f"accuracy {r['accuracy']:.4f} on {r['n']:,} examples (macro F1 {r['macro_f1']:.4f})")
+    click.echo(f"{'label':<{w}}  precision  recall     f1  support")
+    for p in r["per_class"]:
+        click.echo(f"{str(p['label']):<{w}}  {p['precision']:9.4f}  {p['recall']:6.4f}  {p['f1']:.4f}  {p['support']:7d}")
+    click.echo("confusion matrix (rows: true, columns: predicted)")
+    click.echo(" " * w + "  " + " ".join(f"{n:>{w}}" for n in names))
+    for n, row in zip(names, r["confusion"]):
+        click.echo(f"{n:<{w}}  " + " ".join(f"{v:>{w}d}" for v in row))
+
+
+@encoder.command("predict")
+@click.argument("ckpt", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--threads", type=int, default=None)
+def encoder_predict(ckpt, texts, threads):
+    """Label and class probabilities of each TEXT: one line 'label<TAB>probabilities<TAB>text'."""
+    from mingpt_c._lib import set_num_threads
+    from mingpt_c.encoder_train import predict_texts
+
+    if threads:
+        set_num_threads(threads)
+    names, probs = predict_texts(ckpt, list(texts), log=lambda m: click.echo(m, err=True))
+    for t, p in zip(texts, probs):
+        ps = " ".join(f"{n}={v:.4f}" for n, v in zip(names, p))
+        click.echo(f"{names[int(p.argmax())]}\t{ps}\t{t[:60]}")
+
+
 # ------------------------------------------------------------------ import / export
 
 
@@ -395,8 +537,8 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
 @click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
 def import_cmd(hf_dir, out, tokenizer):
-    """Import a Hugging Face GPT2LMHeadModel or ViTForImageClassification
-    directory (config.json + model.safetensors)."""
+    """Import a Hugging Face GPT2LMHeadModel, ViTForImageClassification or
+    BERT-family (BertModel) directory (config.json + model.safetensors; BERT: its vocab.txt or tokenizer.json)."""
     from mingpt_c.hf import import_hf
 
     path = import_hf(hf_dir, out, tokenizer)

@@ -1,6 +1,7 @@
 """Hugging Face interop: GPT2LMHeadModel and ViTForImageClassification
-directories in and out. import_hf/export_hf dispatch on config.json's
-model_type (gpt2, vit).
+directories in and out; BERT-family directories (model_type "bert") in,
+through encoder_checkpoint.import_bert. import_hf/export_hf dispatch on
+config.json's model_type.
 
 GPT: our checkpoints already use GPT2LMHeadModel tensor names and layout and a
 GPT2Config-compatible config.json, so export writes the same files without
@@ -107,13 +108,16 @@ def _model_type(d: Path) -> str:
 
 
 def import_hf(hf_dir, out, tokenizer: str = "gpt2") -> Path:
-    """A Hugging Face directory (gpt2 or vit) -> our checkpoint."""
+    """A Hugging Face directory (gpt2, vit or bert) -> our checkpoint."""
     kind = _model_type(Path(hf_dir))
     if kind == "vit":
         return import_vit(hf_dir, out)
+    if kind == "bert":
+        from .encoder_checkpoint import import_bert
+        return import_bert(hf_dir, out)
     if kind == "gpt2":
         return import_gpt2(hf_dir, out, tokenizer)
-    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is not supported (gpt2, vit)")
+    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is not supported (gpt2, vit, bert)")
 
 
 def export_hf(ckpt, out) -> Path:

@@ -1,12 +1,15 @@
 """The transformer block: the only place the layer order is written.
 
-Pre-layernorm block (GPT-2):
+Pre-layernorm block (GPT-2, ViT; the default, pre_ln=True):
     x1 = x  + drop(proj(attn(ln_1(x))))
     x2 = x1 + drop(mlp_proj(gelu(fc(ln_2(x1)))))
+Post-layernorm block (BERT, pre_ln=False):
+    x1 = ln_1(x  + drop(proj(attn(x))))
+    x2 = ln_2(x1 + drop(mlp_proj(gelu(fc(x1)))))
 The GPT, the encoder and the ViT all run this block; they differ in the
-`causal` flag, the key padding mask, the embedding and the head. `act` picks
-the GELU: "gelu_tanh" (GPT-2's approximation, the default) or "gelu" (exact,
-erf; BERT and ViT as Hugging Face ships them).
+`causal` flag, the key padding mask, the layernorm order, the GELU (`act`:
+"gelu_tanh" as GPT-2, or "gelu", exact erf, as BERT and ViT), the embedding
+and the head.
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
 training step allocates nothing in the hot path. Backward ADDS into the
@@ -28,7 +31,7 @@ ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
 class BlockActs:
     """Saved activations of one block for one (B, T)."""
 
-    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float):
+    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True):
         e = lambda *s: np.empty(s, F32)
         self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
         self.qkv = e(B, T, 3 * C)
@@ -41,6 +44,8 @@ class BlockActs:
         self.fch_gelu = e(B, T, 4 * C)
         self.fcproj = e(B, T, C)
         self.out = e(B, T, C)
+        # post-LN: ln1 holds x1 = ln_1(res1), res2 = x1 + branch, out = ln_2(res2)
+        self.res2 = None if pre_ln else e(B, T, C)
         self.drop1 = self.drop2 = None
         if dropout > 0:
             self.drop1, self.drop2 = np.empty((B, T, C), np.uint8), np.empty((B, T, C), np.uint8)
@@ -64,8 +69,10 @@ class BlockGrads:
 
 def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
                   causal: bool = True, key_mask=None, dropout: float = 0.0, seed: int = 0,
-                  act: str = "gelu_tanh"):
+                  act: str = "gelu_tanh", pre_ln: bool = True):
     """x (B, T, C) -> a.out (B, T, C); p maps short names (ln_1.weight...) to views."""
+    if not pre_ln:
+        return _post_ln_forward(a, x, p, n_head, eps, causal, key_mask, dropout, seed, act)
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
     ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
@@ -85,11 +92,33 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
     return a.out
 
 
+def _post_ln_forward(a, x, p, n_head, eps, causal, key_mask, dropout, seed, act):
+    ops.matmul_forward(x, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)       # (B, T, 3C)
+    ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
+    ops.matmul_forward(a.atty, p["attn.c_proj.weight"], p["attn.c_proj.bias"], a.attproj)
+    branch = a.attproj
+    if dropout > 0:
+        branch, _ = ops.dropout_forward(a.attproj, dropout, seed, a.attproj_d, a.drop1)
+    ops.residual_forward(x, branch, a.res1)
+    ops.layernorm_forward(a.res1, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
+    ops.matmul_forward(a.ln1, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], a.fch)           # (B, T, 4C)
+    ACTS[act][0](a.fch, a.fch_gelu)
+    ops.matmul_forward(a.fch_gelu, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"], a.fcproj)
+    branch = a.fcproj
+    if dropout > 0:
+        branch, _ = ops.dropout_forward(a.fcproj, dropout, seed + 1, a.fcproj_d, a.drop2)
+    ops.residual_forward(a.ln1, branch, a.res2)
+    ops.layernorm_forward(a.res2, p["ln_2.weight"], p["ln_2.bias"], eps, a.out, a.ln2_mean, a.ln2_rstd)
+    return a.out
+
+
 def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray, p: dict,
                    g: dict, s: BlockGrads, n_head: int, causal: bool = True,
-                   dropout: float = 0.0, act: str = "gelu_tanh"):
+                   dropout: float = 0.0, act: str = "gelu_tanh", pre_ln: bool = True):
     """dout = dL/d(block output) -> dx (written, not added); parameter
     gradients are added into the views in g."""
+    if not pre_ln:
+        return _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act)
     # out = res1 + drop(fcproj)
     np.copyto(s.dres1, dout)
     dfcproj = dout
@@ -122,4 +151,42 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
                         g["attn.c_attn.weight"], g["attn.c_attn.bias"])
     ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
                            dx, g["ln_1.weight"], g["ln_1.bias"])
+    return dx
+
+
+def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
+    # out = ln_2(res2)
+    s.dres1.fill(0)
+    ops.layernorm_backward(dout, a.res2, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
+                           s.dres1, g["ln_2.weight"], g["ln_2.bias"])
+    # res2 = x1 + drop(fcproj), x1 = a.ln1: dx1 gathers both paths in s.dln
+    np.copyto(s.dln, s.dres1)
+    dfcproj = s.dres1
+    if dropout > 0:
+        s.dbranch.fill(0)
+        dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch)
+    s.dfch_gelu.fill(0)
+    ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
+                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
+    s.dfch.fill(0)
+    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
+    ops.matmul_backward(s.dfch, a.ln1, p["mlp.c_fc.weight"], s.dln,
+                        g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
+    # x1 = ln_1(res1)
+    s.dres1.fill(0)
+    ops.layernorm_backward(s.dln, a.res1, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
+                           s.dres1, g["ln_1.weight"], g["ln_1.bias"])
+    # res1 = x + drop(attproj)
+    np.copyto(dx, s.dres1)
+    dattproj = s.dres1
+    if dropout > 0:
+        s.dbranch.fill(0)
+        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
+    s.datty.fill(0)
+    ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
+                        g["attn.c_proj.weight"], g["attn.c_proj.bias"])
+    s.dqkv.fill(0)
+    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
+    ops.matmul_backward(s.dqkv, x, p["attn.c_attn.weight"], dx,
+                        g["attn.c_attn.weight"], g["attn.c_attn.bias"])
     return dx

@@ -1,0 +1,124 @@
+"""`mingpt encoder`: pretrain, train (from scratch and --init-from), eval,
+predict end to end on tiny data; bad input answered by one clear line on
+stderr and a non-zero exit (acceptance 5)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "300", "--batch-size", "4",
+        "--warmup-iters", "2", "--no-progress"]
+WORDS = {"pos": "good great fine lovely", "neg": "bad awful poor dull", "mid": "plain average so so"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, *needles):
+    assert res.exit_code != 0
+    err = res.stderr.strip()
+    assert "Traceback" not in res.output + res.stderr
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("enc")
+    rows = [{"text": f"this film was {WORDS[lab].split()[i % 4]} really {WORDS[lab].split()[(i + 1) % 4]}",
+             "label": lab} for i in range(12) for lab in WORDS]
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "test.jsonl", rows[:9])
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    out = data / "run"
+    res = invoke("encoder", "train", "--train", data / "train.jsonl", "--val", data / "test.jsonl",
+                 "--out", out, "--epochs", "3", "--max-len", "16", *TINY)
+    assert res.exit_code == 0, res.stderr
+    assert "val accuracy" in res.output
+    return out
+
+
+def test_train_eval_predict(trained, data):
+    assert (trained / "best" / "model.safetensors").exists() and (trained / "latest" / "tokenizer.json").exists()
+    cfg = json.loads((trained / "best" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "mid", "1": "neg", "2": "pos"} and cfg["model_type"] == "bert"
+    recs = [json.loads(line) for line in open(trained / "log.jsonl")]
+    assert [r["epoch"] for r in recs if r["type"] == "eval"] == [1, 2, 3]
+    res = invoke("encoder", "eval", trained, data / "test.jsonl")
+    assert res.exit_code == 0, res.stderr
+    assert res.output.startswith("accuracy ") and "confusion matrix" in res.output
+    res = invoke("encoder", "eval", trained, data / "test.jsonl", "--json")
+    r = json.loads(res.output)
+    assert r["n"] == 9 and sum(map(sum, r["confusion"])) == 9 and len(r["per_class"]) == 3
+    res = invoke("encoder", "predict", trained, "this film was great really good", "so so")
+    assert res.exit_code == 0, res.stderr
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 2
+    label, probs, _ = lines[0].split("\t")
+    assert label in WORDS and abs(sum(float(p.split("=")[1]) for p in probs.split()) - 1) < 1e-3
+
+
+def test_long_text_is_cut_with_a_note(trained):
+    res = invoke("encoder", "predict", trained, "good " * 200)
+    assert res.exit_code == 0
+    assert "note: 1 of 1 given texts are longer than 14 tokens and were cut" in res.stderr
+
+
+def test_pretrain_then_fine_tune(data, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"the film was {w} and the plot was {w}\n" for ws in WORDS.values() for w in ws.split()) * 3)
+    res = invoke("encoder", "pretrain", text, "--out", tmp_path / "pre", "--max-iters", "4", "--max-len", "16", *TINY)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "pre" / "latest" / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    res = invoke("encoder", "train", "--train", data / "train.jsonl", "--out", tmp_path / "ft", "--init-from",
+                 tmp_path / "pre", "--max-iters", "3", "--max-len", "16", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert "init:" in res.stderr and (tmp_path / "ft" / "best" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("{oops", "line 3: not valid JSON"),
+    ('{"label": "pos"}', 'line 3: no "text"'),
+    ('{"text": "nice"}', 'line 3: no "label"'),
+    ('{"text": "", "label": "pos"}', "line 3: the text is empty"),
+])
+def test_bad_training_lines(tmp_path, line, needle):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n' + line + "\n")
+    one_line_error(invoke("encoder", "train", "--train", p, "--out", tmp_path / "o", *TINY), needle, str(p))
+
+
+def test_unseen_label_at_eval(trained, tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": "good", "label": "pos"}, {"text": "hm", "label": "weird"}])
+    one_line_error(invoke("encoder", "eval", trained, p), 'label "weird"', "not seen in training")
+
+
+def test_other_bad_input(trained, data, tmp_path):
+    one_line_error(invoke("encoder", "predict", trained, "   "), "text 1 is empty")
+    one_line_error(invoke("encoder", "eval", tmp_path / "nope", data / "test.jsonl"), "no such checkpoint")
+    one_line_error(invoke("encoder", "eval", trained, tmp_path / "missing.jsonl"), "no such file")
+    one = write_jsonl(tmp_path / "one.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 1}])
+    one_line_error(invoke("encoder", "train", "--train", one, "--out", tmp_path / "o", *TINY), "at least two classes")
+    pre = tmp_path / "pre"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 20)
+    assert invoke("encoder", "pretrain", corpus, "--out", pre, "--max-iters", "1", "--max-len", "8", *TINY).exit_code == 0
+    one_line_error(invoke("encoder", "predict", pre, "hello"), "no classifier head")
+    one_line_error(invoke("encoder", "train", "--train", data / "train.jsonl", "--out", tmp_path / "x",
+                          "--init-from", pre, "--max-len", "64", *TINY), "--max-len 64 exceeds")
+    one_line_error(invoke("encoder", "train", "--train", data / "train.jsonl", "--out", trained, *TINY),
+                   "already holds a run")

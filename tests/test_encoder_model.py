@@ -1,0 +1,142 @@
+"""The encoder on the C core against a PyTorch autograd twin: MLM and
+classification losses and every parameter gradient, for post-LN (BERT) and
+pre-LN blocks, [CLS] and mean pooling, with padding; the loss falls on one
+batch; the same seed gives the same losses."""
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+
+from mingpt_c.encoder_data import IGNORE  # noqa: E402
+from mingpt_c.model.encoder import Encoder, EncoderConfig, PREFIX  # noqa: E402
+from mingpt_c.optim import AdamW  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(1)
+
+
+def twin_hidden(P, cfg, x, mask):
+    """BERT's trunk in torch from our named parameters (float64)."""
+    F = torch.nn.functional
+    C, NH = cfg.n_embd, cfg.n_head
+    act = (lambda z: F.gelu(z)) if cfg.act == "gelu" else (lambda z: F.gelu(z, approximate="tanh"))
+    ln = lambda z, n: F.layer_norm(z, (C,), P[n + ".weight"], P[n + ".bias"], cfg.layer_norm_eps)
+    e = PREFIX + "embeddings."
+    B, T = x.shape
+    h = P[e + "word_embeddings.weight"][x] + P[e + "position_embeddings.weight"][:T] + \
+        P[e + "token_type_embeddings.weight"][0]
+    h = ln(h, e + "LayerNorm")
+    bias = torch.zeros(B, 1, 1, T, dtype=h.dtype).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    for i in range(cfg.n_layer):
+        p = f"{PREFIX}encoder.layer.{i}."
+
+        def attn(z):
+            qkv = z @ P[p + "attention.self.qkv.weight"].T + P[p + "attention.self.qkv.bias"]
+            q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, -1))
+            a = torch.softmax(q @ k.transpose(-1, -2) / (C // NH) ** 0.5 + bias, -1)
+            y = (a @ v).transpose(1, 2).reshape(B, T, C)
+            return y @ P[p + "attention.output.dense.weight"].T + P[p + "attention.output.dense.bias"]
+
+        def mlp(z):
+            f = act(z @ P[p + "intermediate.dense.weight"].T + P[p + "intermediate.dense.bias"])
+            return f @ P[p + "output.dense.weight"].T + P[p + "output.dense.bias"]
+
+        if cfg.pre_ln:
+            h = h + attn(ln(h, p + "attention.output.LayerNorm"))
+            h = h + mlp(ln(h, p + "output.LayerNorm"))
+        else:
+            h = ln(h + attn(h), p + "attention.output.LayerNorm")
+            h = ln(h + mlp(h), p + "output.LayerNorm")
+    if cfg.pre_ln:
+        h = ln(h, PREFIX + "encoder.ln_f")
+    return h, act, ln
+
+
+def twin_params(model):
+    return {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in model.p.items()}
+
+
+def batch(rng, cfg, B=3, T=10):
+    x = rng.integers(5, cfg.vocab_size, size=(B, T)).astype(np.int32)
+    mask = np.ones((B, T), np.int32)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    x[mask == 0] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("pre_ln,act", [(False, "gelu"), (True, "gelu_tanh")])
+def test_mlm_matches_torch(rng, pre_ln, act):
+    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+                        pre_ln=pre_ln, act=act)
+    model = Encoder(cfg, seed=3)
+    model.params += rng.normal(0, 0.05, model.params.size).astype(np.float32)
+    x, mask = batch(rng, cfg)
+    y = np.full_like(x, IGNORE)
+    y[0, [1, 4]] = [7, 9]
+    y[1, 2] = 30
+    y[2, 0] = 11
+    loss = model.mlm(x, mask, y, train=True)
+    model.zero_grad()
+    model.backward()
+    P = twin_params(model)
+    h, gelu, ln = twin_hidden(P, cfg, torch.tensor(x, dtype=torch.long), torch.tensor(mask))
+    t = "cls.predictions."
+    z = ln(gelu(h @ P[t + "transform.dense.weight"].T + P[t + "transform.dense.bias"]), t + "transform.LayerNorm")
+    logits = z @ P[PREFIX + "embeddings.word_embeddings.weight"].T + P[t + "bias"]
+    tl = torch.nn.functional.cross_entropy(logits.view(-1, cfg.vocab_size), torch.tensor(y, dtype=torch.long).view(-1),
+                                           ignore_index=IGNORE)
+    tl.backward()
+    assert abs(loss - tl.item()) < 1e-5
+    for k, v in P.items():
+        assert_close(model.g[k], v.grad.numpy(), rtol=1e-3, atol=2e-5, what=k)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_matches_torch(rng, pooling):
+    cfg = EncoderConfig(vocab_size=30, block_size=12, n_layer=1, n_head=4, n_embd=16, dropout=0.0,
+                        pooling=pooling, mlm_head=False, num_labels=3)
+    model = Encoder(cfg, seed=5)
+    model.params += rng.normal(0, 0.05, model.params.size).astype(np.float32)
+    x, mask = batch(rng, cfg, T=11)
+    labels = np.array([2, 0, 1], np.int32)
+    logits, loss = model.classify(x, mask, labels, train=True)
+    model.zero_grad()
+    model.backward()
+    P = twin_params(model)
+    m = torch.tensor(mask, dtype=torch.float64)
+    h, _, _ = twin_hidden(P, cfg, torch.tensor(x, dtype=torch.long), torch.tensor(mask))
+    pooled = h[:, 0] if pooling == "cls" else (h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+    tlogits = pooled @ P["classifier.weight"].T + P["classifier.bias"]
+    tl = torch.nn.functional.cross_entropy(tlogits, torch.tensor(labels, dtype=torch.long))
+    tl.backward()
+    assert_close(logits, tlogits.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert abs(loss - tl.item()) < 1e-5
+    for k, v in P.items():
+        assert_close(model.g[k], v.grad.numpy(), rtol=1e-3, atol=2e-5, what=k)
+
+
+def run_steps(seed, n=15):
+    cfg = EncoderConfig(vocab_size=30, block_size=12, n_layer=1, n_head=2, n_embd=16, dropout=0.1,
+                        pooling="mean", num_labels=2)
+    model = Encoder(cfg, seed=seed)
+    opt = AdamW(model.params, model.layout.decay_mask(), weight_decay=0.01)
+    x, mask = batch(np.random.default_rng(0), cfg)
+    labels = np.array([0, 1, 1], np.int32)
+    losses = []
+    for i in range(n):
+        model.zero_grad()
+        losses.append(model.classify(x, mask, labels, train=True, seed=i)[1])
+        model.backward()
+        opt.step(model.grads, 3e-3)
+    return losses
+
+
+def test_loss_falls_and_is_deterministic():
+    a, b = run_steps(1), run_steps(1)
+    assert a == b
+    assert a[-1] < 0.5 * a[0]
