@@ -163,7 +163,6 @@ def run(configs: list[str], rounds: int, steps: int, threads: int, sample_tokens
          f"{rounds} rounds x {steps} steps, sides alternating")
     results = {"gemm_gflops": gemm, "train": {}, "sample": {}}
     for name in configs:
-        c = CONFIGS[name]
         warm = 2 if name != "gpt2" else 1
         per = {s: [] for s in sides}
         rss = {s: 0.0 for s in sides}
@@ -175,7 +174,6 @@ def run(configs: list[str], rounds: int, steps: int, threads: int, sample_tokens
         results["train"][name] = {s: {"median": statistics.median(v), "min": min(v), "max": max(v),
                                       "rss_mb": rss[s]} for s, v in per.items()}
     if sample_tokens:
-        c = CONFIGS["small"]
         per = {s: [] for s in sides}
         for r in range(rounds):
             for s in (sides if r % 2 == 0 else sides[::-1]):

@@ -80,26 +80,26 @@ def _fsync_tree(d: Path) -> None:
         os.close(fd)
 
 
-def save(path: str | Path, cfg: GPTConfig, params: np.ndarray, tokenizer=None,
-         optimizer=None, train_state: dict | None = None) -> Path:
+def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
+              train_state: dict | None = None, extra=None) -> Path:
+    """Writes a checkpoint directory atomically: config.json, model.safetensors,
+    optimizer.safetensors and train_state.json when given, and whatever
+    extra(tmp_dir) adds (a tokenizer), into a temporary sibling, fsynced,
+    then swapped in by two renames. Shared by the GPT, encoder and ViT."""
     from safetensors.numpy import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    layout = Layout(gpt_slots(cfg))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     old = path.with_name(f".{path.name}.old")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        hf = cfg.to_hf()
-        hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
-        _write_json(tmp / "config.json", hf)
-        save_file(to_hf_tensors(layout, params), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer.json")
+        _write_json(tmp / "config.json", hf_config)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if extra is not None:
+            extra(tmp)
         if optimizer is not None:
             save_file({"m": optimizer.m, "v": optimizer.v}, str(tmp / "optimizer.safetensors"),
                       metadata={"t": str(optimizer.t)})
@@ -117,6 +117,15 @@ def save(path: str | Path, cfg: GPTConfig, params: np.ndarray, tokenizer=None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def save(path: str | Path, cfg: GPTConfig, params: np.ndarray, tokenizer=None,
+         optimizer=None, train_state: dict | None = None) -> Path:
+    hf = cfg.to_hf()
+    hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
+    extra = (lambda d: tokenizer.save(d / "tokenizer.json")) if tokenizer is not None else None
+    return write_dir(path, hf, to_hf_tensors(Layout(gpt_slots(cfg)), params), optimizer,
+                     train_state, extra)
 
 
 def resolve(path: str | Path) -> Path:

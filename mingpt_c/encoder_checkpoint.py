@@ -19,8 +19,6 @@ temporary directory, fsynced, swapped in by rename.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,41 +74,12 @@ def from_hf_tensors(layout: Layout, tensors: dict, where: str) -> np.ndarray:
 
 def save(path, cfg: EncoderConfig, params: np.ndarray, tokenizer=None, optimizer=None,
          train_state: dict | None = None) -> Path:
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    old = path.with_name(f".{path.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        hf = cfg.to_hf()
-        hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
-                        "tokenizer": tokenizer.describe() if tokenizer is not None else None}
-        gpt_ckpt._write_json(tmp / "config.json", hf)
-        save_file(to_hf_tensors(Layout(encoder_slots(cfg)), params), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        if optimizer is not None:
-            save_file({"m": optimizer.m, "v": optimizer.v}, str(tmp / "optimizer.safetensors"),
-                      metadata={"t": str(optimizer.t)})
-        if train_state is not None:
-            gpt_ckpt._write_json(tmp / "train_state.json", train_state)
-        gpt_ckpt._fsync_tree(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    hf = cfg.to_hf()
+    hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
+                    "tokenizer": tokenizer.describe() if tokenizer is not None else None}
+    return gpt_ckpt.write_dir(path, hf, to_hf_tensors(Layout(encoder_slots(cfg)), params),
+                              optimizer, train_state,
+                              tokenizer.save if tokenizer is not None else None)
 
 
 def load(path, with_optimizer: bool = False) -> dict:

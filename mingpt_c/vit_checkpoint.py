@@ -14,8 +14,6 @@ directory, fsynced, swapped in with two renames.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,38 +54,10 @@ def from_hf_tensors(cfg: ViTConfig, tensors: dict, where: str, qkv_bias: bool = 
 
 def save(path: str | Path, cfg: ViTConfig, params: np.ndarray, optimizer=None,
          train_state: dict | None = None) -> Path:
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layout = Layout(vit_slots(cfg))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    old = path.with_name(f".{path.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        hf = cfg.to_hf()
-        hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
-        checkpoint._write_json(tmp / "config.json", hf)
-        save_file(to_hf_tensors(layout, params), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if optimizer is not None:
-            save_file({"m": optimizer.m, "v": optimizer.v}, str(tmp / "optimizer.safetensors"),
-                      metadata={"t": str(optimizer.t)})
-        if train_state is not None:
-            checkpoint._write_json(tmp / "train_state.json", train_state)
-        checkpoint._fsync_tree(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    hf = cfg.to_hf()
+    hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
+    return checkpoint.write_dir(path, hf, to_hf_tensors(Layout(vit_slots(cfg)), params),
+                                optimizer, train_state)
 
 
 def read_hf_config(path: Path) -> dict:
