@@ -148,25 +148,36 @@ def resolve(path: str | Path) -> Path:
     raise CheckpointError(f"{p}: not a checkpoint (no config.json, no best/ or latest/ inside)")
 
 
-def load_config(path: Path) -> GPTConfig:
+def read_hf_config(path: Path) -> dict:
     try:
-        hf = json.loads((path / "config.json").read_text())
+        return json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/config.json: unreadable ({e})") from None
+
+
+def load_model_config(path: Path, fmt: str, version: int, model_type: str, cls):
+    """cls (a config dataclass with from_dict/from_hf) from config.json: our
+    own section when there is one, else the Hugging Face fields."""
+    hf = read_hf_config(path)
     try:
         ours = hf.get("mingpt")
         if ours:
-            if ours.get("format") != FORMAT or ours.get("version", 0) > FORMAT_VERSION:
+            if ours.get("format") != fmt or ours.get("version", 0) > version:
                 raise CheckpointError(f"{path}: checkpoint format {ours.get('format')} "
-                                      f"v{ours.get('version')} is not supported")
-            return GPTConfig.from_dict(ours["config"])
-        if hf.get("model_type") != "gpt2":
-            raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not gpt2")
-        return GPTConfig.from_hf(hf)
+                                      f"v{ours.get('version')} is not a {model_type} checkpoint "
+                                      f"this build reads")
+            return cls.from_dict(ours["config"])
+        if hf.get("model_type") != model_type:
+            raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not {model_type}")
+        return cls.from_hf(hf)
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{path}/config.json: bad configuration ({e})") from None
+        raise CheckpointError(f"{path}/config.json: bad {model_type} configuration ({e})") from None
+
+
+def load_config(path: Path) -> GPTConfig:
+    return load_model_config(path, FORMAT, FORMAT_VERSION, "gpt2", GPTConfig)
 
 
 def _load_safetensors(file: Path) -> tuple[dict, dict]:

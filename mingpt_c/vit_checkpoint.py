@@ -60,29 +60,8 @@ def save(path: str | Path, cfg: ViTConfig, params: np.ndarray, optimizer=None,
                                 optimizer, train_state)
 
 
-def read_hf_config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}/config.json: unreadable ({e})") from None
-
-
 def load_config(path: Path) -> ViTConfig:
-    hf = read_hf_config(path)
-    try:
-        ours = hf.get("mingpt")
-        if ours:
-            if ours.get("format") != FORMAT or ours.get("version", 0) > FORMAT_VERSION:
-                raise CheckpointError(f"{path}: not a ViT checkpoint (format {ours.get('format')} "
-                                      f"v{ours.get('version')})")
-            return ViTConfig.from_dict(ours["config"])
-        if hf.get("model_type") != "vit":
-            raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not vit")
-        return ViTConfig.from_hf(hf)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"{path}/config.json: bad ViT configuration ({e})") from None
+    return checkpoint.load_model_config(path, FORMAT, FORMAT_VERSION, "vit", ViTConfig)
 
 
 def load(path: str | Path, with_optimizer: bool = False) -> dict:
@@ -90,7 +69,7 @@ def load(path: str | Path, with_optimizer: bool = False) -> dict:
     path = checkpoint.resolve(path)
     cfg = load_config(path)
     tensors, _ = checkpoint._load_safetensors(path / "model.safetensors")
-    qkv_bias = read_hf_config(path).get("qkv_bias", True)
+    qkv_bias = checkpoint.read_hf_config(path).get("qkv_bias", True)
     params = from_hf_tensors(cfg, tensors, str(path / "model.safetensors"), qkv_bias)
     opt = state = None
     if with_optimizer:
