@@ -41,7 +41,7 @@ typedef enum {
 const char* mg_last_error(void);
 const char* mg_version(void);
 const char* mg_compiler(void);
-const char* mg_simd(void);          /* "avx2+fma" or "portable" */
+const char* mg_simd(void);          /* "avx512+avx2+fma", "avx2+fma" or "portable" */
 int mg_has_openmp(void);
 int mg_has_cuda(void);
 int mg_get_num_threads(void);

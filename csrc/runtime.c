@@ -41,7 +41,9 @@ const char* mg_compiler(void) {
 }
 
 const char* mg_simd(void) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+    return "avx512+avx2+fma";
+#elif defined(__AVX2__) && defined(__FMA__)
     return "avx2+fma";
 #else
     return "portable";
