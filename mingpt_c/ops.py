@@ -235,32 +235,36 @@ def attention_decode(qkv, kcache, vcache, pos, n_head, out=None, scratch=None):
 # ---------------------------------------------------------------- elementwise
 
 
-def gelu_forward(x, out=None):
+def _unary_forward(fn, x, out):
     _f32("inp", x)
     out = _out("out", out, x.shape)
-    check(lib.mg_gelu_forward(_p(out), _p(x), x.size))
+    check(fn(_p(out), _p(x), x.size))
     return out
+
+
+def _unary_backward(fn, dout, x, dx):
+    _f32("inp", x), _f32("dout", dout, x.shape)
+    dx = _out("dinp", dx, x.shape, zero=True)
+    check(fn(_p(dx), _p(x), _p(dout), x.size))
+    return dx
+
+
+def gelu_forward(x, out=None):
+    """GPT-2's tanh-approximated GELU."""
+    return _unary_forward(lib.mg_gelu_forward, x, out)
 
 
 def gelu_backward(dout, x, dx=None):
-    _f32("inp", x), _f32("dout", dout, x.shape)
-    dx = _out("dinp", dx, x.shape, zero=True)
-    check(lib.mg_gelu_backward(_p(dx), _p(x), _p(dout), x.size))
-    return dx
+    return _unary_backward(lib.mg_gelu_backward, dout, x, dx)
 
 
 def gelu_erf_forward(x, out=None):
-    _f32("inp", x)
-    out = _out("out", out, x.shape)
-    check(lib.mg_gelu_erf_forward(_p(out), _p(x), x.size))
-    return out
+    """The exact GELU, x * Phi(x) (BERT, ViT)."""
+    return _unary_forward(lib.mg_gelu_erf_forward, x, out)
 
 
 def gelu_erf_backward(dout, x, dx=None):
-    _f32("inp", x), _f32("dout", dout, x.shape)
-    dx = _out("dinp", dx, x.shape, zero=True)
-    check(lib.mg_gelu_erf_backward(_p(dx), _p(x), _p(dout), x.size))
-    return dx
+    return _unary_backward(lib.mg_gelu_erf_backward, dout, x, dx)
 
 
 def residual_forward(a, b, out=None):

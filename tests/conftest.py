@@ -48,3 +48,24 @@ def data_file(rel: str) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def invoke(*args, catch_exceptions=False):
+    """Runs `mingpt ARGS...` in-process; stdout and stderr kept apart."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def one_line_error(res, *needles):
+    """A bad-input run: non-zero exit, exactly one line on stderr naming each
+    needle, no traceback anywhere. Returns the line."""
+    assert res.exit_code != 0
+    err = res.stderr.strip()
+    assert "Traceback" not in res.output + res.stderr
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err

@@ -4,27 +4,12 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
+from conftest import invoke, one_line_error
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
         "--eval-interval", "5", "--eval-iters", "1", "--no-progress"]
 TEXT = "To be, or not to be, that is the question.\n" * 20
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in res.output + res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

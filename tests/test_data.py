@@ -4,7 +4,7 @@ import pytest
 
 from mingpt_c import data
 from mingpt_c.errors import DataError
-from mingpt_c.tokenfile import read_tokens, write_tokens
+from mingpt_c.tokenfile import write_tokens
 from mingpt_c.tokenizer import CharTokenizer
 
 

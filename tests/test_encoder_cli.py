@@ -4,27 +4,12 @@ stderr and a non-zero exit (acceptance 5)."""
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
+from conftest import invoke, one_line_error
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "300", "--batch-size", "4",
         "--warmup-iters", "2", "--no-progress"]
 WORDS = {"pos": "good great fine lovely", "neg": "bad awful poor dull", "mid": "plain average so so"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in res.output + res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def write_jsonl(path, rows):

@@ -2,7 +2,6 @@
 a resumable checkpoint, SIGKILL during a save never corrupts one, NaN steps
 are skipped and then stop the run."""
 import json
-import os
 import signal
 import subprocess
 import sys

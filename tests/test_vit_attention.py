@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import data_file
+from conftest import data_file, one_line_error
 from mingpt_c import images as imgs
 from mingpt_c import vit_checkpoint
 from mingpt_c.model.vit import ViT
@@ -78,16 +78,6 @@ def test_attention_on_strokes(mnist_run):
     # an untrained model spreads its attention evenly: no such effect
     mass0, share0 = stroke_mass(ViT(loaded["cfg"], seed=0), test)
     assert abs(mass0.mean() - share0.mean()) < 0.03
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in res.output + res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_cli_eval_predict_attention(mnist_run, tmp_path):

@@ -5,27 +5,15 @@ import gzip
 import json
 
 import numpy as np
-import pytest
-from click.testing import CliRunner
 
-from cli import main
+from conftest import invoke, one_line_error
 
 TINY = ["--patch-size", "7", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "32",
         "--train-limit", "640", "--eval-limit", "200", "--warmup-iters", "5", "--no-progress"]
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in res.output + res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
-    return err
+    return invoke(*args, catch_exceptions=True)
 
 
 def test_train_resume_eval_on_generated_shapes(tmp_path):

@@ -30,7 +30,7 @@ from .. import ops
 from ..errors import ShapeError
 from .block import BlockActs, BlockGrads, block_backward, block_forward
 from .gpt import _mix
-from .params import Layout
+from .params import Layout, bind_buffers
 
 F32 = np.float32
 IGNORE = ops.IGNORE_INDEX
@@ -192,15 +192,8 @@ class _Acts:
 class Encoder:
     def __init__(self, cfg: EncoderConfig, params: np.ndarray | None = None, seed: int = 0):
         self.cfg = cfg
-        self.layout = Layout(encoder_slots(cfg))
-        if params is None:
-            params = self.layout.init(cfg, np.random.default_rng(seed))
-        if params.dtype != F32 or params.size != self.layout.size:
-            raise ShapeError(f"parameter buffer has {params.size} values, the model needs {self.layout.size}")
-        self.params = params
-        self.grads = self.layout.zeros()
-        self.p = self.layout.views(self.params)
-        self.g = self.layout.views(self.grads)
+        bind_buffers(self, Layout(encoder_slots(cfg)), params,
+                     lambda: self.layout.init(cfg, np.random.default_rng(seed)))
         self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
         self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None

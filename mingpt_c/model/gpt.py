@@ -17,7 +17,7 @@ from .. import ops
 from ..errors import ShapeError
 from .block import BlockActs, BlockGrads, block_backward, block_forward
 from .config import GPTConfig
-from .params import Layout, gpt_slots
+from .params import Layout, bind_buffers, gpt_slots, sub_views
 
 F32 = np.float32
 IGNORE = ops.IGNORE_INDEX
@@ -45,24 +45,12 @@ class _Acts:
 class GPT:
     def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0):
         self.cfg = cfg
-        self.layout = Layout(gpt_slots(cfg))
-        if params is None:
-            params = self.layout.init(cfg, np.random.default_rng(seed))
-        if params.dtype != F32 or params.size != self.layout.size:
-            raise ShapeError(f"parameter buffer has {params.size} values, the model needs {self.layout.size}")
-        self.params = params
-        self.grads = self.layout.zeros()
-        self.p = self.layout.views(self.params)
-        self.g = self.layout.views(self.grads)
-        self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
-        self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
+        bind_buffers(self, Layout(gpt_slots(cfg)), params,
+                     lambda: self.layout.init(cfg, np.random.default_rng(seed)))
+        self._layer_p = [sub_views(self.p, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
+        self._layer_g = [sub_views(self.g, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None
         self._last = None  # (tokens, targets, n_valid, seed) of the last training forward
-
-    @staticmethod
-    def _layer_views(views: dict, i: int) -> dict:
-        pre = f"transformer.h.{i}."
-        return {k[len(pre):]: v for k, v in views.items() if k.startswith(pre)}
 
     def num_params(self) -> int:
         return self.layout.count()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ShapeError
 from .config import GPTConfig
 
 
@@ -89,3 +90,22 @@ class Layout:
         if exclude_positions and "transformer.wpe.weight" in self.slots:
             n -= self.slots["transformer.wpe.weight"].size
         return n
+
+
+def bind_buffers(model, layout: Layout, params: np.ndarray | None, init) -> None:
+    """Gives a model its one flat parameter buffer (the one passed, or init()'s),
+    a zeroed gradient buffer of the same layout, and the named views of both:
+    model.layout, .params, .grads, .p, .g. Shared by the GPT, encoder and ViT."""
+    model.layout = layout  # init() may read it
+    if params is None:
+        params = init()
+    if params.dtype != np.float32 or params.size != layout.size:
+        raise ShapeError(f"parameter buffer has {params.size} values, the model needs {layout.size}")
+    model.params, model.grads = params, layout.zeros()
+    model.p, model.g = layout.views(params), layout.views(model.grads)
+
+
+def sub_views(views: dict, prefix: str) -> dict:
+    """The views whose names start with prefix, keyed by the rest of the name
+    (one block's tensors, named as model/block.py reads them)."""
+    return {k[len(prefix):]: v for k, v in views.items() if k.startswith(prefix)}

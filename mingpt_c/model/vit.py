@@ -29,7 +29,7 @@ from ..errors import ShapeError
 from .block import ACTS, BlockActs, BlockGrads, block_backward, block_forward
 from .gpt import _mix
 from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
-from .params import Layout
+from .params import Layout, bind_buffers
 
 F32 = np.float32
 
@@ -293,15 +293,8 @@ class _Acts:
 class ViT:
     def __init__(self, cfg: ViTConfig, params: np.ndarray | None = None, seed: int = 0):
         self.cfg = cfg
-        self.layout = Layout(vit_slots(cfg))
-        if params is None:
-            params = init_params(self.layout, cfg, np.random.default_rng(seed))
-        if params.dtype != F32 or params.size != self.layout.size:
-            raise ShapeError(f"parameter buffer has {params.size} values, the model needs {self.layout.size}")
-        self.params = params
-        self.grads = self.layout.zeros()
-        self.p = self.layout.views(self.params)
-        self.g = self.layout.views(self.grads)
+        bind_buffers(self, Layout(vit_slots(cfg)), params,
+                     lambda: init_params(self.layout, cfg, np.random.default_rng(seed)))
         C = cfg.n_embd
         self._wp = self.p["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
         self._dwp = self.g["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
