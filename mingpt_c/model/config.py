@@ -11,8 +11,33 @@ from dataclasses import dataclass, field
 from ..errors import ShapeError
 
 
+class ConfigBase:
+    """What every model config shares: dict round trip and the size checks."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def check_sizes(self, names) -> None:
+        """Each named field a positive integer; the heads divide the width;
+        dropout (when the config has one) in [0, 1)."""
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ShapeError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ShapeError(f"n-embd={self.n_embd} is not divisible by n-head={self.n_head}: "
+                             f"choose a width that is a multiple of the head count")
+        if not 0.0 <= getattr(self, "dropout", 0.0) < 1.0:
+            raise ShapeError(f"dropout={self.dropout} must be in [0, 1)")
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigBase):
     vocab_size: int = 65          # tokens in the vocabulary (set by the tokenizer)
     block_size: int = 64          # longest context, in tokens (position embeddings)
     n_layer: int = 4              # transformer blocks
@@ -27,29 +52,13 @@ class GPTConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ShapeError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ShapeError(f"n-embd={self.n_embd} is not divisible by n-head={self.n_head}: "
-                             f"choose a width that is a multiple of the head count")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ShapeError(f"dropout={self.dropout} must be in [0, 1)")
+        self.check_sizes(("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         if not self.tie_embeddings:
             raise ShapeError("untied embeddings are not supported yet (GPT-2 ties them)")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     # Hugging Face GPT2Config <-> ours
     def to_hf(self) -> dict:

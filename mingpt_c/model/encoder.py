@@ -21,7 +21,6 @@ layer's query, key and value are packed into one (3C, C) matrix
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,7 @@ from .. import ops
 from ..errors import ShapeError
 from .block import BlockActs, BlockGrads, block_backward, block_forward
 from .gpt import _mix
+from .config import ConfigBase
 from .params import Layout, bind_buffers
 
 F32 = np.float32
@@ -54,7 +54,7 @@ BLOCK_NAMES = {
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(ConfigBase):
     vocab_size: int = 8192        # tokens, specials included (set by the tokenizer)
     block_size: int = 256         # longest input in tokens, [CLS] and [SEP] included
     n_layer: int = 2              # transformer blocks
@@ -75,29 +75,13 @@ class EncoderConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ShapeError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ShapeError(f"n-embd={self.n_embd} is not divisible by n-head={self.n_head}: "
-                             f"choose a width that is a multiple of the head count")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ShapeError(f"dropout={self.dropout} must be in [0, 1)")
+        self.check_sizes(("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"))
         if self.act not in ("gelu", "gelu_tanh"):
             raise ShapeError(f"act={self.act!r}: use gelu or gelu_tanh")
         if self.pooling not in ("cls", "mean"):
             raise ShapeError(f"pooling={self.pooling!r}: use cls or mean")
         if self.num_labels < 0 or (self.num_labels == 1):
             raise ShapeError(f"num_labels={self.num_labels}: a classifier needs at least 2 classes")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     # Hugging Face BertConfig <-> ours
     def to_hf(self) -> dict:

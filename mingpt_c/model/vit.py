@@ -19,7 +19,6 @@ The final layernorm only runs on the class token: the head reads nothing else.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ from ..errors import ShapeError
 from .block import ACTS, BlockActs, BlockGrads, block_backward, block_forward
 from .gpt import _mix
 from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from .config import ConfigBase
 from .params import Layout, bind_buffers
 
 F32 = np.float32
@@ -38,7 +38,7 @@ HF_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_t
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ConfigBase):
     image_size: int = 28            # H = W, a multiple of patch_size
     patch_size: int = 4             # P: each P x P patch is one token
     num_channels: int = 1           # 1 (grayscale) or 3 (RGB)
@@ -57,23 +57,15 @@ class ViTConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("image_size", "patch_size", "num_channels", "num_classes", "n_layer", "n_head",
-                     "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ShapeError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        self.check_sizes(("image_size", "patch_size", "num_channels", "num_classes", "n_layer", "n_head",
+                     "n_embd"))
         if self.image_size % self.patch_size:
             raise ShapeError(f"image size {self.image_size} is not divisible by the patch size "
                              f"{self.patch_size}: choose a patch size that divides it")
-        if self.n_embd % self.n_head:
-            raise ShapeError(f"n-embd={self.n_embd} is not divisible by n-head={self.n_head}: "
-                             f"choose a width that is a multiple of the head count")
         if self.num_channels not in (1, 3):
             raise ShapeError(f"num-channels={self.num_channels}: only 1 (grayscale) or 3 (RGB)")
         if self.act not in ACTS:
             raise ShapeError(f"activation {self.act!r} is not one of {', '.join(ACTS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ShapeError(f"dropout={self.dropout} must be in [0, 1)")
         if not self.labels:
             self.labels = [str(i) for i in range(self.num_classes)]
         if len(self.labels) != self.num_classes:
@@ -100,14 +92,6 @@ class ViTConfig:
     @property
     def patch_dim(self) -> int:
         return self.num_channels * self.patch_size ** 2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     # Hugging Face ViTConfig <-> ours
     def to_hf(self) -> dict:
