@@ -193,6 +193,20 @@ def _load_safetensors(file: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None
 
 
+def load_training_state(path: Path, n: int):
+    """((m, v, t), train_state) of a training checkpoint whose model has n
+    parameters; CheckpointError if either file is missing, corrupt or does
+    not match."""
+    t, meta = _load_safetensors(path / "optimizer.safetensors")
+    if set(t) != {"m", "v"} or any(t[k].shape != (n,) for k in ("m", "v")):
+        raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
+    try:
+        state = json.loads((path / "train_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
+    return (t["m"], t["v"], int(meta.get("t", 0))), state
+
+
 def load(path: str | Path, with_optimizer: bool = False):
     """Returns dict(cfg, params, tokenizer, optimizer (m, v, t) or None,
     train_state or None, path)."""
@@ -209,14 +223,5 @@ def load(path: str | Path, with_optimizer: bool = False):
         if tok.vocab_size > cfg.vocab_size:
             raise CheckpointError(f"{path}: the tokenizer has {tok.vocab_size} tokens, the model "
                                   f"only {cfg.vocab_size}")
-    opt = state = None
-    if with_optimizer:
-        t, meta = _load_safetensors(path / "optimizer.safetensors")
-        if set(t) != {"m", "v"} or any(t[k].shape != (layout.size,) for k in ("m", "v")):
-            raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
-        opt = (t["m"], t["v"], int(meta.get("t", 0)))
-        try:
-            state = json.loads((path / "train_state.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
+    opt, state = load_training_state(path, layout.size) if with_optimizer else (None, None)
     return dict(cfg=cfg, params=params, tokenizer=tok, optimizer=opt, train_state=state, path=path)

@@ -13,7 +13,6 @@ directory, fsynced, swapped in with two renames.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +70,5 @@ def load(path: str | Path, with_optimizer: bool = False) -> dict:
     tensors, _ = checkpoint._load_safetensors(path / "model.safetensors")
     qkv_bias = checkpoint.read_hf_config(path).get("qkv_bias", True)
     params = from_hf_tensors(cfg, tensors, str(path / "model.safetensors"), qkv_bias)
-    opt = state = None
-    if with_optimizer:
-        t, meta = checkpoint._load_safetensors(path / "optimizer.safetensors")
-        if set(t) != {"m", "v"} or any(t[k].shape != params.shape for k in ("m", "v")):
-            raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
-        opt = (t["m"], t["v"], int(meta.get("t", 0)))
-        try:
-            state = json.loads((path / "train_state.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
+    opt, state = checkpoint.load_training_state(path, params.size) if with_optimizer else (None, None)
     return dict(cfg=cfg, params=params, optimizer=opt, train_state=state, path=path)
