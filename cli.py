@@ -235,6 +235,8 @@ def _train_options(f):
         click.option("--beta1", type=float, default=d.beta1),
         click.option("--beta2", type=float, default=d.beta2),
         click.option("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)"),
+        click.option("--embd-init-std", type=float, default=d.embd_init_std,
+                     help="spread of fresh token and position embeddings (GPT-2: 0.02)"),
         click.option("--eval-interval", type=int, default=d.eval_interval),
         click.option("--eval-iters", type=int, default=d.eval_iters, help="batches per evaluation"),
         click.option("--log-interval", type=int, default=d.log_interval,

@@ -47,7 +47,7 @@ class Block(nn.Module):
 
 
 class TorchGPT(nn.Module):
-    def __init__(self, V, T, L, NH, C):
+    def __init__(self, V, T, L, NH, C, embd_std=0.02):
         super().__init__()
         self.block_size, self.nh, self.C = T, NH, C
         self.wte = nn.Embedding(V, C)
@@ -58,6 +58,8 @@ class TorchGPT(nn.Module):
         for n, p in self.named_parameters():
             if n.endswith("c_proj.weight") or n.endswith("mlp_proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
+        for emb in (self.wte, self.wpe):
+            nn.init.normal_(emb.weight, 0.0, embd_std)
 
     @staticmethod
     def _init(m):

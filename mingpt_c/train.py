@@ -59,6 +59,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0           # max global gradient norm; 0 disables
+    embd_init_std: float = 0.05      # spread of the fresh token/position embeddings (GPT-2: 0.02)
     eval_interval: int = 250
     eval_iters: int = 20             # batches per split and evaluation
     log_interval: int = 10           # iterations between train-loss records in log.jsonl
@@ -206,7 +207,7 @@ def _start(tc: TrainConfig, run: Path, world, log):
     else:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
                         n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
-        model = GPT(cfg, seed=tc.seed)
+        model = GPT(cfg, seed=tc.seed, embd_std=tc.embd_init_std)
     return model, tok, train_toks, val_toks, None, None, source
 
 

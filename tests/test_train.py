@@ -57,6 +57,27 @@ def test_loss_falls_on_one_batch(rng):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_initialisation_spreads():
+    """GPT-2's N(0, 0.02) for matrices, 0.02/sqrt(2 n_layer) for residual
+    projections; the embeddings' spread is its own setting."""
+    cfg = GPTConfig(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    p = GPT(cfg, seed=0, embd_std=0.05).p
+    assert abs(p["transformer.wte.weight"].std() - 0.05) < 0.002
+    assert abs(p["transformer.wpe.weight"].std() - 0.05) < 0.003
+    assert abs(p["transformer.h.0.mlp.c_fc.weight"].std() - 0.02) < 0.001
+    assert abs(p["transformer.h.1.attn.c_proj.weight"].std() - 0.01) < 0.001
+    assert np.all(p["transformer.h.0.ln_1.weight"] == 1) and np.all(p["transformer.h.0.attn.c_attn.bias"] == 0)
+    assert abs(GPT(cfg, seed=0).p["transformer.wte.weight"].std() - 0.02) < 0.001
+
+
+def test_embd_init_std_reaches_the_model(tmp_path, corpus):
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), files=(str(corpus),), max_iters=1, embd_init_std=0.5, **TINY),
+          log=lambda *a: None)
+    wte = weights(out / "latest")["transformer.wte.weight"]
+    assert 0.4 < wte.std() < 0.6
+
+
 def test_same_seed_same_losses(tmp_path, corpus):
     runs = []
     for name in ("a", "b"):

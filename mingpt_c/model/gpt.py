@@ -43,10 +43,13 @@ class _Acts:
 
 
 class GPT:
-    def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0):
+    def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0,
+                 embd_std: float = 0.02):
+        """params: a flat buffer to use (a checkpoint's); None: a fresh
+        initialisation from seed, embeddings with spread embd_std."""
         self.cfg = cfg
         bind_buffers(self, Layout(gpt_slots(cfg)), params,
-                     lambda: self.layout.init(cfg, np.random.default_rng(seed)))
+                     lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std))
         self._layer_p = [sub_views(self.p, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
         self._layer_g = [sub_views(self.g, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None

@@ -71,13 +71,16 @@ class Layout:
                 mask[s.offset:s.offset + s.size] = 1
         return mask
 
-    def init(self, cfg: GPTConfig, rng: np.random.Generator) -> np.ndarray:
+    def init(self, cfg: GPTConfig, rng: np.random.Generator, embd_std: float = 0.02) -> np.ndarray:
         """GPT-2 initialisation: N(0, 0.02), residual projections scaled by
-        1/sqrt(2 n_layer), biases 0, layernorm weights 1."""
+        1/sqrt(2 n_layer), biases 0, layernorm weights 1. embd_std sets the
+        token and position embeddings' spread apart (GPT-2: 0.02 too)."""
         buf = self.zeros()
         views = self.views(buf)
         for name, s in self.slots.items():
-            if s.kind in ("embed", "weight"):
+            if s.kind == "embed":
+                views[name][...] = rng.normal(0.0, embd_std, s.shape)
+            elif s.kind == "weight":
                 views[name][...] = rng.normal(0.0, 0.02, s.shape)
             elif s.kind == "proj":
                 views[name][...] = rng.normal(0.0, 0.02 / np.sqrt(2 * cfg.n_layer), s.shape)
