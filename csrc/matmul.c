@@ -520,13 +520,67 @@ static inline float dot(const float* restrict a, const float* restrict b, int n)
     return s;
 }
 
+#if MG_GEMM_AVX2
+static inline float hsum8(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+#endif
+
+// Four dot products of x against four consecutive weight rows: eight
+// independent FMA chains, and each load of x feeds four of them.
+static inline void dot4(float s[4], const float* restrict x, const float* restrict w, size_t ldw, int n) {
+    int k = 0;
+    s[0] = s[1] = s[2] = s[3] = 0.0f;
+#if MG_GEMM_AVX2
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+           a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
+           b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    for (; k + 16 <= n; k += 16) {
+        __m256 xa = _mm256_loadu_ps(x + k), xb = _mm256_loadu_ps(x + k + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xa, a0);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xb, b0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xa, a1);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k + 8), xb, b1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xa, a2);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k + 8), xb, b2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xa, a3);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k + 8), xb, b3);
+    }
+    s[0] = hsum8(_mm256_add_ps(a0, b0));
+    s[1] = hsum8(_mm256_add_ps(a1, b1));
+    s[2] = hsum8(_mm256_add_ps(a2, b2));
+    s[3] = hsum8(_mm256_add_ps(a3, b3));
+#endif
+    for (; k < n; k++)
+        for (int r = 0; r < 4; r++) s[r] += x[k] * w[(size_t)r * ldw + k];
+}
+
 static void gemv_rows(float* out, const float* inp, const float* weight,
                       const float* bias, int N, int C, int OC) {
+    int nquads = OC / 4;
+    // Blocks of four output channels; the block's weight rows stay in L1
+    // while the (at most GEMV_ROWS) input rows go past them.
     #pragma omp parallel for schedule(static) if ((double)OC * C >= 1 << 16)
-    for (int o = 0; o < OC; o++) {
-        const float* w = weight + (size_t)o * C;
-        for (int i = 0; i < N; i++)
-            out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
+    for (int q = 0; q < nquads + (OC % 4); q++) {
+        if (q < nquads) {
+            int o = 4 * q;
+            const float* w = weight + (size_t)o * C;
+            for (int i = 0; i < N; i++) {
+                float s[4];
+                dot4(s, inp + (size_t)i * C, w, (size_t)C, C);
+                float* y = out + (size_t)i * OC + o;
+                for (int r = 0; r < 4; r++) y[r] = s[r] + (bias ? bias[o + r] : 0.0f);
+            }
+        } else {
+            int o = 4 * nquads + (q - nquads);
+            const float* w = weight + (size_t)o * C;
+            for (int i = 0; i < N; i++)
+                out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
+        }
     }
 }
 

@@ -229,14 +229,18 @@ def main(argv=None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="mingpt-c training and sampling throughput beside PyTorch")
-    ap.add_argument("--config", default="baby,small,gpt2")
+    ap.add_argument("--config", default="baby,small,gpt2", help='comma-separated; "" for sampling only')
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sample-tokens", type=int, default=256)
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args(argv)
-    run(a.config.split(","), a.rounds, a.steps, a.threads, a.sample_tokens, not a.no_torch)
+    configs = [c for c in a.config.split(",") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    run(configs, a.rounds, a.steps, a.threads, a.sample_tokens, not a.no_torch)
 
 
 if __name__ == "__main__":

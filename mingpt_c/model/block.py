@@ -29,9 +29,13 @@ ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
 
 
 class BlockActs:
-    """Saved activations of one block for one (B, T)."""
+    """Saved activations of one block for one (B, T). fch_gelu, the MLP's
+    widest activation, is not kept: one buffer serves every layer, and the
+    backward recomputes it from fch (one elementwise pass, and a whole
+    (B, T, 4C) buffer less per layer)."""
 
-    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True):
+    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True,
+                 fch_gelu: np.ndarray | None = None):
         e = lambda *s: np.empty(s, F32)
         self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
         self.qkv = e(B, T, 3 * C)
@@ -41,7 +45,7 @@ class BlockActs:
         self.res1 = e(B, T, C)
         self.ln2, self.ln2_mean, self.ln2_rstd = e(B, T, C), e(B, T), e(B, T)
         self.fch = e(B, T, 4 * C)
-        self.fch_gelu = e(B, T, 4 * C)
+        self.fch_gelu = e(B, T, 4 * C) if fch_gelu is None else fch_gelu
         self.fcproj = e(B, T, C)
         self.out = e(B, T, C)
         # post-LN: ln1 holds x1 = ln_1(res1), res2 = x1 + branch, out = ln_2(res2)
@@ -50,6 +54,13 @@ class BlockActs:
         if dropout > 0:
             self.drop1, self.drop2 = np.empty((B, T, C), np.uint8), np.empty((B, T, C), np.uint8)
             self.attproj_d, self.fcproj_d = e(B, T, C), e(B, T, C)
+
+
+def block_acts(n_layer: int, B: int, T: int, C: int, NH: int, dropout: float,
+               pre_ln: bool = True) -> list[BlockActs]:
+    """Activations for a stack of n_layer blocks, sharing one GELU buffer."""
+    shared = np.empty((B, T, 4 * C), F32)
+    return [BlockActs(B, T, C, NH, dropout, pre_ln, shared) for _ in range(n_layer)]
 
 
 class BlockGrads:
@@ -125,6 +136,7 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     if dropout > 0:
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch)
+    ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
     s.dfch_gelu.fill(0)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
@@ -165,6 +177,7 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     if dropout > 0:
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch)
+    ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
     s.dfch_gelu.fill(0)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError
-from .block import BlockActs, BlockGrads, block_backward, block_forward
+from .block import BlockGrads, block_acts, block_backward, block_forward
 from .gpt import _mix
 from .config import ConfigBase
 from .params import Layout, bind_buffers
@@ -164,7 +164,7 @@ class _Acts:
         self.x0, self.x0_mean, self.x0_rstd = e(B, T, C), e(B, T), e(B, T)
         self.x0_drop = e(B, T, C) if cfg.dropout > 0 else None
         self.x0_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = [BlockActs(B, T, C, cfg.n_head, cfg.dropout, cfg.pre_ln) for _ in range(cfg.n_layer)]
+        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout, cfg.pre_ln)
         if cfg.pre_ln:
             self.lnf, self.lnf_mean, self.lnf_rstd = e(B, T, C), e(B, T), e(B, T)
         self.grads = BlockGrads(B, T, C, cfg.n_head) if with_grads else None

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError
-from .block import BlockActs, BlockGrads, block_backward, block_forward
+from .block import BlockGrads, block_acts, block_backward, block_forward
 from .config import GPTConfig
 from .params import Layout, bind_buffers, gpt_slots, sub_views
 
@@ -30,7 +30,7 @@ class _Acts:
         self.emb = np.empty((B, T, C), F32)
         self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
         self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = [BlockActs(B, T, C, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer)]
+        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout)
         self.lnf, self.lnf_mean, self.lnf_rstd = (np.empty((B, T, C), F32), np.empty((B, T), F32),
                                                   np.empty((B, T), F32))
         self.logits = np.empty((B, T, V), F32)   # becomes probs, then dlogits, in place

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError
-from .block import ACTS, BlockActs, BlockGrads, block_backward, block_forward
+from .block import ACTS, BlockGrads, block_acts, block_backward, block_forward
 from .gpt import _mix
 from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from .config import ConfigBase
@@ -260,7 +260,7 @@ class _Acts:
         self.emb = np.empty((B, T, C), F32)
         self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
         self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = [BlockActs(B, T, C, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer)]
+        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout)
         self.cls = np.empty((B, C), F32)
         self.lnf, self.lnf_mean, self.lnf_rstd = np.empty((B, C), F32), np.empty(B, F32), np.empty(B, F32)
         self.logits = np.empty((B, K), F32)
