@@ -101,7 +101,11 @@ def matmul_forward(x, w, b=None, out=None):
     return out
 
 
-def matmul_backward(dout, x, w, dx=None, dw=None, db=None, need_dx=True, need_db=True):
+def matmul_backward(dout, x, w, dx=None, dw=None, db=None, need_dx=True, need_db=True,
+                    overwrite_dx=False):
+    """dx += dout @ w, dw += dout.T @ x, db += column sums of dout; with
+    overwrite_dx, dx = dout @ w (no zeroing pass over a given dx first; the
+    same bits as zeroing and adding)."""
     _f32("dout", dout), _f32("inp", x), _f32("weight", w)
     N, C = _rows(x)
     OC = w.shape[0]
@@ -112,7 +116,11 @@ def matmul_backward(dout, x, w, dx=None, dw=None, db=None, need_dx=True, need_db
     dx = _out("dinp", dx, x.shape, zero=True) if (need_dx or dx is not None) else None
     dw = _out("dweight", dw, w.shape, zero=True)
     db = _out("dbias", db, (OC,), zero=True) if (need_db or db is not None) else None
-    check(lib.mg_matmul_backward(_p(dx), _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC))
+    if overwrite_dx and dx is not None:
+        check(lib.mg_sgemm(0, 0, N, C, OC, _p(dout), OC, _p(w), C, 0.0, _p(dx), C))
+        check(lib.mg_matmul_backward(ffi.NULL, _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC))
+    else:
+        check(lib.mg_matmul_backward(_p(dx), _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC))
     return dx, dw, db
 
 # ---------------------------------------------------------------- embedding

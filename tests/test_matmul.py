@@ -180,6 +180,19 @@ def test_matmul_backward_accumulates(rng, N, C, OC):
                  atol=gemm_tol(np.ones((1, N)), abs(d64), N, db0)[0])
 
 
+@pytest.mark.parametrize("N,C,OC", [(7, 13, 17), (300, 128, 384), (3, 1536, 386)])
+def test_matmul_backward_overwrite_dx(rng, N, C, OC):
+    """overwrite_dx replaces whatever dx held, with the bits of zeroing it and
+    accumulating; dw and db still accumulate."""
+    x, w, dout = rand(rng, N, C), rand(rng, OC, C), rand(rng, N, OC)
+    dw0, db0 = rand(rng, OC, C), rand(rng, OC)
+    want = ops.matmul_backward(dout, x, w, dx=np.zeros((N, C), np.float32), dw=dw0.copy(), db=db0.copy())
+    junk = np.full((N, C), np.nan, np.float32)
+    got = ops.matmul_backward(dout, x, w, dx=junk, dw=dw0.copy(), db=db0.copy(), overwrite_dx=True)
+    for g, w_ in zip(got, want):
+        assert np.array_equal(g, w_)
+
+
 def test_matmul_backward_optional_outputs(rng):
     N, C, OC = 9, 10, 11
     x, w, dout = rand(rng, N, C), rand(rng, OC, C), rand(rng, N, OC)

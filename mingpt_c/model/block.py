@@ -137,14 +137,12 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch)
     ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
-    s.dfch_gelu.fill(0)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
-                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
+                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
     s.dfch.fill(0)
     ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
-    s.dln.fill(0)
     ops.matmul_backward(s.dfch, a.ln2, p["mlp.c_fc.weight"], s.dln,
-                        g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
+                        g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], overwrite_dx=True)
     ops.layernorm_backward(s.dln, a.res1, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
                            s.dres1, g["ln_2.weight"], g["ln_2.bias"])
     # res1 = x + drop(attproj)
@@ -153,14 +151,12 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     if dropout > 0:
         s.dbranch.fill(0)
         dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
-    s.datty.fill(0)
     ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
-                        g["attn.c_proj.weight"], g["attn.c_proj.bias"])
+                        g["attn.c_proj.weight"], g["attn.c_proj.bias"], overwrite_dx=True)
     s.dqkv.fill(0)
     ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
-    s.dln.fill(0)
     ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
-                        g["attn.c_attn.weight"], g["attn.c_attn.bias"])
+                        g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
     ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
                            dx, g["ln_1.weight"], g["ln_1.bias"])
     return dx
@@ -178,9 +174,8 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch)
     ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
-    s.dfch_gelu.fill(0)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
-                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
+                        g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
     s.dfch.fill(0)
     ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
     ops.matmul_backward(s.dfch, a.ln1, p["mlp.c_fc.weight"], s.dln,
@@ -195,9 +190,8 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     if dropout > 0:
         s.dbranch.fill(0)
         dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
-    s.datty.fill(0)
     ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
-                        g["attn.c_proj.weight"], g["attn.c_proj.bias"])
+                        g["attn.c_proj.weight"], g["attn.c_proj.bias"], overwrite_dx=True)
     s.dqkv.fill(0)
     ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
     ops.matmul_backward(s.dqkv, x, p["attn.c_attn.weight"], dx,

@@ -114,9 +114,8 @@ class GPT:
         drop = cfg.dropout
         a.dlosses.fill(loss_scale / max(n_valid, 1))
         dlogits = ops.crossentropy_backward(a.dlosses, a.logits, targets, IGNORE, a.logits)
-        a.dlnf.fill(0)
         ops.matmul_backward(dlogits, a.lnf, self.p["transformer.wte.weight"], a.dlnf,
-                            self.g["transformer.wte.weight"], need_db=False)
+                            self.g["transformer.wte.weight"], need_db=False, overwrite_dx=True)
         dx, dnext = a.dx
         dx.fill(0)
         x_last = a.blocks[-1].out
