@@ -427,6 +427,8 @@ def _encoder_options(f):
         click.option("--seed", type=int, default=d.seed),
         click.option("--threads", type=int, default=None, help="C core threads [default: all cores]"),
         click.option("--no-progress", is_flag=True),
+        click.option("--resume", is_flag=True,
+                     help="continue the run in --out from its latest checkpoint (same command otherwise)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -437,13 +439,18 @@ def _encoder_config(opts: dict, **more):
     from mingpt_c.encoder_train import EncoderTrainConfig
 
     progress = not opts.pop("no_progress")
+    resume = opts.pop("resume")
     tc = EncoderTrainConfig(**opts, **more, progress=progress)
     for name in ("batch_size", "max_len"):
         if getattr(tc, name) < (3 if name == "max_len" else 1):
             raise click.ClickException(f"--{name.replace('_', '-')} {getattr(tc, name)} is too small")
-    if (Path(tc.out) / "latest").exists():
-        raise click.ClickException(f"{tc.out} already holds a run: choose another --out")
-    return tc
+    has_run = (Path(tc.out) / "latest").exists()
+    if resume and not has_run:
+        raise click.ClickException(f"--resume: no checkpoint to resume in {tc.out}")
+    if has_run and not resume:
+        raise click.ClickException(f"{tc.out} already holds a run: pass --resume to continue it, "
+                                   f"or choose another --out")
+    return tc, resume
 
 
 @main.group()
@@ -459,8 +466,10 @@ def encoder_pretrain(file, mask_prob, **opts):
     """Masked-LM pretraining on FILE: text (one document per line) or JSON Lines (its "text")."""
     from mingpt_c.encoder_train import pretrain
 
-    tc = _encoder_config(opts, train_file=file, mask_prob=mask_prob)
-    res = pretrain(tc, log=lambda m: click.echo(m, err=True))
+    tc, resume = _encoder_config(opts, train_file=file, mask_prob=mask_prob)
+    res = pretrain(tc, resume, log=lambda m: click.echo(m, err=True))
+    if res["interrupted"]:
+        return
     click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s; checkpoint in {tc.out}/latest; "
                f"fine-tune with: mingpt encoder train --init-from {tc.out} --train DATA.jsonl --out DIR")
 
@@ -475,8 +484,10 @@ def encoder_train(**opts):
     """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""
     from mingpt_c.encoder_train import train_classifier
 
-    tc = _encoder_config(opts)
-    res = train_classifier(tc, log=lambda m: click.echo(m, err=True))
+    tc, resume = _encoder_config(opts)
+    res = train_classifier(tc, resume, log=lambda m: click.echo(m, err=True))
+    if res["interrupted"]:
+        return
     acc = res.get("val_accuracy")
     click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s"
                + (f", val accuracy {acc:.4f} (best {res['best_val_accuracy']:.4f})" if acc is not None else "")

@@ -29,7 +29,7 @@ import numpy as np
 from . import encoder_checkpoint as ckpt
 from . import encoder_data as ed
 from ._lib import set_num_threads
-from .errors import DataError, MinGPTError
+from .errors import CheckpointError, DataError, MinGPTError
 from .model.encoder import Encoder, EncoderConfig
 from .model.params import Layout
 from .optim import AdamW, lr_at
@@ -160,10 +160,22 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log) -> tupl
     return Encoder(cfg, seed=tc.seed), tok
 
 
+def _resumed(tc: EncoderTrainConfig):
+    """(model, tokenizer, ((m, v, t), train_state)) from the run's latest checkpoint."""
+    path = Path(tc.out) / "latest"
+    try:
+        loaded = ckpt.load(path, with_optimizer=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    if loaded["optimizer"] is None or loaded["train_state"] is None or loaded["tokenizer"] is None:
+        raise CheckpointError(f"cannot resume from {path}: it has no optimizer state, train state or tokenizer")
+    return Encoder(loaded["cfg"], loaded["params"]), loaded["tokenizer"], (loaded["optimizer"], loaded["train_state"])
+
+
 class _Run:
     """The parts the two loops share: optimizer, schedule, log, checkpoints, bar."""
 
-    def __init__(self, tc: EncoderTrainConfig, model: Encoder, tok, total: int, log):
+    def __init__(self, tc: EncoderTrainConfig, model: Encoder, tok, total: int, log, resume=None):
         self.tc, self.model, self.tok, self.total, self.log = tc, model, tok, total, log
         self.dir = Path(tc.out)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -174,8 +186,34 @@ class _Run:
         self.bar = None
         if tc.progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="it", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=int(resume[1]["iter"]) if resume else 0, unit="it",
+                            dynamic_ncols=True)
         self.it, self.losses, self.t0, self.tokens = 0, [], time.perf_counter(), 0
+        self.epoch, self.k, self.stopped = 0, 0, False   # where the data stands: batch k of epoch
+        if resume is not None:
+            (m, v, t), state = resume
+            self.opt.m[...], self.opt.v[...], self.opt.t = m, v, t
+            self.it, self.epoch, self.k = int(state["iter"]), int(state["epoch"]), int(state.get("batch", 0))
+
+    def batches(self, lengths: np.ndarray, stop):
+        """Index batches from where the run stands, epoch after epoch (each
+        epoch's order drawn from (seed, epoch), so a resumed run sees what the
+        uninterrupted one would); None after each epoch, and after the last
+        batch of the run. Returns early, with self.stopped set, on Ctrl-C."""
+        while self.it < self.total:
+            rng = np.random.default_rng([self.tc.seed, self.epoch])
+            for k, b in enumerate(ed.length_batches(lengths, self.tc.batch_size, rng)):
+                if k < self.k:
+                    continue
+                if self.it >= self.total:
+                    break
+                if stop.requested:
+                    self.stopped = True
+                    return
+                self.k = k + 1
+                yield b
+            self.epoch, self.k = self.epoch + 1, 0
+            yield None
 
     def echo(self, msg: str) -> None:
         (self.bar.write if self.bar else self.log)(msg)
@@ -205,7 +243,13 @@ class _Run:
 
     def save(self, name: str, state: dict) -> None:
         ckpt.save(self.dir / name, self.model.cfg, self.model.params, self.tok, self.opt,
-                  dict(state, iter=self.it, options=dataclasses.asdict(self.tc)))
+                  dict(state, iter=self.it, epoch=self.epoch, batch=self.k,
+                       options=dataclasses.asdict(self.tc)))
+
+    def stopped_note(self) -> None:
+        if self.stopped:
+            self.echo(f"interrupted at iteration {self.it}: checkpoint saved in {self.dir / 'latest'}; "
+                      f"continue with the same command and --resume")
 
     def close(self) -> None:
         if self.bar:
@@ -219,7 +263,7 @@ def _iters(tc: EncoderTrainConfig, per_epoch: int) -> int:
 # ------------------------------------------------------------------ classification
 
 
-def train_classifier(tc: EncoderTrainConfig, log=print) -> dict:
+def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
     if tc.threads:
         set_num_threads(tc.threads)
     texts, labels = ed.read_jsonl(tc.train_file)
@@ -236,8 +280,14 @@ def train_classifier(tc: EncoderTrainConfig, log=print) -> dict:
         if tc.val_limit:
             vt, vl = vt[:tc.val_limit], vl[:tc.val_limit]
         val = (vt, ed.label_ids(vl, names, tc.val_file))
-    tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-    model, tok = _model(tc, tok, len(names), False, log)
+    resume_state = None
+    if resume:
+        model, tok, resume_state = _resumed(tc)
+        if model.cfg.extra.get("labels") != names:
+            raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
+    else:
+        tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
+        model, tok = _model(tc, tok, len(names), False, log)
     cfg = model.cfg
     cfg.extra = {"labels": names, "max_len": tc.max_len, "truncate": tc.truncate}
     seqs = _tokenize(tok, texts, tc.max_len, "training", log, tc.truncate)
@@ -249,39 +299,40 @@ def train_classifier(tc: EncoderTrainConfig, log=print) -> dict:
         f"{tc.max_len}, vocab {cfg.vocab_size}, {cfg.pooling} pooling: {model.num_params() / 1e6:.2f}M parameters")
     log(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
         f"mean length {lengths.mean():.0f} tokens; {total:,} iterations of {tc.batch_size}")
-    run = _Run(tc, model, tok, total, log)
-    best, result, stopped = -1.0, {}, False
+    run = _Run(tc, model, tok, total, log, resume_state)
+    best = float((resume_state[1].get("best_val_accuracy") if resume_state else None) or -1.0)
+    result = {}
     t_start = time.perf_counter()
     try:
         with _StopFlag() as stop:
-            epoch = 0
-            while run.it < total and not stopped:
-                rng = np.random.default_rng([tc.seed, epoch])
-                for b in ed.length_batches(lengths, tc.batch_size, rng):
-                    if run.it >= total or stop.requested:
-                        stopped = stop.requested
-                        break
+            for b in run.batches(lengths, stop):
+                if b is not None:
                     x, m = ed.pad_batch([seqs[i] for i in b], cfg.pad_token_id, max_len=tc.max_len)
                     model.zero_grad()
                     _, loss = model.classify(x, m, y[b], train=True, seed=run.it)
                     model.backward()
                     run.step(loss, int(m.sum()))
-                epoch += 1
-                rec = {"type": "eval", "iter": run.it, "epoch": epoch, "seconds": time.perf_counter() - t_start}
+                    continue
+                rec = {"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - t_start}
                 if val:
                     res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
                     rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
-                    run.echo(f"epoch {epoch} (iter {run.it}): val accuracy {res['accuracy']:.4f}")
+                    run.echo(f"epoch {run.epoch} (iter {run.it}): val accuracy {res['accuracy']:.4f}")
                     result["val_accuracy"] = res["accuracy"]
                     if res["accuracy"] > best:
                         best = res["accuracy"]
-                        run.save("best", {"val_accuracy": best, "epoch": epoch})
+                        run.save("best", {"val_accuracy": best, "best_val_accuracy": best})
                 run.record(rec)
-                run.save("latest", {"epoch": epoch, "val_accuracy": result.get("val_accuracy")})
-            if not val:
-                run.save("best", {"epoch": epoch})
+                run.save("latest", {"val_accuracy": result.get("val_accuracy"),
+                                    "best_val_accuracy": best if val else None})
+            if run.stopped:
+                run.save("latest", {"best_val_accuracy": best if val else None})
+            elif not val:
+                run.save("best", {})
     finally:
         run.close()
+    run.stopped_note()
+    stopped = run.stopped
     result.update(iter=run.it, interrupted=stopped, best_val_accuracy=best if val else None, out=str(run.dir),
                   seconds=time.perf_counter() - t_start)
     return result
@@ -348,15 +399,19 @@ def read_pretrain_texts(path) -> list[str]:
     return docs
 
 
-def pretrain(tc: EncoderTrainConfig, log=print) -> dict:
+def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
     """Masked-LM pretraining: documents cut into pieces of max_len - 2 tokens."""
     if tc.threads:
         set_num_threads(tc.threads)
     texts = read_pretrain_texts(tc.train_file)
     if tc.limit:
         texts = texts[:tc.limit]
-    tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-    model, tok = _model(tc, tok, 0, True, log)
+    resume_state = None
+    if resume:
+        model, tok, resume_state = _resumed(tc)
+    else:
+        tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
+        model, tok = _model(tc, tok, 0, True, log)
     cfg = model.cfg
     cfg.extra = {"max_len": tc.max_len}
     keep = tc.max_len - 2
@@ -368,17 +423,12 @@ def pretrain(tc: EncoderTrainConfig, log=print) -> dict:
     log(f"model: encoder (masked LM), {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}: "
         f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
     specials = list(tok.special.values())
-    run = _Run(tc, model, tok, total, log)
-    stopped, epoch = False, 0
+    run = _Run(tc, model, tok, total, log, resume_state)
     t_start = time.perf_counter()
     try:
         with _StopFlag() as stop:
-            while run.it < total and not stopped:
-                rng = np.random.default_rng([tc.seed, epoch])
-                for b in ed.length_batches(lengths, tc.batch_size, rng):
-                    if run.it >= total or stop.requested:
-                        stopped = stop.requested
-                        break
+            for b in run.batches(lengths, stop):
+                if b is not None:
                     x, m = ed.pad_batch([seqs[i] for i in b], cfg.pad_token_id, max_len=tc.max_len)
                     inp, tgt = ed.mask_tokens(x, m, specials, tok.special["[MASK]"], cfg.vocab_size,
                                               np.random.default_rng([tc.seed, run.it, 1]), tc.mask_prob)
@@ -386,11 +436,13 @@ def pretrain(tc: EncoderTrainConfig, log=print) -> dict:
                     loss = model.mlm(inp, m, tgt, train=True, seed=run.it)
                     model.backward()
                     run.step(loss, int(m.sum()))
-                epoch += 1
-                run.record({"type": "eval", "iter": run.it, "epoch": epoch,
+                    continue
+                run.record({"type": "eval", "iter": run.it, "epoch": run.epoch,
                             "seconds": time.perf_counter() - t_start})
-                run.save("latest", {"epoch": epoch})
-            run.save("best", {"epoch": epoch})
+                run.save("latest", {})
+            run.save("latest" if run.stopped else "best", {})
     finally:
         run.close()
+    run.stopped_note()
+    stopped = run.stopped
     return {"iter": run.it, "interrupted": stopped, "out": str(run.dir), "seconds": time.perf_counter() - t_start}

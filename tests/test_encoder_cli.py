@@ -3,6 +3,7 @@ predict end to end on tiny data; bad input answered by one clear line on
 stderr and a non-zero exit (acceptance 5)."""
 import json
 
+import numpy as np
 import pytest
 
 from conftest import invoke, one_line_error
@@ -107,3 +108,51 @@ def test_other_bad_input(trained, data, tmp_path):
                           "--init-from", pre, "--max-len", "64", *TINY), "--max-len 64 exceeds")
     one_line_error(invoke("encoder", "train", "--train", data / "train.jsonl", "--out", trained, *TINY),
                    "already holds a run")
+
+
+class _StopAfter:
+    """Stands in for the Ctrl-C flag: a stop is requested at the n-th check
+    (the loop checks once per batch)."""
+
+    def __init__(self, n):
+        self.n, self.checks = n, 0
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks >= self.n
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_interrupt_then_resume_is_bit_identical(data, tmp_path, monkeypatch, command):
+    """Ctrl-C mid-epoch saves latest; --resume continues with the batch and
+    the optimizer state it stopped at, ending on the uninterrupted run's weights."""
+    from safetensors.numpy import load_file
+
+    import mingpt_c.encoder_train as et
+
+    head = (["encoder", "train", "--train", data / "train.jsonl", "--val", data / "test.jsonl"]
+            if command == "train" else ["encoder", "pretrain", data / "train.jsonl"])
+    args = ["--epochs", "3", "--max-len", "16", "--dropout", "0.1", *TINY]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert invoke(*head, "--out", full, *args).exit_code == 0
+    monkeypatch.setattr(et, "_StopFlag", _StopAfter(14))   # 9 batches an epoch: stops in the second
+    res = invoke(*head, "--out", cut, *args)
+    assert res.exit_code == 0 and "--resume" in res.stderr
+    state = json.loads((cut / "latest" / "train_state.json").read_text())
+    assert (state["iter"], state["epoch"], state["batch"]) == (13, 1, 4)
+    monkeypatch.undo()
+    res = invoke(*head, "--out", cut, *args, "--resume")
+    assert res.exit_code == 0, res.stderr
+    a, b = load_file(str(full / "latest" / "model.safetensors")), load_file(str(cut / "latest" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    one_line_error(invoke(*head, "--out", tmp_path / "none", *args, "--resume"), "no checkpoint to resume")
