@@ -61,8 +61,11 @@ def info(ckpt):
     from mingpt_c import checkpoint
 
     path = checkpoint.resolve(ckpt)
-    if json.loads((path / "config.json").read_text()).get("model_type") == "vit":
+    kind = json.loads((path / "config.json").read_text()).get("model_type")
+    if kind == "vit":
         return _vit_info(path)
+    if kind == "bert":
+        return _encoder_info(path)
     loaded = checkpoint.load(path)
     cfg = loaded["cfg"]
     click.echo(f"checkpoint  {path}")
@@ -642,6 +645,28 @@ def _vit_train_options(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _encoder_info(path):
+    from mingpt_c import encoder_checkpoint
+
+    loaded = encoder_checkpoint.load(path)
+    cfg, tok = loaded["cfg"], loaded["tokenizer"]
+    click.echo(f"checkpoint  {path}")
+    click.echo(f"model       encoder ({'pre' if cfg.pre_ln else 'post'}-LN), {cfg.n_layer} layers, "
+               f"{cfg.n_head} heads, width {cfg.n_embd}, max length {cfg.block_size}, vocab {cfg.vocab_size}, "
+               f"{cfg.act}")
+    click.echo(f"parameters  {loaded['params'].size:,}")
+    heads = (["masked LM"] if cfg.mlm_head else []) + (
+        [f"classifier ({cfg.pooling} pooling), {cfg.num_labels} labels: "
+         f"{', '.join(map(str, (cfg.extra.get('labels') or [])[:10]))}"] if cfg.num_labels else [])
+    click.echo(f"heads       {'; '.join(heads) or 'none (the trunk only)'}")
+    click.echo(f"tokenizer   {tok.describe().get('kind', type(tok).__name__) if tok else 'none'}")
+    s = loaded["train_state"]
+    if s:
+        acc = s.get("val_accuracy")
+        click.echo(f"trained     {s.get('iter')} iterations"
+                   + (f", val accuracy {acc:.4f}" if acc is not None else ""))
 
 
 def _vit_info(path):

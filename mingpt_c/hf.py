@@ -96,6 +96,27 @@ def export_vit(ckpt, out) -> Path:
     (path / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
     return path
 
+# ------------------------------------------------------------------ BERT-style encoder
+
+
+def export_encoder(ckpt, out) -> Path:
+    """Our encoder checkpoint is already a BertForMaskedLM /
+    BertForSequenceClassification directory: written again without the
+    training state. The trunk loads as transformers' BertModel with the same
+    hidden states; a classifier head reads the [CLS] or mean-pooled state
+    directly, without BERT's pooler, so BertForSequenceClassification would
+    put a fresh pooler in front of it. A WordPiece vocabulary goes along as
+    vocab.txt; a BPE trained here stays in our tokenizer.json, which
+    transformers' tokenizers do not read."""
+    from . import encoder_checkpoint as ec
+
+    loaded = ec.load(ckpt)
+    cfg = loaded["cfg"]
+    if cfg.pre_ln:
+        raise CheckpointError(f"{loaded['path']}: pre-layernorm encoder blocks have no Hugging Face BERT "
+                              f"equivalent (BERT is post-layernorm)")
+    return ec.save(out, cfg, loaded["params"], loaded["tokenizer"])
+
 # ------------------------------------------------------------------ dispatch
 
 
@@ -121,7 +142,10 @@ def import_hf(hf_dir, out, tokenizer: str = "gpt2") -> Path:
 
 
 def export_hf(ckpt, out) -> Path:
-    """Our checkpoint (GPT or ViT) -> a Hugging Face directory."""
-    if _model_type(checkpoint.resolve(ckpt)) == "vit":
+    """Our checkpoint (GPT, ViT or encoder) -> a Hugging Face directory."""
+    kind = _model_type(checkpoint.resolve(ckpt))
+    if kind == "vit":
         return export_vit(ckpt, out)
+    if kind == "bert":
+        return export_encoder(ckpt, out)
     return export_gpt2(ckpt, out)

@@ -101,3 +101,35 @@ def test_import_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
     with pytest.raises(CheckpointError, match="missing field"):
         ec.import_bert(tmp_path, tmp_path / "out")
+
+
+def test_export_trained_classifier(tmp_path):
+    """`mingpt export` of a classifier run: no training state in the export,
+    and the trunk loads in transformers' BertModel with our hidden states;
+    `mingpt info` describes it."""
+    import json
+
+    from conftest import invoke
+
+    rows = [{"text": f"this film was {w} really", "label": lab}
+            for lab, ws in (("pos", "good great fine"), ("neg", "bad awful poor")) for w in ws.split()] * 3
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert invoke("encoder", "train", "--train", data, "--out", run, "--n-layer", "2", "--n-head", "2",
+                  "--n-embd", "16", "--vocab-size", "300", "--batch-size", "4", "--max-len", "16",
+                  "--epochs", "2", "--no-progress").exit_code == 0
+    res = invoke("info", run)
+    assert res.exit_code == 0 and "encoder (post-LN), 2 layers" in res.output and "neg, pos" in res.output
+    assert invoke("export", run, "--out", tmp_path / "hf").exit_code == 0
+    assert not (tmp_path / "hf" / "optimizer.safetensors").exists()
+    ours = ec.load(run)
+    model = Encoder(ours["cfg"], ours["params"])
+    x = np.random.default_rng(0).integers(5, 290, size=(2, 11)).astype(np.int32)
+    mask = np.ones_like(x)
+    mask[0, 7:] = 0
+    hf = transformers.BertModel.from_pretrained(str(tmp_path / "hf")).eval()
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(x, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long))
+    real = mask.astype(bool)
+    assert_close(model.hidden(x, mask)[real], out.last_hidden_state.numpy()[real], rtol=0, atol=1e-5)
