@@ -85,6 +85,31 @@ def info(ckpt):
 import time  # noqa: E402  (the tokenize group keeps its imports with it)
 
 
+def _check_out(out: Path, resume: bool) -> None:
+    """--resume needs a run in --out; a new run needs an --out without one."""
+    has_run = (out / "latest").exists()
+    if resume and not has_run:
+        raise click.ClickException(f"--resume: no checkpoint to resume in {out} (expected {out}/latest)")
+    if has_run and not resume:
+        raise click.ClickException(f"{out} already holds a run: pass --resume to continue it, "
+                                   f"or choose another --out")
+
+
+def _train_config(cls, resume: bool, opts: dict, given: set):
+    """A new run's config from the options; a resumed run's from its
+    run_config.json, with the options given on the command line on top."""
+    out = Path(opts["out"])
+    _check_out(out, resume)
+    if not resume:
+        return cls(**opts)
+    saved = out / "run_config.json"
+    if not saved.exists():
+        raise click.ClickException(f"--resume: {saved} is missing")
+    base = json.loads(saved.read_text())
+    base.update({k: opts[k] for k in given})
+    return cls(**{k: v for k, v in base.items() if k in cls.__dataclass_fields__})
+
+
 def _read_text_arg(text: str | None) -> str:
     if text is not None:
         return text
@@ -276,21 +301,8 @@ def train(ctx, files, preset, resume, no_progress, **opts):
         for k, v in PRESETS[preset].items():
             if k not in given:
                 opts[k] = v
-    out = Path(opts["out"])
-    if resume:
-        saved = out / "run_config.json"
-        if not saved.exists() or not (out / "latest").exists():
-            raise click.ClickException(f"--resume: no checkpoint to resume in {out} "
-                                       f"(expected {out}/latest and {out}/run_config.json)")
-        base = json.loads(saved.read_text())
-        base.update({k: opts[k] for k in given})
-        tc = TrainConfig(**{k: v for k, v in base.items() if k in TrainConfig.__dataclass_fields__})
-        tc.files = tuple(tc.files)
-    else:
-        if (out / "latest").exists():
-            raise click.ClickException(f"{out} already holds a run: pass --resume to continue it, "
-                                       f"or choose another --out")
-        tc = TrainConfig(files=tuple(files), **opts)
+    tc = _train_config(TrainConfig, resume, dict(opts, files=tuple(files)), given)
+    tc.files = tuple(tc.files)
     tc.progress = not no_progress
     if (tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1
             or tc.eval_iters < 1 or tc.log_interval < 1):
@@ -447,12 +459,7 @@ def _encoder_config(opts: dict, **more):
     for name in ("batch_size", "max_len"):
         if getattr(tc, name) < (3 if name == "max_len" else 1):
             raise click.ClickException(f"--{name.replace('_', '-')} {getattr(tc, name)} is too small")
-    has_run = (Path(tc.out) / "latest").exists()
-    if resume and not has_run:
-        raise click.ClickException(f"--resume: no checkpoint to resume in {tc.out}")
-    if has_run and not resume:
-        raise click.ClickException(f"{tc.out} already holds a run: pass --resume to continue it, "
-                                   f"or choose another --out")
+    _check_out(Path(tc.out), resume)
     return tc, resume
 
 
@@ -585,12 +592,12 @@ def export_cmd(ckpt, out):
 @click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
 def bench(config, rounds, steps, threads, sample_tokens, no_torch):
     """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py)."""
-    from mingpt_c.benchmark import CONFIGS, run
+    from mingpt_c.benchmark import parse_configs, run
 
-    names = [c.strip() for c in config.split(",") if c.strip()]
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise click.ClickException(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    try:
+        names = parse_configs(config)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     run(names, rounds, steps, threads, sample_tokens, not no_torch, echo=click.echo)
 
 # ------------------------------------------------------------------ vit
@@ -701,19 +708,7 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
         for k, v in PRESETS[preset].items():
             if k not in given:
                 opts[k] = v
-    out = Path(opts["out"])
-    if resume:
-        saved = out / "run_config.json"
-        if not saved.exists() or not (out / "latest").exists():
-            raise click.ClickException(f"--resume: no checkpoint to resume in {out}")
-        base = json.loads(saved.read_text())
-        base.update({k: opts[k] for k in given})
-        tc = ViTTrainConfig(**{k: v for k, v in base.items() if k in ViTTrainConfig.__dataclass_fields__})
-    else:
-        if (out / "latest").exists():
-            raise click.ClickException(f"{out} already holds a run: pass --resume to continue it, "
-                                       f"or choose another --out")
-        tc = ViTTrainConfig(**opts)
+    tc = _train_config(ViTTrainConfig, resume, opts, given)
     tc.progress = not no_progress
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True))
     if not res.get("interrupted"):

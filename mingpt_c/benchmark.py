@@ -154,6 +154,15 @@ def _have_torch() -> bool:
         return False
 
 
+def parse_configs(text: str) -> list[str]:
+    """"baby,small" -> ["baby", "small"]; "" -> [] (sampling only)."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    return names
+
+
 def run(configs: list[str], rounds: int, steps: int, threads: int, sample_tokens: int,
         torch_side: bool, echo=print) -> dict:
     torch_side = torch_side and _have_torch()
@@ -236,10 +245,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sample-tokens", type=int, default=256)
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args(argv)
-    configs = [c for c in a.config.split(",") if c]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        ap.error(f"unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    try:
+        configs = parse_configs(a.config)
+    except ValueError as e:
+        ap.error(str(e))
     run(configs, a.rounds, a.steps, a.threads, a.sample_tokens, not a.no_torch)
 
 

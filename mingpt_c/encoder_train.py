@@ -246,15 +246,35 @@ class _Run:
                   dict(state, iter=self.it, epoch=self.epoch, batch=self.k,
                        options=dataclasses.asdict(self.tc)))
 
-    def stopped_note(self) -> None:
+    def train(self, seqs: list, lengths: np.ndarray, loss_of, end_of_epoch, state=dict) -> None:
+        """The loop both tasks run: each batch padded, loss_of(x, mask, idx)
+        taken back through the model, one optimizer step; end_of_epoch()
+        after each epoch. Ctrl-C saves latest with state() and the position."""
+        model, pad = self.model, self.model.cfg.pad_token_id
+        try:
+            with _StopFlag() as stop:
+                for b in self.batches(lengths, stop):
+                    if b is None:
+                        end_of_epoch()
+                        continue
+                    x, m = ed.pad_batch([seqs[i] for i in b], pad, max_len=self.tc.max_len)
+                    model.zero_grad()
+                    loss = loss_of(x, m, b)
+                    model.backward()
+                    self.step(loss, int(m.sum()))
+                if self.stopped:
+                    self.save("latest", state())
+        finally:
+            if self.bar:
+                self.bar.close()
+            self.logf.close()
         if self.stopped:
             self.echo(f"interrupted at iteration {self.it}: checkpoint saved in {self.dir / 'latest'}; "
                       f"continue with the same command and --resume")
 
-    def close(self) -> None:
-        if self.bar:
-            self.bar.close()
-        self.logf.close()
+    def summary(self) -> dict:
+        return {"iter": self.it, "interrupted": self.stopped, "out": str(self.dir),
+                "seconds": time.perf_counter() - self.t0}
 
 
 def _iters(tc: EncoderTrainConfig, per_epoch: int) -> int:
@@ -302,39 +322,26 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) ->
     run = _Run(tc, model, tok, total, log, resume_state)
     best = float((resume_state[1].get("best_val_accuracy") if resume_state else None) or -1.0)
     result = {}
-    t_start = time.perf_counter()
-    try:
-        with _StopFlag() as stop:
-            for b in run.batches(lengths, stop):
-                if b is not None:
-                    x, m = ed.pad_batch([seqs[i] for i in b], cfg.pad_token_id, max_len=tc.max_len)
-                    model.zero_grad()
-                    _, loss = model.classify(x, m, y[b], train=True, seed=run.it)
-                    model.backward()
-                    run.step(loss, int(m.sum()))
-                    continue
-                rec = {"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - t_start}
-                if val:
-                    res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
-                    rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
-                    run.echo(f"epoch {run.epoch} (iter {run.it}): val accuracy {res['accuracy']:.4f}")
-                    result["val_accuracy"] = res["accuracy"]
-                    if res["accuracy"] > best:
-                        best = res["accuracy"]
-                        run.save("best", {"val_accuracy": best, "best_val_accuracy": best})
-                run.record(rec)
-                run.save("latest", {"val_accuracy": result.get("val_accuracy"),
-                                    "best_val_accuracy": best if val else None})
-            if run.stopped:
-                run.save("latest", {"best_val_accuracy": best if val else None})
-            elif not val:
-                run.save("best", {})
-    finally:
-        run.close()
-    run.stopped_note()
-    stopped = run.stopped
-    result.update(iter=run.it, interrupted=stopped, best_val_accuracy=best if val else None, out=str(run.dir),
-                  seconds=time.perf_counter() - t_start)
+
+    def end_of_epoch():
+        nonlocal best
+        rec = {"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - run.t0}
+        if val:
+            res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
+            rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
+            run.echo(f"epoch {run.epoch} (iter {run.it}): val accuracy {res['accuracy']:.4f}")
+            result["val_accuracy"] = res["accuracy"]
+            if res["accuracy"] > best:
+                best = res["accuracy"]
+                run.save("best", {"val_accuracy": best, "best_val_accuracy": best})
+        run.record(rec)
+        run.save("latest", {"val_accuracy": result.get("val_accuracy"), "best_val_accuracy": best if val else None})
+
+    run.train(seqs, lengths, lambda x, m, b: model.classify(x, m, y[b], train=True, seed=run.it)[1],
+              end_of_epoch, lambda: {"best_val_accuracy": best if val else None})
+    if not val and not run.stopped:
+        run.save("best", {})
+    result.update(run.summary(), best_val_accuracy=best if val else None)
     return result
 
 
@@ -424,25 +431,17 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
         f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
     specials = list(tok.special.values())
     run = _Run(tc, model, tok, total, log, resume_state)
-    t_start = time.perf_counter()
-    try:
-        with _StopFlag() as stop:
-            for b in run.batches(lengths, stop):
-                if b is not None:
-                    x, m = ed.pad_batch([seqs[i] for i in b], cfg.pad_token_id, max_len=tc.max_len)
-                    inp, tgt = ed.mask_tokens(x, m, specials, tok.special["[MASK]"], cfg.vocab_size,
-                                              np.random.default_rng([tc.seed, run.it, 1]), tc.mask_prob)
-                    model.zero_grad()
-                    loss = model.mlm(inp, m, tgt, train=True, seed=run.it)
-                    model.backward()
-                    run.step(loss, int(m.sum()))
-                    continue
-                run.record({"type": "eval", "iter": run.it, "epoch": run.epoch,
-                            "seconds": time.perf_counter() - t_start})
-                run.save("latest", {})
-            run.save("latest" if run.stopped else "best", {})
-    finally:
-        run.close()
-    run.stopped_note()
-    stopped = run.stopped
-    return {"iter": run.it, "interrupted": stopped, "out": str(run.dir), "seconds": time.perf_counter() - t_start}
+
+    def mlm_loss(x, m, b):
+        inp, tgt = ed.mask_tokens(x, m, specials, tok.special["[MASK]"], cfg.vocab_size,
+                                  np.random.default_rng([tc.seed, run.it, 1]), tc.mask_prob)
+        return model.mlm(inp, m, tgt, train=True, seed=run.it)
+
+    def end_of_epoch():
+        run.record({"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - run.t0})
+        run.save("latest", {})
+
+    run.train(seqs, lengths, mlm_loss, end_of_epoch)
+    if not run.stopped:
+        run.save("best", {})
+    return run.summary()
