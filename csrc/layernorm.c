@@ -11,6 +11,24 @@
 
 #include "common.h"
 
+/* Row sums run in LANES independent double accumulators (element c goes to
+ * lane c % LANES), then a fixed pairwise tree: a fixed order, so results do
+ * not depend on the thread count, and the lanes vectorise where one running
+ * sum would wait on each add's latency. */
+enum { LANES = 16 };
+
+static inline double lane_total(double* a) {
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) a[l] += a[l + w];
+    return a[0];
+}
+
+static inline double lane_total_f(const float* a) {
+    double d[LANES];
+    for (int l = 0; l < LANES; l++) d[l] = a[l];
+    return lane_total(d);
+}
+
 mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
                                const float* inp, const float* weight,
                                const float* bias, int N, int C, float eps) {
@@ -22,12 +40,16 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
     #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* x = inp + (size_t)i * C;
-        double s = 0.0;
-        for (int c = 0; c < C; c++) s += x[c];
-        double m = s / C;
-        double v = 0.0;
-        for (int c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
-        v /= C;
+        double acc[LANES] = {0}, vacc[LANES] = {0};
+        int c = 0;
+        for (; c + LANES <= C; c += LANES)
+            for (int l = 0; l < LANES; l++) acc[l] += x[c + l];
+        for (int l = 0; c < C; c++, l++) acc[l] += x[c];
+        double m = lane_total(acc) / C;
+        for (c = 0; c + LANES <= C; c += LANES)
+            for (int l = 0; l < LANES; l++) { double d = x[c + l] - m; vacc[l] += d * d; }
+        for (int l = 0; c < C; c++, l++) { double d = x[c] - m; vacc[l] += d * d; }
+        double v = lane_total(vacc) / C;
         float r = (float)(1.0 / sqrt(v + (double)eps));
         float mf = (float)m;
         float* o = out + (size_t)i * C;
@@ -54,16 +76,23 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             const float* x = inp + (size_t)i * C;
             const float* g = dout + (size_t)i * C;
             float m = mean[i], r = rstd[i];
-            double a = 0.0, bsum = 0.0;
-            for (int c = 0; c < C; c++) {
-                float xh = (x[c] - m) * r;
-                float dxh = g[c] * weight[c];
-                a += dxh;
-                bsum += (double)dxh * xh;
+            /* float lanes here: C / LANES terms each, then summed in double */
+            float a[LANES] = {0}, bsum[LANES] = {0};
+            int c = 0;
+            for (; c + LANES <= C; c += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    float xh = (x[c + l] - m) * r, dxh = g[c + l] * weight[c + l];
+                    a[l] += dxh;
+                    bsum[l] += dxh * xh;
+                }
+            for (int l = 0; c < C; c++, l++) {
+                float xh = (x[c] - m) * r, dxh = g[c] * weight[c];
+                a[l] += dxh;
+                bsum[l] += dxh * xh;
             }
-            float ma = (float)(a / C), mb = (float)(bsum / C);
+            float ma = (float)(lane_total_f(a) / C), mb = (float)(lane_total_f(bsum) / C);
             float* dx = dinp + (size_t)i * C;
-            for (int c = 0; c < C; c++) {
+            for (c = 0; c < C; c++) {
                 float xh = (x[c] - m) * r;
                 float dxh = g[c] * weight[c];
                 dx[c] += r * (dxh - ma - xh * mb);

@@ -222,7 +222,7 @@ enum { STORE_SET = 0, STORE_ADD = 1 };
 
 // acc (12,32) = a (kc,12 packed) @ b (kc,32 packed), then stored per mode
 // into c (12,32) with row stride ldc. bias (32) or NULL (STORE_SET only).
-static void kernel(int kc, const float* restrict a, const float* restrict b,
+static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
                    float* restrict c, size_t ldc, int mode,
                    const float* restrict bias) {
     __m512 acc[MR][2];
@@ -239,7 +239,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
             acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
         }
-        a += MR;
+        a += as;
         b += NR;
     }
     __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
@@ -267,7 +267,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
 
 // acc (6,16) = a (kc,6 packed) @ b (kc,16 packed), then stored per mode into
 // c (6,16) with row stride ldc. bias (16) or NULL, used only by STORE_SET.
-static void kernel(int kc, const float* restrict a, const float* restrict b,
+static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -294,7 +294,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
         c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
         av = _mm256_broadcast_ss(a + 5);
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += MR;
+        a += as;
         b += NR;
     }
     __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
@@ -323,7 +323,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
 
 #else  // portable: plain C, the same packed layout and the same store rule
 
-static void kernel(int kc, const float* restrict a, const float* restrict b,
+static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     float acc[MR][NR];
@@ -334,7 +334,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
             float ar = a[r];
             for (int j = 0; j < NR; j++) acc[r][j] += ar * b[j];
         }
-        a += MR;
+        a += as;
         b += NR;
     }
     for (int r = 0; r < MR; r++) {
@@ -349,14 +349,14 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
 
 // A possibly partial tile: mr <= MR rows, nr <= NR columns. Partial tiles go
 // through a stack tile so the kernel never touches C outside the matrix.
-static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
+static inline void tile(int kc, const float* a, size_t as, const float* b, float* c, size_t ldc,
                         int mr, int nr, int mode, const float* bias) {
     if (mr == MR && nr == NR) {
-        kernel(kc, a, b, c, ldc, mode, bias);
+        kernel(kc, a, as, b, c, ldc, mode, bias);
         return;
     }
     float t[MR * NR] __attribute__((aligned(64)));
-    kernel(kc, a, b, t, NR, STORE_SET, NULL);
+    kernel(kc, a, as, b, t, NR, STORE_SET, NULL);
     for (int r = 0; r < mr; r++) {
         float* cr = c + (size_t)r * ldc;
         const float* tr = t + r * NR;
@@ -437,16 +437,23 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
                     int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
                     const float* bias_p = (mode == STORE_SET) ? bias : NULL;
                     const float* bblk = bpack + (size_t)pc * npan * NR;
-                    pack_a(apack, A, lda, transA, ic, pc, mc, kc);
+                    // A' panels: packed, or (transposed A) full MR-row
+                    // panels read in place and only a partial one packed.
+                    int mfull = transA ? mc / MR * MR : 0;
+                    if (mfull < mc)
+                        pack_a(apack, A, lda, transA, ic + mfull, pc, mc - mfull, kc);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;
                         int nr = MG_MIN(NR, nc - j);
                         const float* bp = bblk + (size_t)q * kc * NR;
                         const float* bq = bias_p ? bias_p + jc + j : NULL;
-                        for (int i = 0; i < mc; i += MR)
-                            tile(kc, apack + (size_t)i * kc, bp,
+                        for (int i = 0; i < mc; i += MR) {
+                            const float* ap = i < mfull ? A + (size_t)pc * lda + (size_t)(ic + i)
+                                                        : apack + (size_t)(i - mfull) * kc;
+                            tile(kc, ap, i < mfull ? lda : (size_t)MR, bp,
                                  Cm + (size_t)(ic + i) * ldc + (size_t)(jc + j), ldc,
                                  MG_MIN(MR, mc - i), nr, mode, bq);
+                        }
                     }
                 }
             }

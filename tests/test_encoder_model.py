@@ -140,3 +140,25 @@ def test_loss_falls_and_is_deterministic():
     a, b = run_steps(1), run_steps(1)
     assert a == b
     assert a[-1] < 0.5 * a[0]
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_shared_gelu_buffer_gives_the_same_gradients(rng, monkeypatch, pre_ln):
+    """Large stacks share one GELU buffer and recompute it in the backward;
+    small ones keep one per layer: the gradients are the same bits."""
+    from mingpt_c.model import block
+    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
+                        pre_ln=pre_ln)
+    x, mask = batch(rng, cfg)
+    y = np.full_like(x, IGNORE)
+    y[:, 1] = 7
+    grads = []
+    for keep_bytes in (block.GELU_KEEP_BYTES, 0):
+        monkeypatch.setattr(block, "GELU_KEEP_BYTES", keep_bytes)
+        model = Encoder(cfg, seed=3)
+        model.mlm(x, mask, y, train=True, seed=5)
+        assert model._acts.blocks[0].gelu_shared == (keep_bytes == 0)
+        model.zero_grad()
+        model.backward()
+        grads.append(model.grads.copy())
+    assert np.array_equal(grads[0], grads[1])

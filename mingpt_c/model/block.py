@@ -30,12 +30,13 @@ ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
 
 class BlockActs:
     """Saved activations of one block for one (B, T). fch_gelu, the MLP's
-    widest activation, is not kept: one buffer serves every layer, and the
-    backward recomputes it from fch (one elementwise pass, and a whole
+    widest activation, can be one buffer shared by every layer (`shared`): the
+    backward then recomputes it from fch (one elementwise pass, and a whole
     (B, T, 4C) buffer less per layer)."""
 
     def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True,
                  fch_gelu: np.ndarray | None = None):
+        self.gelu_shared = fch_gelu is not None
         e = lambda *s: np.empty(s, F32)
         self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
         self.qkv = e(B, T, 3 * C)
@@ -56,9 +57,18 @@ class BlockActs:
             self.attproj_d, self.fcproj_d = e(B, T, C), e(B, T, C)
 
 
+# Above this many bytes of GELU outputs for the whole stack, the layers share
+# one buffer and the backward recomputes it; below, each layer keeps its own
+# and the backward skips that pass (small models, where it is a large share
+# of the step and the memory is nothing).
+GELU_KEEP_BYTES = 32 << 20
+
+
 def block_acts(n_layer: int, B: int, T: int, C: int, NH: int, dropout: float,
                pre_ln: bool = True) -> list[BlockActs]:
-    """Activations for a stack of n_layer blocks, sharing one GELU buffer."""
+    """Activations for a stack of n_layer blocks (see GELU_KEEP_BYTES)."""
+    if n_layer * B * T * 4 * C * 4 <= GELU_KEEP_BYTES:
+        return [BlockActs(B, T, C, NH, dropout, pre_ln) for _ in range(n_layer)]
     shared = np.empty((B, T, 4 * C), F32)
     return [BlockActs(B, T, C, NH, dropout, pre_ln, shared) for _ in range(n_layer)]
 
@@ -136,7 +146,8 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     if dropout > 0:
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch)
-    ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
+    if a.gelu_shared:   # the shared buffer holds another layer's
+        ACTS[act][0](a.fch, a.fch_gelu)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
     s.dfch.fill(0)
@@ -173,7 +184,8 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     if dropout > 0:
         s.dbranch.fill(0)
         dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch)
-    ACTS[act][0](a.fch, a.fch_gelu)   # the shared buffer holds another layer's
+    if a.gelu_shared:   # the shared buffer holds another layer's
+        ACTS[act][0](a.fch, a.fch_gelu)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
     s.dfch.fill(0)
