@@ -474,7 +474,8 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
 
 mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                                 const float* qkv, const float* att,
-                                int B, int T, int C, int NH, int causal) {
+                                int B, int T, int C, int NH, int causal,
+                                int accumulate) {
     MG_CHECK_PTR(dqkv); MG_CHECK_PTR(scratch); MG_CHECK_PTR(dout);
     MG_CHECK_PTR(qkv); MG_CHECK_PTR(att);
     MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(NH);
@@ -496,6 +497,10 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
         float* dq = dqkv + off;
         float* dk = dq + C;
         float* dv = dq + 2 * (size_t)C;
+        if (!accumulate)   /* this head's slices only: in cache, in parallel */
+            for (int t = 0; t < T; t++)
+                for (int part = 0; part < 3; part++)
+                    memset(dq + (size_t)t * C3 + (size_t)part * C, 0, (size_t)hs * sizeof(float));
         const float* g = dout + (size_t)b * T * C + (size_t)h * hs;  /* (T,hs), ld C */
         size_t ldq = C3, ldg = (size_t)C;
         const float* vp = NULL;                                       /* v in panels */

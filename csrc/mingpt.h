@@ -10,7 +10,9 @@
  *   - buffers are contiguous, row-major float32 (int32 for token ids);
  *   - forward: outputs, saved-for-backward, inputs, weights, sizes, flags;
  *   - backward: gradient outputs, scratch, upstream gradient, saved tensors,
- *     sizes, flags; backward ADDS into every gradient output (caller zeroes);
+ *     sizes, flags; backward ADDS into every gradient output (caller zeroes),
+ *     except where an `accumulate` flag of 0 asks it to overwrite instead
+ *     (the elementwise and attention backwards: no separate zeroing pass);
  *   - kernels never allocate; parallel loops write disjoint outputs, so a
  *     given thread count fixes every bit of every result.
  * Size letters: B batch, T time, C channels, NH heads, hs = C/NH, V vocab,
@@ -97,10 +99,12 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
 mg_status mg_attention_forward(float* out, float* att, const float* qkv,
                                const int32_t* key_mask,
                                int B, int T, int C, int NH, int causal);
-/* dqkv (B,T,3C) += gradient; scratch (B,NH,T,T) is overwritten. */
+/* dqkv (B,T,3C) += gradient (accumulate != 0) or = gradient (accumulate 0);
+ * scratch (B,NH,T,T) is overwritten. */
 mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                                 const float* qkv, const float* att,
-                                int B, int T, int C, int NH, int causal);
+                                int B, int T, int C, int NH, int causal,
+                                int accumulate);
 /* One decoding step with a KV cache: qkv (B,Tn,3C) holds Tn new positions
  * starting at position pos; their k and v are written into kcache, vcache
  * (B,NH,maxT,hs) at pos..pos+Tn-1, then out (B,Tn,C) is causal attention of
@@ -114,12 +118,12 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
  * out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). out may equal inp. */
 mg_status mg_gelu_forward(float* out, const float* inp, size_t N);
 mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout,
-                           size_t N);
+                           size_t N, int accumulate);
 /* GELU, exact (BERT, ViT: Hugging Face "gelu"):
  * out = 0.5 x (1 + erf(x / sqrt(2))). out may equal inp. */
 mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N);
 mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
-                               size_t N);
+                               size_t N, int accumulate);
 
 /* ---------------------------------------------------------------- residual */
 /* out = inp1 + inp2; backward: dinp1 += dout, dinp2 += dout. */
@@ -135,7 +139,8 @@ mg_status mg_residual_backward(float* dinp1, float* dinp2, const float* dout,
 mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
                              size_t N, float p, uint64_t seed);
 mg_status mg_dropout_backward(float* dinp, const float* dout,
-                              const uint8_t* mask, size_t N, float p);
+                              const uint8_t* mask, size_t N, float p,
+                              int accumulate);
 
 /* ---------------------------------------------------------------- loss */
 /* Softmax cross-entropy per row: losses (N) = -log softmax(logits)[target];

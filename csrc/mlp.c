@@ -74,7 +74,8 @@ mg_status mg_gelu_forward(float* out, const float* inp, size_t N) {
     return MG_OK;
 }
 
-mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, size_t N,
+                           int accumulate) {
     MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
     size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
     #pragma omp parallel for schedule(static) if (nblk > 1)
@@ -92,15 +93,15 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, siz
                                                        _mm256_mul_ps(x, x), one));
             __m256 ds = _mm256_mul_ps(_mm256_mul_ps(s, _mm256_sub_ps(one, s)), du2);
             __m256 g = _mm256_fmadd_ps(x, ds, s);
-            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g,
-                                                       _mm256_loadu_ps(dinp + i)));
+            __m256 d0 = accumulate ? _mm256_loadu_ps(dinp + i) : _mm256_setzero_ps();
+            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g, d0));
         }
 #endif
         for (; i < end; i++) {
             float x = inp[i];
             float s = sigmoid2u_scalar(GELU_K * x * (1.0f + GELU_C * x * x));
             float du2 = 2.0f * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-            dinp[i] += dout[i] * (s + x * s * (1.0f - s) * du2);
+            dinp[i] = (accumulate ? dinp[i] : 0.0f) + dout[i] * (s + x * s * (1.0f - s) * du2);
         }
     }
     return MG_OK;
@@ -169,7 +170,8 @@ mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N) {
     return MG_OK;
 }
 
-mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout, size_t N) {
+mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout, size_t N,
+                               int accumulate) {
     MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
     size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
     #pragma omp parallel for schedule(static) if (nblk > 1)
@@ -181,14 +183,14 @@ mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
             __m256 x = _mm256_loadu_ps(inp + i), e;
             __m256 cdf = phi_vec(x, &e);
             __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
-            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g,
-                                                       _mm256_loadu_ps(dinp + i)));
+            __m256 d0 = accumulate ? _mm256_loadu_ps(dinp + i) : _mm256_setzero_ps();
+            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g, d0));
         }
 #endif
         for (; i < end; i++) {
             float x = inp[i], e;
             float cdf = phi_scalar(x, &e);
-            dinp[i] += dout[i] * (cdf + x * INV_SQRT_2PI * e);
+            dinp[i] = (accumulate ? dinp[i] : 0.0f) + dout[i] * (cdf + x * INV_SQRT_2PI * e);
         }
     }
     return MG_OK;
@@ -222,11 +224,12 @@ mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
 }
 
 mg_status mg_dropout_backward(float* dinp, const float* dout, const uint8_t* mask,
-                              size_t N, float p) {
+                              size_t N, float p, int accumulate) {
     MG_CHECK_PTR(dinp); MG_CHECK_PTR(dout); MG_CHECK_PTR(mask);
     MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
     float scale = 1.0f / (1.0f - p);
     #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
-    for (size_t i = 0; i < N; i++) dinp[i] += mask[i] ? dout[i] * scale : 0.0f;
+    for (size_t i = 0; i < N; i++)
+        dinp[i] = (accumulate ? dinp[i] : 0.0f) + (mask[i] ? dout[i] * scale : 0.0f);
     return MG_OK;
 }

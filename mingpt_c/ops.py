@@ -210,14 +210,17 @@ def attention_forward(qkv, n_head, causal=True, key_mask=None, out=None, att=Non
     return out, att
 
 
-def attention_backward(dout, qkv, att, n_head, causal=True, dqkv=None, scratch=None):
+def attention_backward(dout, qkv, att, n_head, causal=True, dqkv=None, scratch=None,
+                       accumulate=True):
+    """dqkv += the gradient (accumulate) or = it; a fresh dqkv is written."""
     _f32("qkv", qkv)
     B, T, C = _attn_sizes(qkv, n_head)
     _f32("dout", dout, (B, T, C)), _f32("att", att, (B, n_head, T, T))
-    dqkv = _out("dqkv", dqkv, qkv.shape, zero=True)
+    accumulate = accumulate and dqkv is not None
+    dqkv = _out("dqkv", dqkv, qkv.shape)
     scratch = _out("scratch", scratch, (B, n_head, T, T))
     check(lib.mg_attention_backward(_p(dqkv), _p(scratch), _p(dout), _p(qkv), _p(att),
-                                    B, T, C, n_head, int(bool(causal))))
+                                    B, T, C, n_head, int(bool(causal)), int(accumulate)))
     return dqkv
 
 
@@ -250,10 +253,12 @@ def _unary_forward(fn, x, out):
     return out
 
 
-def _unary_backward(fn, dout, x, dx):
+def _unary_backward(fn, dout, x, dx, accumulate):
+    """dx += the gradient (accumulate) or = it; a fresh dx is written."""
     _f32("inp", x), _f32("dout", dout, x.shape)
-    dx = _out("dinp", dx, x.shape, zero=True)
-    check(fn(_p(dx), _p(x), _p(dout), x.size))
+    accumulate = accumulate and dx is not None
+    dx = _out("dinp", dx, x.shape)
+    check(fn(_p(dx), _p(x), _p(dout), x.size, int(accumulate)))
     return dx
 
 
@@ -262,8 +267,8 @@ def gelu_forward(x, out=None):
     return _unary_forward(lib.mg_gelu_forward, x, out)
 
 
-def gelu_backward(dout, x, dx=None):
-    return _unary_backward(lib.mg_gelu_backward, dout, x, dx)
+def gelu_backward(dout, x, dx=None, accumulate=True):
+    return _unary_backward(lib.mg_gelu_backward, dout, x, dx, accumulate)
 
 
 def gelu_erf_forward(x, out=None):
@@ -271,8 +276,8 @@ def gelu_erf_forward(x, out=None):
     return _unary_forward(lib.mg_gelu_erf_forward, x, out)
 
 
-def gelu_erf_backward(dout, x, dx=None):
-    return _unary_backward(lib.mg_gelu_erf_backward, dout, x, dx)
+def gelu_erf_backward(dout, x, dx=None, accumulate=True):
+    return _unary_backward(lib.mg_gelu_erf_backward, dout, x, dx, accumulate)
 
 
 def residual_forward(a, b, out=None):
@@ -301,10 +306,13 @@ def dropout_forward(x, p, seed, out=None, mask=None):
     return out, mask
 
 
-def dropout_backward(dout, mask, p, dx=None):
+def dropout_backward(dout, mask, p, dx=None, accumulate=True):
+    """dx += the gradient (accumulate) or = it; a fresh dx is written."""
     _f32("dout", dout), _arr("mask", mask, np.uint8, dout.shape)
-    dx = _out("dinp", dx, dout.shape, zero=True)
-    check(lib.mg_dropout_backward(_p(dx), _p(dout), _p(mask, "uint8_t*"), dout.size, float(p)))
+    accumulate = accumulate and dx is not None
+    dx = _out("dinp", dx, dout.shape)
+    check(lib.mg_dropout_backward(_p(dx), _p(dout), _p(mask, "uint8_t*"), dout.size, float(p),
+                                  int(accumulate)))
     return dx
 
 # ---------------------------------------------------------------- loss

@@ -56,6 +56,19 @@ def test_forward_backward(rng, B, T, NH, hs, causal, masked):
 
 
 @pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,T,NH,hs", [(2, 7, 2, 3), (3, 17, 4, 16), (1, 520, 1, 256)])
+def test_backward_overwrites(rng, B, T, NH, hs, causal):
+    """accumulate=False writes dqkv over whatever it held (NaN here): the same
+    bits as adding into zeros, on the packed and the strided paths."""
+    qkv, dout = make(rng, B, T, NH, hs, scale=0.3)
+    _, att = ops.attention_forward(qkv, NH, causal=causal)
+    want = ops.attention_backward(dout, qkv, att, NH, causal, np.zeros_like(qkv))
+    got = ops.attention_backward(dout, qkv, att, NH, causal, np.full_like(qkv, np.nan),
+                                 accumulate=False)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("causal", [True, False])
 def test_large_head_strided_path(rng, causal):
     """T*hs too large for the per-thread copy areas: the strided fallback."""
     B, T, NH, hs = 1, 520, 1, 256
@@ -182,7 +195,7 @@ def test_heads_must_divide_channels(rng):
     assert rc == lib.MG_ERR_SHAPE and "C=10" in _err() and "NH=3" in _err()
     rc = lib.mg_attention_backward(ffi.from_buffer("float*", qkv), ffi.from_buffer("float*", att),
                                    ffi.from_buffer("float*", out), ffi.from_buffer("float*", qkv),
-                                   ffi.from_buffer("float*", att), 2, 5, 10, 3, 1)
+                                   ffi.from_buffer("float*", att), 2, 5, 10, 3, 1, 1)
     assert rc == lib.MG_ERR_SHAPE and "NH=3" in _err()
 
 

@@ -113,6 +113,25 @@ def test_dropout(rng):
     dx = ops.dropout_backward(dout, mask, p, d0.copy())
     assert_close(dx, d0 + np.where(keep, dout / (1 - p), 0.0), rtol=1e-6)
 
+
+
+@pytest.mark.parametrize("which", ["gelu", "gelu_erf", "dropout"])
+@pytest.mark.parametrize("n", [1, 13, 70_000])
+def test_elementwise_backward_overwrites(rng, which, n):
+    """accumulate=False writes the gradient over whatever the buffer held
+    (NaN here): the same bits as adding it into zeros."""
+    x, dout = f32(rng.normal(size=n) * 3, rng.normal(size=n))
+    if which == "dropout":
+        _, mask = ops.dropout_forward(x, 0.3, seed=1)
+        bwd = lambda dx, acc: ops.dropout_backward(dout, mask, 0.3, dx, accumulate=acc)
+    else:
+        fn = ops.gelu_backward if which == "gelu" else ops.gelu_erf_backward
+        bwd = lambda dx, acc: fn(dout, x, dx, accumulate=acc)
+    want = bwd(np.zeros(n, np.float32), True)
+    got = bwd(np.full(n, np.nan, np.float32), False)
+    assert np.array_equal(got, want)
+    assert np.array_equal(bwd(None, True), want)  # a fresh buffer is written, not added to
+
 # ---------------------------------------------------------------- loss
 
 

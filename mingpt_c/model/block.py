@@ -144,14 +144,12 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     np.copyto(s.dres1, dout)
     dfcproj = dout
     if dropout > 0:
-        s.dbranch.fill(0)
-        dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch)
+        dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch, accumulate=False)
     if a.gelu_shared:   # the shared buffer holds another layer's
         ACTS[act][0](a.fch, a.fch_gelu)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
-    s.dfch.fill(0)
-    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
+    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch, accumulate=False)
     ops.matmul_backward(s.dfch, a.ln2, p["mlp.c_fc.weight"], s.dln,
                         g["mlp.c_fc.weight"], g["mlp.c_fc.bias"], overwrite_dx=True)
     ops.layernorm_backward(s.dln, a.res1, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
@@ -160,12 +158,10 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     np.copyto(dx, s.dres1)
     dattproj = s.dres1
     if dropout > 0:
-        s.dbranch.fill(0)
-        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
+        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch, accumulate=False)
     ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
                         g["attn.c_proj.weight"], g["attn.c_proj.bias"], overwrite_dx=True)
-    s.dqkv.fill(0)
-    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
+    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
     ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
                         g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
     ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
@@ -182,14 +178,12 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     np.copyto(s.dln, s.dres1)
     dfcproj = s.dres1
     if dropout > 0:
-        s.dbranch.fill(0)
-        dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch)
+        dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch, accumulate=False)
     if a.gelu_shared:   # the shared buffer holds another layer's
         ACTS[act][0](a.fch, a.fch_gelu)
     ops.matmul_backward(dfcproj, a.fch_gelu, p["mlp.c_proj.weight"], s.dfch_gelu,
                         g["mlp.c_proj.weight"], g["mlp.c_proj.bias"], overwrite_dx=True)
-    s.dfch.fill(0)
-    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch)
+    ACTS[act][1](s.dfch_gelu, a.fch, s.dfch, accumulate=False)
     ops.matmul_backward(s.dfch, a.ln1, p["mlp.c_fc.weight"], s.dln,
                         g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
     # x1 = ln_1(res1)
@@ -200,12 +194,10 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     np.copyto(dx, s.dres1)
     dattproj = s.dres1
     if dropout > 0:
-        s.dbranch.fill(0)
-        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch)
+        dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch, accumulate=False)
     ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
                         g["attn.c_proj.weight"], g["attn.c_proj.bias"], overwrite_dx=True)
-    s.dqkv.fill(0)
-    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch)
+    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
     ops.matmul_backward(s.dqkv, x, p["attn.c_attn.weight"], dx,
                         g["attn.c_attn.weight"], g["attn.c_attn.bias"])
     return dx

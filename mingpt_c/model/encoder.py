@@ -265,7 +265,7 @@ class Encoder:
             dx, dnext = dnext, dx
         dx0 = dx
         if drop > 0:
-            dx0 = ops.dropout_backward(dx, a.x0_mask, drop, np.zeros_like(dx))
+            dx0 = ops.dropout_backward(dx, a.x0_mask, drop)
         e = PREFIX + "embeddings."
         demb = dnext  # free scratch now
         demb.fill(0)

@@ -128,7 +128,7 @@ class GPT:
             dx, dnext = dnext, dx
         demb = dx
         if drop > 0:
-            demb = ops.dropout_backward(dx, a.emb_mask, drop, np.zeros_like(dx))
+            demb = ops.dropout_backward(dx, a.emb_mask, drop)
         ops.embedding_backward(demb, tokens, cfg.vocab_size, cfg.block_size,
                                self.g["transformer.wte.weight"], self.g["transformer.wpe.weight"])
         self._last = None

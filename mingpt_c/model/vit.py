@@ -365,7 +365,7 @@ class ViT:
             dx, dnext = dnext, dx
         demb = dx                                                                       # (B, T, C)
         if drop > 0:
-            demb = ops.dropout_backward(dx, a.emb_mask, drop, np.zeros_like(dx))
+            demb = ops.dropout_backward(dx, a.emb_mask, drop)
         self.g["vit.embeddings.cls_token"][0, 0] += demb[:, 0].sum(0)
         self.g["vit.embeddings.position_embeddings"][0] += demb.sum(0)
         np.copyto(a.dpe, demb[:, 1:])
