@@ -19,11 +19,13 @@ from .model.vit import ViT
 
 
 def rollout(attentions: list[np.ndarray]) -> np.ndarray:
-    """attentions: per layer (B, NH, T, T) -> rollout (B, T, T), float64."""
+    """attentions: per layer (B, NH, T, T) -> rollout (B, T, T), float64.
+    The last layer may give its first rows only (B, NH, Tq, T), as the ViT
+    gives the class token's: the rollout is then those rows (B, Tq, T)."""
     R = None
     for att in attentions:
-        A = att.astype(np.float64).mean(1)                # (B, T, T)
-        A = A + np.eye(A.shape[-1])[None]
+        A = att.astype(np.float64).mean(1)                # (B, Tq, T)
+        A = A + np.eye(A.shape[-1])[:A.shape[-2]][None]
         A /= A.sum(-1, keepdims=True)
         R = A if R is None else A @ R
     return R

@@ -32,6 +32,8 @@ def test_rollout_algebra(rng):
     R = rollout([a, b])[0]
     assert np.allclose(R, Bm @ A)
     assert np.allclose(R.sum(-1), 1.0)
+    # the last layer's first row alone gives the first row of the rollout
+    assert np.allclose(rollout([a, b[:, :, :1]])[0], R[:1])
 
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vit_mnist"

@@ -152,3 +152,21 @@ def test_bad_shapes():
         model.forward(np.zeros((1, 1, 12, 12), np.float32))
     with pytest.raises(ShapeError, match="12x12"):
         model.forward(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_last_block_runs_the_class_row_only(rng):
+    """The last block's projection and MLP run on the class token alone: its
+    output equals the class row of a full T-row block on the same input."""
+    from mingpt_c.model.block import block_acts, block_forward
+    from mingpt_c.model.vit import layer_prefix
+    model = randomised(ViTConfig(**CFG), seed=2)
+    x = f32(rng.normal(size=(3, 3, 12, 12)))
+    model.forward(x)
+    a = model._acts
+    assert a.last.rest.out.shape == (3, 1, 32)
+    T, L = model.cfg.seq_len, model.cfg.n_layer
+    full = block_acts(1, 3, T, 32, 4, 0.0)[0]
+    h = block_forward(full, a.blocks[-1].out, model._layer_p[L - 1], 4, model.cfg.layer_norm_eps, False,
+                      None, 0.0, 0, model.cfg.act)
+    assert_close(a.last.rest.out[:, 0], h[:, 0], rtol=1e-5, atol=1e-6)
+    assert [att.shape for att in model.attentions()] == [(3, 4, T, T)] * L

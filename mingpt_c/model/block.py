@@ -97,6 +97,14 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
     ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
+    return after_attention_forward(a, x, p, eps, dropout, seed, act)
+
+
+def after_attention_forward(a: BlockActs, x: np.ndarray, p: dict, eps: float, dropout: float,
+                            seed: int, act: str) -> np.ndarray:
+    """The pre-LN block from the attention output a.atty on: its projection,
+    the first residual (onto x), and the MLP half. Rows are independent here,
+    so a caller may run it on a subset of the tokens (ViT's last block)."""
     ops.matmul_forward(a.atty, p["attn.c_proj.weight"], p["attn.c_proj.bias"], a.attproj)
     branch = a.attproj
     if dropout > 0:
@@ -140,6 +148,20 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     gradients are added into the views in g."""
     if not pre_ln:
         return _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act)
+    after_attention_backward(dx, dout, a, p, g, s, dropout, act)
+    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
+    ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
+                        g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
+    ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
+                           dx, g["ln_1.weight"], g["ln_1.bias"])
+    return dx
+
+
+def after_attention_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, p: dict, g: dict,
+                             s: BlockGrads, dropout: float, act: str) -> None:
+    """Backward of after_attention_forward: dx = the gradient through the
+    first residual (written), s.datty = d(attention output) (written); the
+    parameter gradients are added into g."""
     # out = res1 + drop(fcproj)
     np.copyto(s.dres1, dout)
     dfcproj = dout
@@ -161,12 +183,6 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
         dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch, accumulate=False)
     ops.matmul_backward(dattproj, a.atty, p["attn.c_proj.weight"], s.datty,
                         g["attn.c_proj.weight"], g["attn.c_proj.bias"], overwrite_dx=True)
-    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
-    ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
-                        g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
-    ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
-                           dx, g["ln_1.weight"], g["ln_1.bias"])
-    return dx
 
 
 def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):

@@ -16,6 +16,11 @@ Two facts let the flat buffer serve the C kernels without any copy:
   - query, key, value weights (then their biases) are laid out back to back,
     so together they are the block's packed c_attn weight (3C, C) and bias (3C).
 The final layernorm only runs on the class token: the head reads nothing else.
+For the same reason the last block computes only what reaches the class
+token: layernorm, qkv and attention for every token (all are keys and values
+of the class token's attention), then the projection and the MLP on the class
+row alone. The logits are those of the full block; in a 4-layer ViT about a
+sixth of a training step is saved (see _LastBlock).
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError
-from .block import ACTS, BlockGrads, block_acts, block_backward, block_forward
+from .block import (ACTS, BlockActs, BlockGrads, after_attention_backward, after_attention_forward,
+                    block_acts, block_backward, block_forward)
 from .gpt import _mix
 from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from .config import ConfigBase
@@ -251,6 +257,27 @@ def check_images(cfg: ViTConfig, images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- model
 
 
+class _LastBlock:
+    """Buffers of the last block, whose output the head reads only at the
+    class token. ln_1, qkv and the attention run on all T rows (every token is
+    a key and a value of the class token's query; the attention kernel is a
+    small share of the block); `rest`, a block of one row per image, holds
+    everything from the class token's attention output on, and `grads` its
+    backward scratch."""
+
+    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, with_grads: bool):
+        e = lambda *s: np.empty(s, F32)
+        self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
+        self.qkv = e(B, T, 3 * C)
+        self.atty = e(B, T, C)
+        self.att = e(B, NH, T, T)
+        self.x_cls = e(B, 1, C)         # the class token's input: the first residual's
+        self.rest = BlockActs(B, 1, C, NH, dropout)
+        self.grads = BlockGrads(B, 1, C, NH) if with_grads else None
+        self.dx_cls = e(B, 1, C) if with_grads else None
+        self.datty = np.zeros((B, T, C), F32) if with_grads else None  # rows > 0 stay 0
+
+
 class _Acts:
     def __init__(self, cfg: ViTConfig, B: int, with_grads: bool):
         C, T, K = cfg.n_embd, cfg.seq_len, cfg.num_classes
@@ -260,7 +287,8 @@ class _Acts:
         self.emb = np.empty((B, T, C), F32)
         self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
         self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout)
+        self.blocks = block_acts(cfg.n_layer - 1, B, T, C, cfg.n_head, cfg.dropout)  # all but the last
+        self.last = _LastBlock(B, T, C, cfg.n_head, cfg.dropout, with_grads)
         self.cls = np.empty((B, C), F32)
         self.lnf, self.lnf_mean, self.lnf_rstd = np.empty((B, C), F32), np.empty(B, F32), np.empty(B, F32)
         self.logits = np.empty((B, K), F32)
@@ -320,7 +348,9 @@ class ViT:
         for i, ba in enumerate(a.blocks):
             x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, False, None,
                               drop, _mix(seed, 2 * i + 1), cfg.act)
-        np.copyto(a.cls, x[:, 0])
+        L = cfg.n_layer - 1
+        out = self._last_forward(a.last, x, self._layer_p[L], drop, _mix(seed, 2 * L + 1))  # (B, 1, C)
+        np.copyto(a.cls, out[:, 0])
         ops.layernorm_forward(a.cls, self.p["vit.layernorm.weight"], self.p["vit.layernorm.bias"],
                               cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
         ops.matmul_forward(a.lnf, self.p["classifier.weight"], self.p["classifier.bias"], a.logits)
@@ -336,7 +366,36 @@ class ViT:
 
     def attentions(self) -> list[np.ndarray]:
         """Attention probabilities (B, NH, T, T) of each layer, from the last forward."""
-        return [ba.att for ba in self._acts.blocks]
+        return [ba.att for ba in self._acts.blocks] + [self._acts.last.att]
+
+    def _last_forward(self, lb: _LastBlock, x: np.ndarray, p: dict, drop: float, seed: int) -> np.ndarray:
+        """The last block at the class token: x (B, T, C) -> (B, 1, C)."""
+        cfg = self.cfg
+        ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], cfg.layer_norm_eps, lb.ln1,
+                              lb.ln1_mean, lb.ln1_rstd)
+        ops.matmul_forward(lb.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], lb.qkv)  # (B, T, 3C)
+        ops.attention_forward(lb.qkv, cfg.n_head, False, None, lb.atty, lb.att)
+        np.copyto(lb.rest.atty[:, 0], lb.atty[:, 0])
+        np.copyto(lb.x_cls[:, 0], x[:, 0])
+        return after_attention_forward(lb.rest, lb.x_cls, p, cfg.layer_norm_eps, drop, seed, cfg.act)
+
+    def _last_backward(self, dx: np.ndarray, dcls: np.ndarray, lb: _LastBlock, x: np.ndarray,
+                       p: dict, g: dict, s: BlockGrads, drop: float) -> None:
+        """dcls (B, C) = dL/d(class token out of the last block) -> dx (B, T,
+        C) = dL/d(its input), written; parameter gradients added into g."""
+        cfg = self.cfg
+        after_attention_backward(lb.dx_cls, dcls[:, None, :], lb.rest, p, g, lb.grads, drop, cfg.act)
+        # only the class token's attention output was used: the other rows of
+        # datty stay 0, and the kernel gives their queries a zero gradient
+        np.copyto(lb.datty[:, 0], lb.grads.datty[:, 0])
+        ops.attention_backward(lb.datty, lb.qkv, lb.att, cfg.n_head, False, s.dqkv, s.scratch,
+                               accumulate=False)
+        ops.matmul_backward(s.dqkv, lb.ln1, p["attn.c_attn.weight"], s.dln,
+                            g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
+        dx.fill(0.0)                                            # the first residual reaches the class row
+        dx[:, 0] = lb.dx_cls[:, 0]
+        ops.layernorm_backward(s.dln, x, p["ln_1.weight"], lb.ln1_mean, lb.ln1_rstd,
+                               dx, g["ln_1.weight"], g["ln_1.bias"])
 
     # ------------------------------------------------------------ backward
 
@@ -353,12 +412,13 @@ class ViT:
         ops.matmul_backward(dlogits, a.lnf, self.p["classifier.weight"], a.dcls,
                             self.g["classifier.weight"], self.g["classifier.bias"])
         dx, dnext = a.dx
-        dx.fill(0)
         a.dcls_in.fill(0)
         ops.layernorm_backward(a.dcls, a.cls, self.p["vit.layernorm.weight"], a.lnf_mean, a.lnf_rstd,
                                a.dcls_in, self.g["vit.layernorm.weight"], self.g["vit.layernorm.bias"])
-        dx[:, 0] = a.dcls_in  # only the class token reaches the head
-        for i in range(cfg.n_layer - 1, -1, -1):
+        L = cfg.n_layer - 1
+        x_in = a.blocks[L - 1].out if L > 0 else (a.emb_drop if drop > 0 else a.emb)
+        self._last_backward(dx, a.dcls_in, a.last, x_in, self._layer_p[L], self._layer_g[L], a.grads, drop)
+        for i in range(L - 1, -1, -1):
             x_in = a.blocks[i - 1].out if i > 0 else (a.emb_drop if drop > 0 else a.emb)
             block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
                            a.grads, cfg.n_head, False, drop, cfg.act)
