@@ -19,8 +19,8 @@ The final layernorm only runs on the class token: the head reads nothing else.
 For the same reason the last block computes only what reaches the class
 token: layernorm, qkv and attention for every token (all are keys and values
 of the class token's attention), then the projection and the MLP on the class
-row alone. The logits are those of the full block; in a 4-layer ViT about a
-sixth of a training step is saved (see _LastBlock).
+row alone. The logits are those of the full block; a 4-layer, width-64
+training step on 28x28 images with patch 7 took about 12% less time.
 """
 from __future__ import annotations
 
