@@ -11,7 +11,11 @@
  *                              K block, zero-padded; then one barrier
  *     for (ic, slice) units    M block x column slice, taken dynamically
  *       for pc in K by kc      kc depends on K only (see below)
- *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread
+ *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread;
+ *                              a transposed A (K,M) already holds each
+ *                              full panel's k rows contiguous, so those
+ *                              are read in place (row stride lda) and only
+ *                              a partial last panel is packed
  *         for jr by NR, ir by MR:  micro-kernel MR x NR, kc deep (hot loop)
  * Packing all of K before computing costs one barrier per chunk instead of
  * two per K block; that matters on shared 2-core machines, where a thread
@@ -220,7 +224,7 @@ enum { STORE_SET = 0, STORE_ADD = 1 };
 
 #if defined(__AVX512F__)
 
-// acc (12,32) = a (kc,12 packed) @ b (kc,32 packed), then stored per mode
+// acc (12,32) = a (kc,12; row k at a + k*as) @ b (kc,32 packed), then stored per mode
 // into c (12,32) with row stride ldc. bias (32) or NULL (STORE_SET only).
 static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
                    float* restrict c, size_t ldc, int mode,
@@ -265,7 +269,7 @@ static void kernel(int kc, const float* restrict a, size_t as, const float* rest
 
 #elif MG_GEMM_AVX2
 
-// acc (6,16) = a (kc,6 packed) @ b (kc,16 packed), then stored per mode into
+// acc (6,16) = a (kc,6; row k at a + k*as) @ b (kc,16 packed), then stored per mode into
 // c (6,16) with row stride ldc. bias (16) or NULL, used only by STORE_SET.
 static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,

@@ -94,10 +94,17 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
     """x (B, T, C) -> a.out (B, T, C); p maps short names (ln_1.weight...) to views."""
     if not pre_ln:
         return _post_ln_forward(a, x, p, n_head, eps, causal, key_mask, dropout, seed, act)
+    attention_half_forward(a, x, p, n_head, eps, causal, key_mask)
+    return after_attention_forward(a, x, p, eps, dropout, seed, act)
+
+
+def attention_half_forward(a, x: np.ndarray, p: dict, n_head: int, eps: float, causal: bool,
+                      key_mask=None) -> None:
+    """The pre-LN block up to the attention output: a.ln1, a.qkv, a.att, a.atty
+    (a may be any object with those buffers, as ViT's last block)."""
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
     ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
-    return after_attention_forward(a, x, p, eps, dropout, seed, act)
 
 
 def after_attention_forward(a: BlockActs, x: np.ndarray, p: dict, eps: float, dropout: float,
@@ -149,12 +156,19 @@ def block_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, x: np.ndarray
     if not pre_ln:
         return _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act)
     after_attention_backward(dx, dout, a, p, g, s, dropout, act)
-    ops.attention_backward(s.datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
+    attention_half_backward(dx, s.datty, a, x, p, g, s, n_head, causal)
+    return dx
+
+
+def attention_half_backward(dx: np.ndarray, datty: np.ndarray, a, x: np.ndarray, p: dict,
+                            g: dict, s: BlockGrads, n_head: int, causal: bool) -> None:
+    """Backward of attention_half_forward: datty = d(attention output) -> ADDS the
+    gradient through ln_1 into dx; parameter gradients added into g."""
+    ops.attention_backward(datty, a.qkv, a.att, n_head, causal, s.dqkv, s.scratch, accumulate=False)
     ops.matmul_backward(s.dqkv, a.ln1, p["attn.c_attn.weight"], s.dln,
                         g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
     ops.layernorm_backward(s.dln, x, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
                            dx, g["ln_1.weight"], g["ln_1.bias"])
-    return dx
 
 
 def after_attention_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, p: dict, g: dict,

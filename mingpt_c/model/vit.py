@@ -31,7 +31,8 @@ import numpy as np
 from .. import ops
 from ..errors import ShapeError
 from .block import (ACTS, BlockActs, BlockGrads, after_attention_backward, after_attention_forward,
-                    block_acts, block_backward, block_forward)
+                    attention_half_backward, attention_half_forward, block_acts, block_backward,
+                    block_forward)
 from .gpt import _mix
 from .loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from .config import ConfigBase
@@ -371,10 +372,7 @@ class ViT:
     def _last_forward(self, lb: _LastBlock, x: np.ndarray, p: dict, drop: float, seed: int) -> np.ndarray:
         """The last block at the class token: x (B, T, C) -> (B, 1, C)."""
         cfg = self.cfg
-        ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], cfg.layer_norm_eps, lb.ln1,
-                              lb.ln1_mean, lb.ln1_rstd)
-        ops.matmul_forward(lb.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], lb.qkv)  # (B, T, 3C)
-        ops.attention_forward(lb.qkv, cfg.n_head, False, None, lb.atty, lb.att)
+        attention_half_forward(lb, x, p, cfg.n_head, cfg.layer_norm_eps, False)
         np.copyto(lb.rest.atty[:, 0], lb.atty[:, 0])
         np.copyto(lb.x_cls[:, 0], x[:, 0])
         return after_attention_forward(lb.rest, lb.x_cls, p, cfg.layer_norm_eps, drop, seed, cfg.act)
@@ -388,14 +386,9 @@ class ViT:
         # only the class token's attention output was used: the other rows of
         # datty stay 0, and the kernel gives their queries a zero gradient
         np.copyto(lb.datty[:, 0], lb.grads.datty[:, 0])
-        ops.attention_backward(lb.datty, lb.qkv, lb.att, cfg.n_head, False, s.dqkv, s.scratch,
-                               accumulate=False)
-        ops.matmul_backward(s.dqkv, lb.ln1, p["attn.c_attn.weight"], s.dln,
-                            g["attn.c_attn.weight"], g["attn.c_attn.bias"], overwrite_dx=True)
         dx.fill(0.0)                                            # the first residual reaches the class row
         dx[:, 0] = lb.dx_cls[:, 0]
-        ops.layernorm_backward(s.dln, x, p["ln_1.weight"], lb.ln1_mean, lb.ln1_rstd,
-                               dx, g["ln_1.weight"], g["ln_1.bias"])
+        attention_half_backward(dx, lb.datty, lb, x, p, g, s, cfg.n_head, False)
 
     # ------------------------------------------------------------ backward
 
