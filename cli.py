@@ -419,6 +419,9 @@ def _encoder_options(f):
                      help="BPE file with [PAD] [UNK] [CLS] [SEP] [MASK] [default: train one]"),
         click.option("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary to train"),
         click.option("--lower/--no-lower", default=d.lower, help="lower-case texts for the trained BPE"),
+        click.option("--bpe-pattern", type=click.Choice(["gpt2", "none"]), default=d.bpe_pattern,
+                     help="the trained BPE's pre-split: GPT-2's (tokens stay within words) or none "
+                          "(merges cross spaces, so frequent phrases become tokens)"),
         click.option("--max-len", type=int, default=d.max_len,
                      help="tokens per text with [CLS] and [SEP]; longer texts are cut (with a note)"),
         click.option("--truncate", type=click.Choice(["head", "head_tail"]), default=d.truncate,
@@ -487,8 +490,10 @@ def encoder_pretrain(file, mask_prob, **opts):
 @encoder.command("train")
 @click.option("--train", "train_file", required=True, type=click.Path(), help="JSON Lines with text and label")
 @click.option("--val", "val_file", type=click.Path(), default=None, help="JSON Lines to validate on each epoch")
-@click.option("--pooling", type=click.Choice(["cls", "mean"]), default="mean", help="classifier input")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "max"]), default="mean", help="classifier input")
 @click.option("--val-limit", type=int, default=None, help="validate on the first N examples")
+@click.option("--token-dropout", type=float, default=0.0,
+              help="hide this share of each training text's tokens (word dropout)")
 @_encoder_options
 def encoder_train(**opts):
     """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""

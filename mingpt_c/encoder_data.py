@@ -62,11 +62,13 @@ class BPEWithSpecials:
         self.bpe.save(Path(d) / "tokenizer.json")
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int, lower: bool = True) -> "BPEWithSpecials":
+    def train(cls, texts: list[str], vocab_size: int, lower: bool = True, pattern: str = "gpt2") -> "BPEWithSpecials":
+        """pattern "none" lets merges cross spaces: frequent phrases ("waste
+        of ", "i will not ") become single tokens."""
         from . import bpe_train
 
         texts = [t.lower() for t in texts] if lower else texts
-        return cls(bpe_train.train(texts, vocab_size, pattern="gpt2", special_tokens=SPECIALS), lower)
+        return cls(bpe_train.train(texts, vocab_size, pattern=pattern, special_tokens=SPECIALS), lower)
 
 
 def load_encoder_tokenizer(d: Path, desc: dict):
@@ -231,3 +233,14 @@ def mask_tokens(tokens: np.ndarray, mask: np.ndarray, special_ids, mask_id: int,
     inputs[to_mask] = mask_id
     inputs[to_rand] = ordinary[rng.integers(0, ordinary.size, int(to_rand.sum()))]
     return inputs, targets
+
+
+def drop_tokens(tokens: np.ndarray, mask: np.ndarray, special_ids, rng: np.random.Generator,
+                p: float) -> np.ndarray:
+    """Word dropout (Iyyer et al. 2015): a key mask with each real,
+    non-special token hidden with probability p, so that no other token
+    attends to it and pooling leaves it out. [CLS] and [SEP] stay."""
+    mask = np.asarray(mask)
+    special = np.isin(np.asarray(tokens), np.asarray(list(special_ids), np.int32))
+    hidden = (rng.random(mask.shape) < p) & (mask != 0) & ~special
+    return np.where(hidden, 0, mask).astype(mask.dtype)

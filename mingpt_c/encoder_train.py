@@ -45,15 +45,17 @@ class EncoderTrainConfig:
     tokenizer: str | None = None    # a BPE file with [PAD] [UNK] [CLS] [SEP] [MASK]; default: train one
     vocab_size: int = 8192          # BPE vocabulary to train (from scratch)
     lower: bool = True              # lower-case texts before BPE (from scratch)
+    bpe_pattern: str = "gpt2"       # BPE pre-split: gpt2 (merges stay within words) | none (merges cross spaces)
     max_len: int = 256              # tokens per text, [CLS] and [SEP] included; longer texts are cut
     truncate: str = "head"          # what a cut text keeps: head | head_tail
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.1
+    token_dropout: float = 0.0      # classification: share of tokens hidden from each training example
     act: str = "gelu"
     pre_ln: bool = False
-    pooling: str = "mean"           # cls | mean
+    pooling: str = "mean"           # cls | mean | max
     batch_size: int = 32
     epochs: float = 3.0
     max_iters: int | None = None    # overrides epochs when given
@@ -129,7 +131,7 @@ def _new_tokenizer(tc: EncoderTrainConfig, texts: list[str], log):
         from .tokenizer import load_tokenizer
         return ed.BPEWithSpecials(load_tokenizer(tc.tokenizer), tc.lower)
     t0 = time.perf_counter()
-    tok = ed.BPEWithSpecials.train(texts, tc.vocab_size, tc.lower)
+    tok = ed.BPEWithSpecials.train(texts, tc.vocab_size, tc.lower, tc.bpe_pattern)
     log(f"tokenizer: BPE with {tok.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f} s")
     return tok
 
@@ -337,8 +339,14 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) ->
         run.record(rec)
         run.save("latest", {"val_accuracy": result.get("val_accuracy"), "best_val_accuracy": best if val else None})
 
-    run.train(seqs, lengths, lambda x, m, b: model.classify(x, m, y[b], train=True, seed=run.it)[1],
-              end_of_epoch, lambda: {"best_val_accuracy": best if val else None})
+    specials = list(tok.special.values())
+
+    def cls_loss(x, m, b):
+        if tc.token_dropout > 0:
+            m = ed.drop_tokens(x, m, specials, np.random.default_rng([tc.seed, run.it, 2]), tc.token_dropout)
+        return model.classify(x, m, y[b], train=True, seed=run.it)[1]
+
+    run.train(seqs, lengths, cls_loss, end_of_epoch, lambda: {"best_val_accuracy": best if val else None})
     if not val and not run.stopped:
         run.save("best", {})
     result.update(run.summary(), best_val_accuracy=best if val else None)

@@ -76,6 +76,28 @@ def test_pretrain_then_fine_tune(data, tmp_path):
     assert "init:" in res.stderr and (tmp_path / "ft" / "best" / "model.safetensors").exists()
 
 
+def test_max_pooling_and_token_dropout(data, tmp_path):
+    """Both options reach the run: its logged losses differ from the
+    defaults' from the first iteration, and eval reads max pooling back."""
+    from mingpt_c.encoder_train import EncoderTrainConfig, train_classifier
+
+    def losses(name, **kw):
+        tc = EncoderTrainConfig(out=str(tmp_path / name), train_file=str(data / "train.jsonl"), max_iters=4,
+                                max_len=16, n_layer=1, n_head=2, n_embd=16, vocab_size=300, batch_size=4,
+                                warmup_iters=2, log_interval=1, progress=False, **kw)
+        train_classifier(tc, log=lambda m: None)
+        return [json.loads(line)["loss"] for line in open(tmp_path / name / "log.jsonl")
+                if '"train"' in line]
+
+    base = losses("base")
+    assert len(base) == 4 and base == losses("again")
+    dropped, pooled = losses("drop", token_dropout=0.3), losses("max", pooling="max")
+    assert dropped[0] != base[0] and pooled[0] != base[0]
+    res = invoke("encoder", "eval", tmp_path / "max", data / "test.jsonl", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "max" / "best" / "config.json").read_text())["mingpt"]["config"]["pooling"] == "max"
+
+
 @pytest.mark.parametrize("line,needle", [
     ("{oops", "line 3: not valid JSON"),
     ('{"label": "pos"}', 'line 3: no "text"'),

@@ -6,7 +6,7 @@ import lzma
 import numpy as np
 import pytest
 
-from mingpt_c.encoder_data import (IGNORE, frame, label_ids, label_names, length_batches, mask_tokens,
+from mingpt_c.encoder_data import (IGNORE, drop_tokens, frame, label_ids, label_names, length_batches, mask_tokens,
                                    pad_batch, read_jsonl)
 from mingpt_c.errors import DataError
 
@@ -56,6 +56,36 @@ def test_masking_proportions():
     # distinct ids as k uniform draws from V - 5 give
     k, n = rand.sum(), V - 5
     assert abs(len(np.unique(inputs[chosen][rand])) / (n * (1 - (1 - 1 / n) ** k)) - 1) < 0.1
+
+
+def test_token_dropout_hides_ordinary_tokens_only():
+    tokens, mask = sample_batch(np.random.default_rng(0))
+    specials = [PAD, UNK, CLS, SEP, MASK]
+    kept = drop_tokens(tokens, mask, specials, np.random.default_rng(1), 0.2)
+    eligible = (mask == 1) & ~np.isin(tokens, specials)
+    hidden = (mask == 1) & (kept == 0)
+    assert kept.dtype == mask.dtype and not (kept > mask).any()      # padding stays padding
+    assert not (hidden & ~eligible).any()                            # [CLS], [SEP], [UNK] always stay
+    n = eligible.sum()
+    assert abs(hidden.sum() / n - 0.2) < 5 * np.sqrt(0.2 * 0.8 / n)
+    assert np.array_equal(drop_tokens(tokens, mask, specials, np.random.default_rng(1), 0.0), mask)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "none"])
+def test_trained_bpe_pattern(pattern):
+    """GPT-2's pre-split keeps every token within a word; "none" lets
+    frequent phrases become one token. Either way a text round-trips."""
+    from mingpt_c.encoder_data import BPEWithSpecials
+
+    texts = [f"A waste of time, {w} and a waste of money." for w in ("truly", "sadly", "really", "again")] * 20
+    tok = BPEWithSpecials.train(texts, 400, lower=True, pattern=pattern)
+    pieces = [tok.decode([i]) for i in range(256, tok.vocab_size - 5)]
+    crosses = [p for p in pieces if " " in p.strip()]
+    assert bool(crosses) == (pattern == "none"), crosses[:5]
+    ids = tok.encode(texts[1])
+    assert tok.decode(ids) == texts[1].lower()
+    if pattern == "none":
+        assert len(ids) < len(BPEWithSpecials.train(texts, 400, lower=True).encode(texts[1]))
 
 
 def test_masked_positions_alone_enter_the_loss():

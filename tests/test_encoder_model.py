@@ -96,7 +96,7 @@ def test_mlm_matches_torch(rng, pre_ln, act):
         assert_close(model.g[k], v.grad.numpy(), rtol=1e-3, atol=2e-5, what=k)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
 def test_classifier_matches_torch(rng, pooling):
     cfg = EncoderConfig(vocab_size=30, block_size=12, n_layer=1, n_head=4, n_embd=16, dropout=0.0,
                         pooling=pooling, mlm_head=False, num_labels=3)
@@ -110,7 +110,12 @@ def test_classifier_matches_torch(rng, pooling):
     P = twin_params(model)
     m = torch.tensor(mask, dtype=torch.float64)
     h, _, _ = twin_hidden(P, cfg, torch.tensor(x, dtype=torch.long), torch.tensor(mask))
-    pooled = h[:, 0] if pooling == "cls" else (h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+    if pooling == "cls":
+        pooled = h[:, 0]
+    elif pooling == "mean":
+        pooled = (h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
+    else:
+        pooled = h.masked_fill(m[:, :, None] == 0, -torch.inf).amax(1)
     tlogits = pooled @ P["classifier.weight"].T + P["classifier.bias"]
     tl = torch.nn.functional.cross_entropy(tlogits, torch.tensor(labels, dtype=torch.long))
     tl.backward()

@@ -5,7 +5,8 @@ key padding mask, BERT's embeddings and two heads.
     x = block_i(x)   causal=False, key_mask, post-LN (BERT) by default
     MLM:  logits = LN(gelu(dense(x[masked]))) @ wte^T + bias   (M, V), tied decoder
     CLS:  logits = classifier(pool(x))                          (B, K)
-          pool = x[:, 0] ([CLS]) or the mean over non-pad tokens
+          pool = x[:, 0] ([CLS]), or the mean or the per-channel maximum
+                 over non-pad tokens (max: the gradient goes to each argmax)
     loss = mean cross-entropy (MLM: over masked positions only)
 
 The MLM head runs on the M masked rows only (about 15% of tokens), so the
@@ -65,7 +66,7 @@ class EncoderConfig(ConfigBase):
     layer_norm_eps: float = 1e-12  # BERT's epsilon
     act: str = "gelu"             # "gelu" (exact erf, BERT) or "gelu_tanh"
     pre_ln: bool = False          # False: BERT's post-layernorm blocks
-    pooling: str = "cls"          # classifier input: "cls" ([CLS] state) or "mean"
+    pooling: str = "cls"          # classifier input: "cls" ([CLS] state), "mean" or "max" over tokens
     mlm_head: bool = True         # keep the masked-LM head
     num_labels: int = 0           # classifier classes; 0: no classifier
     pad_token_id: int = 0
@@ -78,8 +79,8 @@ class EncoderConfig(ConfigBase):
         self.check_sizes(("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"))
         if self.act not in ("gelu", "gelu_tanh"):
             raise ShapeError(f"act={self.act!r}: use gelu or gelu_tanh")
-        if self.pooling not in ("cls", "mean"):
-            raise ShapeError(f"pooling={self.pooling!r}: use cls or mean")
+        if self.pooling not in ("cls", "mean", "max"):
+            raise ShapeError(f"pooling={self.pooling!r}: use cls, mean or max")
         if self.num_labels < 0 or (self.num_labels == 1):
             raise ShapeError(f"num_labels={self.num_labels}: a classifier needs at least 2 classes")
 
@@ -283,11 +284,19 @@ class Encoder:
     # ------------------------------------------------------------ heads
 
     def pool(self, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(B, T, C) -> (B, C): the [CLS] state, or the mean over real tokens."""
+        """(B, T, C) -> (B, C): the [CLS] state, or the mean or the maximum
+        over real tokens ([CLS] and [SEP] included)."""
         if self.cfg.pooling == "cls":
             return np.ascontiguousarray(h[:, 0, :])
+        if self.cfg.pooling == "max":
+            return np.ascontiguousarray(np.take_along_axis(h, self._argmax(h, mask)[:, None, :], 1)[:, 0, :])
         m = mask.astype(F32)
         return np.ascontiguousarray((h * m[:, :, None]).sum(1) / np.maximum(m.sum(1), 1)[:, None])
+
+    @staticmethod
+    def _argmax(h: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, C): for each channel, the real token holding its maximum."""
+        return np.where(mask[:, :, None] != 0, h, -np.inf).argmax(1)
 
     def classify(self, tokens, mask, labels=None, train: bool = False, seed: int = 0, types=None):
         """Classifier logits (B, K); with labels (B,) also the mean loss:
@@ -298,6 +307,7 @@ class Encoder:
         h = self.hidden(tokens, mask, types, train, seed)
         mask = self._trunk[1]
         pooled = self.pool(h, mask)                                              # (B, C)
+        arg = self._argmax(h, mask) if train and self.cfg.pooling == "max" else None
         logits = ops.matmul_forward(pooled, self.p["classifier.weight"], self.p["classifier.bias"])
         self._last = None
         if labels is None:
@@ -309,7 +319,7 @@ class Encoder:
         losses, probs = ops.crossentropy_forward(logits.copy(), labels, IGNORE)
         loss = float(losses.sum(dtype=np.float64) / B)
         if train:
-            self._last = ("cls", pooled, probs, labels, B)
+            self._last = ("cls", pooled, probs, labels, B, arg)
         return logits, loss
 
     def mlm(self, tokens, mask, targets, train: bool = False, seed: int = 0, types=None) -> float:
@@ -357,13 +367,15 @@ class Encoder:
         dh.fill(0)
         kind = self._last[0]
         if kind == "cls":
-            _, pooled, probs, labels, B = self._last
+            _, pooled, probs, labels, B, arg = self._last
             dlogits = ops.crossentropy_backward(np.full(B, loss_scale / B, F32), probs, labels, IGNORE, probs)
             dpooled, _, _ = ops.matmul_backward(dlogits, pooled, self.p["classifier.weight"], None,
                                                 self.g["classifier.weight"], self.g["classifier.bias"])
             mask = self._trunk[1]
             if cfg.pooling == "cls":
                 dh[:, 0, :] = dpooled
+            elif cfg.pooling == "max":
+                np.put_along_axis(dh, arg[:, None, :], dpooled[:, None, :], 1)
             else:
                 m = mask.astype(F32)
                 dh[...] = (dpooled / np.maximum(m.sum(1), 1)[:, None])[:, None, :] * m[:, :, None]
