@@ -283,20 +283,18 @@ class Encoder:
 
     # ------------------------------------------------------------ heads
 
-    def pool(self, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def pool(self, h: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, T, C) -> (B, C): the [CLS] state, or the mean or the maximum
-        over real tokens ([CLS] and [SEP] included)."""
+        over real tokens ([CLS] and [SEP] included). Also returns, for max
+        pooling, the (B, C) token index each maximum came from (the
+        backward's scatter), else None."""
         if self.cfg.pooling == "cls":
-            return np.ascontiguousarray(h[:, 0, :])
+            return np.ascontiguousarray(h[:, 0, :]), None
         if self.cfg.pooling == "max":
-            return np.ascontiguousarray(np.take_along_axis(h, self._argmax(h, mask)[:, None, :], 1)[:, 0, :])
+            arg = np.where(mask[:, :, None] != 0, h, -np.inf).argmax(1)
+            return np.ascontiguousarray(np.take_along_axis(h, arg[:, None, :], 1)[:, 0, :]), arg
         m = mask.astype(F32)
-        return np.ascontiguousarray((h * m[:, :, None]).sum(1) / np.maximum(m.sum(1), 1)[:, None])
-
-    @staticmethod
-    def _argmax(h: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(B, C): for each channel, the real token holding its maximum."""
-        return np.where(mask[:, :, None] != 0, h, -np.inf).argmax(1)
+        return np.ascontiguousarray((h * m[:, :, None]).sum(1) / np.maximum(m.sum(1), 1)[:, None]), None
 
     def classify(self, tokens, mask, labels=None, train: bool = False, seed: int = 0, types=None):
         """Classifier logits (B, K); with labels (B,) also the mean loss:
@@ -306,8 +304,7 @@ class Encoder:
                              "`mingpt encoder train`")
         h = self.hidden(tokens, mask, types, train, seed)
         mask = self._trunk[1]
-        pooled = self.pool(h, mask)                                              # (B, C)
-        arg = self._argmax(h, mask) if train and self.cfg.pooling == "max" else None
+        pooled, arg = self.pool(h, mask)                                         # (B, C)
         logits = ops.matmul_forward(pooled, self.p["classifier.weight"], self.p["classifier.bias"])
         self._last = None
         if labels is None:
