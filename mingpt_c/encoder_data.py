@@ -216,14 +216,19 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 # ------------------------------------------------------------------ masking
 
 
+def _ordinary(tokens: np.ndarray, mask: np.ndarray, special_ids) -> np.ndarray:
+    """(B, T) bool: the real, non-special tokens, the only ones masking or
+    token dropout may touch."""
+    return (np.asarray(mask) != 0) & ~np.isin(np.asarray(tokens), np.asarray(list(special_ids), np.int32))
+
+
 def mask_tokens(tokens: np.ndarray, mask: np.ndarray, special_ids, mask_id: int, vocab_size: int,
                 rng: np.random.Generator, p: float = 0.15):
     """BERT's masking of a padded batch: returns (inputs, targets), both
     (B, T) int32. Random replacements are drawn from the ordinary tokens
     (never a special)."""
     tokens = np.asarray(tokens, np.int32)
-    special = np.isin(tokens, np.asarray(list(special_ids), np.int32)) | (np.asarray(mask) == 0)
-    chosen = (rng.random(tokens.shape) < p) & ~special
+    chosen = (rng.random(tokens.shape) < p) & _ordinary(tokens, mask, special_ids)
     targets = np.where(chosen, tokens, IGNORE).astype(np.int32)
     r = rng.random(tokens.shape)
     to_mask = chosen & (r < 0.8)
@@ -241,6 +246,5 @@ def drop_tokens(tokens: np.ndarray, mask: np.ndarray, special_ids, rng: np.rando
     non-special token hidden with probability p, so that no other token
     attends to it and pooling leaves it out. [CLS] and [SEP] stay."""
     mask = np.asarray(mask)
-    special = np.isin(np.asarray(tokens), np.asarray(list(special_ids), np.int32))
-    hidden = (rng.random(mask.shape) < p) & (mask != 0) & ~special
+    hidden = (rng.random(mask.shape) < p) & _ordinary(tokens, mask, special_ids)
     return np.where(hidden, 0, mask).astype(mask.dtype)

@@ -99,7 +99,7 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
 
 
 def attention_half_forward(a, x: np.ndarray, p: dict, n_head: int, eps: float, causal: bool,
-                      key_mask=None) -> None:
+                           key_mask=None) -> None:
     """The pre-LN block up to the attention output: a.ln1, a.qkv, a.att, a.atty
     (a may be any object with those buffers, as ViT's last block)."""
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
