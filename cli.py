@@ -145,13 +145,16 @@ def tokenize() -> None:
               help="special token, e.g. '<|endoftext|>' (repeatable); ids follow the merges")
 @click.option("--min-frequency", type=int, default=2,
               help="stop when the best pair occurs fewer times than this")
-def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency):
+@click.option("--phrases-after", type=int, default=None, metavar="N",
+              help="two stages: the first N merges on the pattern's split, the rest across words "
+                   "(phrase tokens); the tokenizer then splits lines only")
+def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency, phrases_after):
     """Learn a BPE vocabulary from text FILES (UTF-8)."""
     from mingpt_c import bpe_train
 
     t0 = time.perf_counter()
     tok = bpe_train.train_files(files, vocab_size, pattern=pattern, special_tokens=specials,
-                                min_frequency=min_frequency)
+                                min_frequency=min_frequency, phrases_after=phrases_after)
     seconds = time.perf_counter() - t0
     tok.save(out)
     st = tok.train_stats
@@ -419,9 +422,12 @@ def _encoder_options(f):
                      help="BPE file with [PAD] [UNK] [CLS] [SEP] [MASK] [default: train one]"),
         click.option("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary to train"),
         click.option("--lower/--no-lower", default=d.lower, help="lower-case texts for the trained BPE"),
-        click.option("--bpe-pattern", type=click.Choice(["gpt2", "none"]), default=d.bpe_pattern,
-                     help="the trained BPE's pre-split: GPT-2's (tokens stay within words) or none "
-                          "(merges cross spaces, so frequent phrases become tokens)"),
+        click.option("--bpe-pattern", type=click.Choice(["gpt2", "none", "phrases"]), default=d.bpe_pattern,
+                     help="the trained BPE's pre-split: GPT-2's (tokens stay within words), none "
+                          "(merges cross spaces, so frequent phrases become tokens), or phrases (two "
+                          "stages: GPT-2's split, then the last --phrase-share of the merges across words)"),
+        click.option("--phrase-share", type=float, default=d.phrase_share,
+                     help="with --bpe-pattern phrases: share of the merges learned across words"),
         click.option("--max-len", type=int, default=d.max_len,
                      help="tokens per text with [CLS] and [SEP]; longer texts are cut (with a note)"),
         click.option("--truncate", type=click.Choice(["head", "head_tail"]), default=d.truncate,

@@ -623,11 +623,26 @@ static int apply_merge(trainer* t, int32_t p, int32_t a, int32_t b, int32_t z, i
     return 0;
 }
 
-/* The merge loop. Returns -1 when out of memory. */
-static int trainer_run(trainer* t, int32_t* merges, int32_t* n_done, int32_t n_merges,
-                       int64_t min_frequency) {
+/* The merge loop: first replays the n_init given merges, then learns the
+ * rest. Returns -1 when out of memory, 1 when a given merge repeats the bytes
+ * of an earlier token (its index in *n_done). */
+static int trainer_run(trainer* t, int32_t* merges, int32_t* n_done, int32_t n_init,
+                       int32_t n_merges, int64_t min_frequency) {
     int32_t m = 0;
     if (trainer_tokens_init(t, n_merges)) return -1;
+    for (; m < n_init; m++) {
+        int32_t a = merges[2 * (int64_t)m], b = merges[2 * (int64_t)m + 1];
+        int32_t len = t->tlen[a] + t->tlen[b];
+        uint8_t* cat = malloc((size_t)len);
+        if (!cat) return -1;
+        memcpy(cat, t->tbytes + t->toff[a], (size_t)t->tlen[a]);
+        memcpy(cat + t->tlen[a], t->tbytes + t->toff[b], (size_t)t->tlen[b]);
+        int dup = tset_find(t, cat, len, hash_bytes(cat, len));
+        free(cat);
+        if (dup) { *n_done = m; return 1; }
+        int32_t p = pair_get(t, a, b);
+        if (p < 0 || token_add(t, a, b) || apply_merge(t, p, a, b, 256 + m, m)) return -1;
+    }
     while (m < n_merges && t->heap_n > 0) {
         heap_entry top = t->heap[0];
         int32_t p = top.pair;
@@ -687,26 +702,35 @@ static int trainer_words(trainer* t, const uint8_t* base, const int64_t* offs,
     return 0;
 }
 
-static mg_status train_common(trainer* t, int32_t* merges, int32_t* n_done,
+static mg_status train_common(trainer* t, int32_t* merges, int32_t* n_done, int32_t n_init,
                               int32_t n_merges, int64_t min_frequency) {
-    if (trainer_count_pairs(t) || trainer_run(t, merges, n_done, n_merges, min_frequency)) {
-        trainer_free(t);
-        return mg_fail(MG_ERR_NOMEM, "mg_bpe_train", "out of memory while learning merges");
-    }
+    int rc = trainer_count_pairs(t);
+    if (!rc) rc = trainer_run(t, merges, n_done, n_init, n_merges, min_frequency);
     trainer_free(t);
+    if (rc > 0)
+        return mg_fail(MG_ERR_VALUE, "mg_bpe_train", "given merge %d makes a token that already "
+                       "exists (its bytes repeat an earlier token's)", *n_done);
+    if (rc < 0)
+        return mg_fail(MG_ERR_NOMEM, "mg_bpe_train", "out of memory while learning merges");
     return MG_OK;
 }
 
+/* Given merges must name tokens that exist when they are made. */
 #define CHECK_TRAIN_ARGS() do { \
     MG_CHECK_PTR(merges); MG_CHECK_PTR(n_done); \
     MG_CHECK(n_merges >= 0 && n_merges <= MG_BPE_MAX_VOCAB - 256, MG_ERR_VALUE, \
              "n_merges=%d must be in [0, %d]", n_merges, MG_BPE_MAX_VOCAB - 256); \
+    MG_CHECK(n_init >= 0 && n_init <= n_merges, MG_ERR_VALUE, \
+             "n_init=%d must be in [0, n_merges=%d]", n_init, n_merges); \
+    for (int32_t i_ = 0; i_ < 2 * n_init; i_++) \
+        MG_CHECK(merges[i_] >= 0 && merges[i_] < 256 + i_ / 2, MG_ERR_VALUE, \
+                 "given merge %d names token %d, which does not exist yet", i_ / 2, merges[i_]); \
     } while (0)
 
 mg_status mg_bpe_train_chunks(int32_t* merges, int32_t* n_done,
                               const uint8_t* chunks, const int64_t* offsets,
                               const int64_t* counts, int64_t n_chunks,
-                              int32_t n_merges, int64_t min_frequency) {
+                              int32_t n_init, int32_t n_merges, int64_t min_frequency) {
     CHECK_TRAIN_ARGS();
     MG_CHECK_PTR(offsets);
     MG_CHECK(n_chunks >= 0, MG_ERR_SHAPE, "n_chunks=%lld must be >= 0", (long long)n_chunks);
@@ -732,7 +756,7 @@ mg_status mg_bpe_train_chunks(int32_t* merges, int32_t* n_done,
         trainer_free(&t);
         return rc < 0 ? mg_fail(MG_ERR_NOMEM, __func__, "out of memory") : (mg_status)rc;
     }
-    return train_common(&t, merges, n_done, n_merges, min_frequency);
+    return train_common(&t, merges, n_done, n_init, n_merges, min_frequency);
 }
 
 /* Splits and counts the segments [seg[2i], seg[2i+1]) on all threads: one
@@ -791,7 +815,7 @@ static mg_status count_segments(chunk_table* out, const uint8_t* text, const int
 mg_status mg_bpe_train_text(int32_t* merges, int32_t* n_done, int64_t* n_unique,
                             const uint8_t* text, const int64_t* doc_offsets,
                             int64_t n_docs, const uint8_t* classes, int pattern,
-                            int32_t n_merges, int64_t min_frequency) {
+                            int32_t n_init, int32_t n_merges, int64_t min_frequency) {
     CHECK_TRAIN_ARGS();
     MG_CHECK_PTR(n_unique);
     MG_CHECK_PTR(doc_offsets);
@@ -859,5 +883,5 @@ mg_status mg_bpe_train_text(int32_t* merges, int32_t* n_done, int64_t* n_unique,
         trainer_free(&t);
         return rc < 0 ? mg_fail(MG_ERR_NOMEM, __func__, "out of memory") : (mg_status)rc;
     }
-    return train_common(&t, merges, n_done, n_merges, min_frequency);
+    return train_common(&t, merges, n_done, n_init, n_merges, min_frequency);
 }

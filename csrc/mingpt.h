@@ -177,6 +177,11 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
  * have only one id). Training stops early when no pair has a count of at least
  * min_frequency (n_done < n_merges). These functions allocate their working
  * memory and free it before returning; MG_ERR_NOMEM if it cannot be had.
+ * Continued training: the first n_init rows of merges are given, not learned;
+ * they are applied in order to the chunks before learning goes on (so a
+ * vocabulary learned within words can grow merges across them on a coarser
+ * split). They must be valid merges: names of existing tokens, no repeated
+ * byte string (MG_ERR_VALUE otherwise). n_init = 0: plain training.
  *
  * Pre-split patterns, written out by hand in C (byte-exact with the regexes
  * tiktoken uses, given the same code point classes):
@@ -210,7 +215,7 @@ mg_status mg_bpe_split(int64_t* ends, int64_t* n_chunks, const uint8_t* text,
 mg_status mg_bpe_train_chunks(int32_t* merges, int32_t* n_done,
                               const uint8_t* chunks, const int64_t* offsets,
                               const int64_t* counts, int64_t n_chunks,
-                              int32_t n_merges, int64_t min_frequency);
+                              int32_t n_init, int32_t n_merges, int64_t min_frequency);
 
 /* Pre-splits and counts, then trains: document d is
  * text[doc_offsets[d]..doc_offsets[d+1]) and no chunk crosses a document end.
@@ -219,6 +224,6 @@ mg_status mg_bpe_train_chunks(int32_t* merges, int32_t* n_done,
 mg_status mg_bpe_train_text(int32_t* merges, int32_t* n_done, int64_t* n_unique,
                             const uint8_t* text, const int64_t* doc_offsets,
                             int64_t n_docs, const uint8_t* classes, int pattern,
-                            int32_t n_merges, int64_t min_frequency);
+                            int32_t n_init, int32_t n_merges, int64_t min_frequency);
 
 #endif /* MINGPT_H */

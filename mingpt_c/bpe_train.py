@@ -100,20 +100,31 @@ def split(text: str | bytes, pattern: str = "gpt2") -> list[bytes]:
     return [data[a:b] for a, b in zip(starts, ends[:n[0]].tolist())]
 
 
+def _merge_buffer(n_merges: int, init_merges) -> tuple[np.ndarray, int]:
+    """The (n_merges, 2) int32 in/out buffer, its first rows the given merges."""
+    init = np.zeros((0, 2), np.int32) if init_merges is None else np.asarray(init_merges, np.int32).reshape(-1, 2)
+    if len(init) > n_merges:
+        raise ShapeError(f"{len(init)} given merges exceed the {n_merges} to learn")
+    merges = np.zeros((max(n_merges, 1), 2), np.int32)
+    merges[:len(init)] = init
+    return merges, len(init)
+
+
 def learn_merges(chunk_counts: Mapping[bytes, int], n_merges: int,
-                 min_frequency: int = 2) -> np.ndarray:
-    """Merges (n_done, 2) int32 learned from given chunk counts."""
+                 min_frequency: int = 2, init_merges=None) -> np.ndarray:
+    """Merges (n_done, 2) int32 learned from given chunk counts; the
+    init_merges (k, 2), if given, are its first k rows, replayed, not learned."""
     chunks = list(chunk_counts)
     counts = np.asarray([chunk_counts[c] for c in chunks], np.int64)
     offsets = np.zeros(len(chunks) + 1, np.int64)  # (n_chunks + 1,)
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
     data = b"".join(chunks)
-    merges = np.zeros((max(n_merges, 1), 2), np.int32)
+    merges, n_init = _merge_buffer(n_merges, init_merges)
     n_done = ffi.new("int32_t*")
     check(lib.mg_bpe_train_chunks(ffi.cast("int32_t*", merges.ctypes.data), n_done,
                                   ffi.from_buffer(data), ffi.cast("int64_t*", offsets.ctypes.data),
                                   ffi.cast("int64_t*", counts.ctypes.data), len(chunks),
-                                  int(n_merges), int(min_frequency)))
+                                  n_init, int(n_merges), int(min_frequency)))
     return merges[:n_done[0]].copy()
 
 
@@ -128,17 +139,17 @@ def learn_merges_from_docs(docs: Sequence[bytes], n_merges: int, pattern: str = 
 
 
 def _learn_from_buffer(data, offsets: np.ndarray, n_merges: int, pattern: str,
-                       min_frequency: int) -> tuple[np.ndarray, int]:
+                       min_frequency: int, init_merges=None) -> tuple[np.ndarray, int]:
     """data: all documents back to back; offsets (n_docs + 1,) int64 bounds."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     classes = codepoint_classes()
-    merges = np.zeros((max(n_merges, 1), 2), np.int32)
+    merges, n_init = _merge_buffer(n_merges, init_merges)
     n_done = ffi.new("int32_t*")
     n_unique = ffi.new("int64_t*")
     check(lib.mg_bpe_train_text(ffi.cast("int32_t*", merges.ctypes.data), n_done, n_unique,
                                 ffi.from_buffer(data), ffi.cast("int64_t*", offsets.ctypes.data),
                                 len(offsets) - 1, ffi.cast("uint8_t*", classes.ctypes.data),
-                                _pattern_id(pattern), int(n_merges), int(min_frequency)))
+                                _pattern_id(pattern), n_init, int(n_merges), int(min_frequency)))
     return merges[:n_done[0]].copy(), int(n_unique[0])
 
 
@@ -187,10 +198,18 @@ def _utf8(i: int, t: str | bytes) -> bytes:
 
 
 def train(texts: Iterable[str | bytes], vocab_size: int, pattern: str = "gpt2",
-          special_tokens: Sequence[str] = (), min_frequency: int = 2) -> BPETokenizer:
+          special_tokens: Sequence[str] = (), min_frequency: int = 2,
+          phrases_after: int | None = None) -> BPETokenizer:
     """Learns a BPE vocabulary from documents (str, or UTF-8 bytes). Special
-    token strings found in the texts are cut out, never learned from."""
+    token strings found in the texts are cut out, never learned from.
+
+    phrases_after: two stages. The first phrases_after merges are learned
+    on the pattern's split (within words); the rest on whole lines, so they
+    join frequent words into phrase tokens (" waste of", " one of the").
+    The tokenizer then encodes with pattern "none"."""
     n_merges = check_train_args(vocab_size, special_tokens, pattern, min_frequency)
+    if phrases_after is not None and not 0 <= phrases_after <= n_merges:
+        raise ShapeError(f"phrases_after={phrases_after} must be in [0, {n_merges}] (the merges to learn)")
     sp = [s.encode("utf-8") for s in special_tokens]
     texts = list(texts) if not isinstance(texts, (list, tuple)) else texts
     if len(texts) == 1 and not sp:  # one document (a file): no copy
@@ -204,8 +223,13 @@ def train(texts: Iterable[str | bytes], vocab_size: int, pattern: str = "gpt2",
                 offsets.append(len(data))
     if not data:
         raise DataError("the training corpus is empty: nothing to learn merges from")
-    merges, n_unique = _learn_from_buffer(data, np.asarray(offsets, np.int64), n_merges,
-                                          pattern, min_frequency)
+    offsets = np.asarray(offsets, np.int64)
+    if phrases_after is None:
+        merges, n_unique = _learn_from_buffer(data, offsets, n_merges, pattern, min_frequency)
+    else:
+        words, _ = _learn_from_buffer(data, offsets, phrases_after, pattern, min_frequency)
+        pattern = "none"
+        merges, n_unique = _learn_from_buffer(data, offsets, n_merges, pattern, min_frequency, words)
     tok = BPETokenizer.from_merges(merges.tolist(), pattern=pattern, special_tokens=special_tokens)
     tok.train_stats = {"requested_merges": n_merges, "merges": len(merges),
                        "distinct_chunks": n_unique, "bytes": len(data)}
@@ -231,10 +255,11 @@ def read_corpus(paths: Sequence[str | os.PathLike]) -> list[bytes]:
 
 
 def train_files(paths: Sequence[str | os.PathLike], vocab_size: int, pattern: str = "gpt2",
-                special_tokens: Sequence[str] = (), min_frequency: int = 2) -> BPETokenizer:
+                special_tokens: Sequence[str] = (), min_frequency: int = 2,
+                phrases_after: int | None = None) -> BPETokenizer:
     """train() on text files, each file one document."""
     check_train_args(vocab_size, special_tokens, pattern, min_frequency)
-    return train(read_corpus(paths), vocab_size, pattern, special_tokens, min_frequency)
+    return train(read_corpus(paths), vocab_size, pattern, special_tokens, min_frequency, phrases_after)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual check

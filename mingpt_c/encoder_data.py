@@ -62,13 +62,22 @@ class BPEWithSpecials:
         self.bpe.save(Path(d) / "tokenizer.json")
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int, lower: bool = True, pattern: str = "gpt2") -> "BPEWithSpecials":
+    def train(cls, texts: list[str], vocab_size: int, lower: bool = True, pattern: str = "gpt2",
+              phrase_share: float = 0.25) -> "BPEWithSpecials":
         """pattern "none" lets merges cross spaces: frequent phrases ("waste
-        of ", "i will not ") become single tokens."""
+        of ", "i will not ") become single tokens. "phrases" learns within
+        words first, then the last phrase_share of the merges across them,
+        so phrases are built from whole words (" waste of", " i will not")."""
         from . import bpe_train
 
         texts = [t.lower() for t in texts] if lower else texts
-        return cls(bpe_train.train(texts, vocab_size, pattern=pattern, special_tokens=SPECIALS), lower)
+        if pattern != "phrases":
+            return cls(bpe_train.train(texts, vocab_size, pattern=pattern, special_tokens=SPECIALS), lower)
+        if not 0.0 <= phrase_share <= 1.0:
+            raise DataError(f"phrase share {phrase_share} must be in [0, 1]")
+        n_merges = bpe_train.check_train_args(vocab_size, SPECIALS, "gpt2", 2)
+        return cls(bpe_train.train(texts, vocab_size, pattern="gpt2", special_tokens=SPECIALS,
+                                   phrases_after=round(n_merges * (1.0 - phrase_share))), lower)
 
 
 def load_encoder_tokenizer(d: Path, desc: dict):

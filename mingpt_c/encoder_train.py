@@ -46,6 +46,8 @@ class EncoderTrainConfig:
     vocab_size: int = 8192          # BPE vocabulary to train (from scratch)
     lower: bool = True              # lower-case texts before BPE (from scratch)
     bpe_pattern: str = "gpt2"       # BPE pre-split: gpt2 (merges stay within words) | none (merges cross spaces)
+                                    # | phrases (gpt2, then the last phrase_share of the merges across words)
+    phrase_share: float = 0.25
     max_len: int = 256              # tokens per text, [CLS] and [SEP] included; longer texts are cut
     truncate: str = "head"          # what a cut text keeps: head | head_tail
     n_layer: int = 2
@@ -131,7 +133,7 @@ def _new_tokenizer(tc: EncoderTrainConfig, texts: list[str], log):
         from .tokenizer import load_tokenizer
         return ed.BPEWithSpecials(load_tokenizer(tc.tokenizer), tc.lower)
     t0 = time.perf_counter()
-    tok = ed.BPEWithSpecials.train(texts, tc.vocab_size, tc.lower, tc.bpe_pattern)
+    tok = ed.BPEWithSpecials.train(texts, tc.vocab_size, tc.lower, tc.bpe_pattern, tc.phrase_share)
     log(f"tokenizer: BPE with {tok.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f} s")
     return tok
 

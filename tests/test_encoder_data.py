@@ -71,21 +71,28 @@ def test_token_dropout_hides_ordinary_tokens_only():
     assert np.array_equal(drop_tokens(tokens, mask, specials, np.random.default_rng(1), 0.0), mask)
 
 
-@pytest.mark.parametrize("pattern", ["gpt2", "none"])
+@pytest.mark.parametrize("pattern", ["gpt2", "none", "phrases"])
 def test_trained_bpe_pattern(pattern):
     """GPT-2's pre-split keeps every token within a word; "none" lets
-    frequent phrases become one token. Either way a text round-trips."""
+    frequent phrases become one token; "phrases" builds them from whole
+    words, after the word tokens. Either way a text round-trips."""
     from mingpt_c.encoder_data import BPEWithSpecials
 
     texts = [f"A waste of time, {w} and a waste of money." for w in ("truly", "sadly", "really", "again")] * 20
-    tok = BPEWithSpecials.train(texts, 400, lower=True, pattern=pattern)
+    tok = BPEWithSpecials.train(texts, 400, lower=True, pattern=pattern, phrase_share=0.5)
     pieces = [tok.decode([i]) for i in range(256, tok.vocab_size - 5)]
     crosses = [p for p in pieces if " " in p.strip()]
-    assert bool(crosses) == (pattern == "none"), crosses[:5]
+    assert bool(crosses) == (pattern != "gpt2"), crosses[:5]
     ids = tok.encode(texts[1])
     assert tok.decode(ids) == texts[1].lower()
-    if pattern == "none":
+    if pattern != "gpt2":
         assert len(ids) < len(BPEWithSpecials.train(texts, 400, lower=True).encode(texts[1]))
+    if pattern == "phrases":   # phrases of whole words: every word a token first
+        first = min(pieces.index(p) for p in crosses)
+        assert {" waste", " money", " truly", " again"} <= set(pieces[:first])
+        assert " waste of" in crosses
+        with pytest.raises(DataError, match="phrase share"):
+            BPEWithSpecials.train(texts, 400, pattern=pattern, phrase_share=1.5)
 
 
 def test_masked_positions_alone_enter_the_loss():

@@ -140,15 +140,34 @@ def test_split_matches_regex_property(text):
 
 # ---------------------------------------------------------------- training vs a reference
 
-def reference_merges(chunk_counts, n_merges, min_frequency=2):
+def _rewrite(words, pair, new):
+    out_words = collections.Counter()
+    for w, c in words.items():
+        out, i = [], 0
+        while i < len(w):
+            if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
+                out.append(new)
+                i += 2
+            else:
+                out.append(w[i])
+                i += 1
+        out_words[tuple(out)] += c
+    return out_words
+
+
+def reference_merges(chunk_counts, n_merges, min_frequency=2, init=()):
     """The obvious trainer: recount every pair each step, merge the best
     (highest count, then smallest (left, right)); never merge a pair whose
-    bytes already form a token."""
+    bytes already form a token. The init merges are applied first, in order."""
     words = collections.Counter()
     for chunk, c in chunk_counts.items():
         words[tuple(chunk)] += c
     vocab = [bytes([b]) for b in range(256)]
     banned, merges = set(), []
+    for a, b in init:
+        vocab.append(vocab[a] + vocab[b])
+        merges.append([a, b])
+        words = _rewrite(words, (a, b), len(vocab) - 1)
     while len(merges) < n_merges:
         pairs = collections.Counter()
         for w, c in words.items():
@@ -164,21 +183,9 @@ def reference_merges(chunk_counts, n_merges, min_frequency=2):
         if piece in vocab:
             banned.add(best)
             continue
-        new = len(vocab)
         vocab.append(piece)
         merges.append(list(best))
-        rewritten = collections.Counter()
-        for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            rewritten[tuple(out)] += c
-        words = rewritten
+        words = _rewrite(words, best, len(vocab) - 1)
     return merges
 
 
@@ -206,6 +213,60 @@ def test_merges_equal_reference_property(counts, min_frequency):
     # and merges whose bytes repeat an existing token.
     want = reference_merges(counts, 40, min_frequency)
     assert bpe_train.learn_merges(counts, 40, min_frequency).tolist() == want
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.binary(min_size=1, max_size=8).map(lambda b: bytes(x % 4 for x in b)),
+                       st.integers(1, 5), max_size=12),
+       st.integers(0, 12))
+def test_continued_training_equals_reference_property(counts, k):
+    # Merges learned on the chunks split in two, replayed on the whole
+    # chunks, then learning goes on: the two-stage (within words, then
+    # across) scheme in miniature.
+    halves = collections.Counter()
+    for chunk, c in counts.items():
+        for part in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]):
+            if part:
+                halves[part] += c
+    init = reference_merges(halves, k, 1)
+    want = reference_merges(counts, 30, 1, init)
+    assert bpe_train.learn_merges(counts, 30, 1, init_merges=init).tolist() == want
+
+
+def test_continuing_from_a_prefix_reproduces_the_run(shakespeare):
+    docs = [shakespeare[:15_000].encode()]
+    full, _ = bpe_train.learn_merges_from_docs(docs, 150)
+    for k in (0, 1, 70, 150):
+        got, _ = bpe_train._learn_from_buffer(docs[0], np.array([0, len(docs[0])]), 150, "gpt2", 2, full[:k])
+        assert np.array_equal(got, full)
+
+
+def test_bad_given_merges():
+    counts = {b"abab": 3}
+    with pytest.raises(ShapeError, match="does not exist yet"):
+        bpe_train.learn_merges(counts, 5, init_merges=[[97, 98], [256, 257]])
+    with pytest.raises(ShapeError, match="already exists"):
+        bpe_train.learn_merges(counts, 5, init_merges=[[97, 98], [97, 98]])
+    with pytest.raises(ShapeError, match="exceed"):
+        bpe_train.learn_merges(counts, 1, init_merges=[[97, 98], [256, 256]])
+    assert bpe_train.learn_merges(counts, 5, init_merges=[[97, 98]]).tolist() == [[97, 98], [256, 256]]
+
+
+def test_phrase_tokens_after_word_tokens(imdb):
+    texts = [t.lower() for t in imdb]
+    words = bpe_train.train(texts, 1256)
+    tok = bpe_train.train(texts, 2256, phrases_after=1000)
+    assert tok.pattern == "none"
+    merges = [tok.id_to_bytes[i] for i in range(256, tok.vocab_size)]
+    assert merges[:1000] == [words.id_to_bytes[i] for i in range(256, 1256)]
+    inner_space = [m for m in merges if b" " in m.strip()]
+    assert all(merges.index(m) >= 1000 for m in inner_space)     # within words first
+    assert b" of the" in merges[1000:] and len(inner_space) > 200  # then phrases
+    for t in texts[:50]:
+        assert tok.decode(tok.encode(t)) == t
+    assert len(tok.encode(" ".join(texts))) < len(words.encode(" ".join(texts)))
+    with pytest.raises(ShapeError, match="phrases_after"):
+        bpe_train.train(texts, 300, phrases_after=100)
 
 
 def test_tie_rule_documented_example():
@@ -451,6 +512,24 @@ def test_cli_train_encode_decode_show(tmp_path, shakespeare):
     assert r.exit_code == 0 and "".join(eval(line.split("\t")[1]) for line in r.output.splitlines()) == "thou art"
     r = CliRunner().invoke(cli.main, ["tokenize", "show", "--tokenizer", str(tok), "--dump"])
     assert r.exit_code == 0 and len(r.output.splitlines()) == 2 + 400
+
+
+def test_cli_phrases_after(tmp_path, shakespeare):
+    import cli
+
+    src = tmp_path / "in.txt"
+    src.write_text(shakespeare[:50_000])
+    out = tmp_path / "tok.json"
+    args = ["tokenize", "train", str(src), "--vocab-size", "600", "--out", str(out)]
+    r = CliRunner().invoke(cli.main, [*args, "--phrases-after", "200"])
+    assert r.exit_code == 0, r.output
+    tok = tkz.load_tokenizer(out)
+    assert tok.pattern == "none"
+    pieces = [tok.id_to_bytes[i] for i in range(256, tok.vocab_size)]
+    assert not any(b" " in p.strip() for p in pieces[:200]) and any(b" " in p.strip() for p in pieces[200:])
+    r = CliRunner().invoke(cli.main, [*args, "--phrases-after", "400"])
+    assert r.exit_code == 1 and "phrases_after=400 must be in [0, 344]" in r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 def test_cli_errors_are_one_line(tmp_path):
