@@ -67,7 +67,7 @@ class BPEWithSpecials:
         """pattern "none" lets merges cross spaces: frequent phrases ("waste
         of ", "i will not ") become single tokens. "phrases" learns within
         words first, then the last phrase_share of the merges across them,
-        so phrases are built from whole words (" waste of", " i will not")."""
+        so phrases are built from whole words (" waste of", " i have ever seen")."""
         from . import bpe_train
 
         texts = [t.lower() for t in texts] if lower else texts
