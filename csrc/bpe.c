@@ -623,6 +623,28 @@ static int apply_merge(trainer* t, int32_t p, int32_t a, int32_t b, int32_t z, i
     return 0;
 }
 
+/* 1 if the bytes of a then b already form a token, 0 if not, -1 when out of memory. */
+static int pair_is_token(const trainer* t, int32_t a, int32_t b) {
+    int32_t len = t->tlen[a] + t->tlen[b];
+    uint8_t tmp[256];
+    uint8_t* cat = len <= (int32_t)sizeof tmp ? tmp : malloc((size_t)len);
+    if (!cat) return -1;
+    memcpy(cat, t->tbytes + t->toff[a], (size_t)t->tlen[a]);
+    memcpy(cat + t->tlen[a], t->tbytes + t->toff[b], (size_t)t->tlen[b]);
+    int found = tset_find(t, cat, len, hash_bytes(cat, len));
+    if (cat != tmp) free(cat);
+    return found;
+}
+
+/* Merge m: pair p = (a, b) becomes token 256 + m in the vocabulary, in
+ * merges, and in every word that holds it. */
+static int make_merge(trainer* t, int32_t* merges, int32_t m, int32_t p, int32_t a, int32_t b) {
+    if (token_add(t, a, b)) return -1;
+    merges[2 * (int64_t)m] = a;
+    merges[2 * (int64_t)m + 1] = b;
+    return apply_merge(t, p, a, b, 256 + m, m);
+}
+
 /* The merge loop: first replays the n_init given merges, then learns the
  * rest. Returns -1 when out of memory, 1 when a given merge repeats the bytes
  * of an earlier token (its index in *n_done). */
@@ -632,16 +654,11 @@ static int trainer_run(trainer* t, int32_t* merges, int32_t* n_done, int32_t n_i
     if (trainer_tokens_init(t, n_merges)) return -1;
     for (; m < n_init; m++) {
         int32_t a = merges[2 * (int64_t)m], b = merges[2 * (int64_t)m + 1];
-        int32_t len = t->tlen[a] + t->tlen[b];
-        uint8_t* cat = malloc((size_t)len);
-        if (!cat) return -1;
-        memcpy(cat, t->tbytes + t->toff[a], (size_t)t->tlen[a]);
-        memcpy(cat + t->tlen[a], t->tbytes + t->toff[b], (size_t)t->tlen[b]);
-        int dup = tset_find(t, cat, len, hash_bytes(cat, len));
-        free(cat);
+        int dup = pair_is_token(t, a, b);
+        if (dup < 0) return -1;
         if (dup) { *n_done = m; return 1; }
         int32_t p = pair_get(t, a, b);
-        if (p < 0 || token_add(t, a, b) || apply_merge(t, p, a, b, 256 + m, m)) return -1;
+        if (p < 0 || make_merge(t, merges, m, p, a, b)) return -1;
     }
     while (m < n_merges && t->heap_n > 0) {
         heap_entry top = t->heap[0];
@@ -654,21 +671,11 @@ static int trainer_run(trainer* t, int32_t* merges, int32_t* n_done, int32_t n_i
         }
         if (top.count < min_frequency || top.count <= 0) break;
         int32_t a = (int32_t)(t->pkey[p] >> 32), b = (int32_t)(t->pkey[p] & 0xFFFFFFFFu);
-        int32_t len = t->tlen[a] + t->tlen[b];
-        uint8_t tmp[256];
-        uint8_t* cat = len <= (int32_t)sizeof tmp ? tmp : malloc((size_t)len);
-        if (!cat) return -1;
-        memcpy(cat, t->tbytes + t->toff[a], (size_t)t->tlen[a]);
-        memcpy(cat + t->tlen[a], t->tbytes + t->toff[b], (size_t)t->tlen[b]);
-        int dup = tset_find(t, cat, len, hash_bytes(cat, len));
-        if (cat != tmp) free(cat);
+        int dup = pair_is_token(t, a, b);
+        if (dup < 0) return -1;
         heap_pop(t);
         if (dup) { t->pbanned[p] = 1; continue; }
-        int32_t z = 256 + m;
-        if (token_add(t, a, b)) return -1;
-        merges[2 * (int64_t)m] = a;
-        merges[2 * (int64_t)m + 1] = b;
-        if (apply_merge(t, p, a, b, z, m)) return -1;
+        if (make_merge(t, merges, m, p, a, b)) return -1;
         m++;
     }
     *n_done = m;

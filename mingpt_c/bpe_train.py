@@ -129,13 +129,14 @@ def learn_merges(chunk_counts: Mapping[bytes, int], n_merges: int,
 
 
 def learn_merges_from_docs(docs: Sequence[bytes], n_merges: int, pattern: str = "gpt2",
-                           min_frequency: int = 2) -> tuple[np.ndarray, int]:
+                           min_frequency: int = 2, init_merges=None) -> tuple[np.ndarray, int]:
     """Splits, counts and learns from UTF-8 documents (no chunk crosses a
-    document end). Returns merges (n_done, 2) int32 and the distinct chunk count."""
+    document end), after replaying init_merges as learn_merges does.
+    Returns merges (n_done, 2) int32 and the distinct chunk count."""
     offsets = np.zeros(len(docs) + 1, np.int64)  # (n_docs + 1,)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
     data = docs[0] if len(docs) == 1 else b"".join(docs)
-    return _learn_from_buffer(data, offsets, n_merges, pattern, min_frequency)
+    return _learn_from_buffer(data, offsets, n_merges, pattern, min_frequency, init_merges)
 
 
 def _learn_from_buffer(data, offsets: np.ndarray, n_merges: int, pattern: str,

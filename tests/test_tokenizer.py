@@ -237,7 +237,7 @@ def test_continuing_from_a_prefix_reproduces_the_run(shakespeare):
     docs = [shakespeare[:15_000].encode()]
     full, _ = bpe_train.learn_merges_from_docs(docs, 150)
     for k in (0, 1, 70, 150):
-        got, _ = bpe_train._learn_from_buffer(docs[0], np.array([0, len(docs[0])]), 150, "gpt2", 2, full[:k])
+        got, _ = bpe_train.learn_merges_from_docs(docs, 150, init_merges=full[:k])
         assert np.array_equal(got, full)
 
 
