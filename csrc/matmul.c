@@ -11,11 +11,7 @@
  *                              K block, zero-padded; then one barrier
  *     for (ic, slice) units    M block x column slice, taken dynamically
  *       for pc in K by kc      kc depends on K only (see below)
- *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread;
- *                              a transposed A (K,M) already holds each
- *                              full panel's k rows contiguous, so those
- *                              are read in place (row stride lda) and only
- *                              a partial last panel is packed
+ *         pack A' (mc x kc)    into MR-tall row panels (L2), per thread
  *         for jr by NR, ir by MR:  micro-kernel MR x NR, kc deep (hot loop)
  * Packing all of K before computing costs one barrier per chunk instead of
  * two per K block; that matters on shared 2-core machines, where a thread
@@ -25,12 +21,17 @@
  * broadcast of A, 15 of the 16 ymm registers; 12 independent FMA chains
  * cover the 4-cycle FMA latency on 2 FMA pipes, and each k step's 2 loads of
  * B + 6 broadcasts of A fit the load ports. Where the compiler targets
- * AVX-512 (-march=native on such a host) the same design runs 12 x 32 on
- * zmm registers (24 accumulators of 32), twice the work per instruction.
+ * AVX-512 (-march=native on such a host) the same design runs 8 x 48 on zmm
+ * registers (24 accumulators of 16 floats); broadcasts cost more than plain
+ * loads there, so the wide tile with the fewest broadcasts per FMA wins. The
+ * kernel prefetches its C tile before the k loop.
  * Without AVX2 a plain-C kernel over the same packed layout is used.
  * Packing turns every transpose combination into the same unit-stride
- * stream, so there is one kernel per ISA; the transposed B of the linear
- * layer (weight (OC,C)) is packed with 8x8 in-register transposes. Edge
+ * stream, so there is one kernel per ISA. Every pack reads its source along
+ * rows, in address order: B (K,N) a row at a time across all panels, a
+ * transposed A (K,M) likewise, and the row-major layouts that must be
+ * transposed (A (M,K), and the weight (OC,C) as B) by 8x8 in-register
+ * transposes. Edge
  * tiles (fewer than MR rows or NR columns) run the same kernel into a small
  * stack tile and copy the valid part out.
  *
@@ -73,9 +74,11 @@ static inline int omp_in_parallel(void) { return 0; }
 // ---------------------------------------------------------------- blocking
 
 #if defined(__AVX512F__)
-// 12 x 32: 24 zmm accumulators + 2 for B + 1 broadcast of 32 zmm registers.
-// kc*NR*4 = 24 KiB of B micro-panel stays in a 48 KiB L1d.
-enum { MR = 12, NR = 32, KC_MAX = 192, MC_MAX = 192 };
+// 8 x 48: 24 zmm accumulators + 3 for B + 1 broadcast of 32 zmm registers;
+// 8 broadcasts and 3 loads feed 24 FMAs per k (a 12 x 32 tile needs 12
+// broadcasts, and measured a fifth slower). The B micro-panel, kc*NR*4 =
+// 48 KiB, is read from L1/L2 while the A panel streams past it.
+enum { MR = 8, NR = 48, KC_MAX = 256, MC_MAX = 192 };
 #else
 enum {
     MR = 6,          // micro-tile rows (A broadcasts)
@@ -118,46 +121,12 @@ static float* workspace(size_t nfloats) {
 
 // ---------------------------------------------------------------- packing
 
-// Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
-// dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
-// Full panels use constant trip counts so the copies compile to vector moves
-// instead of library calls.
-static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
-                   int transA, int i0, int p0, int mc, int kc) {
-    for (int ip = 0; ip < mc; ip += MR) {
-        int mr = MG_MIN(MR, mc - ip);
-        float* d = dst + (size_t)ip * kc;
-        if (transA) {   // A is (K,M): a row of A' is a column; k rows are contiguous
-            for (int k = 0; k < kc; k++) {
-                const float* s = A + (size_t)(p0 + k) * lda + (size_t)(i0 + ip);
-                float* dk = d + (size_t)k * MR;
-                if (mr == MR) {
-                    for (int r = 0; r < MR; r++) dk[r] = s[r];
-                } else {
-                    for (int r = 0; r < mr; r++) dk[r] = s[r];
-                    for (int r = mr; r < MR; r++) dk[r] = 0.0f;
-                }
-            }
-        } else {        // A is (M,K): MR row streams, one k column at a time
-            const float* s[MR];
-            for (int r = 0; r < MR; r++)
-                s[r] = A + (size_t)(i0 + ip + MG_MIN(r, mr - 1)) * lda + (size_t)p0;
-            if (mr == MR) {
-                for (int k = 0; k < kc; k++)
-                    for (int r = 0; r < MR; r++) d[(size_t)k * MR + r] = s[r][k];
-            } else {
-                for (int k = 0; k < kc; k++)
-                    for (int r = 0; r < MR; r++)
-                        d[(size_t)k * MR + r] = r < mr ? s[r][k] : 0.0f;
-            }
-        }
-    }
-}
-
 #if MG_GEMM_AVX2
-// d[k*NR + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8): an in-register
-// transpose, so the transposed-B pack streams rows instead of single floats.
-static inline void transpose_8x8(float* restrict d, const float* restrict s, size_t lds) {
+// d[k*ldd + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8): an in-register
+// transpose, so packing a transposed operand streams rows instead of single
+// floats. d must be 32-byte aligned and ldd a multiple of 8.
+static inline void transpose_8x8(float* restrict d, size_t ldd,
+                                 const float* restrict s, size_t lds) {
     __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
     __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
     __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
@@ -170,47 +139,95 @@ static inline void transpose_8x8(float* restrict d, const float* restrict s, siz
     __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
     __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
     __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_store_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_store_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_store_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_store_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_store_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_store_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_store_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_store_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+    _mm256_store_ps(d + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(d + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 #endif
 
-// Packs NR-column panel q of the kc x nc block of B' at (p0, j0):
-// dst[k*NR + j] = B'(p0+k, j0+q*NR+j); columns past nc are zero.
-static void pack_b_panel(float* restrict d, const float* restrict B, size_t ldb,
-                         int transB, int p0, int j0, int nr, int kc) {
-    if (transB) {       // B is (N,K): each column of B' is a contiguous row of B
+// Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
+// dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
+// Both layouts are read along their rows, so the source streams through
+// the cache lines in order; fixed-size copies compile to vector moves.
+static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
+                   int transA, int i0, int p0, int mc, int kc) {
+    if (transA) {       // A is (K,M): row k of A holds k of every A' row
+        for (int k = 0; k < kc; k++) {
+            const float* s = A + (size_t)(p0 + k) * lda + (size_t)i0;
+            for (int ip = 0; ip < mc; ip += MR) {
+                float* dk = dst + (size_t)ip * kc + (size_t)k * MR;
+                int mr = MG_MIN(MR, mc - ip);
+                if (mr == MR) {
+                    memcpy(dk, s + ip, MR * sizeof(float));
+                } else {
+                    for (int r = 0; r < mr; r++) dk[r] = s[ip + r];
+                    for (int r = mr; r < MR; r++) dk[r] = 0.0f;
+                }
+            }
+        }
+        return;
+    }
+    // A is (M,K): MR row streams per panel, transposed 8 x 8 where possible
+    for (int ip = 0; ip < mc; ip += MR) {
+        int mr = MG_MIN(MR, mc - ip);
+        float* d = dst + (size_t)ip * kc;
+        const float* a = A + (size_t)(i0 + ip) * lda + (size_t)p0;
         int k0 = 0;
 #if MG_GEMM_AVX2
-        if (nr == NR) {
+        if (MR % 8 == 0 && mr == MR) {
             for (; k0 + 8 <= kc; k0 += 8)
-                for (int j = 0; j < NR; j += 8)
-                    transpose_8x8(d + (size_t)k0 * NR + j,
-                                  B + (size_t)(j0 + j) * ldb + (size_t)(p0 + k0), ldb);
+                for (int r = 0; r < MR; r += 8)
+                    transpose_8x8(d + (size_t)k0 * MR + r, MR, a + (size_t)r * lda + k0, lda);
         }
 #endif
-        for (int j = 0; j < nr; j++) {
-            const float* s = B + (size_t)(j0 + j) * ldb + (size_t)p0;
-            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = s[k];
+        for (int r = 0; r < MR; r++) {
+            const float* s = a + (size_t)MG_MIN(r, mr - 1) * lda;
+            for (int k = k0; k < kc; k++) d[(size_t)k * MR + r] = r < mr ? s[k] : 0.0f;
         }
-        for (int j = nr; j < NR; j++)
-            for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = 0.0f;
-    } else {            // B is (K,N): copy NR contiguous floats per k
-        for (int k = 0; k < kc; k++) {
-            const float* s = B + (size_t)(p0 + k) * ldb + (size_t)j0;
-            float* dk = d + (size_t)k * NR;
-            if (nr == NR) {
-                for (int j = 0; j < NR; j++) dk[j] = s[j];
-            } else {
-                for (int j = 0; j < nr; j++) dk[j] = s[j];
-                for (int j = nr; j < NR; j++) dk[j] = 0.0f;
-            }
+    }
+}
+
+// Packs NR-column panel q of the kc x nc block of B' at (p0, j0), for a
+// transposed B (N,K), whose columns of B' are contiguous rows:
+// dst[k*NR + j] = B'(p0+k, j0+q*NR+j); columns past nc are zero.
+static void pack_bt_panel(float* restrict d, const float* restrict B, size_t ldb,
+                          int p0, int j0, int nr, int kc) {
+    int k0 = 0;
+#if MG_GEMM_AVX2
+    if (nr == NR) {
+        for (; k0 + 8 <= kc; k0 += 8)
+            for (int j = 0; j < NR; j += 8)
+                transpose_8x8(d + (size_t)k0 * NR + j, NR,
+                              B + (size_t)(j0 + j) * ldb + (size_t)(p0 + k0), ldb);
+    }
+#endif
+    for (int j = 0; j < nr; j++) {
+        const float* s = B + (size_t)(j0 + j) * ldb + (size_t)p0;
+        for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = s[k];
+    }
+    for (int j = nr; j < NR; j++)
+        for (int k = k0; k < kc; k++) d[(size_t)k * NR + j] = 0.0f;
+}
+
+// Packs row k of B (K,N), columns j0..j0+nc, into its place in every NR-column
+// panel of its K block (panels of kc rows from bblk): a row streams through
+// the cache in order. Columns past nc are zero.
+static void pack_b_row(float* restrict bblk, const float* restrict B, size_t ldb,
+                       int k, int kk, int kc, int j0, int nc) {
+    const float* s = B + (size_t)k * ldb + (size_t)j0;
+    for (int j = 0; j < nc; j += NR) {
+        float* d = bblk + (size_t)(j / NR) * kc * NR + (size_t)kk * NR;
+        int nr = MG_MIN(NR, nc - j);
+        if (nr == NR) {
+            memcpy(d, s + j, NR * sizeof(float));
+        } else {
+            for (int c = 0; c < nr; c++) d[c] = s[j + c];
+            for (int c = nr; c < NR; c++) d[c] = 0.0f;
         }
     }
 }
@@ -224,54 +241,58 @@ enum { STORE_SET = 0, STORE_ADD = 1 };
 
 #if defined(__AVX512F__)
 
-// acc (12,32) = a (kc,12; row k at a + k*as) @ b (kc,32 packed), then stored per mode
-// into c (12,32) with row stride ldc. bias (32) or NULL (STORE_SET only).
-static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
+// acc (8,48) = a (kc,8 packed) @ b (kc,48 packed), then stored per mode into
+// c (8,48) with row stride ldc. bias (48) or NULL (STORE_SET only).
+static void kernel(int kc, const float* restrict a, const float* restrict b,
                    float* restrict c, size_t ldc, int mode,
                    const float* restrict bias) {
-    __m512 acc[MR][2];
-    #pragma GCC unroll 12
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    __m512 acc[MR][3];
+    // C is read (STORE_ADD) or written only after the kc-deep loop: ask for
+    // its 8 rows now, so the stores do not wait on cache misses.
+    #pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        const char* cr = (const char*)(c + (size_t)r * ldc);
+        _mm_prefetch(cr, _MM_HINT_T0);
+        _mm_prefetch(cr + 64, _MM_HINT_T0);
+        _mm_prefetch(cr + 128, _MM_HINT_T0);
+        _mm_prefetch(cr + 188, _MM_HINT_T0);   // the row's last float
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
     // ---- hot loop: 24 FMAs per k, operands streamed from the packed panels
-    #pragma GCC unroll 2
+    #pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b);
         __m512 b1 = _mm512_load_ps(b + 16);
-        #pragma GCC unroll 12
+        __m512 b2 = _mm512_load_ps(b + 32);
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 av = _mm512_set1_ps(a[r]);
             acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
             acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
         }
-        a += as;
+        a += MR;
         b += NR;
     }
-    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
-    if (mode == STORE_SET && bias) {
-        bias0 = _mm512_loadu_ps(bias);
-        bias1 = _mm512_loadu_ps(bias + 16);
-    }
-    #pragma GCC unroll 12
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
         float* cr = c + (size_t)r * ldc;
-        __m512 v0 = acc[r][0], v1 = acc[r][1];
-        if (mode == STORE_ADD) {
-            v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0);
-            v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1);
-        } else if (bias) {
-            v0 = _mm512_add_ps(bias0, v0);
-            v1 = _mm512_add_ps(bias1, v1);
+        #pragma GCC unroll 3
+        for (int v = 0; v < 3; v++) {
+            __m512 x = acc[r][v];
+            if (mode == STORE_ADD) x = _mm512_add_ps(_mm512_loadu_ps(cr + 16 * v), x);
+            else if (bias) x = _mm512_add_ps(_mm512_loadu_ps(bias + 16 * v), x);
+            _mm512_storeu_ps(cr + 16 * v, x);
         }
-        _mm512_storeu_ps(cr, v0);
-        _mm512_storeu_ps(cr + 16, v1);
     }
 }
 
 #elif MG_GEMM_AVX2
 
-// acc (6,16) = a (kc,6; row k at a + k*as) @ b (kc,16 packed), then stored per mode into
+// acc (6,16) = a (kc,6 packed) @ b (kc,16 packed), then stored per mode into
 // c (6,16) with row stride ldc. bias (16) or NULL, used only by STORE_SET.
-static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
+static void kernel(int kc, const float* restrict a, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -298,7 +319,7 @@ static void kernel(int kc, const float* restrict a, size_t as, const float* rest
         c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
         av = _mm256_broadcast_ss(a + 5);
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-        a += as;
+        a += MR;
         b += NR;
     }
     __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
@@ -327,7 +348,7 @@ static void kernel(int kc, const float* restrict a, size_t as, const float* rest
 
 #else  // portable: plain C, the same packed layout and the same store rule
 
-static void kernel(int kc, const float* restrict a, size_t as, const float* restrict b,
+static void kernel(int kc, const float* restrict a, const float* restrict b,
                         float* restrict c, size_t ldc, int mode,
                         const float* restrict bias) {
     float acc[MR][NR];
@@ -338,7 +359,7 @@ static void kernel(int kc, const float* restrict a, size_t as, const float* rest
             float ar = a[r];
             for (int j = 0; j < NR; j++) acc[r][j] += ar * b[j];
         }
-        a += as;
+        a += MR;
         b += NR;
     }
     for (int r = 0; r < MR; r++) {
@@ -353,14 +374,14 @@ static void kernel(int kc, const float* restrict a, size_t as, const float* rest
 
 // A possibly partial tile: mr <= MR rows, nr <= NR columns. Partial tiles go
 // through a stack tile so the kernel never touches C outside the matrix.
-static inline void tile(int kc, const float* a, size_t as, const float* b, float* c, size_t ldc,
+static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
                         int mr, int nr, int mode, const float* bias) {
     if (mr == MR && nr == NR) {
-        kernel(kc, a, as, b, c, ldc, mode, bias);
+        kernel(kc, a, b, c, ldc, mode, bias);
         return;
     }
     float t[MR * NR] __attribute__((aligned(64)));
-    kernel(kc, a, as, b, t, NR, STORE_SET, NULL);
+    kernel(kc, a, b, t, NR, STORE_SET, NULL);
     for (int r = 0; r < mr; r++) {
         float* cr = c + (size_t)r * ldc;
         const float* tr = t + r * NR;
@@ -419,12 +440,21 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
             int npan = (nc + NR - 1) / NR;
             // K block pc's panels start at bpack + pc*npan*NR (blocks before
             // it are full), panel q at + q*kc*NR.
-            #pragma omp for schedule(dynamic, 4)
-            for (int t = 0; t < nkb * npan; t++) {
-                int pc = (t / npan) * kcb, q = t % npan;
-                int kc = MG_MIN(kcb, K - pc);
-                pack_b_panel(bpack + (size_t)pc * npan * NR + (size_t)q * kc * NR,
-                             B, ldb, transB, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
+            if (transB) {
+                #pragma omp for schedule(dynamic, 4)
+                for (int t = 0; t < nkb * npan; t++) {
+                    int pc = (t / npan) * kcb, q = t % npan;
+                    int kc = MG_MIN(kcb, K - pc);
+                    pack_bt_panel(bpack + (size_t)pc * npan * NR + (size_t)q * kc * NR,
+                                  B, ldb, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
+                }
+            } else {
+                #pragma omp for schedule(static)
+                for (int k = 0; k < K; k++) {
+                    int pc = k / kcb * kcb;
+                    pack_b_row(bpack + (size_t)pc * npan * NR, B, ldb, k, k - pc,
+                               MG_MIN(kcb, K - pc), jc, nc);
+                }
             }
             // (implicit barrier: B is packed before anyone reads it)
 
@@ -441,23 +471,16 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
                     int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
                     const float* bias_p = (mode == STORE_SET) ? bias : NULL;
                     const float* bblk = bpack + (size_t)pc * npan * NR;
-                    // A' panels: packed, or (transposed A) full MR-row
-                    // panels read in place and only a partial one packed.
-                    int mfull = transA ? mc / MR * MR : 0;
-                    if (mfull < mc)
-                        pack_a(apack, A, lda, transA, ic + mfull, pc, mc - mfull, kc);
+                    pack_a(apack, A, lda, transA, ic, pc, mc, kc);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;
                         int nr = MG_MIN(NR, nc - j);
                         const float* bp = bblk + (size_t)q * kc * NR;
                         const float* bq = bias_p ? bias_p + jc + j : NULL;
-                        for (int i = 0; i < mc; i += MR) {
-                            const float* ap = i < mfull ? A + (size_t)pc * lda + (size_t)(ic + i)
-                                                        : apack + (size_t)(i - mfull) * kc;
-                            tile(kc, ap, i < mfull ? lda : (size_t)MR, bp,
+                        for (int i = 0; i < mc; i += MR)
+                            tile(kc, apack + (size_t)i * kc, bp,
                                  Cm + (size_t)(ic + i) * ldc + (size_t)(jc + j), ldc,
                                  MG_MIN(MR, mc - i), nr, mode, bq);
-                        }
                     }
                 }
             }

@@ -74,6 +74,21 @@ def test_sgemm_matches_float64(rng, ta, tb, M, N, K):
     assert_close(got, c0 + A @ B, rtol=1e-6, atol=gemm_tol(abs(A), abs(B), K, c0))
 
 
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_sgemm_b_in_several_chunks(rng, ta, tb, threads):
+    """K*N above the packed-B budget (4M floats): N is cut into chunks, each
+    packed whole; edge rows, edge panels and every chunk must add up."""
+    M, N, K = 19, 1100, 4000
+    a = rand(rng, *((K, M) if ta else (M, K)))
+    b = rand(rng, *((N, K) if tb else (K, N)))
+    A, B = op(a.astype(np.float64), ta), op(b.astype(np.float64), tb)
+    for n in (1, 2):
+        _lib.set_num_threads(n)
+        got = ops.sgemm(a, b, trans_a=ta, trans_b=tb)
+        assert_close(got, A @ B, rtol=1e-6, atol=gemm_tol(abs(A), abs(B), K))
+
+
 @pytest.mark.parametrize("ta", [0, 1])
 @pytest.mark.parametrize("tb", [0, 1])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
