@@ -31,9 +31,10 @@
  * rows, in address order: B (K,N) a row at a time across all panels, a
  * transposed A (K,M) likewise, and the row-major layouts that must be
  * transposed (A (M,K), and the weight (OC,C) as B) by 8x8 in-register
- * transposes. Edge
- * tiles (fewer than MR rows or NR columns) run the same kernel into a small
- * stack tile and copy the valid part out.
+ * transposes. Edge tiles (fewer than MR rows or NR columns): on AVX-512 the
+ * narrowest kernel that covers the columns (16, 32 or 48) stores the valid
+ * rows and columns with masks; elsewhere the kernel writes a small stack
+ * tile and the valid part is copied out.
  *
  * Numerics and determinism: each output element is the sum over K in one
  * fixed order: K is cut into blocks whose size depends on K alone; within a
@@ -75,8 +76,9 @@ static inline int omp_in_parallel(void) { return 0; }
 
 #if defined(__AVX512F__)
 // 8 x 48: 24 zmm accumulators + 3 for B + 1 broadcast of 32 zmm registers;
-// 8 broadcasts and 3 loads feed 24 FMAs per k (a 12 x 32 tile needs 12
-// broadcasts, and measured a fifth slower). The B micro-panel, kc*NR*4 =
+// 8 broadcasts and 3 loads feed 24 FMAs per k. A 12 x 32 tile needs 12
+// broadcasts: on one AVX-512 core, with both panels in L1, it ran at about
+// 112 GFLOP/s where 8 x 48 ran at about 174. The B micro-panel, kc*NR*4 =
 // 48 KiB, is read from L1/L2 while the A panel streams past it.
 enum { MR = 8, NR = 48, KC_MAX = 256, MC_MAX = 192 };
 #else
@@ -92,6 +94,9 @@ enum { ALIGN = 64 };
 // Packed B is kept for all of K at once, up to this many floats (16 MiB):
 // the whole weight of most transformer layers, well inside a 32 MiB L3.
 #define B_CAP ((size_t)4 << 20)
+
+// Fewest NR-column panels in a column slice of a parallel work unit.
+enum { SLICE_MIN = 8 };
 
 // Below this many multiply-adds a parallel region costs more than it saves.
 #define SERIAL_MNK ((double)96 * 96 * 96)
@@ -241,51 +246,60 @@ enum { STORE_SET = 0, STORE_ADD = 1 };
 
 #if defined(__AVX512F__)
 
-// acc (8,48) = a (kc,8 packed) @ b (kc,48 packed), then stored per mode into
-// c (8,48) with row stride ldc. bias (48) or NULL (STORE_SET only).
-static void kernel(int kc, const float* restrict a, const float* restrict b,
-                   float* restrict c, size_t ldc, int mode,
-                   const float* restrict bias) {
+// acc (8, 16*NV) = a (kc,8 packed) @ the first 16*NV columns of b (kc,48
+// packed), then its first mr rows and nr columns stored per mode into c (row
+// stride ldc). bias (nr) or NULL (STORE_SET only). NV (1..3) is a constant at
+// each call, so every loop over v unrolls away; edge tiles (nr < 48 or
+// mr < 8) run the narrowest kernel that covers them and store with masks,
+// so no product is computed twice and C is never touched outside the matrix.
+static inline __attribute__((always_inline))
+void kernel_nv(const int NV, int kc, const float* restrict a, const float* restrict b,
+               float* restrict c, size_t ldc, int mr, int nr, int mode,
+               const float* restrict bias) {
     __m512 acc[MR][3];
     // C is read (STORE_ADD) or written only after the kc-deep loop: ask for
-    // its 8 rows now, so the stores do not wait on cache misses.
-    #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
+    // its rows now, so the stores do not wait on cache misses.
+    for (int r = 0; r < mr; r++) {
         const char* cr = (const char*)(c + (size_t)r * ldc);
-        _mm_prefetch(cr, _MM_HINT_T0);
-        _mm_prefetch(cr + 64, _MM_HINT_T0);
-        _mm_prefetch(cr + 128, _MM_HINT_T0);
-        _mm_prefetch(cr + 188, _MM_HINT_T0);   // the row's last float
+        for (int j = 0; j < nr; j += 16) _mm_prefetch(cr + 4 * j, _MM_HINT_T0);
+        _mm_prefetch(cr + 4 * (nr - 1), _MM_HINT_T0);
     }
     #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
-    // ---- hot loop: 24 FMAs per k, operands streamed from the packed panels
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    // ---- hot loop: 8*NV FMAs per k, operands streamed from the packed panels
     #pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_load_ps(b);
-        __m512 b1 = _mm512_load_ps(b + 16);
-        __m512 b2 = _mm512_load_ps(b + 32);
+        __m512 bv[3];
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
         #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 av = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += MR;
         b += NR;
     }
-    #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
-        float* cr = c + (size_t)r * ldc;
-        #pragma GCC unroll 3
-        for (int v = 0; v < 3; v++) {
+    for (int v = 0; v < NV; v++) {
+        int w = nr - 16 * v;                  // valid columns in vector v
+        __mmask16 m = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1);
+        __m512 bias_v = _mm512_setzero_ps();
+        if (mode == STORE_SET && bias) bias_v = _mm512_maskz_loadu_ps(m, bias + 16 * v);
+        for (int r = 0; r < mr; r++) {
+            float* cv = c + (size_t)r * ldc + 16 * v;
             __m512 x = acc[r][v];
-            if (mode == STORE_ADD) x = _mm512_add_ps(_mm512_loadu_ps(cr + 16 * v), x);
-            else if (bias) x = _mm512_add_ps(_mm512_loadu_ps(bias + 16 * v), x);
-            _mm512_storeu_ps(cr + 16 * v, x);
+            x = _mm512_add_ps(mode == STORE_ADD ? _mm512_maskz_loadu_ps(m, cv) : bias_v, x);
+            _mm512_mask_storeu_ps(cv, m, x);
         }
     }
+}
+
+// A possibly partial tile: mr <= MR rows, nr <= NR columns.
+static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
+                        int mr, int nr, int mode, const float* bias) {
+    if (nr > 32)      kernel_nv(3, kc, a, b, c, ldc, mr, nr, mode, bias);
+    else if (nr > 16) kernel_nv(2, kc, a, b, c, ldc, mr, nr, mode, bias);
+    else              kernel_nv(1, kc, a, b, c, ldc, mr, nr, mode, bias);
 }
 
 #elif MG_GEMM_AVX2
@@ -372,6 +386,7 @@ static void kernel(int kc, const float* restrict a, const float* restrict b,
 
 #endif
 
+#if !defined(__AVX512F__)
 // A possibly partial tile: mr <= MR rows, nr <= NR columns. Partial tiles go
 // through a stack tile so the kernel never touches C outside the matrix.
 static inline void tile(int kc, const float* a, const float* b, float* c, size_t ldc,
@@ -390,6 +405,8 @@ static inline void tile(int kc, const float* a, const float* b, float* c, size_t
                   : bias ? bias[j] + tr[j] : tr[j];
     }
 }
+
+#endif
 
 // ---------------------------------------------------------------- driver
 
@@ -458,7 +475,9 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
             }
             // (implicit barrier: B is packed before anyone reads it)
 
-            int nsl = MG_MIN(njs, npan);
+            // Each unit packs its own A block, so a slice keeps at least
+            // SLICE_MIN panels: thinner slices would pack A more than they save.
+            int nsl = MG_MAX(1, MG_MIN(njs, npan / SLICE_MIN));
             #pragma omp for schedule(dynamic, 1)
             for (int u = 0; u < nmb * nsl; u++) {
                 int ib = u / nsl, js = u % nsl;
