@@ -601,14 +601,19 @@ def export_cmd(ckpt, out):
 @click.option("--threads", type=int, default=2)
 @click.option("--sample-tokens", type=int, default=256, help="sampling benchmark length (0: skip)")
 @click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
-def bench(config, rounds, steps, threads, sample_tokens, no_torch):
+@click.option("--profile", is_flag=True,
+              help="instead: time each kernel group of our training step (matmul, attention, ...)")
+def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile):
     """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py)."""
-    from mingpt_c.benchmark import parse_configs, run
+    from mingpt_c.benchmark import parse_configs, run, run_profile
 
     try:
         names = parse_configs(config)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    if profile:
+        run_profile(names, steps, threads, echo=click.echo)
+        return
     run(names, rounds, steps, threads, sample_tokens, not no_torch, echo=click.echo)
 
 # ------------------------------------------------------------------ vit

@@ -1,4 +1,5 @@
-"""Kernel benchmarks: GFLOP/s of the C core beside numpy (OpenBLAS), float32.
+"""Kernel benchmarks: GFLOP/s of the C core beside numpy (OpenBLAS) and,
+where installed, PyTorch (MKL), float32.
 
     python3 bench/bench_kernels.py            # full table (a few minutes)
     python3 bench/bench_kernels.py --quick    # fewer shapes and repeats
@@ -52,6 +53,12 @@ try:  # optional: pins numpy's BLAS pool even if it was loaded already
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_limits = None
+
+try:  # optional: PyTorch's own GEMM (MKL on x86), a third column
+    import torch
+    torch.set_num_threads(ARGS.threads)
+except ImportError:  # pragma: no cover
+    torch = None
 
 # ---------------------------------------------------------------- timing
 
@@ -114,6 +121,10 @@ def check_matmul() -> None:
     print("matmul: correctness checked against float64")
 
 
+# GFLOP and seconds summed over every shape and pass, per side ("" ours)
+TOTALS = {"": [0.0, 0.0], "np_": [0.0, 0.0], "pt_": [0.0, 0.0]}
+
+
 def bench_matmul(args) -> list[dict]:
     rows_n = [768] if args.quick else [768, 2048]
     shapes = MATMUL_QUICK if args.quick else MATMUL_SHAPES
@@ -142,6 +153,12 @@ def bench_matmul(args) -> list[dict]:
                     ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC)),
                 "np_dweight": lambda: np.matmul(doutT, x, out=np_dw),
             }
+            if torch is not None:   # tensors sharing the arrays' memory
+                tx, tw, tdout = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(dout)
+                t_out, t_dx, t_dw = (torch.from_numpy(a.copy()) for a in (out, dx, dw))
+                fns["pt_fwd"] = lambda: torch.matmul(tx, tw.T, out=t_out)
+                fns["pt_dinp"] = lambda: torch.matmul(tdout, tw, out=t_dx)
+                fns["pt_dweight"] = lambda: torch.matmul(tdout.T, tx, out=t_dw)
             reps = max(2, repeats // 2) if OC > 10000 else repeats
             t = median_times(fns, reps)
             gf = 2.0 * N * C * OC / 1e9
@@ -151,6 +168,11 @@ def bench_matmul(args) -> list[dict]:
                 row[f"{k} ours"] = f"{ours:.1f}"
                 row[f"{k} numpy"] = f"{theirs:.1f}"
                 row[f"{k} ratio"] = f"{ours / theirs:.2f}"
+                if torch is not None:
+                    row[f"{k} torch"] = f"{gf / t['pt_' + k]:.1f}"
+                for side in ("", "np_", "pt_"):
+                    if side + k in t:
+                        TOTALS[side] = [TOTALS[side][0] + gf, TOTALS[side][1] + t[side + k]]
             rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr)
             del x, w, b, dout, out, dx, dw, np_out, np_dx, np_dw
@@ -181,6 +203,11 @@ def main(args) -> None:
         else:
             rows = bench_fn(args)
         print_table(title, rows)
+        if name == "matmul":
+            sides = {"ours": "", "numpy": "np_", "torch": "pt_"}
+            print("all shapes and passes (total GFLOP / total median time): " + ", ".join(
+                f"{label} {TOTALS[k][0] / TOTALS[k][1]:.1f}"
+                for label, k in sides.items() if TOTALS[k][1] > 0))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ GEMM rate, measured by a worker in the same run:
     FLOPs per token = 6 N + 12 L C T     (N: parameters without position
                                           embeddings, tied embedding once)
 
+`--profile` times each group of C kernels inside our training step instead
+(ours only; a worker wraps the ops functions with timers before the model is
+imported); "Python and glue" is the rest of the step: sequencing, numpy
+views and allocation.
+
 Usage: mingpt bench [--config baby,small,gpt2] [--rounds 5] [--steps 10]
+       mingpt bench --profile [--config small] [--steps 10]
        python -m mingpt_c.benchmark ...   (the same)
 """
 from __future__ import annotations
@@ -33,6 +39,21 @@ def flops_per_token(c: dict) -> float:
     C, L, V, T = c["C"], c["L"], c["V"], c["T"]
     n = V * C + L * (12 * C * C + 13 * C) + 2 * C
     return 6 * n + 12 * L * C * T
+
+
+# ops functions timed by --profile, by group (every kernel a training step calls)
+PROFILE_GROUPS = {
+    "matmul": ("matmul_forward", "matmul_backward"),
+    "attention": ("attention_forward", "attention_backward"),
+    "layernorm": ("layernorm_forward", "layernorm_backward"),
+    "GELU": ("gelu_forward", "gelu_backward", "gelu_erf_forward", "gelu_erf_backward"),
+    "loss": ("crossentropy_forward", "crossentropy_backward"),
+    "AdamW": ("global_norm", "adamw_update"),
+    "embedding, residual, dropout": ("embedding_forward", "embedding_backward",
+                                     "residual_forward", "residual_backward",
+                                     "dropout_forward", "dropout_backward"),
+}
+PY_GROUP = "Python and glue"
 
 
 def _peak_rss_mb() -> float:
@@ -86,6 +107,56 @@ def _worker_train(side: str, c: dict, steps: int, warmup: int, threads: int) -> 
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return {"tok_s": B * T / statistics.median(times), "rss_mb": _peak_rss_mb()}
+
+
+def _worker_profile(c: dict, steps: int, warmup: int, threads: int) -> dict:
+    """Milliseconds per training step in each kernel group (ours)."""
+    import numpy as np
+
+    from . import ops
+
+    spent = {g: 0.0 for g in PROFILE_GROUPS}
+
+    def timed(fn, group):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[group] += time.perf_counter() - t0
+        return wrapper
+
+    # Before the model modules are imported: some keep kernel tables.
+    for group, names in PROFILE_GROUPS.items():
+        for name in names:
+            setattr(ops, name, timed(getattr(ops, name), group))
+    from ._lib import set_num_threads
+    from .model.config import GPTConfig
+    from .model.gpt import GPT
+    from .optim import AdamW
+
+    set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    B, T = c["B"], c["T"]
+    model = GPT(GPTConfig(vocab_size=c["V"], block_size=T, n_layer=c["L"], n_head=c["NH"],
+                          n_embd=c["C"]), seed=0)
+    opt = AdamW(model.params, model.layout.decay_mask(), 0.9, 0.99, 1e-8, 0.1, 1.0)
+    x = rng.integers(0, c["V"], (B, T)).astype(np.int32)
+    y = rng.integers(0, c["V"], (B, T)).astype(np.int32)
+    total = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            spent.update({g: 0.0 for g in spent})
+        t0 = time.perf_counter()
+        model.zero_grad()
+        model.forward(x, y, train=True)
+        model.backward()
+        opt.step(model.grads, 1e-4)
+        if i >= warmup:
+            total += time.perf_counter() - t0
+    groups = {g: 1e3 * v / steps for g, v in spent.items()}
+    groups[PY_GROUP] = max(0.0, 1e3 * total / steps - sum(groups.values()))
+    return {"step_ms": 1e3 * total / steps, "groups": groups}
 
 
 def _worker_sample(side: str, c: dict, n_new: int, threads: int) -> dict:
@@ -193,6 +264,23 @@ def run(configs: list[str], rounds: int, steps: int, threads: int, sample_tokens
     return results
 
 
+def run_profile(configs: list[str], steps: int, threads: int, echo=print) -> dict:
+    """Per-kernel-group time of our training step, one worker per config."""
+    results = {}
+    for name in configs:
+        warm = 2 if name != "gpt2" else 1
+        out = _run_worker(["profile", name, str(steps), str(warm), str(threads)], threads)
+        results[name] = out
+        c = CONFIGS[name]
+        echo(f"profile: {name} (batch {c['B']} x block {c['T']}), {threads} threads, "
+             f"{steps} steps: {out['step_ms']:,.1f} ms/step, "
+             f"{c['B'] * c['T'] / out['step_ms'] * 1e3:,.0f} tokens/s")
+        echo(f"  {'kernels':<30} {'ms/step':>9} {'share':>6}")
+        for group, ms in sorted(out["groups"].items(), key=lambda kv: -kv[1]):
+            echo(f"  {group:<30} {ms:>9.1f} {ms / out['step_ms']:>6.1%}")
+    return results
+
+
 def _print_table(res: dict, threads: int, torch_side: bool, echo) -> None:
     gemm = res["gemm_gflops"]
     echo("")
@@ -228,6 +316,9 @@ def main(argv=None) -> None:
         if kind == "train":
             side, name, steps, warm, threads = rest
             out = _worker_train(side, CONFIGS[name], int(steps), int(warm), int(threads))
+        elif kind == "profile":
+            name, steps, warm, threads = rest
+            out = _worker_profile(CONFIGS[name], int(steps), int(warm), int(threads))
         elif kind == "sample":
             side, name, n_new, threads = rest
             out = _worker_sample(side, CONFIGS[name], int(n_new), int(threads))
@@ -244,11 +335,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sample-tokens", type=int, default=256)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="time each kernel group of ours instead")
     a = ap.parse_args(argv)
     try:
         configs = parse_configs(a.config)
     except ValueError as e:
         ap.error(str(e))
+    if a.profile:
+        run_profile(configs, a.steps, a.threads)
+        return
     run(configs, a.rounds, a.steps, a.threads, a.sample_tokens, not a.no_torch)
 
 
