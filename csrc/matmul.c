@@ -155,6 +155,23 @@ static inline void transpose_8x8(float* restrict d, size_t ldd,
 }
 #endif
 
+// d[0:w] = s[0:n], then zeros (n <= w). w is a constant at each call, so a
+// full copy compiles to vector moves.
+static inline void copy_padded(float* restrict d, const float* restrict s, int n, int w) {
+    if (n == w) {
+#if MG_GEMM_AVX2
+        if (w % 8 == 0) {   // explicit moves: gcc turns a 192-byte copy into a call
+            for (int c = 0; c < w; c += 8) _mm256_storeu_ps(d + c, _mm256_loadu_ps(s + c));
+            return;
+        }
+#endif
+        memcpy(d, s, (size_t)w * sizeof(float));
+        return;
+    }
+    for (int c = 0; c < n; c++) d[c] = s[c];
+    for (int c = n; c < w; c++) d[c] = 0.0f;
+}
+
 // Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
 // dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
 // Both layouts are read along their rows, so the source streams through
@@ -165,14 +182,8 @@ static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
         for (int k = 0; k < kc; k++) {
             const float* s = A + (size_t)(p0 + k) * lda + (size_t)i0;
             for (int ip = 0; ip < mc; ip += MR) {
-                float* dk = dst + (size_t)ip * kc + (size_t)k * MR;
-                int mr = MG_MIN(MR, mc - ip);
-                if (mr == MR) {
-                    memcpy(dk, s + ip, MR * sizeof(float));
-                } else {
-                    for (int r = 0; r < mr; r++) dk[r] = s[ip + r];
-                    for (int r = mr; r < MR; r++) dk[r] = 0.0f;
-                }
+                copy_padded(dst + (size_t)ip * kc + (size_t)k * MR, s + ip,
+                            MG_MIN(MR, mc - ip), MR);
             }
         }
         return;
@@ -226,14 +237,8 @@ static void pack_b_row(float* restrict bblk, const float* restrict B, size_t ldb
                        int k, int kk, int kc, int j0, int nc) {
     const float* s = B + (size_t)k * ldb + (size_t)j0;
     for (int j = 0; j < nc; j += NR) {
-        float* d = bblk + (size_t)(j / NR) * kc * NR + (size_t)kk * NR;
-        int nr = MG_MIN(NR, nc - j);
-        if (nr == NR) {
-            memcpy(d, s + j, NR * sizeof(float));
-        } else {
-            for (int c = 0; c < nr; c++) d[c] = s[j + c];
-            for (int c = nr; c < NR; c++) d[c] = 0.0f;
-        }
+        copy_padded(bblk + (size_t)(j / NR) * kc * NR + (size_t)kk * NR, s + j,
+                    MG_MIN(NR, nc - j), NR);
     }
 }
 

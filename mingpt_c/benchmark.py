@@ -62,6 +62,26 @@ def _peak_rss_mb() -> float:
 # ------------------------------------------------------------------ workers
 
 
+def _our_trainer(c: dict, threads: int):
+    """Our GPT for config c and a function that runs one training step."""
+    from ._lib import set_num_threads
+    from .model.config import GPTConfig
+    from .model.gpt import GPT
+    from .optim import AdamW
+
+    set_num_threads(threads)
+    model = GPT(GPTConfig(vocab_size=c["V"], block_size=c["T"], n_layer=c["L"], n_head=c["NH"],
+                          n_embd=c["C"]), seed=0)
+    opt = AdamW(model.params, model.layout.decay_mask(), 0.9, 0.99, 1e-8, 0.1, 1.0)
+
+    def step(x, y):
+        model.zero_grad()
+        model.forward(x, y, train=True)
+        model.backward()
+        opt.step(model.grads, 1e-4)
+    return step
+
+
 def _worker_train(side: str, c: dict, steps: int, warmup: int, threads: int) -> dict:
     import numpy as np
 
@@ -71,23 +91,12 @@ def _worker_train(side: str, c: dict, steps: int, warmup: int, threads: int) -> 
                for _ in range(4)]
     times = []
     if side == "ours":
-        from ._lib import set_num_threads
-        from .model.config import GPTConfig
-        from .model.gpt import GPT
-        from .optim import AdamW
-
-        set_num_threads(threads)
-        model = GPT(GPTConfig(vocab_size=c["V"], block_size=T, n_layer=c["L"], n_head=c["NH"],
-                              n_embd=c["C"]), seed=0)
-        opt = AdamW(model.params, model.layout.decay_mask(), 0.9, 0.99, 1e-8, 0.1, 1.0)
+        step = _our_trainer(c, threads)
         batches = [(x.astype(np.int32), y.astype(np.int32)) for x, y in batches]
         for i in range(warmup + steps):
             x, y = batches[i % 4]
             t0 = time.perf_counter()
-            model.zero_grad()
-            model.forward(x, y, train=True)
-            model.backward()
-            opt.step(model.grads, 1e-4)
+            step(x, y)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     else:
@@ -130,17 +139,9 @@ def _worker_profile(c: dict, steps: int, warmup: int, threads: int) -> dict:
     for group, names in PROFILE_GROUPS.items():
         for name in names:
             setattr(ops, name, timed(getattr(ops, name), group))
-    from ._lib import set_num_threads
-    from .model.config import GPTConfig
-    from .model.gpt import GPT
-    from .optim import AdamW
-
-    set_num_threads(threads)
+    step = _our_trainer(c, threads)
     rng = np.random.default_rng(0)
     B, T = c["B"], c["T"]
-    model = GPT(GPTConfig(vocab_size=c["V"], block_size=T, n_layer=c["L"], n_head=c["NH"],
-                          n_embd=c["C"]), seed=0)
-    opt = AdamW(model.params, model.layout.decay_mask(), 0.9, 0.99, 1e-8, 0.1, 1.0)
     x = rng.integers(0, c["V"], (B, T)).astype(np.int32)
     y = rng.integers(0, c["V"], (B, T)).astype(np.int32)
     total = 0.0
@@ -148,10 +149,7 @@ def _worker_profile(c: dict, steps: int, warmup: int, threads: int) -> dict:
         if i == warmup:
             spent.update({g: 0.0 for g in spent})
         t0 = time.perf_counter()
-        model.zero_grad()
-        model.forward(x, y, train=True)
-        model.backward()
-        opt.step(model.grads, 1e-4)
+        step(x, y)
         if i >= warmup:
             total += time.perf_counter() - t0
     groups = {g: 1e3 * v / steps for g, v in spent.items()}
