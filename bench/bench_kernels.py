@@ -153,7 +153,7 @@ def bench_matmul(args) -> list[dict]:
                     ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC)),
                 "np_dweight": lambda: np.matmul(doutT, x, out=np_dw),
             }
-            if torch is not None:   # tensors sharing the arrays' memory
+            if torch is not None:   # the same inputs (shared memory), own outputs
                 tx, tw, tdout = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(dout)
                 t_out, t_dx, t_dw = (torch.from_numpy(a.copy()) for a in (out, dx, dw))
                 fns["pt_fwd"] = lambda: torch.matmul(tx, tw.T, out=t_out)
