@@ -243,6 +243,81 @@ axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
  * A^T, or (1, 4) for a packed row block. B(k,n) = b[(n/16)*bblk + k*ldb + n%16]:
  * bblk = 16 for plain rows, 16*K for 16-column panels (see pack_panels).
  * accumulate: add into c instead of overwriting it. */
+#if defined(__AVX512F__)
+/* One 4 x (16*NP) tile of panel_axpy on zmm registers: NP (1..4) 16-column
+ * panels at once, 4*NP accumulators, each of one output element's 16 lanes
+ * chained over k exactly as the ymm tile chains them (the same bits). The
+ * last panel's valid columns are `last` (1..16). always_inline so that NP
+ * folds to a constant. */
+static inline __attribute__((always_inline)) void
+axpy_tile16(const int NP, int last, int mr, int k0, int k1,
+            const float* a0, const float* a1, const float* a2, const float* a3,
+            size_t acs, const float* b, size_t ldb, size_t bblk, float* c, size_t ldc,
+            int accumulate) {
+    /* the last panel's columns past `last` are never read (masked loads)
+     * nor written */
+    const __mmask16 mlast = last == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << last) - 1);
+    __m512 acc[4][4];
+    #pragma GCC unroll 4
+    for (int m = 0; m < 4; m++)
+        #pragma GCC unroll 4
+        for (int p = 0; p < NP; p++) acc[m][p] = _mm512_setzero_ps();
+    /* ---- hot loop: 4*NP FMAs per NP loads + 4 broadcasts */
+    for (int k = k0; k < k1; k++) {
+        const float* bk = b + (size_t)k * ldb;
+        const size_t ak = (size_t)k * acs;
+        __m512 y[4];
+        #pragma GCC unroll 4
+        for (int p = 0; p < NP - 1; p++) y[p] = _mm512_loadu_ps(bk + (size_t)p * bblk);
+        y[NP - 1] = _mm512_maskz_loadu_ps(mlast, bk + (size_t)(NP - 1) * bblk);
+        const __m512 x0 = _mm512_set1_ps(a0[ak]), x1 = _mm512_set1_ps(a1[ak]);
+        const __m512 x2 = _mm512_set1_ps(a2[ak]), x3 = _mm512_set1_ps(a3[ak]);
+        #pragma GCC unroll 4
+        for (int p = 0; p < NP; p++) {
+            acc[0][p] = _mm512_fmadd_ps(x0, y[p], acc[0][p]);
+            acc[1][p] = _mm512_fmadd_ps(x1, y[p], acc[1][p]);
+            acc[2][p] = _mm512_fmadd_ps(x2, y[p], acc[2][p]);
+            acc[3][p] = _mm512_fmadd_ps(x3, y[p], acc[3][p]);
+        }
+    }
+    /* constant indices into acc (rows past mr are skipped, not indexed by
+     * mr), so the accumulators stay in registers */
+    #pragma GCC unroll 4
+    for (int p = 0; p < NP; p++) {
+        __mmask16 mk = p < NP - 1 ? (__mmask16)0xFFFF : mlast;
+        #pragma GCC unroll 4
+        for (int m = 0; m < 4; m++) {
+            if (m >= mr) break;
+            float* cm = c + (size_t)m * ldc + 16 * p;
+            __m512 r = acc[m][p];
+            if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mk, cm));
+            _mm512_mask_storeu_ps(cm, mk, r);
+        }
+    }
+}
+
+static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
+                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
+                       size_t ldc, int accumulate) {
+    const float* a0 = a;
+    const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * ars;
+    const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
+    const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
+    int n = 0;
+    for (; n + 64 <= N; n += 64, b += 4 * bblk)
+        axpy_tile16(4, 16, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
+    int rest = N - n;                  /* 0..63 columns in 0..4 panels */
+    int np = (rest + 15) / 16, last = rest - 16 * (np - 1);
+    if (np == 4)
+        axpy_tile16(4, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
+    else if (np == 3)
+        axpy_tile16(3, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
+    else if (np == 2)
+        axpy_tile16(2, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
+    else if (np == 1)
+        axpy_tile16(1, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
+}
+#else
 static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
                        size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
                        size_t ldc, int accumulate) {
@@ -264,6 +339,7 @@ static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars
         axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
                   c + n, ldc, accumulate);
 }
+#endif
 
 #else
 /* ================================================================ portable */
