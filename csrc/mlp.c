@@ -52,6 +52,24 @@ static inline __m256 gelu_u(__m256 x) {
 }
 #endif
 
+#if defined(__AVX512F__)
+/* The same two steps on 16 lanes (the same bits per lane as the 8-lane ones:
+ * GELU is bound by its arithmetic, not by memory, so the width pays). */
+static inline __m512 sigmoid2u16(__m512 u) {
+    __m512 au = _mm512_abs_ps(u);
+    __m512 e = exp_neg16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), au));
+    __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __mmask16 neg = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(neg, r, _mm512_mul_ps(e, r));
+}
+
+static inline __m512 gelu_u16(__m512 x) {
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 inner = _mm512_fmadd_ps(_mm512_set1_ps(GELU_C), x2, _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(GELU_K), x), inner);
+}
+#endif
+
 enum { GELU_GRAIN = 4096 };  /* elements per parallel work item */
 
 mg_status mg_gelu_forward(float* out, const float* inp, size_t N) {
@@ -60,8 +78,14 @@ mg_status mg_gelu_forward(float* out, const float* inp, size_t N) {
     #pragma omp parallel for schedule(static) if (nblk > 1)
     for (size_t blk = 0; blk < nblk; blk++) {
         size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
+#if defined(__AVX512F__)
+        for (; i + 16 <= end; i += 16) {  /* hot loop */
+            __m512 x = _mm512_loadu_ps(inp + i);
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(x, sigmoid2u16(gelu_u16(x))));
+        }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
-        for (; i + 8 <= end; i += 8) {  /* hot loop */
+        for (; i + 8 <= end; i += 8) {
             __m256 x = _mm256_loadu_ps(inp + i);
             _mm256_storeu_ps(out + i, _mm256_mul_ps(x, sigmoid2u(gelu_u(x))));
         }
@@ -83,9 +107,23 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout, siz
         size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
         /* out = x s(u): dout/dx = s + x s (1 - s) 2 du/dx,
          * du/dx = K (1 + 3 c x^2) */
+#if defined(__AVX512F__)
+        for (; i + 16 <= end; i += 16) {  /* hot loop */
+            const __m512 one = _mm512_set1_ps(1.0f);
+            __m512 x = _mm512_loadu_ps(inp + i);
+            __m512 s = sigmoid2u16(gelu_u16(x));
+            __m512 du2 = _mm512_mul_ps(_mm512_set1_ps(2.0f * GELU_K),
+                                       _mm512_fmadd_ps(_mm512_set1_ps(3.0f * GELU_C),
+                                                       _mm512_mul_ps(x, x), one));
+            __m512 ds = _mm512_mul_ps(_mm512_mul_ps(s, _mm512_sub_ps(one, s)), du2);
+            __m512 g = _mm512_fmadd_ps(x, ds, s);
+            __m512 d0 = accumulate ? _mm512_loadu_ps(dinp + i) : _mm512_setzero_ps();
+            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g, d0));
+        }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
         const __m256 one = _mm256_set1_ps(1.0f);
-        for (; i + 8 <= end; i += 8) {  /* hot loop */
+        for (; i + 8 <= end; i += 8) {
             __m256 x = _mm256_loadu_ps(inp + i);
             __m256 s = sigmoid2u(gelu_u(x));
             __m256 du2 = _mm256_mul_ps(_mm256_set1_ps(2.0f * GELU_K),

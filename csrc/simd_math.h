@@ -2,6 +2,7 @@
  * simd_math.h — vectorised elementary functions shared by the kernels
  * (private; only for files compiled with AVX2 + FMA).
  *   exp_neg(x)   exp for x <= 0, about 1.4 ulp (Cephes expf polynomial)
+ *   exp_neg16(x) the same on 16 lanes (AVX-512), bit for bit
  */
 #ifndef MINGPT_SIMD_MATH_H
 #define MINGPT_SIMD_MATH_H
@@ -35,6 +36,32 @@ static inline __m256 exp_neg(__m256 x) {
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
+
+#if defined(__AVX512F__)
+/* exp_neg on 16 lanes: the same operations in the same order, so each lane
+ * gets exactly the bits exp_neg gives it. */
+static inline __m512 exp_neg16(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693145751953125f);
+    const __m512 ln2_lo = _mm512_set1_ps(1.428606765330187e-06f);
+    x = _mm512_max_ps(_mm512_set1_ps(-88.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+    r = _mm512_fnmadd_ps(n, ln2_lo, r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+#endif /* __AVX512F__ */
 
 #endif /* __AVX2__ && __FMA__ */
 #endif /* MINGPT_SIMD_MATH_H */
