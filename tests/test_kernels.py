@@ -135,7 +135,7 @@ def test_elementwise_backward_overwrites(rng, which, n):
 # ---------------------------------------------------------------- loss
 
 
-@pytest.mark.parametrize("N,V", [(1, 1), (1, 7), (7, 13), (13, 64), (5, 1000)])
+@pytest.mark.parametrize("N,V", [(1, 1), (1, 7), (7, 13), (13, 64), (5, 1000), (3, 50257)])
 def test_crossentropy(rng, N, V):
     logits = f32(rng.normal(size=(N, V)) * 3)
     targets = rng.integers(0, V, size=N).astype(np.int32)
@@ -164,6 +164,19 @@ def test_crossentropy_in_place(rng):
     ops.crossentropy_backward(dl, buf, targets, dlogits=buf)
     assert_close(buf, ref.crossentropy_backward(dl.astype(np.float64), logits.astype(np.float64),
                                                 targets), rtol=1e-5, atol=1e-6)
+
+
+def test_crossentropy_nan_and_minus_inf_logits():
+    """A NaN logit makes its own row's loss NaN (training stops on it) and
+    leaves the other rows alone; a -inf logit gets probability exactly 0."""
+    logits = f32(np.random.default_rng(0).normal(size=(3, 37)))
+    logits[0, 20] = np.nan
+    logits[1, 5] = -np.inf
+    losses, probs = ops.crossentropy_forward(logits, np.array([1, 2, 3], np.int32))
+    assert np.isnan(losses[0]) and np.all(np.isfinite(losses[1:]))
+    assert probs[1, 5] == 0.0
+    want_l, _ = ref.crossentropy_forward(logits[2:].astype(np.float64), np.array([3], np.int32))
+    assert_close(losses[2:], want_l, rtol=1e-5, atol=1e-6)
 
 
 def test_crossentropy_extreme_logits():
