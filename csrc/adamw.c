@@ -2,14 +2,19 @@
  * adamw.c — global gradient norm and the AdamW update over one flat buffer.
  *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
  *   p -= lr (m_hat / (sqrt(v_hat) + eps) + wd * p)    (decoupled decay)
- * The norm sums squares in double per thread over a static partition, then
- * adds the partial sums in thread order: deterministic for a thread count.
+ * The norm sums squares in double per thread over a static partition (in
+ * LANES vector lanes, then a fixed tree), then adds the partial sums in
+ * thread order: deterministic for a thread count.
  */
 #include <math.h>
 
 #include "common.h"
 
-enum { MAX_THREADS = 256 };
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+enum { MAX_THREADS = 256, LANES = 16 };
 
 mg_status mg_global_norm(float* norm, const float* grads, size_t n) {
     MG_CHECK_PTR(norm); MG_CHECK_PTR(grads);
@@ -19,9 +24,30 @@ mg_status mg_global_norm(float* norm, const float* grads, size_t n) {
     {
         int tid = omp_get_thread_num(), k = omp_get_num_threads();
         size_t lo = n * (size_t)tid / (size_t)k, hi = n * (size_t)(tid + 1) / (size_t)k;
-        double s = 0.0;
-        for (size_t i = lo; i < hi; i++) s += (double)grads[i] * grads[i];
-        partial[tid] = s;
+        /* LANES independent double sums (element i to lane i % LANES from
+         * lo), then a fixed tree: one running sum waited on each add */
+        double acc[LANES] = {0};
+        size_t i = lo;
+#if defined(__AVX512F__)
+        /* the same lanes in two registers (gcc kept the array in memory) */
+        __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+        for (; i + LANES <= hi; i += LANES) {
+            __m512 x = _mm512_loadu_ps(grads + i);
+            __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+            __m512d x1 = _mm512_cvtps_pd(_mm256_castpd_ps(
+                _mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+            a0 = _mm512_add_pd(a0, _mm512_mul_pd(x0, x0));
+            a1 = _mm512_add_pd(a1, _mm512_mul_pd(x1, x1));
+        }
+        _mm512_storeu_pd(acc, a0);
+        _mm512_storeu_pd(acc + 8, a1);
+#endif
+        for (; i + LANES <= hi; i += LANES)
+            for (int l = 0; l < LANES; l++) acc[l] += (double)grads[i + l] * grads[i + l];
+        for (int l = 0; i < hi; i++, l++) acc[l] += (double)grads[i] * grads[i];
+        for (int w = LANES / 2; w > 0; w /= 2)
+            for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+        partial[tid] = acc[0];
     }
     double total = 0.0;
     for (int i = 0; i < nt; i++) total += partial[i];
