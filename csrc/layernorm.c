@@ -11,6 +11,16 @@
 
 #include "common.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* The AVX-512 loops below hold the same LANES (16) lanes in registers and
+ * apply the same operations in the same order as the plain loops (which gcc
+ * kept in stack arrays): the results are the same bits. */
+#define LN_AVX512 1
+#else
+#define LN_AVX512 0
+#endif
+
 /* Row sums run in LANES independent double accumulators (element c goes to
  * lane c % LANES), then a fixed pairwise tree: a fixed order, so results do
  * not depend on the thread count, and the lanes vectorise where one running
@@ -42,18 +52,49 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
         const float* x = inp + (size_t)i * C;
         double acc[LANES] = {0}, vacc[LANES] = {0};
         int c = 0;
+#if LN_AVX512
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (; c + LANES <= C; c += LANES) {
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm256_loadu_ps(x + c)));
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_loadu_ps(x + c + 8)));
+        }
+        _mm512_storeu_pd(acc, s0);
+        _mm512_storeu_pd(acc + 8, s1);
+#endif
         for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) acc[l] += x[c + l];
         for (int l = 0; c < C; c++, l++) acc[l] += x[c];
         double m = lane_total(acc) / C;
-        for (c = 0; c + LANES <= C; c += LANES)
+        c = 0;
+#if LN_AVX512
+        const __m512d vm = _mm512_set1_pd(m);
+        s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (; c + LANES <= C; c += LANES) {
+            __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + c)), vm);
+            __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + c + 8)), vm);
+            s0 = _mm512_add_pd(s0, _mm512_mul_pd(d0, d0));
+            s1 = _mm512_add_pd(s1, _mm512_mul_pd(d1, d1));
+        }
+        _mm512_storeu_pd(vacc, s0);
+        _mm512_storeu_pd(vacc + 8, s1);
+#endif
+        for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) { double d = x[c + l] - m; vacc[l] += d * d; }
         for (int l = 0; c < C; c++, l++) { double d = x[c] - m; vacc[l] += d * d; }
         double v = lane_total(vacc) / C;
         float r = (float)(1.0 / sqrt(v + (double)eps));
         float mf = (float)m;
         float* o = out + (size_t)i * C;
-        for (int c = 0; c < C; c++) o[c] = (x[c] - mf) * r * weight[c] + bias[c];
+        c = 0;
+#if LN_AVX512
+        const __m512 vmf = _mm512_set1_ps(mf), vr = _mm512_set1_ps(r);
+        for (; c + 16 <= C; c += 16) {
+            __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vmf), vr);
+            _mm512_storeu_ps(o + c, _mm512_add_ps(_mm512_mul_ps(xh, _mm512_loadu_ps(weight + c)),
+                                                  _mm512_loadu_ps(bias + c)));
+        }
+#endif
+        for (; c < C; c++) o[c] = (x[c] - mf) * r * weight[c] + bias[c];
         mean[i] = mf;
         rstd[i] = r;
     }
@@ -79,6 +120,18 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             /* float lanes here: C / LANES terms each, then summed in double */
             float a[LANES] = {0}, bsum[LANES] = {0};
             int c = 0;
+#if LN_AVX512
+            const __m512 vm = _mm512_set1_ps(m), vr = _mm512_set1_ps(r);
+            __m512 va = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+            for (; c + LANES <= C; c += LANES) {
+                __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vr);
+                __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + c), _mm512_loadu_ps(weight + c));
+                va = _mm512_add_ps(va, dxh);
+                vb = _mm512_add_ps(vb, _mm512_mul_ps(dxh, xh));
+            }
+            _mm512_storeu_ps(a, va);
+            _mm512_storeu_ps(bsum, vb);
+#endif
             for (; c + LANES <= C; c += LANES)
                 for (int l = 0; l < LANES; l++) {
                     float xh = (x[c + l] - m) * r, dxh = g[c + l] * weight[c + l];
@@ -92,7 +145,17 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             }
             float ma = (float)(lane_total_f(a) / C), mb = (float)(lane_total_f(bsum) / C);
             float* dx = dinp + (size_t)i * C;
-            for (c = 0; c < C; c++) {
+            c = 0;
+#if LN_AVX512
+            const __m512 vma = _mm512_set1_ps(ma), vmb = _mm512_set1_ps(mb);
+            for (; c + 16 <= C; c += 16) {
+                __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vr);
+                __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + c), _mm512_loadu_ps(weight + c));
+                __m512 t = _mm512_sub_ps(_mm512_sub_ps(dxh, vma), _mm512_mul_ps(xh, vmb));
+                _mm512_storeu_ps(dx + c, _mm512_add_ps(_mm512_loadu_ps(dx + c), _mm512_mul_ps(vr, t)));
+            }
+#endif
+            for (; c < C; c++) {
                 float xh = (x[c] - m) * r;
                 float dxh = g[c] * weight[c];
                 dx[c] += r * (dxh - ma - xh * mb);
@@ -106,6 +169,19 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
         for (int blk = 0; blk < nblk; blk++) {
             int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
             float accw[16] = {0}, accb[16] = {0};
+#if LN_AVX512
+            __mmask16 mk = (__mmask16)((1u << (c1 - c0)) - 1);
+            __m512 vw = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+            for (int i = 0; i < N; i++) {
+                __m512 x = _mm512_maskz_loadu_ps(mk, inp + (size_t)i * C + c0);
+                __m512 g = _mm512_maskz_loadu_ps(mk, dout + (size_t)i * C + c0);
+                __m512 xh = _mm512_sub_ps(x, _mm512_set1_ps(mean[i]));
+                vw = _mm512_add_ps(vw, _mm512_mul_ps(_mm512_mul_ps(g, xh), _mm512_set1_ps(rstd[i])));
+                vb = _mm512_add_ps(vb, g);
+            }
+            _mm512_storeu_ps(accw, vw);
+            _mm512_storeu_ps(accb, vb);
+#else
             for (int i = 0; i < N; i++) {
                 const float* x = inp + (size_t)i * C;
                 const float* g = dout + (size_t)i * C;
@@ -115,6 +191,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
                     accb[c - c0] += g[c];
                 }
             }
+#endif
             for (int c = c0; c < c1; c++) {
                 if (dweight) dweight[c] += accw[c - c0];
                 if (dbias) dbias[c] += accb[c - c0];
