@@ -296,6 +296,8 @@ axpy_tile16(const int NP, int last, int mr, int k0, int k1,
     }
 }
 
+#endif
+
 static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
                        size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
                        size_t ldc, int accumulate) {
@@ -304,6 +306,7 @@ static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars
     const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
     const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
     int n = 0;
+#if defined(__AVX512F__)
     for (; n + 64 <= N; n += 64, b += 4 * bblk)
         axpy_tile16(4, 16, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
     int rest = N - n;                  /* 0..63 columns in 0..4 panels */
@@ -316,16 +319,7 @@ static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars
         axpy_tile16(2, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
     else if (np == 1)
         axpy_tile16(1, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
-}
 #else
-static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
-                       size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
-                       size_t ldc, int accumulate) {
-    const float* a0 = a;
-    const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * ars;
-    const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
-    const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
-    int n = 0;
     const __m256i ones = _mm256_set1_epi32(-1);
     for (; n + 16 <= N; n += 16, b += bblk)
         axpy_tile(2, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
@@ -338,8 +332,8 @@ static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars
     else if (rest > 0)
         axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
                   c + n, ldc, accumulate);
-}
 #endif
+}
 
 #else
 /* ================================================================ portable */
