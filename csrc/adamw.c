@@ -10,9 +10,7 @@
 
 #include "common.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd_math.h"
 
 enum { MAX_THREADS = 256, LANES = 16 };
 
@@ -33,9 +31,7 @@ mg_status mg_global_norm(float* norm, const float* grads, size_t n) {
         __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
         for (; i + LANES <= hi; i += LANES) {
             __m512 x = _mm512_loadu_ps(grads + i);
-            __m512d x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
-            __m512d x1 = _mm512_cvtps_pd(_mm256_castpd_ps(
-                _mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+            __m512d x0 = widen_lo(x), x1 = widen_hi(x);
             a0 = _mm512_add_pd(a0, _mm512_mul_pd(x0, x0));
             a1 = _mm512_add_pd(a1, _mm512_mul_pd(x1, x1));
         }

@@ -27,9 +27,8 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
         __mmask16 m = V - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - j)) - 1);
         __m512 e = exp_neg16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, z + j), vm));
         _mm512_mask_storeu_ps(p + j, m, e);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
-                                                   _mm512_castps_pd(e), 1))));
+        s0 = _mm512_add_pd(s0, widen_lo(e));
+        s1 = _mm512_add_pd(s1, widen_hi(e));
     }
     double lanes[8];
     _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));

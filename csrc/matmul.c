@@ -159,12 +159,6 @@ static inline void transpose_8x8(float* restrict d, size_t ldd,
 // full copy compiles to vector moves.
 static inline void copy_padded(float* restrict d, const float* restrict s, int n, int w) {
     if (n == w) {
-#if MG_GEMM_AVX2
-        if (w % 8 == 0) {   // explicit moves: gcc turns a 192-byte copy into a call
-            for (int c = 0; c < w; c += 8) _mm256_storeu_ps(d + c, _mm256_loadu_ps(s + c));
-            return;
-        }
-#endif
         memcpy(d, s, (size_t)w * sizeof(float));
         return;
     }

@@ -3,6 +3,7 @@
  * (private; only for files compiled with AVX2 + FMA).
  *   exp_neg(x)   exp for x <= 0, about 1.4 ulp (Cephes expf polynomial)
  *   exp_neg16(x) the same on 16 lanes (AVX-512), bit for bit
+ *   widen_lo/hi  lanes 0-7 / 8-15 of 16 floats, as 8 doubles (AVX-512)
  */
 #ifndef MINGPT_SIMD_MATH_H
 #define MINGPT_SIMD_MATH_H
@@ -60,6 +61,15 @@ static inline __m512 exp_neg16(__m512 x) {
     __m512i e = _mm512_slli_epi32(
         _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+/* Lanes 0-7 and 8-15 of x widened to double: sums of floats kept in 16
+ * double lanes (loss, gradient norm) use one register per half. */
+static inline __m512d widen_lo(__m512 x) {
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+}
+static inline __m512d widen_hi(__m512 x) {
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
 #endif /* __AVX512F__ */
 
