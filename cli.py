@@ -439,6 +439,9 @@ def _encoder_options(f):
         click.option("--act", type=click.Choice(["gelu", "gelu_tanh"]), default=d.act,
                      help="GELU: exact (BERT) or tanh approximation (faster)"),
         click.option("--pre-ln", is_flag=True, help="pre-layernorm blocks (GPT-2 order) instead of BERT's post-LN"),
+        click.option("--bigram-buckets", type=click.IntRange(min=0), default=d.bigram_buckets,
+                     help="rows of a hashed embedding table for pairs of adjacent tokens, added to "
+                          "each token's embedding (0: none)"),
         click.option("--batch-size", type=int, default=d.batch_size),
         click.option("--epochs", type=float, default=d.epochs),
         click.option("--max-iters", type=int, default=None, help="iterations (overrides --epochs)"),
@@ -678,7 +681,7 @@ def _encoder_info(path):
     click.echo(f"checkpoint  {path}")
     click.echo(f"model       encoder ({'pre' if cfg.pre_ln else 'post'}-LN), {cfg.n_layer} layers, "
                f"{cfg.n_head} heads, width {cfg.n_embd}, max length {cfg.block_size}, vocab {cfg.vocab_size}, "
-               f"{cfg.act}")
+               f"{cfg.act}" + (f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""))
     click.echo(f"parameters  {loaded['params'].size:,}")
     heads = (["masked LM"] if cfg.mlm_head else []) + (
         [f"classifier ({cfg.pooling} pooling), {cfg.num_labels} labels: "

@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "imdb"
 
-SCRATCH = ["--bpe-pattern", "phrases", "--vocab-size", "32768", "--max-len", "384", "--truncate", "head_tail",
+SCRATCH = ["--bpe-pattern", "gpt2", "--vocab-size", "32768", "--bigram-buckets", "262144",
+           "--max-len", "384", "--truncate", "head_tail",
            "--n-layer", "1", "--n-head", "4", "--n-embd", "128", "--act", "gelu_tanh", "--pooling", "mean",
            "--token-dropout", "0.1", "--epochs", "2", "--lr", "2e-3", "--batch-size", "32"]
 MINILM = ["--limit", "6000", "--max-len", "256", "--truncate", "head_tail", "--pooling", "mean", "--epochs", "1",

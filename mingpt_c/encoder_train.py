@@ -58,6 +58,7 @@ class EncoderTrainConfig:
     act: str = "gelu"
     pre_ln: bool = False
     pooling: str = "mean"           # cls | mean | max
+    bigram_buckets: int = 0         # hashed token-bigram embedding rows (0: none)
     batch_size: int = 32
     epochs: float = 3.0
     max_iters: int | None = None    # overrides epochs when given
@@ -149,7 +150,8 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log) -> tupl
         if tc.max_len > cfg0.block_size:
             raise DataError(f"--max-len {tc.max_len} exceeds the {cfg0.block_size} positions of {tc.init_from}")
         cfg = dataclasses.replace(cfg0, dropout=tc.dropout, pooling=tc.pooling, num_labels=num_labels,
-                                  mlm_head=mlm, extra={})
+                                  mlm_head=mlm, bigram_buckets=tc.bigram_buckets or cfg0.bigram_buckets,
+                                  extra={})
         model = Encoder(cfg, seed=tc.seed)
         old = Layout(ckpt.encoder_slots(cfg0)).views(init["params"])
         kept = [n for n in model.p if n in old]
@@ -160,7 +162,8 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log) -> tupl
         return model, tok
     cfg = EncoderConfig(vocab_size=tok.vocab_size, block_size=tc.max_len, n_layer=tc.n_layer, n_head=tc.n_head,
                         n_embd=tc.n_embd, dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, pooling=tc.pooling,
-                        mlm_head=mlm, num_labels=num_labels, pad_token_id=tok.special["[PAD]"])
+                        mlm_head=mlm, num_labels=num_labels, pad_token_id=tok.special["[PAD]"],
+                        bigram_buckets=tc.bigram_buckets)
     return Encoder(cfg, seed=tc.seed), tok
 
 
@@ -319,8 +322,10 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) ->
     lengths = np.array([len(s) for s in seqs])
     per_epoch = -(-len(seqs) // tc.batch_size)
     total = _iters(tc, per_epoch)
+    bigrams = f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""
     log(f"model: encoder, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, max length "
-        f"{tc.max_len}, vocab {cfg.vocab_size}, {cfg.pooling} pooling: {model.num_params() / 1e6:.2f}M parameters")
+        f"{tc.max_len}, vocab {cfg.vocab_size}{bigrams}, {cfg.pooling} pooling: "
+        f"{model.num_params() / 1e6:.2f}M parameters")
     log(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
         f"mean length {lengths.mean():.0f} tokens; {total:,} iterations of {tc.batch_size}")
     run = _Run(tc, model, tok, total, log, resume_state)

@@ -115,6 +115,9 @@ def export_encoder(ckpt, out) -> Path:
     if cfg.pre_ln:
         raise CheckpointError(f"{loaded['path']}: pre-layernorm encoder blocks have no Hugging Face BERT "
                               f"equivalent (BERT is post-layernorm)")
+    if cfg.bigram_buckets:
+        raise CheckpointError(f"{loaded['path']}: hashed bigram embeddings have no Hugging Face BERT "
+                              f"equivalent")
     return ec.save(out, cfg, loaded["params"], loaded["tokenizer"])
 
 # ------------------------------------------------------------------ dispatch

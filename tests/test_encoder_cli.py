@@ -98,6 +98,29 @@ def test_max_pooling_and_token_dropout(data, tmp_path):
     assert json.loads((tmp_path / "max" / "best" / "config.json").read_text())["mingpt"]["config"]["pooling"] == "max"
 
 
+def test_bigram_buckets(data, tmp_path):
+    """--bigram-buckets reaches the model, the checkpoint and `info`; eval
+    reads it back; export refuses it (BERT has no such table)."""
+    out = tmp_path / "bi"
+    res = invoke("encoder", "train", "--train", data / "train.jsonl", "--out", out, "--epochs", "2",
+                 "--max-len", "16", "--bigram-buckets", "97", *TINY)
+    assert res.exit_code == 0, res.stderr
+    assert "97 bigram buckets" in res.stderr
+    cfg = json.loads((out / "best" / "config.json").read_text())["mingpt"]["config"]
+    assert cfg["bigram_buckets"] == 97
+    from safetensors.numpy import load_file
+    assert load_file(out / "best" / "model.safetensors")["bert.embeddings.bigram_embeddings.weight"].shape == (97, 16)
+    res = invoke("info", out)
+    assert res.exit_code == 0 and "97 bigram buckets" in res.output
+    res = invoke("encoder", "eval", out, data / "test.jsonl", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.output)["n"] == 9
+    one_line_error(invoke("export", out, "--out", tmp_path / "hf"), "bigram embeddings")
+    res = invoke("encoder", "train", "--train", data / "train.jsonl", "--out", tmp_path / "neg",
+                 "--bigram-buckets", "-1", *TINY)
+    assert res.exit_code == 2 and "--bigram-buckets': -1 is not in the range" in res.stderr
+
+
 @pytest.mark.parametrize("line,needle", [
     ("{oops", "line 3: not valid JSON"),
     ('{"label": "pos"}', 'line 3: no "text"'),

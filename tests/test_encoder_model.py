@@ -10,7 +10,7 @@ from conftest import assert_close
 torch = pytest.importorskip("torch")
 
 from mingpt_c.encoder_data import IGNORE  # noqa: E402
-from mingpt_c.model.encoder import Encoder, EncoderConfig, PREFIX  # noqa: E402
+from mingpt_c.model.encoder import BIGRAMS, Encoder, EncoderConfig, PREFIX, bigram_ids  # noqa: E402
 from mingpt_c.optim import AdamW  # noqa: E402
 
 
@@ -29,6 +29,8 @@ def twin_hidden(P, cfg, x, mask):
     B, T = x.shape
     h = P[e + "word_embeddings.weight"][x] + P[e + "position_embeddings.weight"][:T] + \
         P[e + "token_type_embeddings.weight"][0]
+    if cfg.bigram_buckets:
+        h = h + P[BIGRAMS][torch.tensor(bigram_ids(x.numpy(), cfg.bigram_buckets), dtype=torch.long)]
     h = ln(h, e + "LayerNorm")
     bias = torch.zeros(B, 1, 1, T, dtype=h.dtype).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
     for i in range(cfg.n_layer):
@@ -96,10 +98,10 @@ def test_mlm_matches_torch(rng, pre_ln, act):
         assert_close(model.g[k], v.grad.numpy(), rtol=1e-3, atol=2e-5, what=k)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
-def test_classifier_matches_torch(rng, pooling):
+@pytest.mark.parametrize("pooling,buckets", [("cls", 0), ("mean", 0), ("max", 0), ("mean", 7)])
+def test_classifier_matches_torch(rng, pooling, buckets):
     cfg = EncoderConfig(vocab_size=30, block_size=12, n_layer=1, n_head=4, n_embd=16, dropout=0.0,
-                        pooling=pooling, mlm_head=False, num_labels=3)
+                        pooling=pooling, mlm_head=False, num_labels=3, bigram_buckets=buckets)
     model = Encoder(cfg, seed=5)
     model.params += rng.normal(0, 0.05, model.params.size).astype(np.float32)
     x, mask = batch(rng, cfg, T=11)
@@ -123,6 +125,39 @@ def test_classifier_matches_torch(rng, pooling):
     assert abs(loss - tl.item()) < 1e-5
     for k, v in P.items():
         assert_close(model.g[k], v.grad.numpy(), rtol=1e-3, atol=2e-5, what=k)
+
+
+def test_bigram_ids_hash_pairs_into_the_table():
+    x = np.array([[5, 6, 5, 6, 5], [6, 5, 6, 5, 6]], np.int32)
+    ids = bigram_ids(x, 1 << 20)
+    assert ids.dtype == np.int32 and ids.shape == x.shape
+    assert ids[0, 1] == ids[0, 3] == ids[1, 2] == ids[1, 4]          # (5, 6) wherever it stands
+    assert ids[0, 2] == ids[0, 4] == ids[1, 1] == ids[1, 3]          # (6, 5)
+    assert ids[0, 1] != ids[0, 2] and ids[0, 0] != ids[1, 0]          # order and the start matter
+    many = bigram_ids(np.random.default_rng(0).integers(0, 30000, (64, 256)).astype(np.int32), 1000)
+    assert many.min() >= 0 and many.max() < 1000
+    counts = np.bincount(many.ravel(), minlength=1000)
+    chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum()     # spread evenly: about 999
+    assert chi2 < 999 + 6 * np.sqrt(2 * 999)
+
+
+def test_bigram_table_starts_at_zero_and_learns():
+    """A fresh table adds nothing (the same logits as the model without it,
+    same seed); a step moves only the rows of the pairs the batch holds."""
+    base = dict(vocab_size=30, block_size=12, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                pooling="mean", mlm_head=False, num_labels=2)
+    x, mask = batch(np.random.default_rng(0), EncoderConfig(**base))
+    plain = Encoder(EncoderConfig(**base), seed=4)
+    model = Encoder(EncoderConfig(**base, bigram_buckets=64), seed=4)
+    assert not model.p[BIGRAMS].any()
+    assert np.array_equal(plain.classify(x, mask)[0], model.classify(x, mask)[0])
+    opt = AdamW(model.params, model.layout.decay_mask(), weight_decay=0.0)
+    model.zero_grad()
+    model.classify(x, mask, np.array([0, 1, 1], np.int32), train=True)
+    model.backward()
+    opt.step(model.grads, 1e-2)
+    moved = np.flatnonzero(np.abs(model.p[BIGRAMS]).sum(1))
+    assert set(moved) == set(bigram_ids(x, 64)[mask == 1])
 
 
 def run_steps(seed, n=15):

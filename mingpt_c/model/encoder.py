@@ -1,7 +1,8 @@
 """BERT-style encoder on the C core: the GPT's blocks, bidirectional, with a
 key padding mask, BERT's embeddings and two heads.
 
-    x = LN_emb(wte[tokens] + wpe[:T] + tte[types])       (B, T, C)
+    x = LN_emb(wte[tokens] + wpe[:T] + tte[types]        (B, T, C)
+               [+ wbi[bigram(tokens)]])
     x = block_i(x)   causal=False, key_mask, post-LN (BERT) by default
     MLM:  logits = LN(gelu(dense(x[masked]))) @ wte^T + bias   (M, V), tied decoder
     CLS:  logits = classifier(pool(x))                          (B, K)
@@ -19,6 +20,13 @@ Parameters live in one flat buffer (model/params.Layout) under Hugging Face
 BertForMaskedLM / BertForSequenceClassification names, except that each
 layer's query, key and value are packed into one (3C, C) matrix
 `attention.self.qkv` for the attention kernel; checkpoints split it again.
+
+Optional hashed bigram embeddings (`bigram_buckets` > 0, fastText's n-gram
+features): each position also adds the row of a (buckets, C) table picked
+by a hash of (previous token, token), so a one-block model sees the pairs of
+adjacent tokens directly. The table starts at zero (a fresh model computes
+what it would without it) and has no BERT equivalent: such checkpoints are
+ours only.
 """
 from __future__ import annotations
 
@@ -70,6 +78,7 @@ class EncoderConfig(ConfigBase):
     mlm_head: bool = True         # keep the masked-LM head
     num_labels: int = 0           # classifier classes; 0: no classifier
     pad_token_id: int = 0
+    bigram_buckets: int = 0       # hashed (previous token, token) embeddings; 0: none
     extra: dict = field(default_factory=dict)  # tokenizer, label names: kept verbatim
 
     def __post_init__(self):
@@ -81,6 +90,8 @@ class EncoderConfig(ConfigBase):
             raise ShapeError(f"act={self.act!r}: use gelu or gelu_tanh")
         if self.pooling not in ("cls", "mean", "max"):
             raise ShapeError(f"pooling={self.pooling!r}: use cls, mean or max")
+        if self.bigram_buckets < 0:
+            raise ShapeError(f"bigram_buckets={self.bigram_buckets} must be 0 (none) or positive")
         if self.num_labels < 0 or (self.num_labels == 1):
             raise ShapeError(f"num_labels={self.num_labels}: a classifier needs at least 2 classes")
 
@@ -153,7 +164,28 @@ def encoder_slots(cfg: EncoderConfig) -> list[tuple[str, tuple, str]]:
     if cfg.num_labels:
         s += [("classifier.weight", (cfg.num_labels, C), "weight"),
               ("classifier.bias", (cfg.num_labels,), "bias")]
+    if cfg.bigram_buckets:  # last: the other tensors draw the same initial values with or without it
+        s.append((BIGRAMS, (cfg.bigram_buckets, C), "embed"))
     return s
+
+
+BIGRAMS = PREFIX + "embeddings.bigram_embeddings.weight"
+
+
+def bigram_ids(tokens: np.ndarray, buckets: int) -> np.ndarray:
+    """(B, T) int32 bucket of each (previous token, token) pair; the first
+    position pairs with a sentinel. A multiplicative hash mixes the pair
+    before the modulo, so neighbouring ids spread over the whole table."""
+    t = tokens.astype(np.uint64)
+    prev = np.empty_like(t)
+    prev[:, 0] = np.uint64(0xFFFFFFFF)
+    prev[:, 1:] = t[:, :-1]
+    with np.errstate(over="ignore"):  # wrap-around is the hash
+        h = (prev * np.uint64(0x9E3779B97F4A7C15)) ^ (t * np.uint64(0xC2B2AE3D27D4EB4F))
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return (h % np.uint64(buckets)).astype(np.int32)
 
 
 class _Acts:
@@ -172,17 +204,23 @@ class _Acts:
         if with_grads:
             self.dx = [e(B, T, C) for _ in range(2)]
             self.dh = np.zeros((B, T, C), F32)
+            self.dpos_scratch = np.zeros((cfg.block_size, C), F32) if cfg.bigram_buckets else None
 
 
 class Encoder:
     def __init__(self, cfg: EncoderConfig, params: np.ndarray | None = None, seed: int = 0):
         self.cfg = cfg
-        bind_buffers(self, Layout(encoder_slots(cfg)), params,
-                     lambda: self.layout.init(cfg, np.random.default_rng(seed)))
+        bind_buffers(self, Layout(encoder_slots(cfg)), params, lambda: self._init(seed))
         self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
         self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None
         self._last = None
+
+    def _init(self, seed: int) -> np.ndarray:
+        buf = self.layout.init(self.cfg, np.random.default_rng(seed))
+        if self.cfg.bigram_buckets:
+            self.layout.views(buf)[BIGRAMS][...] = 0.0
+        return buf
 
     @staticmethod
     def _layer_views(views: dict, i: int) -> dict:
@@ -230,6 +268,10 @@ class Encoder:
             a.emb += tte[0]
         else:
             a.emb += tte[types]                                                  # (B, T, C)
+        bigrams = None
+        if cfg.bigram_buckets:
+            bigrams = bigram_ids(tokens, cfg.bigram_buckets)                     # (B, T)
+            a.emb += self.p[BIGRAMS][bigrams]
         ops.layernorm_forward(a.emb, self.p[e + "LayerNorm.weight"], self.p[e + "LayerNorm.bias"],
                               cfg.layer_norm_eps, a.x0, a.x0_mean, a.x0_rstd)
         x = a.x0
@@ -242,13 +284,13 @@ class Encoder:
             ops.layernorm_forward(x, self.p[PREFIX + "encoder.ln_f.weight"], self.p[PREFIX + "encoder.ln_f.bias"],
                                   cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
             x = a.lnf
-        self._trunk = (tokens, mask, types, seed, train)
+        self._trunk = (tokens, mask, types, seed, train, bigrams)
         return x
 
     def _trunk_backward(self, dh: np.ndarray) -> None:
         """dh = dL/d(hidden) (B, T, C): adds the trunk's parameter gradients."""
         cfg = self.cfg
-        tokens, mask, types, seed, _ = self._trunk
+        tokens, mask, types, seed, _, bigrams = self._trunk
         a = self._acts
         drop = cfg.dropout
         dx, dnext = a.dx
@@ -280,6 +322,9 @@ class Encoder:
                 dtte[k] += demb[types == k].sum(axis=0, dtype=np.float64).astype(F32)
         ops.embedding_backward(demb, tokens, cfg.vocab_size, cfg.block_size,
                                self.g[e + "word_embeddings.weight"], self.g[e + "position_embeddings.weight"])
+        if bigrams is not None:  # the same scatter by bucket (the position gradient is dropped)
+            ops.embedding_backward(demb, bigrams, cfg.bigram_buckets, cfg.block_size, self.g[BIGRAMS],
+                                   a.dpos_scratch)
 
     # ------------------------------------------------------------ heads
 
