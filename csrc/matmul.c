@@ -6,7 +6,8 @@
  *                       dbias += column sums of dout
  *
  * Design (the BLIS/GotoBLAS layering, with the K loop moved inside a unit):
- *   for jc in N by nc          chunk of B: K x nc packed at once (<= 16 MiB, L3)
+ *   for jc in N by nc          chunk of B: K x nc packed at once (<= 16 MiB, L3);
+ *   (for kr in K by kr)        a very long K (narrow chunks) is cut instead
  *     pack B' (K x nc)         threads together: NR-wide column panels per
  *                              K block, zero-padded; then one barrier
  *     for (ic, slice) units    M block x column slice, taken dynamically
@@ -94,6 +95,9 @@ enum { ALIGN = 64 };
 // Packed B is kept for all of K at once, up to this many floats (16 MiB):
 // the whole weight of most transformer layers, well inside a 32 MiB L3.
 #define B_CAP ((size_t)4 << 20)
+
+// Narrowest chunk of B worth packing all of K for; below it, K is cut instead.
+enum { NC_MIN = 768 };
 
 // Fewest NR-column panels in a column slice of a parallel work unit.
 enum { SLICE_MIN = 8 };
@@ -425,10 +429,19 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     int mcb = (M + nmb - 1) / nmb;
     mcb = ((mcb + MR - 1) / MR) * MR;
     nmb = (M + mcb - 1) / mcb;
-    // N chunks: all K blocks of a chunk of B are packed at once, at most
-    // about B_CAP floats, so a chunk costs two synchronisations (after the
-    // packing, and the join) instead of two per K block.
+    // Chunks of B: all K blocks of a chunk are packed at once, at most about
+    // B_CAP floats, so a chunk costs two synchronisations (after the packing,
+    // and the join) instead of two per K block. Chunks span all of K and cut
+    // N where that leaves them wide; when K is so long that they would be
+    // narrow (the head's dinp: K = 50257, N = 768), they span NC_MIN columns
+    // and cut K at block boundaries instead, because every N chunk packs A
+    // anew and a narrow chunk would pack all of a huge A many times over.
+    int kcr = K;                                        // K rows per chunk
     int ncb = (int)MG_MIN((size_t)N, MG_MAX((size_t)NR, B_CAP / (size_t)K));
+    if (ncb < MG_MIN(N, NC_MIN)) {
+        ncb = MG_MIN(N, NC_MIN);
+        kcr = (int)MG_MIN((size_t)K, MG_MAX((size_t)1, B_CAP / (size_t)ncb / (size_t)kcb) * (size_t)kcb);
+    }
     int nnb = (N + ncb - 1) / ncb;
     ncb = (N + nnb - 1) / nnb;
     ncb = ((ncb + NR - 1) / NR) * NR;
@@ -439,36 +452,37 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     // tile never changes its bits.
     int njs = nt > 1 ? MG_MAX(1, (4 * nt + nmb - 1) / nmb) : 1;
 
-    size_t b_size = (size_t)K * (size_t)ncb;            // packed B chunk, all K
+    size_t b_size = (size_t)kcr * (size_t)ncb;          // one packed chunk of B
     size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
     float* ws = workspace(b_size + (size_t)nt * a_size);
     if (!ws) return mg_fail(MG_ERR_NOMEM, "mg_sgemm",
                             "cannot allocate %zu bytes of packing workspace",
                             (b_size + (size_t)nt * a_size) * sizeof(float));
     float* bpack = ws;
-    const int nkb = (K + kcb - 1) / kcb;
 
     #pragma omp parallel num_threads(nt) if (parallel)
     {
         float* apack = ws + b_size + (size_t)omp_get_thread_num() * a_size;
-        for (int jc = 0; jc < N; jc += ncb) {
-            int nc = MG_MIN(ncb, N - jc);
+        for (int jc = 0; jc < N; jc += ncb)
+        for (int kr = 0; kr < K; kr += kcr) {
+            int nc = MG_MIN(ncb, N - jc), kend = MG_MIN(K, kr + kcr);
             int npan = (nc + NR - 1) / NR;
-            // K block pc's panels start at bpack + pc*npan*NR (blocks before
-            // it are full), panel q at + q*kc*NR.
+            int nkb = (kend - kr + kcb - 1) / kcb;
+            // K block pc's panels start at bpack + (pc-kr)*npan*NR (blocks
+            // before it are full), panel q at + q*kc*NR.
             if (transB) {
                 #pragma omp for schedule(dynamic, 4)
                 for (int t = 0; t < nkb * npan; t++) {
-                    int pc = (t / npan) * kcb, q = t % npan;
+                    int pc = kr + (t / npan) * kcb, q = t % npan;
                     int kc = MG_MIN(kcb, K - pc);
-                    pack_bt_panel(bpack + (size_t)pc * npan * NR + (size_t)q * kc * NR,
+                    pack_bt_panel(bpack + (size_t)(pc - kr) * npan * NR + (size_t)q * kc * NR,
                                   B, ldb, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
                 }
             } else {
                 #pragma omp for schedule(static)
-                for (int k = 0; k < K; k++) {
+                for (int k = kr; k < kend; k++) {
                     int pc = k / kcb * kcb;
-                    pack_b_row(bpack + (size_t)pc * npan * NR, B, ldb, k, k - pc,
+                    pack_b_row(bpack + (size_t)(pc - kr) * npan * NR, B, ldb, k, k - pc,
                                MG_MIN(kcb, K - pc), jc, nc);
                 }
             }
@@ -483,12 +497,13 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
                 int ic = ib * mcb, mc = MG_MIN(mcb, M - ic);
                 int q0 = (int)((long)npan * js / nsl);
                 int q1 = (int)((long)npan * (js + 1) / nsl);
-                // K blocks in order: this fixes each element's summation order.
-                for (int pc = 0; pc < K; pc += kcb) {
+                // K blocks in order (and chunks of K in order, one after the
+                // other): this fixes each element's summation order.
+                for (int pc = kr; pc < kend; pc += kcb) {
                     int kc = MG_MIN(kcb, K - pc);
                     int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
                     const float* bias_p = (mode == STORE_SET) ? bias : NULL;
-                    const float* bblk = bpack + (size_t)pc * npan * NR;
+                    const float* bblk = bpack + (size_t)(pc - kr) * npan * NR;
                     pack_a(apack, A, lda, transA, ic, pc, mc, kc);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;

@@ -89,6 +89,28 @@ def test_sgemm_b_in_several_chunks(rng, ta, tb, threads):
         assert_close(got, A @ B, rtol=1e-6, atol=gemm_tol(abs(A), abs(B), K))
 
 
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_sgemm_long_k_in_several_chunks(rng, ta, tb, threads):
+    """K so long that a chunk of all K would be narrower than 768 columns
+    (the head's dinp: K = vocabulary): chunks cut K at block boundaries
+    instead. Sums must still cover every K block once, in the same order
+    whatever the thread count (the same bits), with or without beta."""
+    M, N, K = 19, 800, 6000
+    a = rand(rng, *((K, M) if ta else (M, K)))
+    b = rand(rng, *((N, K) if tb else (K, N)))
+    c0 = rand(rng, M, N)
+    A, B = op(a.astype(np.float64), ta), op(b.astype(np.float64), tb)
+    got = {}
+    for n in (1, 2):
+        _lib.set_num_threads(n)
+        got[n] = ops.sgemm(a, b, trans_a=ta, trans_b=tb)
+        assert_close(got[n], A @ B, rtol=1e-6, atol=gemm_tol(abs(A), abs(B), K))
+        acc = ops.sgemm(a, b, trans_a=ta, trans_b=tb, c=c0.copy(), accumulate=True)
+        assert_close(acc, c0 + A @ B, rtol=1e-6, atol=gemm_tol(abs(A), abs(B), K, c0))
+    assert np.array_equal(got[1], got[2])
+
+
 @pytest.mark.parametrize("ta", [0, 1])
 @pytest.mark.parametrize("tb", [0, 1])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
