@@ -643,6 +643,34 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
 
 /* ================================================================ decode */
 
+// One (sequence, head) pair bh = b*NH + h of mg_attention_decode (its
+// arguments, checked there); mg_gpt_decode_step runs it too.
+void decode_head(float* out, float* kcache, float* vcache, float* scratch, const float* qkv,
+                 int bh, int Tn, int pos, int maxT, int C, int NH) {
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const size_t C3 = 3 * (size_t)C;
+    const int b = bh / NH, h = bh % NH;
+    float* kc = kcache + (size_t)bh * maxT * hs;     /* (maxT,hs) */
+    float* vc = vcache + (size_t)bh * maxT * hs;
+    float* a = scratch + (size_t)bh * maxT;          /* (maxT) */
+    const float* x = qkv + (size_t)b * Tn * C3 + (size_t)h * hs;  /* (Tn,hs), ld 3C */
+    /* All new keys first: query t then reads cache rows 0..pos+t only. */
+    for (int t = 0; t < Tn; t++) {
+        memcpy(kc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + C, (size_t)hs * sizeof(float));
+        memcpy(vc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + 2 * (size_t)C,
+               (size_t)hs * sizeof(float));
+    }
+    /* One query at a time: scratch holds a single row per (b, h). */
+    for (int t = 0; t < Tn; t++) {
+        const int L = pos + t + 1;
+        panel_dot(1, L, hs, x + (size_t)t * C3, 0, kc, (size_t)hs, a, 0);
+        softmax_row(a, L, L, NULL, scale);
+        panel_axpy(1, hs, 0, L, a, 0, 1, vc, (size_t)hs, 16,
+                   out + ((size_t)b * Tn + t) * C + (size_t)h * hs, 0, 0);
+    }
+}
+
 mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
                               float* scratch, const float* qkv,
                               int B, int Tn, int pos, int maxT, int C, int NH) {
@@ -655,30 +683,9 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
              "positions %d..%d do not fit a cache of %d (reset the cache or "
              "raise maxT)", pos, pos + Tn - 1, maxT);
     const int hs = C / NH;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const size_t C3 = 3 * (size_t)C;
     const int BH = B * NH;
     #pragma omp parallel for schedule(static) if ((size_t)BH * Tn * (pos + Tn) * hs >= MG_PAR_MIN)
-    for (int bh = 0; bh < BH; bh++) {
-        const int b = bh / NH, h = bh % NH;
-        float* kc = kcache + (size_t)bh * maxT * hs;     /* (maxT,hs) */
-        float* vc = vcache + (size_t)bh * maxT * hs;
-        float* a = scratch + (size_t)bh * maxT;          /* (maxT) */
-        const float* x = qkv + (size_t)b * Tn * C3 + (size_t)h * hs;  /* (Tn,hs), ld 3C */
-        /* All new keys first: query t then reads cache rows 0..pos+t only. */
-        for (int t = 0; t < Tn; t++) {
-            memcpy(kc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + C, (size_t)hs * sizeof(float));
-            memcpy(vc + (size_t)(pos + t) * hs, x + (size_t)t * C3 + 2 * (size_t)C,
-                   (size_t)hs * sizeof(float));
-        }
-        /* One query at a time: scratch holds a single row per (b, h). */
-        for (int t = 0; t < Tn; t++) {
-            const int L = pos + t + 1;
-            panel_dot(1, L, hs, x + (size_t)t * C3, 0, kc, (size_t)hs, a, 0);
-            softmax_row(a, L, L, NULL, scale);
-            panel_axpy(1, hs, 0, L, a, 0, 1, vc, (size_t)hs, 16,
-                       out + ((size_t)b * Tn + t) * C + (size_t)h * hs, 0, 0);
-        }
-    }
+    for (int bh = 0; bh < BH; bh++)
+        decode_head(out, kcache, vcache, scratch, qkv, bh, Tn, pos, maxT, C, NH);
     return MG_OK;
 }

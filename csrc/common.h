@@ -34,6 +34,14 @@ mg_status mg_fail(mg_status status, const char* func, const char* fmt, ...)
  * the partner thread must first be scheduled. */
 enum { MG_PAR_MIN = 1 << 15 };
 
+/* Pieces of kernels that mg_gpt_decode_step (decode.c) runs inside its own
+ * parallel region; each file's public kernel documents the arguments. */
+int gemv_items(int OC);   /* work items of a GEMV with OC output channels */
+void gemv_item(float* out, const float* inp, const float* weight, const float* bias,
+               int N, int C, int OC, int q);
+void decode_head(float* out, float* kcache, float* vcache, float* scratch, const float* qkv,
+                 int bh, int Tn, int pos, int maxT, int C, int NH);
+
 #define MG_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MG_MAX(a, b) ((a) > (b) ? (a) : (b))
 

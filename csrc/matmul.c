@@ -626,29 +626,35 @@ static inline void dot4(float s[4], const float* restrict x, const float* restri
         for (int r = 0; r < 4; r++) s[r] += x[k] * w[(size_t)r * ldw + k];
 }
 
+int gemv_items(int OC) { return OC / 4 + OC % 4; }
+
+// Work item q of a GEMV: output channels 4q..4q+3 (blocks of four, whose
+// weight rows stay in L1 while the at most GEMV_ROWS input rows go past
+// them), or past the last full block one leftover channel.
+void gemv_item(float* out, const float* inp, const float* weight, const float* bias,
+               int N, int C, int OC, int q) {
+    int nquads = OC / 4;
+    if (q < nquads) {
+        int o = 4 * q;
+        const float* w = weight + (size_t)o * C;
+        for (int i = 0; i < N; i++) {
+            float s[4];
+            dot4(s, inp + (size_t)i * C, w, (size_t)C, C);
+            float* y = out + (size_t)i * OC + o;
+            for (int r = 0; r < 4; r++) y[r] = s[r] + (bias ? bias[o + r] : 0.0f);
+        }
+    } else {
+        int o = 4 * nquads + (q - nquads);
+        const float* w = weight + (size_t)o * C;
+        for (int i = 0; i < N; i++)
+            out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
+    }
+}
+
 static void gemv_rows(float* out, const float* inp, const float* weight,
                       const float* bias, int N, int C, int OC) {
-    int nquads = OC / 4;
-    // Blocks of four output channels; the block's weight rows stay in L1
-    // while the (at most GEMV_ROWS) input rows go past them.
     #pragma omp parallel for schedule(static) if ((double)OC * C >= 1 << 16)
-    for (int q = 0; q < nquads + (OC % 4); q++) {
-        if (q < nquads) {
-            int o = 4 * q;
-            const float* w = weight + (size_t)o * C;
-            for (int i = 0; i < N; i++) {
-                float s[4];
-                dot4(s, inp + (size_t)i * C, w, (size_t)C, C);
-                float* y = out + (size_t)i * OC + o;
-                for (int r = 0; r < 4; r++) y[r] = s[r] + (bias ? bias[o + r] : 0.0f);
-            }
-        } else {
-            int o = 4 * nquads + (q - nquads);
-            const float* w = weight + (size_t)o * C;
-            for (int i = 0; i < N; i++)
-                out[(size_t)i * OC + o] = dot(inp + (size_t)i * C, w, C) + (bias ? bias[o] : 0.0f);
-        }
-    }
+    for (int q = 0; q < gemv_items(OC); q++) gemv_item(out, inp, weight, bias, N, C, OC, q);
 }
 
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,

@@ -168,6 +168,30 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
                           float beta1, float beta2, float eps,
                           float weight_decay, float grad_scale, int t);
 
+/* ---------------------------------------------------------------- decode */
+/* One GPT-2 block's weights (linear weights (out, in), as everywhere) and
+ * its KV cache (NH, maxT, hs) for mg_gpt_decode_step. */
+typedef struct {
+    const float* ln_1_w;    const float* ln_1_b;    /* (C) */
+    const float* attn_w;    const float* attn_b;    /* (3C, C), (3C) */
+    const float* proj_w;    const float* proj_b;    /* (C, C), (C) */
+    const float* ln_2_w;    const float* ln_2_b;    /* (C) */
+    const float* fc_w;      const float* fc_b;      /* (4C, C), (4C) */
+    const float* fcproj_w;  const float* fcproj_b;  /* (C, 4C), (C) */
+    float* kcache;          float* vcache;          /* (NH, maxT, hs) */
+} mg_decode_layer;
+
+/* One position of a pre-LN GPT for one sequence, the whole stack in one call
+ * (token-by-token sampling): x = wte[token] + wpe[pos], L blocks (each
+ * writes its new k, v at pos and attends over cache positions 0..pos),
+ * ln_f, logits (V) = ln_f(x) @ wte^T. The same kernels in the same order as
+ * layernorm / matmul / attention_decode / GELU / residual calls, so the same
+ * bits. work (nwork >= 15C + 2 + NH*maxT floats) is scratch. */
+mg_status mg_gpt_decode_step(float* logits, float* work, size_t nwork, const mg_decode_layer* layers,
+                             const float* wte, const float* wpe, const float* lnf_w,
+                             const float* lnf_b, int token, int pos, int L, int maxT,
+                             int C, int NH, int V, float eps);
+
 /* ---------------------------------------------------------------- bpe */
 /* Byte-level BPE training (bpe.c). Tokens 0..255 are the byte values; merge i
  * creates token 256 + i from the pair merges[i] = (left, right).

@@ -33,63 +33,44 @@ class KVCache:
         self.k = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
         self.v = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
         self.pos = 0
-        self.step = _OneTokenStep(model, self, B)
+        self.step = _OneTokenStep(model, self) if B == 1 else None
 
 
 class _OneTokenStep:
-    """The one-position forward, prepared once per cache: every buffer is
-    allocated and every shape checked here, and the C pointers taken, so a
-    decoding step is a run of kernel calls with no allocation and no checks
-    (per token, the checked wrappers cost about as much as the small
-    matrix-vector products themselves). The same layer order as
-    block_forward: x += attn(ln_1(x)); x += mlp(ln_2(x))."""
+    """The one-position forward of one sequence, prepared once per cache: the
+    C core's mg_gpt_decode_step runs the whole stack in one call (one
+    parallel region instead of about 30 a token, one Python call instead of
+    60), with every pointer taken and every shape fixed here. The same layer
+    order and kernels as block_forward, so the same bits."""
 
-    def __init__(self, model: GPT, cache: KVCache, B: int):
+    _LAYER = (("ln_1_w", "ln_1.weight"), ("ln_1_b", "ln_1.bias"),
+              ("attn_w", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
+              ("proj_w", "attn.c_proj.weight"), ("proj_b", "attn.c_proj.bias"),
+              ("ln_2_w", "ln_2.weight"), ("ln_2_b", "ln_2.bias"),
+              ("fc_w", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
+              ("fcproj_w", "mlp.c_proj.weight"), ("fcproj_b", "mlp.c_proj.bias"))
+
+    def __init__(self, model: GPT, cache: KVCache):
         cfg = model.cfg
-        C, V = cfg.n_embd, cfg.vocab_size
-        self.model, self.B = model, B
-        e = lambda *shape: np.zeros(shape, F32)
-        self.x, self.h, self.y, self.t = e(B, C), e(B, C), e(B, C), e(B, C)
-        self.qkv, self.fc, self.g = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
-        self.mean, self.rstd, self.logits = e(B), e(B), e(B, V)
-        self.scratch = e(B, cfg.n_head, cfg.block_size)
+        C = cfg.n_embd
+        self.model = model
+        self.logits = np.zeros((1, cfg.vocab_size), F32)
+        self.work = np.zeros(15 * C + 2 + cfg.n_head * cfg.block_size, F32)
         P = lambda a: ffi.from_buffer("float*", a)
-        self.ptr = {k: P(getattr(self, k)) for k in
-                    ("x", "h", "y", "t", "qkv", "fc", "g", "mean", "rstd", "logits", "scratch")}
-        names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                 "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                 "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
-        self.layers = [({n: P(lp[n]) for n in names}, P(k), P(v))
-                       for lp, k, v in zip(model._layer_p, cache.k, cache.v)]
+        self.layers = ffi.new("mg_decode_layer[]", cfg.n_layer)
+        for layer, lp, k, v in zip(self.layers, model._layer_p, cache.k, cache.v):
+            for field, name in self._LAYER:
+                setattr(layer, field, P(lp[name]))
+            layer.kcache, layer.vcache = P(k), P(v)
         p = model.p
-        self.lnf = (P(p["transformer.ln_f.weight"]), P(p["transformer.ln_f.bias"]))
-        self.wte_ptr = P(p["transformer.wte.weight"])
+        self.args = (P(self.logits), P(self.work), self.work.size, self.layers, P(p["transformer.wte.weight"]),
+                     P(p["transformer.wpe.weight"]), P(p["transformer.ln_f.weight"]),
+                     P(p["transformer.ln_f.bias"]))
+        self.sizes = (cfg.n_layer, cfg.block_size, C, cfg.n_head, cfg.vocab_size, cfg.layer_norm_eps)
 
-    def __call__(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        """tokens (B,) at position pos -> logits (B, V) (an internal buffer)."""
-        m, cfg, q, B = self.model, self.model.cfg, self.ptr, self.B
-        C, NH, T, eps = cfg.n_embd, cfg.n_head, cfg.block_size, cfg.layer_norm_eps
-        np.add(m.p["transformer.wte.weight"][tokens], m.p["transformer.wpe.weight"][pos], out=self.x)
-        n = B * C
-        for w, kc, vc in self.layers:
-            check(lib.mg_layernorm_forward(q["h"], q["mean"], q["rstd"], q["x"], w["ln_1.weight"],
-                                           w["ln_1.bias"], B, C, eps))
-            check(lib.mg_matmul_forward(q["qkv"], q["h"], w["attn.c_attn.weight"], w["attn.c_attn.bias"],
-                                        B, C, 3 * C))
-            check(lib.mg_attention_decode(q["y"], kc, vc, q["scratch"], q["qkv"], B, 1, pos, T, C, NH))
-            check(lib.mg_matmul_forward(q["t"], q["y"], w["attn.c_proj.weight"], w["attn.c_proj.bias"],
-                                        B, C, C))
-            check(lib.mg_residual_forward(q["x"], q["x"], q["t"], n))
-            check(lib.mg_layernorm_forward(q["h"], q["mean"], q["rstd"], q["x"], w["ln_2.weight"],
-                                           w["ln_2.bias"], B, C, eps))
-            check(lib.mg_matmul_forward(q["fc"], q["h"], w["mlp.c_fc.weight"], w["mlp.c_fc.bias"],
-                                        B, C, 4 * C))
-            check(lib.mg_gelu_forward(q["g"], q["fc"], 4 * n))
-            check(lib.mg_matmul_forward(q["t"], q["g"], w["mlp.c_proj.weight"], w["mlp.c_proj.bias"],
-                                        B, 4 * C, C))
-            check(lib.mg_residual_forward(q["x"], q["x"], q["t"], n))
-        check(lib.mg_layernorm_forward(q["h"], q["mean"], q["rstd"], q["x"], *self.lnf, B, C, eps))
-        check(lib.mg_matmul_forward(q["logits"], q["h"], self.wte_ptr, ffi.NULL, B, C, cfg.vocab_size))
+    def __call__(self, token: int, pos: int) -> np.ndarray:
+        """token at position pos -> logits (1, V) (an internal buffer)."""
+        check(lib.mg_gpt_decode_step(*self.args, token, pos, *self.sizes))
         return self.logits
 
 
@@ -101,11 +82,11 @@ def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray) -> np.ndarray
     pos = cache.pos
     if pos + Tn > cfg.block_size:
         raise DataError(f"positions {pos}..{pos + Tn - 1} exceed the block size {cfg.block_size}")
-    if Tn == 1 and B == cache.step.B:
-        ids = tokens[:, 0]
-        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+    if Tn == 1 and B == 1 and cache.step is not None:
+        tok = int(tokens[0, 0])
+        if not 0 <= tok < cfg.vocab_size:
             raise DataError(f"token ids must be in [0, {cfg.vocab_size})")
-        logits = cache.step(ids, pos)
+        logits = cache.step(tok, pos)
         cache.pos += 1
         return logits
     x = (p["transformer.wte.weight"][tokens] + p["transformer.wpe.weight"][pos:pos + Tn]).astype(F32)
