@@ -159,6 +159,35 @@ static inline void transpose_8x8(float* restrict d, size_t ldd,
 }
 #endif
 
+#if MG_GEMM_AVX2
+// d[k*6 + r] = s[r*lds + k] for r < 6, k < 8: the 8 x 8 transpose above with
+// two zero rows, for the 6-row panels of the AVX2 kernel. Column k is stored
+// whole (8 floats) at stride 6 in increasing k, so each store's two extra
+// floats are overwritten by the next; the last stores only its six.
+static inline void transpose_6x8(float* restrict d, const float* restrict s, size_t lds) {
+    const __m256 z = _mm256_setzero_ps();
+    __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
+    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, z, 0x44), u5 = _mm256_shuffle_ps(t4, z, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, z, 0x44), u7 = _mm256_shuffle_ps(t5, z, 0xEE);
+    _mm256_storeu_ps(d + 0 * 6, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + 1 * 6, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * 6, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * 6, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * 6, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * 6, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * 6, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_maskstore_ps(d + 7 * 6, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0),
+                        _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
 // d[0:w] = s[0:n], then zeros (n <= w). w is a constant at each call, so a
 // full copy compiles to vector moves.
 static inline void copy_padded(float* restrict d, const float* restrict s, int n, int w) {
@@ -197,6 +226,8 @@ static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
             for (; k0 + 8 <= kc; k0 += 8)
                 for (int r = 0; r < MR; r += 8)
                     transpose_8x8(d + (size_t)k0 * MR + r, MR, a + (size_t)r * lda + k0, lda);
+        } else if (MR == 6 && mr == MR) {
+            for (; k0 + 8 <= kc; k0 += 8) transpose_6x8(d + (size_t)k0 * MR, a + k0, lda);
         }
 #endif
         for (int r = 0; r < MR; r++) {
