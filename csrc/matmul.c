@@ -131,60 +131,48 @@ static float* workspace(size_t nfloats) {
 // ---------------------------------------------------------------- packing
 
 #if MG_GEMM_AVX2
-// d[k*ldd + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8): an in-register
-// transpose, so packing a transposed operand streams rows instead of single
-// floats. d must be 32-byte aligned and ldd a multiple of 8.
-static inline void transpose_8x8(float* restrict d, size_t ldd,
-                                 const float* restrict s, size_t lds) {
-    __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
-    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
-    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
-    __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+// r[0..7] rows in, r[k] = column k out: the 8 x 8 transpose in registers.
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
     __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
     __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
     __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
     __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_store_ps(d + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_store_ps(d + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_store_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_store_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_store_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_store_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_store_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_store_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
-#endif
 
-#if MG_GEMM_AVX2
-// d[k*6 + r] = s[r*lds + k] for r < 6, k < 8: the 8 x 8 transpose above with
-// two zero rows, for the 6-row panels of the AVX2 kernel. Column k is stored
-// whole (8 floats) at stride 6 in increasing k, so each store's two extra
-// floats are overwritten by the next; the last stores only its six.
+// d[k*ldd + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8), so packing a
+// transposed operand streams rows instead of single floats. d must be
+// 32-byte aligned and ldd a multiple of 8.
+static inline void transpose_8x8(float* restrict d, size_t ldd,
+                                 const float* restrict s, size_t lds) {
+    __m256 r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(s + j * lds);
+    transpose8(r);
+    for (int k = 0; k < 8; k++) _mm256_store_ps(d + k * ldd, r[k]);
+}
+
+// d[k*6 + j] = s[j*lds + k] for j < 6, k < 8: the same with two zero rows,
+// for the 6-row panels of the AVX2 kernel. Column k is stored whole (8
+// floats) at stride 6 in increasing k, so each store's two extra floats are
+// overwritten by the next; the last stores only its six.
 static inline void transpose_6x8(float* restrict d, const float* restrict s, size_t lds) {
-    const __m256 z = _mm256_setzero_ps();
-    __m256 r0 = _mm256_loadu_ps(s + 0 * lds), r1 = _mm256_loadu_ps(s + 1 * lds);
-    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
-    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, z, 0x44), u5 = _mm256_shuffle_ps(t4, z, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, z, 0x44), u7 = _mm256_shuffle_ps(t5, z, 0xEE);
-    _mm256_storeu_ps(d + 0 * 6, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(d + 1 * 6, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(d + 2 * 6, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(d + 3 * 6, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(d + 4 * 6, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(d + 5 * 6, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(d + 6 * 6, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_maskstore_ps(d + 7 * 6, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0),
-                        _mm256_permute2f128_ps(u3, u7, 0x31));
+    __m256 r[8];
+    for (int j = 0; j < 6; j++) r[j] = _mm256_loadu_ps(s + j * lds);
+    r[6] = r[7] = _mm256_setzero_ps();
+    transpose8(r);
+    for (int k = 0; k < 7; k++) _mm256_storeu_ps(d + k * 6, r[k]);
+    _mm256_maskstore_ps(d + 7 * 6, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0), r[7]);
 }
 #endif
 
@@ -684,8 +672,9 @@ void gemv_item(float* out, const float* inp, const float* weight, const float* b
 
 static void gemv_rows(float* out, const float* inp, const float* weight,
                       const float* bias, int N, int C, int OC) {
+    const int n = gemv_items(OC);
     #pragma omp parallel for schedule(static) if ((double)OC * C >= 1 << 16)
-    for (int q = 0; q < gemv_items(OC); q++) gemv_item(out, inp, weight, bias, N, C, OC, q);
+    for (int q = 0; q < n; q++) gemv_item(out, inp, weight, bias, N, C, OC, q);
 }
 
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
