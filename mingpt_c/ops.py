@@ -144,16 +144,18 @@ def embedding_forward(tokens, wte, wpe, out=None):
     return out
 
 
-def embedding_backward(dout, tokens, V, maxT, dwte=None, dwpe=None):
+def embedding_backward(dout, tokens, V, maxT, dwte=None, dwpe=None, need_dwpe=True):
+    """dwte += dout scattered by token id; dwpe += dout summed by position
+    (skipped, and None returned, with need_dwpe=False)."""
     _i32("tokens", tokens)
     B, T = tokens.shape
     C = dout.shape[-1]
     _f32("dout", dout, (B, T, C))
     _ids_in_range("tokens", tokens, V)
     dwte = _out("dwte", dwte, (V, C), zero=True)
-    dwpe = _out("dwpe", dwpe, (maxT, C), zero=True)
-    check(lib.mg_embedding_backward(_p(dwte), _p(dwpe), _p(dout), _p(tokens, "int32_t*"),
-                                    B, T, C, V, maxT))
+    dwpe = _out("dwpe", dwpe, (maxT, C), zero=True) if need_dwpe else None
+    check(lib.mg_embedding_backward(_p(dwte), _p(dwpe), _p(dout),
+                                    _p(tokens, "int32_t*"), B, T, C, V, maxT))
     return dwte, dwpe
 
 # ---------------------------------------------------------------- layernorm

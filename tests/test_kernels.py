@@ -36,6 +36,8 @@ def test_embedding(rng, B, T, C, V):
     want_te, want_pe = ref.embedding_backward(dout, tokens, V, maxT)
     assert_close(dwte, dwte0 + want_te, rtol=1e-5, atol=1e-5)
     assert_close(dwpe, dwpe0 + want_pe, rtol=1e-5, atol=1e-5)
+    only_te, none = ops.embedding_backward(dout, tokens, V, maxT, dwte0.copy(), need_dwpe=False)
+    assert none is None and np.array_equal(only_te, dwte)
 
 # ---------------------------------------------------------------- layernorm
 

@@ -165,7 +165,7 @@ def encoder_slots(cfg: EncoderConfig) -> list[tuple[str, tuple, str]]:
         s += [("classifier.weight", (cfg.num_labels, C), "weight"),
               ("classifier.bias", (cfg.num_labels,), "bias")]
     if cfg.bigram_buckets:  # last: the other tensors draw the same initial values with or without it
-        s.append((BIGRAMS, (cfg.bigram_buckets, C), "embed"))
+        s.append((BIGRAMS, (cfg.bigram_buckets, C), "embed_zero"))
     return s
 
 
@@ -204,23 +204,17 @@ class _Acts:
         if with_grads:
             self.dx = [e(B, T, C) for _ in range(2)]
             self.dh = np.zeros((B, T, C), F32)
-            self.dpos_scratch = np.zeros((cfg.block_size, C), F32) if cfg.bigram_buckets else None
 
 
 class Encoder:
     def __init__(self, cfg: EncoderConfig, params: np.ndarray | None = None, seed: int = 0):
         self.cfg = cfg
-        bind_buffers(self, Layout(encoder_slots(cfg)), params, lambda: self._init(seed))
+        bind_buffers(self, Layout(encoder_slots(cfg)), params,
+                     lambda: self.layout.init(cfg, np.random.default_rng(seed)))
         self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
         self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None
         self._last = None
-
-    def _init(self, seed: int) -> np.ndarray:
-        buf = self.layout.init(self.cfg, np.random.default_rng(seed))
-        if self.cfg.bigram_buckets:
-            self.layout.views(buf)[BIGRAMS][...] = 0.0
-        return buf
 
     @staticmethod
     def _layer_views(views: dict, i: int) -> dict:
@@ -322,9 +316,9 @@ class Encoder:
                 dtte[k] += demb[types == k].sum(axis=0, dtype=np.float64).astype(F32)
         ops.embedding_backward(demb, tokens, cfg.vocab_size, cfg.block_size,
                                self.g[e + "word_embeddings.weight"], self.g[e + "position_embeddings.weight"])
-        if bigrams is not None:  # the same scatter by bucket (the position gradient is dropped)
+        if bigrams is not None:  # the same scatter, by bucket
             ops.embedding_backward(demb, bigrams, cfg.bigram_buckets, cfg.block_size, self.g[BIGRAMS],
-                                   a.dpos_scratch)
+                                   need_dwpe=False)
 
     # ------------------------------------------------------------ heads
 

@@ -22,7 +22,8 @@ class Slot:
     shape: tuple
     offset: int
     decay: bool   # weight decay applies (matrices and embeddings, not biases or norms)
-    kind: str     # "embed", "weight", "proj" (residual projection), "bias", "ln_w", "ln_b"
+    kind: str     # "embed", "embed_zero" (an embedding that starts at zero), "weight",
+                  # "proj" (residual projection), "bias", "ln_w", "ln_b"
 
     @property
     def size(self) -> int:
@@ -52,7 +53,7 @@ class Layout:
         self.slots: dict[str, Slot] = {}
         off = 0
         for name, shape, kind in slots:
-            slot = Slot(name, tuple(shape), off, kind in ("embed", "weight", "proj"), kind)
+            slot = Slot(name, tuple(shape), off, kind in ("embed", "embed_zero", "weight", "proj"), kind)
             self.slots[name] = slot
             off += slot.size
         self.size = off
