@@ -74,15 +74,17 @@ class _OneTokenStep:
         return self.logits
 
 
-def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
+def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: bool = True) -> np.ndarray:
     """tokens (B, Tn) at positions cache.pos.. ; returns the last position's
-    logits (B, V) and advances the cache."""
+    logits (B, V) and advances the cache. One token of one sequence goes
+    through the one-call step (unless one_call is False); anything else
+    through the kernels one by one, which give the same bits."""
     cfg, p = model.cfg, model.p
     B, Tn = tokens.shape
     pos = cache.pos
     if pos + Tn > cfg.block_size:
         raise DataError(f"positions {pos}..{pos + Tn - 1} exceed the block size {cfg.block_size}")
-    if Tn == 1 and B == 1 and cache.step is not None:
+    if one_call and Tn == 1 and B == 1 and cache.step is not None:
         tok = int(tokens[0, 0])
         if not 0 <= tok < cfg.vocab_size:
             raise DataError(f"token ids must be in [0, {cfg.vocab_size})")

@@ -4,7 +4,6 @@ stops generation, top-k 1 is greedy."""
 import numpy as np
 import pytest
 
-from mingpt_c import ops
 from mingpt_c.errors import DataError
 from mingpt_c.model.config import GPTConfig
 from mingpt_c.model.gpt import GPT
@@ -33,24 +32,6 @@ def test_cached_logits_match_full_forward(model):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def separate_kernels(model, cache, tok, pos):
-    """The one-token step as separate checked kernel calls (the layer order
-    of block_forward), for comparison with the one-call step."""
-    cfg, p = model.cfg, model.p
-    eps = cfg.layer_norm_eps
-    x = (p["transformer.wte.weight"][[tok]] + p["transformer.wpe.weight"][[pos]]).astype(np.float32)
-    for i, lp in enumerate(model._layer_p):
-        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
-        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
-        y = ops.attention_decode(qkv[None], cache.k[i], cache.v[i], pos, cfg.n_head)[0]
-        x = x + ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"])
-        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
-        g = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
-        x = x + ops.matmul_forward(g, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"])
-    h, _, _ = ops.layernorm_forward(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
-    return ops.matmul_forward(h, p["transformer.wte.weight"])
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_one_call_step_equals_separate_kernels(model, threads):
     """mg_gpt_decode_step gives the bits of the separate kernel calls, on any
@@ -62,8 +43,8 @@ def test_one_call_step_equals_separate_kernels(model, threads):
         _lib.set_num_threads(threads)
         one, sep = KVCache(model), KVCache(model)
         for pos, tok in enumerate(toks):
-            got = one.step(tok, pos).copy()
-            want = separate_kernels(model, sep, tok, pos)
+            got = forward_cached(model, one, np.array([[tok]], np.int32)).copy()
+            want = forward_cached(model, sep, np.array([[tok]], np.int32), one_call=False)
             assert np.array_equal(got, want)
         for a, b in zip(one.k + one.v, sep.k + sep.v):
             assert np.array_equal(a, b)
