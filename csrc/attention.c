@@ -13,7 +13,7 @@
  * static schedule. Each item writes only its own head's channels of out/dqkv
  * and its own (T,T) slab of att/scratch, so there are no atomics and every
  * bit is fixed regardless of the thread count. All six products are one
- * register-blocked panel, panel_axpy (4 rows x 16 columns, broadcast-FMA):
+ * register-blocked panel, panel_axpy (MR rows x 16 columns, broadcast-FMA):
  *   forward:  S = q k^T (k packed into 16-key transposed panels), o = P v;
  *   backward: dP = do v^T (v in panels), dq += dS k, and per 16-key column
  *             block (packed) dk += dS^T q, dv += P^T do.
@@ -48,9 +48,15 @@
 #define ATT_AVX2 0
 #endif
 
-/* Rows per register tile: 4 rows x 16 columns keeps 8 accumulators plus the
- * operands in the 16 ymm registers of AVX2. */
+/* Rows per register tile. AVX2: 6 rows x 16 columns, 12 accumulators plus
+ * 2 operand vectors and a broadcast in the 16 ymm registers; 12 independent
+ * FMA chains leave slack over the 8 that two 4-cycle FMA pipes need (with 8,
+ * 4 x 16, any stall shows). AVX-512: 4 rows x up to 64 columns on zmm. */
+#if ATT_AVX2 && !defined(__AVX512F__)
+enum { MR = 6 };
+#else
 enum { MR = 4 };
+#endif
 
 #if ATT_AVX2
 /* ================================================================ AVX2 */
@@ -135,8 +141,8 @@ static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
  * path serves the ragged last block. Tiles of 4 rows x 2 columns: 8
  * accumulators, 4+1 operand registers; the hadd tree reduces them 4 at a
  * time. */
-static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
-                      const float* b, size_t ldb, float* c, size_t ldc) {
+static void panel_dot4(int mr, int N, int K, const float* a, size_t lda,
+                       const float* b, size_t ldb, float* c, size_t ldc) {
     const float* a0 = a;
     const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * lda;
     const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * lda;
@@ -190,15 +196,25 @@ static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
     }
 }
 
-/* One 4 x (8*NV) tile of panel_axpy; `part` masks the last vector.
- * always_inline so that NV and part fold to constants. */
+/* panel_dot for mr <= MR rows: groups of at most 4. */
+static void panel_dot(int mr, int N, int K, const float* a, size_t lda,
+                      const float* b, size_t ldb, float* c, size_t ldc) {
+    for (int m = 0; m < mr; m += 4)
+        panel_dot4(MG_MIN(4, mr - m), N, K, a + (size_t)m * lda, lda, b, ldb,
+                   c + (size_t)m * ldc, ldc);
+}
+
+/* One 6 x (8*NV) tile of panel_axpy (AVX2: MR = 6); `part` masks the last
+ * vector. Row m of A is ar[m] (rows past mr alias the last one: computed, not
+ * stored). always_inline so that NV and part fold to constants. */
 static inline __attribute__((always_inline)) void
-axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
-          const float* a0, const float* a1, const float* a2, const float* a3,
+axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1, const float* const* ar,
           size_t acs, const float* b, size_t ldb, float* c, size_t ldc, int accumulate) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00;
-    __m256 c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    /* ---- hot loop: 8 FMAs per 2 loads + 4 broadcasts */
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+    __m256 acc[6][2];
+    #pragma GCC unroll 6
+    for (int m = 0; m < 6; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    /* ---- hot loop: 12 FMAs per 2 loads + 6 broadcasts */
     for (int k = k0; k < k1; k++) {
         const float* bk = b + (size_t)k * ldb;
         const size_t ak = (size_t)k * acs;
@@ -209,22 +225,27 @@ axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
             y0 = _mm256_loadu_ps(bk);
             y1 = part ? _mm256_maskload_ps(bk + 8, mk) : _mm256_loadu_ps(bk + 8);
         }
-        __m256 x = _mm256_broadcast_ss(a0 + ak);
-        c00 = _mm256_fmadd_ps(x, y0, c00);
-        if (NV == 2) c01 = _mm256_fmadd_ps(x, y1, c01);
-        x = _mm256_broadcast_ss(a1 + ak);
-        c10 = _mm256_fmadd_ps(x, y0, c10);
-        if (NV == 2) c11 = _mm256_fmadd_ps(x, y1, c11);
-        x = _mm256_broadcast_ss(a2 + ak);
-        c20 = _mm256_fmadd_ps(x, y0, c20);
-        if (NV == 2) c21 = _mm256_fmadd_ps(x, y1, c21);
-        x = _mm256_broadcast_ss(a3 + ak);
-        c30 = _mm256_fmadd_ps(x, y0, c30);
-        if (NV == 2) c31 = _mm256_fmadd_ps(x, y1, c31);
+        /* Keep y0, y1 in registers: otherwise gcc folds each load into every
+         * FMA that uses it (18 loads per 12 FMAs), and the load ports, not the
+         * FMA pipes, set the pace. */
+        __asm__("" : "+x"(y0), "+x"(y1));
+#define ATT_ROW(m, am)                                                      \
+        {                                                                   \
+            __m256 x = _mm256_broadcast_ss(am + ak);                        \
+            acc[m][0] = _mm256_fmadd_ps(x, y0, acc[m][0]);                  \
+            if (NV == 2) acc[m][1] = _mm256_fmadd_ps(x, y1, acc[m][1]);     \
+        }
+        ATT_ROW(0, a0) ATT_ROW(1, a1) ATT_ROW(2, a2)
+        ATT_ROW(3, a3) ATT_ROW(4, a4) ATT_ROW(5, a5)
+#undef ATT_ROW
     }
-    __m256 acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
-    for (int m = 0; m < mr; m++) {
+    /* constant indices into acc (rows past mr are skipped), so the
+     * accumulators stay in registers */
+    #pragma GCC unroll 6
+    for (int m = 0; m < 6; m++) {
+        if (m >= mr) break;
         float* cm = c + (size_t)m * ldc;
+        #pragma GCC unroll 2
         for (int v = 0; v < NV; v++) {
             __m256 r = acc[m][v];
             if (part && v == NV - 1) {
@@ -238,7 +259,7 @@ axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1,
     }
 }
 
-/* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * B(k,n), m < mr (<= 4), n < N,
+/* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * B(k,n), m < mr (<= MR), n < N,
  * with A(m,k) = a[m*ars + k*acs]: (ars, acs) = (lda, 1) for A, (1, lda) for
  * A^T, or (1, 4) for a packed row block. B(k,n) = b[(n/16)*bblk + k*ldb + n%16]:
  * bblk = 16 for plain rows, 16*K for 16-column panels (see pack_panels).
@@ -301,12 +322,12 @@ axpy_tile16(const int NP, int last, int mr, int k0, int k1,
 static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars,
                        size_t acs, const float* b, size_t ldb, size_t bblk, float* c,
                        size_t ldc, int accumulate) {
+    int n = 0;
+#if defined(__AVX512F__)
     const float* a0 = a;
     const float* a1 = a + (size_t)MG_MIN(1, mr - 1) * ars;
     const float* a2 = a + (size_t)MG_MIN(2, mr - 1) * ars;
     const float* a3 = a + (size_t)MG_MIN(3, mr - 1) * ars;
-    int n = 0;
-#if defined(__AVX512F__)
     for (; n + 64 <= N; n += 64, b += 4 * bblk)
         axpy_tile16(4, 16, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
     int rest = N - n;                  /* 0..63 columns in 0..4 panels */
@@ -320,18 +341,18 @@ static void panel_axpy(int mr, int N, int k0, int k1, const float* a, size_t ars
     else if (np == 1)
         axpy_tile16(1, last, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, bblk, c + n, ldc, accumulate);
 #else
+    const float* ar[6];
+    for (int m = 0; m < 6; m++) ar[m] = a + (size_t)MG_MIN(m, mr - 1) * ars;
     const __m256i ones = _mm256_set1_epi32(-1);
     for (; n + 16 <= N; n += 16, b += bblk)
-        axpy_tile(2, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
+        axpy_tile(2, 0, ones, mr, k0, k1, ar, acs, b, ldb, c + n, ldc, accumulate);
     int rest = N - n;
     if (rest > 8)
-        axpy_tile(2, 1, tail_mask(rest - 8), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
-                  c + n, ldc, accumulate);
+        axpy_tile(2, 1, tail_mask(rest - 8), mr, k0, k1, ar, acs, b, ldb, c + n, ldc, accumulate);
     else if (rest == 8)
-        axpy_tile(1, 0, ones, mr, k0, k1, a0, a1, a2, a3, acs, b, ldb, c + n, ldc, accumulate);
+        axpy_tile(1, 0, ones, mr, k0, k1, ar, acs, b, ldb, c + n, ldc, accumulate);
     else if (rest > 0)
-        axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, a0, a1, a2, a3, acs, b, ldb,
-                  c + n, ldc, accumulate);
+        axpy_tile(1, 1, tail_mask(rest), mr, k0, k1, ar, acs, b, ldb, c + n, ldc, accumulate);
 #endif
 }
 
@@ -448,11 +469,11 @@ static float* pack_panels(float* dst, const float* src, size_t ld, int T, int hs
     return dst;
 }
 
-/* dst (n,4): rows r < mr of src (mr, ld) interleaved, dst[k*4 + r] = src[r][k].
- * The broadcasts of panel_axpy then read one line for four rows. */
-static float* pack_rows4(float* dst, const float* src, size_t ld, int mr, int n) {
+/* dst (n,MR): rows r < mr of src (mr, ld) interleaved, dst[k*MR + r] =
+ * src[r][k]. The broadcasts of panel_axpy then read one line for MR rows. */
+static float* pack_rows(float* dst, const float* src, size_t ld, int mr, int n) {
     for (int r = 0; r < mr; r++)
-        for (int k = 0; k < n; k++) dst[(size_t)k * 4 + r] = src[(size_t)r * ld + k];
+        for (int k = 0; k < n; k++) dst[(size_t)k * MR + r] = src[(size_t)r * ld + k];
     return dst;
 }
 
@@ -501,7 +522,7 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
     /* Heads too long for the per-thread areas run on the strided rows. */
     const int Tp = (T + 15) & ~15;
     const int fast = (size_t)(Tp + T) * hs <= ARENA;
-    const int packA = 4 * (size_t)T <= PACKBUF;
+    const int packA = (size_t)MR * T <= PACKBUF;
     #pragma omp parallel for schedule(static) if ((size_t)BH * T * T * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
@@ -530,7 +551,7 @@ mg_status mg_attention_forward(float* out, float* att, const float* qkv,
             for (int m = 0; m < mr; m++)
                 softmax_row(Ab + (size_t)m * T, causal ? t0 + m + 1 : T, T, mask, scale);
             if (packA)
-                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, Ab, (size_t)T, mr, nk), 1, 4,
+                panel_axpy(mr, hs, 0, nk, pack_rows(packbuf, Ab, (size_t)T, mr, nk), 1, MR,
                            v, ldv, 16, o + (size_t)t0 * C, (size_t)C, 0);
             else
                 panel_axpy(mr, hs, 0, nk, Ab, (size_t)T, 1, v, ldv, 16, o + (size_t)t0 * C,
@@ -556,7 +577,7 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
     const int BH = B * NH;
     const int Tp = (T + 15) & ~15;
     const int fast = (size_t)(3 * (size_t)T + Tp) * hs <= ARENA;
-    const int packA = 4 * (size_t)T <= PACKBUF;
+    const int packA = (size_t)MR * T <= PACKBUF;
     #pragma omp parallel for schedule(static) if ((size_t)BH * T * T * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         const int b = bh / NH, h = bh % NH;
@@ -604,10 +625,14 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                 float* d = dSb + (size_t)m * T;
                 const int n = causal ? t0 + m + 1 : T;
                 softmax_grad_row(d, P + (size_t)(t0 + m) * T, n, scale);
-                for (int s = n; s < nk; s++) d[s] = 0.0f;
+                /* zeros right of the diagonal up to the block's last key
+                 * (the dq panel) and to the end of the row's KB-key column
+                 * block (pass 2 reads whole KB-wide blocks from t >= s0) */
+                const int z = causal ? MG_MAX(nk, MG_MIN(T, ((t0 + m) / KB + 1) * KB)) : nk;
+                for (int s = n; s < z; s++) d[s] = 0.0f;
             }
             if (packA)
-                panel_axpy(mr, hs, 0, nk, pack_rows4(packbuf, dSb, (size_t)T, mr, nk), 1, 4,
+                panel_axpy(mr, hs, 0, nk, pack_rows(packbuf, dSb, (size_t)T, mr, nk), 1, MR,
                            k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
             else
                 panel_axpy(mr, hs, 0, nk, dSb, (size_t)T, 1, k, ldq, 16, dq + (size_t)t0 * C3, C3, 1);
