@@ -20,6 +20,15 @@
 #else
 #define LN_AVX512 0
 #endif
+#if !LN_AVX512 && defined(__AVX2__)
+#include <immintrin.h>
+/* The same on AVX2: the 16 lanes as four ymm of doubles (statistics) or two
+ * of floats, the same operations in the same order (mul and add kept apart,
+ * as the plain loops compile without contraction): the same bits. */
+#define LN_AVX2 1
+#else
+#define LN_AVX2 0
+#endif
 
 /* Row sums run in LANES independent double accumulators (element c goes to
  * lane c % LANES), then a fixed pairwise tree: a fixed order, so results do
@@ -60,6 +69,18 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
         }
         _mm512_storeu_pd(acc, s0);
         _mm512_storeu_pd(acc + 8, s1);
+#elif LN_AVX2
+        __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+        for (; c + LANES <= C; c += LANES) {
+            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm_loadu_ps(x + c)));
+            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)));
+            s2 = _mm256_add_pd(s2, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 8)));
+            s3 = _mm256_add_pd(s3, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 12)));
+        }
+        _mm256_storeu_pd(acc, s0);
+        _mm256_storeu_pd(acc + 4, s1);
+        _mm256_storeu_pd(acc + 8, s2);
+        _mm256_storeu_pd(acc + 12, s3);
 #endif
         for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) acc[l] += x[c + l];
@@ -77,6 +98,23 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
         }
         _mm512_storeu_pd(vacc, s0);
         _mm512_storeu_pd(vacc + 8, s1);
+#elif LN_AVX2
+        const __m256d vm = _mm256_set1_pd(m);
+        s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+        for (; c + LANES <= C; c += LANES) {
+            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), vm);
+            __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), vm);
+            __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 8)), vm);
+            __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 12)), vm);
+            s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
+            s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
+            s2 = _mm256_add_pd(s2, _mm256_mul_pd(d2, d2));
+            s3 = _mm256_add_pd(s3, _mm256_mul_pd(d3, d3));
+        }
+        _mm256_storeu_pd(vacc, s0);
+        _mm256_storeu_pd(vacc + 4, s1);
+        _mm256_storeu_pd(vacc + 8, s2);
+        _mm256_storeu_pd(vacc + 12, s3);
 #endif
         for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) { double d = x[c + l] - m; vacc[l] += d * d; }
@@ -92,6 +130,13 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
             __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vmf), vr);
             _mm512_storeu_ps(o + c, _mm512_add_ps(_mm512_mul_ps(xh, _mm512_loadu_ps(weight + c)),
                                                   _mm512_loadu_ps(bias + c)));
+        }
+#elif LN_AVX2
+        const __m256 vmf = _mm256_set1_ps(mf), vr = _mm256_set1_ps(r);
+        for (; c + 8 <= C; c += 8) {
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vmf), vr);
+            _mm256_storeu_ps(o + c, _mm256_add_ps(_mm256_mul_ps(xh, _mm256_loadu_ps(weight + c)),
+                                                  _mm256_loadu_ps(bias + c)));
         }
 #endif
         for (; c < C; c++) o[c] = (x[c] - mf) * r * weight[c] + bias[c];
@@ -131,6 +176,23 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             }
             _mm512_storeu_ps(a, va);
             _mm512_storeu_ps(bsum, vb);
+#elif LN_AVX2
+            const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(r);
+            __m256 va0 = _mm256_setzero_ps(), va1 = va0, vb0 = va0, vb1 = va0;
+            for (; c + LANES <= C; c += LANES) {
+                __m256 xh0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), vr);
+                __m256 xh1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8), vm), vr);
+                __m256 d0 = _mm256_mul_ps(_mm256_loadu_ps(g + c), _mm256_loadu_ps(weight + c));
+                __m256 d1 = _mm256_mul_ps(_mm256_loadu_ps(g + c + 8), _mm256_loadu_ps(weight + c + 8));
+                va0 = _mm256_add_ps(va0, d0);
+                va1 = _mm256_add_ps(va1, d1);
+                vb0 = _mm256_add_ps(vb0, _mm256_mul_ps(d0, xh0));
+                vb1 = _mm256_add_ps(vb1, _mm256_mul_ps(d1, xh1));
+            }
+            _mm256_storeu_ps(a, va0);
+            _mm256_storeu_ps(a + 8, va1);
+            _mm256_storeu_ps(bsum, vb0);
+            _mm256_storeu_ps(bsum + 8, vb1);
 #endif
             for (; c + LANES <= C; c += LANES)
                 for (int l = 0; l < LANES; l++) {
@@ -153,6 +215,14 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
                 __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + c), _mm512_loadu_ps(weight + c));
                 __m512 t = _mm512_sub_ps(_mm512_sub_ps(dxh, vma), _mm512_mul_ps(xh, vmb));
                 _mm512_storeu_ps(dx + c, _mm512_add_ps(_mm512_loadu_ps(dx + c), _mm512_mul_ps(vr, t)));
+            }
+#elif LN_AVX2
+            const __m256 vma = _mm256_set1_ps(ma), vmb = _mm256_set1_ps(mb);
+            for (; c + 8 <= C; c += 8) {
+                __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), vr);
+                __m256 dxh = _mm256_mul_ps(_mm256_loadu_ps(g + c), _mm256_loadu_ps(weight + c));
+                __m256 t = _mm256_sub_ps(_mm256_sub_ps(dxh, vma), _mm256_mul_ps(xh, vmb));
+                _mm256_storeu_ps(dx + c, _mm256_add_ps(_mm256_loadu_ps(dx + c), _mm256_mul_ps(vr, t)));
             }
 #endif
             for (; c < C; c++) {
@@ -181,6 +251,28 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             }
             _mm512_storeu_ps(accw, vw);
             _mm512_storeu_ps(accb, vb);
+#elif LN_AVX2
+            const int w = c1 - c0;   /* 1..16 valid channels: lanes j < w */
+            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
+            const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
+            __m256 vw0 = _mm256_setzero_ps(), vw1 = vw0, vb0 = vw0, vb1 = vw0;
+            for (int i = 0; i < N; i++) {
+                const float* xr = inp + (size_t)i * C + c0;
+                const float* gr = dout + (size_t)i * C + c0;
+                const __m256 vm = _mm256_set1_ps(mean[i]), vr = _mm256_set1_ps(rstd[i]);
+                __m256 g0 = _mm256_maskload_ps(gr, m0), g1 = _mm256_maskload_ps(gr + 8, m1);
+                __m256 xh0 = _mm256_sub_ps(_mm256_maskload_ps(xr, m0), vm);
+                __m256 xh1 = _mm256_sub_ps(_mm256_maskload_ps(xr + 8, m1), vm);
+                vw0 = _mm256_add_ps(vw0, _mm256_mul_ps(_mm256_mul_ps(g0, xh0), vr));
+                vw1 = _mm256_add_ps(vw1, _mm256_mul_ps(_mm256_mul_ps(g1, xh1), vr));
+                vb0 = _mm256_add_ps(vb0, g0);
+                vb1 = _mm256_add_ps(vb1, g1);
+            }
+            _mm256_storeu_ps(accw, vw0);
+            _mm256_storeu_ps(accw + 8, vw1);
+            _mm256_storeu_ps(accb, vb0);
+            _mm256_storeu_ps(accb + 8, vb1);
 #else
             for (int i = 0; i < N; i++) {
                 const float* x = inp + (size_t)i * C;
