@@ -81,8 +81,9 @@ static inline float hmax(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* a[s] = exp(a[s] - mx) for s < n; returns the sum. The tail goes through a
- * padded 8-float buffer so every element sees the same exp code. */
+/* a[s] = exp(a[s] - mx) for s < n; returns the sum. The tail is one masked vector (lanes past n read as -inf, exp 0), so
+ * every element sees the same exp code; causal rows are mostly short, and
+ * their tails a large share of the work. */
 static float exp_sum(float* a, int n, float mx) {
     const __m256 vm = _mm256_set1_ps(mx);
     __m256 acc = _mm256_setzero_ps();
@@ -93,15 +94,25 @@ static float exp_sum(float* a, int n, float mx) {
         acc = _mm256_add_ps(acc, e);
     }
     if (s < n) {
-        float buf[8];
-        int r = n - s;
-        for (int j = 0; j < 8; j++) buf[j] = j < r ? a[s + j] : -INFINITY;
-        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(buf), vm));
-        _mm256_storeu_ps(buf, e);
+        const __m256i km = tail_mask(n - s);
+        __m256 x = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(a + s, km),
+                                    _mm256_castsi256_ps(km));
+        __m256 e = exp_neg(_mm256_sub_ps(x, vm));
+        _mm256_maskstore_ps(a + s, km, e);
         acc = _mm256_add_ps(acc, e);
-        for (int j = 0; j < r; j++) a[s + j] = buf[j];
     }
     return hsum(acc);
+}
+
+/* a[s] *= inv for s < n. */
+static void scale_row(float* a, int n, float inv) {
+    const __m256 vi = _mm256_set1_ps(inv);
+    int s = 0;
+    for (; s + 8 <= n; s += 8) _mm256_storeu_ps(a + s, _mm256_mul_ps(_mm256_loadu_ps(a + s), vi));
+    if (s < n) {
+        const __m256i km = tail_mask(n - s);
+        _mm256_maskstore_ps(a + s, km, _mm256_mul_ps(_mm256_maskload_ps(a + s, km), vi));
+    }
 }
 
 /* a[s] = a[s]*scale for s < n, -inf where mask[s] == 0 (mask may be NULL);
@@ -123,15 +134,21 @@ static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
         mx = _mm256_max_ps(mx, x);
         bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     }
-    float m = hmax(mx);
-    int nan = _mm256_movemask_ps(bad) != 0;
-    for (; s < n; s++) {
-        float x = (mask && !mask[s]) ? -INFINITY : a[s] * scale;
-        a[s] = x;
-        m = x > m ? x : m;
-        nan |= isnan(x);
+    if (s < n) {   /* the tail: one masked vector, -inf past n */
+        const __m256i km = tail_mask(n - s);
+        __m256 x = _mm256_mul_ps(_mm256_maskload_ps(a + s, km), vs);
+        if (mask) {
+            __m256i m = _mm256_maskload_epi32((const int*)(mask + s), km);
+            __m256 dead = _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
+            x = _mm256_blendv_ps(x, ninf, dead);
+        }
+        _mm256_maskstore_ps(a + s, km, x);
+        x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(km));
+        mx = _mm256_max_ps(mx, x);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     }
-    return nan ? NAN : m;
+    float m = hmax(mx);
+    return _mm256_movemask_ps(bad) != 0 ? NAN : m;
 }
 
 /* ---------------------------------------------------------------- panels */
@@ -365,6 +382,10 @@ static float exp_sum(float* a, int n, float mx) {
     return sum;
 }
 
+static void scale_row(float* a, int n, float inv) {
+    for (int s = 0; s < n; s++) a[s] *= inv;
+}
+
 static float scale_mask_max(float* a, int n, const int32_t* mask, float scale) {
     float m = -INFINITY;
     int nan = 0;
@@ -413,8 +434,7 @@ static void softmax_row(float* a, int n, int T, const int32_t* mask, float scale
         memset(a, 0, (size_t)T * sizeof(float));
         return;
     }
-    float inv = 1.0f / exp_sum(a, n, mx);
-    for (int s = 0; s < n; s++) a[s] *= inv;
+    scale_row(a, n, 1.0f / exp_sum(a, n, mx));
     if (n < T) memset(a + n, 0, (size_t)(T - n) * sizeof(float));
 }
 
@@ -459,6 +479,19 @@ static float* pack_panels(float* dst, const float* src, size_t ld, int T, int hs
     for (int s0 = 0; s0 < T; s0 += 16) {
         float* d = dst + (size_t)s0 * hs;
         const int w = MG_MIN(16, T - s0);
+#if ATT_AVX2
+        if (w == 16 && hs % 8 == 0) {   /* 8 keys x 8 dims, transposed in registers */
+            for (int j0 = 0; j0 < 16; j0 += 8)
+                for (int i0 = 0; i0 < hs; i0 += 8) {
+                    __m256 r[8];
+                    for (int j = 0; j < 8; j++)
+                        r[j] = _mm256_loadu_ps(src + (size_t)(s0 + j0 + j) * ld + i0);
+                    transpose8(r);
+                    for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + (size_t)(i0 + i) * 16 + j0, r[i]);
+                }
+            continue;
+        }
+#endif
         for (int j = 0; j < w; j++) {
             const float* r = src + (size_t)(s0 + j) * ld;
             for (int i = 0; i < hs; i++) d[(size_t)i * 16 + j] = r[i];
