@@ -170,6 +170,9 @@ static inline void copy_padded(float* restrict d, const float* restrict s, int n
     for (int c = n; c < w; c++) d[c] = 0.0f;
 }
 
+// Rows ahead that pack_a prefetches in a transposed A.
+enum { PF_ROWS = 8 };
+
 // Packs the mc x kc block of A' at (i0, p0) into MR-row panels:
 // dst[(i/MR)*kc*MR + k*MR + i%MR] = A'(i0+i, p0+k); rows past mc are zero.
 // Both layouts are read along their rows, so the source streams through
@@ -179,6 +182,14 @@ static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
     if (transA) {       // A is (K,M): row k of A holds k of every A' row
         for (int k = 0; k < kc; k++) {
             const float* s = A + (size_t)(p0 + k) * lda + (size_t)i0;
+            // The rows are lda apart (a whole activation row: kilobytes),
+            // mc floats of each: too short a run for the hardware prefetcher,
+            // so each row would arrive one miss at a time. Ask ahead.
+            if (k + PF_ROWS < kc) {
+                const char* f = (const char*)(s + (size_t)PF_ROWS * lda);
+                for (int b = 0; b < mc * 4; b += 64) __builtin_prefetch(f + b, 0, 3);
+                __builtin_prefetch(f + mc * 4 - 1, 0, 3);
+            }
             for (int ip = 0; ip < mc; ip += MR) {
                 copy_padded(dst + (size_t)ip * kc + (size_t)k * MR, s + ip,
                             MG_MIN(MR, mc - ip), MR);
