@@ -147,10 +147,10 @@ def bench_matmul(args) -> list[dict]:
                     _p(out), _p(x), _p(w), ffi.NULL, N, C, OC)),
                 "np_fwd": lambda: np.matmul(x, wT, out=np_out),
                 "dinp": lambda: check(lib.mg_matmul_backward(
-                    _p(dx), ffi.NULL, ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC)),
+                    _p(dx), ffi.NULL, ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
                 "np_dinp": lambda: np.matmul(dout, w, out=np_dx),
                 "dweight": lambda: check(lib.mg_matmul_backward(
-                    ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC)),
+                    ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
                 "np_dweight": lambda: np.matmul(doutT, x, out=np_dw),
             }
             if torch is not None:   # the same inputs (shared memory), own outputs

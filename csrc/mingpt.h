@@ -63,11 +63,14 @@ mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
  * weight (OC,C), bias (OC) or NULL. */
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
                             const float* bias, int N, int C, int OC);
-/* dinp (N,C) += dout @ weight; dweight (OC,C) += dout^T @ inp;
- * dbias (OC) += sum over rows of dout. dinp, dweight or dbias may be NULL. */
+/* dinp (N,C) += dout @ weight (= when overwrite_dinp: its old contents are
+ * never read, the bits are those of zeroing it first); dweight (OC,C) +=
+ * dout^T @ inp; dbias (OC) += sum over rows of dout. dinp, dweight or dbias
+ * may be NULL. */
 mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
                              const float* dout, const float* inp,
-                             const float* weight, int N, int C, int OC);
+                             const float* weight, int N, int C, int OC,
+                             int overwrite_dinp);
 
 /* ---------------------------------------------------------------- embedding */
 /* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0,V); T <= maxT. */

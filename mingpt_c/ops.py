@@ -116,11 +116,8 @@ def matmul_backward(dout, x, w, dx=None, dw=None, db=None, need_dx=True, need_db
     dx = _out("dinp", dx, x.shape, zero=True) if (need_dx or dx is not None) else None
     dw = _out("dweight", dw, w.shape, zero=True)
     db = _out("dbias", db, (OC,), zero=True) if (need_db or db is not None) else None
-    if overwrite_dx and dx is not None:
-        check(lib.mg_sgemm(0, 0, N, C, OC, _p(dout), OC, _p(w), C, 0.0, _p(dx), C))
-        check(lib.mg_matmul_backward(ffi.NULL, _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC))
-    else:
-        check(lib.mg_matmul_backward(_p(dx), _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC))
+    check(lib.mg_matmul_backward(_p(dx), _p(dw), _p(db), _p(dout), _p(x), _p(w), N, C, OC,
+                                 int(overwrite_dx and dx is not None)))
     return dx, dw, db
 
 # ---------------------------------------------------------------- embedding

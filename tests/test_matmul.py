@@ -239,7 +239,7 @@ def test_matmul_backward_optional_outputs(rng):
     assert_close(dw, wdw, rtol=1e-5, atol=1e-5)
     # all three NULL is a valid no-op
     check(lib.mg_matmul_backward(ffi.NULL, ffi.NULL, ffi.NULL, ptr(dout), ptr(x), ptr(w),
-                                 N, C, OC))
+                                 N, C, OC, 0))
 
 
 def test_matmul_shape_and_dtype_errors():
@@ -270,12 +270,18 @@ DET = (301, 517, 389)   # N, C, OC
 def _run_all(x, w, b, dout):
     out = ops.matmul_forward(x, w, b)
     dx, dw, db = ops.matmul_backward(dout, x, w)
+    junk = np.full(x.shape, np.nan, np.float32)
+    ox, ow, ob = ops.matmul_backward(dout, x, w, dx=junk, overwrite_dx=True)
     c = ops.sgemm(x, w, trans_b=True)
-    return out, dx, dw, db, c
+    return out, dx, dw, db, ox, ow, ob, c
 
 
 def test_deterministic_repeats_and_thread_counts(rng, threads):
+    """Also ties the backward's two paths together: at 2 threads DET's
+    products are small enough (PAIR_MNK) to run side by side, one serial
+    product per thread; at 1 and 3 threads each runs on all of them."""
     N, C, OC = DET
+    assert N * C * OC <= 64 * 1024 * 1024
     x, w, b, dout = rand(rng, N, C), rand(rng, OC, C), rand(rng, OC), rand(rng, N, OC)
     first = _run_all(x, w, b, dout)
     again = _run_all(x, w, b, dout)
