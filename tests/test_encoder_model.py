@@ -202,3 +202,35 @@ def test_shared_gelu_buffer_gives_the_same_gradients(rng, monkeypatch, pre_ln):
         model.backward()
         grads.append(model.grads.copy())
     assert np.array_equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_stack_shares_the_projection_outputs(rng, monkeypatch, pre_ln):
+    """The projections' outputs (and their dropped-out copies) are read only in
+    the forward, so a stack keeps one pair for all its layers: the gradients
+    are the bits of a pair per layer."""
+    from mingpt_c.model import block
+    from mingpt_c.model import encoder as encoder_module
+
+    def separate(n_layer, B, T, C, NH, dropout, pre_ln=True):
+        return [block.BlockActs(B, T, C, NH, dropout, pre_ln) for _ in range(n_layer)]
+
+    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
+                        pre_ln=pre_ln)
+    x, mask = batch(rng, cfg)
+    y = np.full_like(x, IGNORE)
+    y[:, 1] = 7
+    grads = []
+    for builder in (block.block_acts, separate):
+        monkeypatch.setattr(encoder_module, "block_acts", builder)
+        model = Encoder(cfg, seed=3)
+        model.mlm(x, mask, y, train=True, seed=5)
+        first, last = model._acts.blocks[0], model._acts.blocks[-1]
+        shared = builder is block.block_acts
+        for name in ("attproj", "fcproj", "attproj_d", "fcproj_d"):
+            assert (getattr(last, name) is getattr(first, name)) == shared
+        assert last.atty is not first.atty
+        model.zero_grad()
+        model.backward()
+        grads.append(model.grads.copy())
+    assert np.array_equal(grads[0], grads[1])

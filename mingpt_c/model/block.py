@@ -32,29 +32,33 @@ class BlockActs:
     """Saved activations of one block for one (B, T). fch_gelu, the MLP's
     widest activation, can be one buffer shared by every layer (`shared`): the
     backward then recomputes it from fch (one elementwise pass, and a whole
-    (B, T, 4C) buffer less per layer)."""
+    (B, T, 4C) buffer less per layer). The two projections' outputs (and
+    their dropped-out copies) are read only within the forward, where they
+    are added into the residual stream: with `branch` (another layer's
+    BlockActs) a stack shares that layer's instead of keeping its own."""
 
     def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True,
-                 fch_gelu: np.ndarray | None = None):
+                 fch_gelu: np.ndarray | None = None, branch: "BlockActs | None" = None):
         self.gelu_shared = fch_gelu is not None
         e = lambda *s: np.empty(s, F32)
         self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
         self.qkv = e(B, T, 3 * C)
         self.atty = e(B, T, C)
         self.att = e(B, NH, T, T)
-        self.attproj = e(B, T, C)
+        self.attproj = e(B, T, C) if branch is None else branch.attproj
         self.res1 = e(B, T, C)
         self.ln2, self.ln2_mean, self.ln2_rstd = e(B, T, C), e(B, T), e(B, T)
         self.fch = e(B, T, 4 * C)
         self.fch_gelu = e(B, T, 4 * C) if fch_gelu is None else fch_gelu
-        self.fcproj = e(B, T, C)
+        self.fcproj = e(B, T, C) if branch is None else branch.fcproj
         self.out = e(B, T, C)
         # post-LN: ln1 holds x1 = ln_1(res1), res2 = x1 + branch, out = ln_2(res2)
         self.res2 = None if pre_ln else e(B, T, C)
         self.drop1 = self.drop2 = None
         if dropout > 0:
             self.drop1, self.drop2 = np.empty((B, T, C), np.uint8), np.empty((B, T, C), np.uint8)
-            self.attproj_d, self.fcproj_d = e(B, T, C), e(B, T, C)
+            self.attproj_d, self.fcproj_d = ((e(B, T, C), e(B, T, C)) if branch is None
+                                             else (branch.attproj_d, branch.fcproj_d))
 
 
 # Above this many bytes of GELU outputs for the whole stack, the layers share
@@ -66,11 +70,15 @@ GELU_KEEP_BYTES = 96 << 20
 
 def block_acts(n_layer: int, B: int, T: int, C: int, NH: int, dropout: float,
                pre_ln: bool = True) -> list[BlockActs]:
-    """Activations for a stack of n_layer blocks (see GELU_KEEP_BYTES)."""
-    if n_layer * B * T * 4 * C * 4 <= GELU_KEEP_BYTES:
-        return [BlockActs(B, T, C, NH, dropout, pre_ln) for _ in range(n_layer)]
-    shared = np.empty((B, T, 4 * C), F32)
-    return [BlockActs(B, T, C, NH, dropout, pre_ln, shared) for _ in range(n_layer)]
+    """Activations for a stack of n_layer blocks (see GELU_KEEP_BYTES); the
+    projections' outputs are the first layer's for all."""
+    shared = None
+    if n_layer * B * T * 4 * C * 4 > GELU_KEEP_BYTES:
+        shared = np.empty((B, T, 4 * C), F32)
+    acts: list[BlockActs] = []
+    for _ in range(n_layer):
+        acts.append(BlockActs(B, T, C, NH, dropout, pre_ln, shared, acts[0] if acts else None))
+    return acts
 
 
 class BlockGrads:
