@@ -11,23 +11,54 @@
 
 #include "common.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
-/* The AVX-512 loops below hold the same LANES (16) lanes in registers and
+/* The vector loops below hold the same LANES (16) lanes in registers and
  * apply the same operations in the same order as the plain loops (which gcc
- * kept in stack arrays): the results are the same bits. */
-#define LN_AVX512 1
+ * keeps in stack arrays; mul and add stay apart, as the plain loops compile
+ * without contraction): the results are the same bits. They are written once
+ * over these few names: VF floats or VD doubles per register, LANES / VF and
+ * LANES / VD registers per set of lanes. */
+#define LN_VEC 1
+#if defined(__AVX512F__)
+typedef __m512 vf;
+typedef __m512d vd;
+enum { VF = 16, VD = 8 };
+#define vf_load _mm512_loadu_ps
+#define vf_store _mm512_storeu_ps
+#define vf_set1 _mm512_set1_ps
+#define vf_zero _mm512_setzero_ps
+#define vf_add _mm512_add_ps
+#define vf_sub _mm512_sub_ps
+#define vf_mul _mm512_mul_ps
+#define vd_load_ps(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))   /* VD floats, widened */
+#define vd_store _mm512_storeu_pd
+#define vd_set1 _mm512_set1_pd
+#define vd_zero _mm512_setzero_pd
+#define vd_add _mm512_add_pd
+#define vd_sub _mm512_sub_pd
+#define vd_mul _mm512_mul_pd
 #else
-#define LN_AVX512 0
+typedef __m256 vf;
+typedef __m256d vd;
+enum { VF = 8, VD = 4 };
+#define vf_load _mm256_loadu_ps
+#define vf_store _mm256_storeu_ps
+#define vf_set1 _mm256_set1_ps
+#define vf_zero _mm256_setzero_ps
+#define vf_add _mm256_add_ps
+#define vf_sub _mm256_sub_ps
+#define vf_mul _mm256_mul_ps
+#define vd_load_ps(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define vd_store _mm256_storeu_pd
+#define vd_set1 _mm256_set1_pd
+#define vd_zero _mm256_setzero_pd
+#define vd_add _mm256_add_pd
+#define vd_sub _mm256_sub_pd
+#define vd_mul _mm256_mul_pd
 #endif
-#if !LN_AVX512 && defined(__AVX2__)
-#include <immintrin.h>
-/* The same on AVX2: the 16 lanes as four ymm of doubles (statistics) or two
- * of floats, the same operations in the same order (mul and add kept apart,
- * as the plain loops compile without contraction): the same bits. */
-#define LN_AVX2 1
 #else
-#define LN_AVX2 0
+#define LN_VEC 0
 #endif
 
 /* Row sums run in LANES independent double accumulators (element c goes to
@@ -61,60 +92,28 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
         const float* x = inp + (size_t)i * C;
         double acc[LANES] = {0}, vacc[LANES] = {0};
         int c = 0;
-#if LN_AVX512
-        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-        for (; c + LANES <= C; c += LANES) {
-            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm256_loadu_ps(x + c)));
-            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_loadu_ps(x + c + 8)));
-        }
-        _mm512_storeu_pd(acc, s0);
-        _mm512_storeu_pd(acc + 8, s1);
-#elif LN_AVX2
-        __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-        for (; c + LANES <= C; c += LANES) {
-            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm_loadu_ps(x + c)));
-            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)));
-            s2 = _mm256_add_pd(s2, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 8)));
-            s3 = _mm256_add_pd(s3, _mm256_cvtps_pd(_mm_loadu_ps(x + c + 12)));
-        }
-        _mm256_storeu_pd(acc, s0);
-        _mm256_storeu_pd(acc + 4, s1);
-        _mm256_storeu_pd(acc + 8, s2);
-        _mm256_storeu_pd(acc + 12, s3);
+#if LN_VEC
+        enum { ND = LANES / VD };
+        vd s[ND];
+        for (int k = 0; k < ND; k++) s[k] = vd_zero();
+        for (; c + LANES <= C; c += LANES)
+            for (int k = 0; k < ND; k++) s[k] = vd_add(s[k], vd_load_ps(x + c + k * VD));
+        for (int k = 0; k < ND; k++) vd_store(acc + k * VD, s[k]);
 #endif
         for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) acc[l] += x[c + l];
         for (int l = 0; c < C; c++, l++) acc[l] += x[c];
         double m = lane_total(acc) / C;
         c = 0;
-#if LN_AVX512
-        const __m512d vm = _mm512_set1_pd(m);
-        s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-        for (; c + LANES <= C; c += LANES) {
-            __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + c)), vm);
-            __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + c + 8)), vm);
-            s0 = _mm512_add_pd(s0, _mm512_mul_pd(d0, d0));
-            s1 = _mm512_add_pd(s1, _mm512_mul_pd(d1, d1));
-        }
-        _mm512_storeu_pd(vacc, s0);
-        _mm512_storeu_pd(vacc + 8, s1);
-#elif LN_AVX2
-        const __m256d vm = _mm256_set1_pd(m);
-        s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-        for (; c + LANES <= C; c += LANES) {
-            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), vm);
-            __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), vm);
-            __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 8)), vm);
-            __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 12)), vm);
-            s0 = _mm256_add_pd(s0, _mm256_mul_pd(d0, d0));
-            s1 = _mm256_add_pd(s1, _mm256_mul_pd(d1, d1));
-            s2 = _mm256_add_pd(s2, _mm256_mul_pd(d2, d2));
-            s3 = _mm256_add_pd(s3, _mm256_mul_pd(d3, d3));
-        }
-        _mm256_storeu_pd(vacc, s0);
-        _mm256_storeu_pd(vacc + 4, s1);
-        _mm256_storeu_pd(vacc + 8, s2);
-        _mm256_storeu_pd(vacc + 12, s3);
+#if LN_VEC
+        const vd vm = vd_set1(m);
+        for (int k = 0; k < ND; k++) s[k] = vd_zero();
+        for (; c + LANES <= C; c += LANES)
+            for (int k = 0; k < ND; k++) {
+                vd d = vd_sub(vd_load_ps(x + c + k * VD), vm);
+                s[k] = vd_add(s[k], vd_mul(d, d));
+            }
+        for (int k = 0; k < ND; k++) vd_store(vacc + k * VD, s[k]);
 #endif
         for (; c + LANES <= C; c += LANES)
             for (int l = 0; l < LANES; l++) { double d = x[c + l] - m; vacc[l] += d * d; }
@@ -124,19 +123,11 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
         float mf = (float)m;
         float* o = out + (size_t)i * C;
         c = 0;
-#if LN_AVX512
-        const __m512 vmf = _mm512_set1_ps(mf), vr = _mm512_set1_ps(r);
-        for (; c + 16 <= C; c += 16) {
-            __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vmf), vr);
-            _mm512_storeu_ps(o + c, _mm512_add_ps(_mm512_mul_ps(xh, _mm512_loadu_ps(weight + c)),
-                                                  _mm512_loadu_ps(bias + c)));
-        }
-#elif LN_AVX2
-        const __m256 vmf = _mm256_set1_ps(mf), vr = _mm256_set1_ps(r);
-        for (; c + 8 <= C; c += 8) {
-            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vmf), vr);
-            _mm256_storeu_ps(o + c, _mm256_add_ps(_mm256_mul_ps(xh, _mm256_loadu_ps(weight + c)),
-                                                  _mm256_loadu_ps(bias + c)));
+#if LN_VEC
+        const vf vmf = vf_set1(mf), vr = vf_set1(r);
+        for (; c + VF <= C; c += VF) {
+            vf xh = vf_mul(vf_sub(vf_load(x + c), vmf), vr);
+            vf_store(o + c, vf_add(vf_mul(xh, vf_load(weight + c)), vf_load(bias + c)));
         }
 #endif
         for (; c < C; c++) o[c] = (x[c] - mf) * r * weight[c] + bias[c];
@@ -165,34 +156,23 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             /* float lanes here: C / LANES terms each, then summed in double */
             float a[LANES] = {0}, bsum[LANES] = {0};
             int c = 0;
-#if LN_AVX512
-            const __m512 vm = _mm512_set1_ps(m), vr = _mm512_set1_ps(r);
-            __m512 va = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
-            for (; c + LANES <= C; c += LANES) {
-                __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vr);
-                __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + c), _mm512_loadu_ps(weight + c));
-                va = _mm512_add_ps(va, dxh);
-                vb = _mm512_add_ps(vb, _mm512_mul_ps(dxh, xh));
+#if LN_VEC
+            enum { NF = LANES / VF };
+            const vf vm = vf_set1(m), vr = vf_set1(r);
+            vf va[NF], vb[NF];
+            for (int k = 0; k < NF; k++) va[k] = vb[k] = vf_zero();
+            for (; c + LANES <= C; c += LANES)
+                for (int k = 0; k < NF; k++) {
+                    const int ck = c + k * VF;
+                    vf xh = vf_mul(vf_sub(vf_load(x + ck), vm), vr);
+                    vf dxh = vf_mul(vf_load(g + ck), vf_load(weight + ck));
+                    va[k] = vf_add(va[k], dxh);
+                    vb[k] = vf_add(vb[k], vf_mul(dxh, xh));
+                }
+            for (int k = 0; k < NF; k++) {
+                vf_store(a + k * VF, va[k]);
+                vf_store(bsum + k * VF, vb[k]);
             }
-            _mm512_storeu_ps(a, va);
-            _mm512_storeu_ps(bsum, vb);
-#elif LN_AVX2
-            const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(r);
-            __m256 va0 = _mm256_setzero_ps(), va1 = va0, vb0 = va0, vb1 = va0;
-            for (; c + LANES <= C; c += LANES) {
-                __m256 xh0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), vr);
-                __m256 xh1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8), vm), vr);
-                __m256 d0 = _mm256_mul_ps(_mm256_loadu_ps(g + c), _mm256_loadu_ps(weight + c));
-                __m256 d1 = _mm256_mul_ps(_mm256_loadu_ps(g + c + 8), _mm256_loadu_ps(weight + c + 8));
-                va0 = _mm256_add_ps(va0, d0);
-                va1 = _mm256_add_ps(va1, d1);
-                vb0 = _mm256_add_ps(vb0, _mm256_mul_ps(d0, xh0));
-                vb1 = _mm256_add_ps(vb1, _mm256_mul_ps(d1, xh1));
-            }
-            _mm256_storeu_ps(a, va0);
-            _mm256_storeu_ps(a + 8, va1);
-            _mm256_storeu_ps(bsum, vb0);
-            _mm256_storeu_ps(bsum + 8, vb1);
 #endif
             for (; c + LANES <= C; c += LANES)
                 for (int l = 0; l < LANES; l++) {
@@ -208,21 +188,13 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             float ma = (float)(lane_total_f(a) / C), mb = (float)(lane_total_f(bsum) / C);
             float* dx = dinp + (size_t)i * C;
             c = 0;
-#if LN_AVX512
-            const __m512 vma = _mm512_set1_ps(ma), vmb = _mm512_set1_ps(mb);
-            for (; c + 16 <= C; c += 16) {
-                __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vr);
-                __m512 dxh = _mm512_mul_ps(_mm512_loadu_ps(g + c), _mm512_loadu_ps(weight + c));
-                __m512 t = _mm512_sub_ps(_mm512_sub_ps(dxh, vma), _mm512_mul_ps(xh, vmb));
-                _mm512_storeu_ps(dx + c, _mm512_add_ps(_mm512_loadu_ps(dx + c), _mm512_mul_ps(vr, t)));
-            }
-#elif LN_AVX2
-            const __m256 vma = _mm256_set1_ps(ma), vmb = _mm256_set1_ps(mb);
-            for (; c + 8 <= C; c += 8) {
-                __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), vr);
-                __m256 dxh = _mm256_mul_ps(_mm256_loadu_ps(g + c), _mm256_loadu_ps(weight + c));
-                __m256 t = _mm256_sub_ps(_mm256_sub_ps(dxh, vma), _mm256_mul_ps(xh, vmb));
-                _mm256_storeu_ps(dx + c, _mm256_add_ps(_mm256_loadu_ps(dx + c), _mm256_mul_ps(vr, t)));
+#if LN_VEC
+            const vf vma = vf_set1(ma), vmb = vf_set1(mb);
+            for (; c + VF <= C; c += VF) {
+                vf xh = vf_mul(vf_sub(vf_load(x + c), vm), vr);
+                vf dxh = vf_mul(vf_load(g + c), vf_load(weight + c));
+                vf t = vf_sub(vf_sub(dxh, vma), vf_mul(xh, vmb));
+                vf_store(dx + c, vf_add(vf_load(dx + c), vf_mul(vr, t)));
             }
 #endif
             for (; c < C; c++) {
@@ -239,7 +211,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
         for (int blk = 0; blk < nblk; blk++) {
             int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
             float accw[16] = {0}, accb[16] = {0};
-#if LN_AVX512
+#if defined(__AVX512F__)
             __mmask16 mk = (__mmask16)((1u << (c1 - c0)) - 1);
             __m512 vw = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
             for (int i = 0; i < N; i++) {
@@ -251,7 +223,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
             }
             _mm512_storeu_ps(accw, vw);
             _mm512_storeu_ps(accb, vb);
-#elif LN_AVX2
+#elif LN_VEC
             const int w = c1 - c0;   /* 1..16 valid channels: lanes j < w */
             const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);

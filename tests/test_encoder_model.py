@@ -183,29 +183,35 @@ def test_loss_falls_and_is_deterministic():
 
 
 @pytest.mark.parametrize("pre_ln", [False, True])
-def test_shared_gelu_buffer_gives_the_same_gradients(rng, monkeypatch, pre_ln):
+def test_shared_gelu_buffer_gives_the_same_gradients(monkeypatch, pre_ln):
     """Large stacks share one GELU buffer and recompute it in the backward;
     small ones keep one per layer: the gradients are the same bits."""
     from mingpt_c.model import block
-    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
-                        pre_ln=pre_ln)
-    x, mask = batch(rng, cfg)
-    y = np.full_like(x, IGNORE)
-    y[:, 1] = 7
     grads = []
     for keep_bytes in (block.GELU_KEEP_BYTES, 0):
         monkeypatch.setattr(block, "GELU_KEEP_BYTES", keep_bytes)
-        model = Encoder(cfg, seed=3)
-        model.mlm(x, mask, y, train=True, seed=5)
+        model, g = _stack_grads(pre_ln)
         assert model._acts.blocks[0].gelu_shared == (keep_bytes == 0)
-        model.zero_grad()
-        model.backward()
-        grads.append(model.grads.copy())
+        grads.append(g)
     assert np.array_equal(grads[0], grads[1])
 
 
+def _stack_grads(pre_ln):
+    """A 3-layer encoder with dropout after one masked-LM step: (model, grads)."""
+    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
+                        pre_ln=pre_ln)
+    x, mask = batch(np.random.default_rng(11), cfg)
+    y = np.full_like(x, IGNORE)
+    y[:, 1] = 7
+    model = Encoder(cfg, seed=3)
+    model.mlm(x, mask, y, train=True, seed=5)
+    model.zero_grad()
+    model.backward()
+    return model, model.grads.copy()
+
+
 @pytest.mark.parametrize("pre_ln", [False, True])
-def test_stack_shares_the_projection_outputs(rng, monkeypatch, pre_ln):
+def test_stack_shares_the_projection_outputs(monkeypatch, pre_ln):
     """The projections' outputs (and their dropped-out copies) are read only in
     the forward, so a stack keeps one pair for all its layers: the gradients
     are the bits of a pair per layer."""
@@ -215,22 +221,14 @@ def test_stack_shares_the_projection_outputs(rng, monkeypatch, pre_ln):
     def separate(n_layer, B, T, C, NH, dropout, pre_ln=True):
         return [block.BlockActs(B, T, C, NH, dropout, pre_ln) for _ in range(n_layer)]
 
-    cfg = EncoderConfig(vocab_size=41, block_size=16, n_layer=3, n_head=2, n_embd=16, dropout=0.1,
-                        pre_ln=pre_ln)
-    x, mask = batch(rng, cfg)
-    y = np.full_like(x, IGNORE)
-    y[:, 1] = 7
     grads = []
     for builder in (block.block_acts, separate):
         monkeypatch.setattr(encoder_module, "block_acts", builder)
-        model = Encoder(cfg, seed=3)
-        model.mlm(x, mask, y, train=True, seed=5)
+        model, g = _stack_grads(pre_ln)
         first, last = model._acts.blocks[0], model._acts.blocks[-1]
         shared = builder is block.block_acts
         for name in ("attproj", "fcproj", "attproj_d", "fcproj_d"):
             assert (getattr(last, name) is getattr(first, name)) == shared
         assert last.atty is not first.atty
-        model.zero_grad()
-        model.backward()
-        grads.append(model.grads.copy())
+        grads.append(g)
     assert np.array_equal(grads[0], grads[1])
