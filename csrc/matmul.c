@@ -108,6 +108,14 @@ enum { SLICE_MIN = 8 };
 // Below this many multiply-adds a parallel region costs more than it saves.
 #define SERIAL_MNK ((double)96 * 96 * 96)
 
+// Up to this many multiply-adds a product is too small for the shared
+// packing and the dynamic units to pay for their barrier and bookkeeping
+// (the baby config's products: 768 x 128 x 512 at most): each thread takes
+// a fixed share and runs the serial path on it. A linear backward on two
+// threads runs its two products side by side; a single product splits its
+// rows.
+#define SPLIT_MNK ((double)64 * 1024 * 1024)
+
 // kc for a given K: the fewest blocks of at most KC_MAX, evened out so the
 // last block is not a sliver. Depends on K alone: this fixes the summation
 // order of every output element whatever the thread count.
@@ -442,6 +450,27 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     int parallel = nt > 1 && (double)M * N * K >= SERIAL_MNK;
     if (!parallel) nt = 1;
 
+    if (parallel && (double)M * N * K <= SPLIT_MNK && M >= 2 * MR) {
+        // Rows in nt shares of whole MR panels, each a serial product (it
+        // sees the enclosing region): each packs its own copy of B, no
+        // barrier until the join. Every element keeps its summation order.
+        int share = ((M + nt - 1) / nt + MR - 1) / MR * MR;
+        int failed = 0;
+        #pragma omp parallel num_threads(nt) reduction(|: failed)
+        {
+            int n = omp_get_num_threads(), t = omp_get_thread_num();
+            int per = n == nt ? share : ((M + n - 1) / n + MR - 1) / MR * MR;
+            int r0 = t * per, r1 = MG_MIN(M, r0 + per);
+            if (r0 < r1)
+                failed |= gemm(transA, transB, r1 - r0, N, K,
+                               A + (transA ? (size_t)r0 : (size_t)r0 * lda), lda, B, ldb,
+                               beta, Cm + (size_t)r0 * ldc, ldc, bias) != MG_OK;
+        }
+        if (failed)   // recorded by the thread that failed
+            return mg_fail(MG_ERR_NOMEM, "mg_sgemm", "cannot allocate the packing workspace");
+        return MG_OK;
+    }
+
     const int kcb = k_block(K);
     // M blocks of at most MC_MAX rows, evened out and rounded to MR.
     int nmb = (M + MC_MAX - 1) / MC_MAX;
@@ -708,13 +737,6 @@ static void column_sums(float* dbias, const float* dout, int N, int OC) {
     }
 }
 
-// Up to this many multiply-adds per product, a backward on two threads runs
-// its two products side by side, each on one thread, instead of one after
-// the other on both: one fork and join instead of three parallel regions
-// with a barrier inside each product, which on such small products (the
-// baby config's: 768 x 128 x 512 at most) cost a fifth of the time.
-#define PAIR_MNK ((double)64 * 1024 * 1024)
-
 mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
                              const float* dout, const float* inp,
                              const float* weight, int N, int C, int OC,
@@ -727,9 +749,10 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
     const float dinp_beta = overwrite_dinp ? 0.0f : 1.0f;
     mg_status st;
     if (dinp && dweight && !omp_in_parallel() && omp_get_max_threads() == 2 &&
-        (double)N * C * OC <= PAIR_MNK) {
-        // Each gemm sees the enclosing region and runs serially, with the
-        // bits it has at any thread count.
+        (double)N * C * OC <= SPLIT_MNK) {
+        // Side by side (see SPLIT_MNK): one fork and join instead of three
+        // parallel regions. Each gemm sees the enclosing region and runs
+        // serially, with the bits it has at any thread count.
         mg_status s0 = MG_OK, s1 = MG_OK;
         #pragma omp parallel num_threads(2)
         {

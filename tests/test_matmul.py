@@ -263,8 +263,10 @@ def test_matmul_shape_and_dtype_errors():
 
 # ---------------------------------------------------------------- determinism
 
-# Large enough to run in parallel, with edge tiles and several K blocks.
+# Large enough to run in parallel, with edge tiles and several K blocks: one
+# below SPLIT_MNK (64M multiply-adds per product), one above.
 DET = (301, 517, 389)   # N, C, OC
+DET_LARGE = (311, 530, 420)
 
 
 def _run_all(x, w, b, dout):
@@ -276,12 +278,14 @@ def _run_all(x, w, b, dout):
     return out, dx, dw, db, ox, ow, ob, c
 
 
-def test_deterministic_repeats_and_thread_counts(rng, threads):
-    """Also ties the backward's two paths together: at 2 threads DET's
-    products are small enough (PAIR_MNK) to run side by side, one serial
-    product per thread; at 1 and 3 threads each runs on all of them."""
-    N, C, OC = DET
-    assert N * C * OC <= 64 * 1024 * 1024
+@pytest.mark.parametrize("shape", [DET, DET_LARGE], ids=["split", "shared"])
+def test_deterministic_repeats_and_thread_counts(rng, threads, shape):
+    """Ties every parallel path to the serial one. DET's products are small
+    enough (SPLIT_MNK) that at 2 threads a backward runs its two side by
+    side, one serial product per thread, and at 2 and 3 threads a single
+    product splits its rows; DET_LARGE's run on shared packed panels."""
+    N, C, OC = shape
+    assert (N * C * OC <= 64 * 1024 * 1024) == (shape == DET)
     x, w, b, dout = rand(rng, N, C), rand(rng, OC, C), rand(rng, OC), rand(rng, N, OC)
     first = _run_all(x, w, b, dout)
     again = _run_all(x, w, b, dout)
