@@ -145,120 +145,125 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
     MG_CHECK_PTR(mean); MG_CHECK_PTR(rstd);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(C);
-    if (dinp) {
-        /* out = xhat * w + b, xhat = (x - mean) * rstd:
-         * dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
-        #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
-        for (int i = 0; i < N; i++) {
-            const float* x = inp + (size_t)i * C;
-            const float* g = dout + (size_t)i * C;
-            float m = mean[i], r = rstd[i];
-            /* float lanes here: C / LANES terms each, then summed in double */
-            float a[LANES] = {0}, bsum[LANES] = {0};
-            int c = 0;
-#if LN_VEC
-            enum { NF = LANES / VF };
-            const vf vm = vf_set1(m), vr = vf_set1(r);
-            vf va[NF], vb[NF];
-            for (int k = 0; k < NF; k++) va[k] = vb[k] = vf_zero();
-            for (; c + LANES <= C; c += LANES)
-                for (int k = 0; k < NF; k++) {
-                    const int ck = c + k * VF;
-                    vf xh = vf_mul(vf_sub(vf_load(x + ck), vm), vr);
-                    vf dxh = vf_mul(vf_load(g + ck), vf_load(weight + ck));
-                    va[k] = vf_add(va[k], dxh);
-                    vb[k] = vf_add(vb[k], vf_mul(dxh, xh));
-                }
-            for (int k = 0; k < NF; k++) {
-                vf_store(a + k * VF, va[k]);
-                vf_store(bsum + k * VF, vb[k]);
-            }
-#endif
-            for (; c + LANES <= C; c += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    float xh = (x[c + l] - m) * r, dxh = g[c + l] * weight[c + l];
-                    a[l] += dxh;
-                    bsum[l] += dxh * xh;
-                }
-            for (int l = 0; c < C; c++, l++) {
-                float xh = (x[c] - m) * r, dxh = g[c] * weight[c];
-                a[l] += dxh;
-                bsum[l] += dxh * xh;
-            }
-            float ma = (float)(lane_total_f(a) / C), mb = (float)(lane_total_f(bsum) / C);
-            float* dx = dinp + (size_t)i * C;
-            c = 0;
-#if LN_VEC
-            const vf vma = vf_set1(ma), vmb = vf_set1(mb);
-            for (; c + VF <= C; c += VF) {
-                vf xh = vf_mul(vf_sub(vf_load(x + c), vm), vr);
-                vf dxh = vf_mul(vf_load(g + c), vf_load(weight + c));
-                vf t = vf_sub(vf_sub(dxh, vma), vf_mul(xh, vmb));
-                vf_store(dx + c, vf_add(vf_load(dx + c), vf_mul(vr, t)));
-            }
-#endif
-            for (; c < C; c++) {
-                float xh = (x[c] - m) * r;
-                float dxh = g[c] * weight[c];
-                dx[c] += r * (dxh - ma - xh * mb);
-            }
-        }
-    }
-    if (dweight || dbias) {
-        const int CB = 16;
-        int nblk = (C + CB - 1) / CB;
-        #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
-        for (int blk = 0; blk < nblk; blk++) {
-            int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
-            float accw[16] = {0}, accb[16] = {0};
-#if defined(__AVX512F__)
-            __mmask16 mk = (__mmask16)((1u << (c1 - c0)) - 1);
-            __m512 vw = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
-            for (int i = 0; i < N; i++) {
-                __m512 x = _mm512_maskz_loadu_ps(mk, inp + (size_t)i * C + c0);
-                __m512 g = _mm512_maskz_loadu_ps(mk, dout + (size_t)i * C + c0);
-                __m512 xh = _mm512_sub_ps(x, _mm512_set1_ps(mean[i]));
-                vw = _mm512_add_ps(vw, _mm512_mul_ps(_mm512_mul_ps(g, xh), _mm512_set1_ps(rstd[i])));
-                vb = _mm512_add_ps(vb, g);
-            }
-            _mm512_storeu_ps(accw, vw);
-            _mm512_storeu_ps(accb, vb);
-#elif LN_VEC
-            const int w = c1 - c0;   /* 1..16 valid channels: lanes j < w */
-            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
-            const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
-            __m256 vw0 = _mm256_setzero_ps(), vw1 = vw0, vb0 = vw0, vb1 = vw0;
-            for (int i = 0; i < N; i++) {
-                const float* xr = inp + (size_t)i * C + c0;
-                const float* gr = dout + (size_t)i * C + c0;
-                const __m256 vm = _mm256_set1_ps(mean[i]), vr = _mm256_set1_ps(rstd[i]);
-                __m256 g0 = _mm256_maskload_ps(gr, m0), g1 = _mm256_maskload_ps(gr + 8, m1);
-                __m256 xh0 = _mm256_sub_ps(_mm256_maskload_ps(xr, m0), vm);
-                __m256 xh1 = _mm256_sub_ps(_mm256_maskload_ps(xr + 8, m1), vm);
-                vw0 = _mm256_add_ps(vw0, _mm256_mul_ps(_mm256_mul_ps(g0, xh0), vr));
-                vw1 = _mm256_add_ps(vw1, _mm256_mul_ps(_mm256_mul_ps(g1, xh1), vr));
-                vb0 = _mm256_add_ps(vb0, g0);
-                vb1 = _mm256_add_ps(vb1, g1);
-            }
-            _mm256_storeu_ps(accw, vw0);
-            _mm256_storeu_ps(accw + 8, vw1);
-            _mm256_storeu_ps(accb, vb0);
-            _mm256_storeu_ps(accb + 8, vb1);
-#else
+    /* One parallel region for both passes, with no barrier between them:
+     * they read the same inputs and write different outputs. */
+    const int CB = 16;
+    const int nblk = (C + CB - 1) / CB;
+    #pragma omp parallel if ((size_t)N * C >= MG_PAR_MIN)
+    {
+        if (dinp) {
+            /* out = xhat * w + b, xhat = (x - mean) * rstd:
+             * dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+            #pragma omp for schedule(static) nowait
             for (int i = 0; i < N; i++) {
                 const float* x = inp + (size_t)i * C;
                 const float* g = dout + (size_t)i * C;
                 float m = mean[i], r = rstd[i];
-                for (int c = c0; c < c1; c++) {
-                    accw[c - c0] += g[c] * (x[c] - m) * r;
-                    accb[c - c0] += g[c];
+                /* float lanes here: C / LANES terms each, then summed in double */
+                float a[LANES] = {0}, bsum[LANES] = {0};
+                int c = 0;
+#if LN_VEC
+                enum { NF = LANES / VF };
+                const vf vm = vf_set1(m), vr = vf_set1(r);
+                vf va[NF], vb[NF];
+                for (int k = 0; k < NF; k++) va[k] = vb[k] = vf_zero();
+                for (; c + LANES <= C; c += LANES)
+                    for (int k = 0; k < NF; k++) {
+                        const int ck = c + k * VF;
+                        vf xh = vf_mul(vf_sub(vf_load(x + ck), vm), vr);
+                        vf dxh = vf_mul(vf_load(g + ck), vf_load(weight + ck));
+                        va[k] = vf_add(va[k], dxh);
+                        vb[k] = vf_add(vb[k], vf_mul(dxh, xh));
+                    }
+                for (int k = 0; k < NF; k++) {
+                    vf_store(a + k * VF, va[k]);
+                    vf_store(bsum + k * VF, vb[k]);
+                }
+#endif
+                for (; c + LANES <= C; c += LANES)
+                    for (int l = 0; l < LANES; l++) {
+                        float xh = (x[c + l] - m) * r, dxh = g[c + l] * weight[c + l];
+                        a[l] += dxh;
+                        bsum[l] += dxh * xh;
+                    }
+                for (int l = 0; c < C; c++, l++) {
+                    float xh = (x[c] - m) * r, dxh = g[c] * weight[c];
+                    a[l] += dxh;
+                    bsum[l] += dxh * xh;
+                }
+                float ma = (float)(lane_total_f(a) / C), mb = (float)(lane_total_f(bsum) / C);
+                float* dx = dinp + (size_t)i * C;
+                c = 0;
+#if LN_VEC
+                const vf vma = vf_set1(ma), vmb = vf_set1(mb);
+                for (; c + VF <= C; c += VF) {
+                    vf xh = vf_mul(vf_sub(vf_load(x + c), vm), vr);
+                    vf dxh = vf_mul(vf_load(g + c), vf_load(weight + c));
+                    vf t = vf_sub(vf_sub(dxh, vma), vf_mul(xh, vmb));
+                    vf_store(dx + c, vf_add(vf_load(dx + c), vf_mul(vr, t)));
+                }
+#endif
+                for (; c < C; c++) {
+                    float xh = (x[c] - m) * r;
+                    float dxh = g[c] * weight[c];
+                    dx[c] += r * (dxh - ma - xh * mb);
                 }
             }
+        }
+        if (dweight || dbias) {
+            #pragma omp for schedule(static)
+            for (int blk = 0; blk < nblk; blk++) {
+                int c0 = blk * CB, c1 = MG_MIN(C, c0 + CB);
+                float accw[16] = {0}, accb[16] = {0};
+#if defined(__AVX512F__)
+                __mmask16 mk = (__mmask16)((1u << (c1 - c0)) - 1);
+                __m512 vw = _mm512_setzero_ps(), vb = _mm512_setzero_ps();
+                for (int i = 0; i < N; i++) {
+                    __m512 x = _mm512_maskz_loadu_ps(mk, inp + (size_t)i * C + c0);
+                    __m512 g = _mm512_maskz_loadu_ps(mk, dout + (size_t)i * C + c0);
+                    __m512 xh = _mm512_sub_ps(x, _mm512_set1_ps(mean[i]));
+                    vw = _mm512_add_ps(vw, _mm512_mul_ps(_mm512_mul_ps(g, xh), _mm512_set1_ps(rstd[i])));
+                    vb = _mm512_add_ps(vb, g);
+                }
+                _mm512_storeu_ps(accw, vw);
+                _mm512_storeu_ps(accb, vb);
+#elif LN_VEC
+                const int w = c1 - c0;   /* 1..16 valid channels: lanes j < w */
+                const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
+                const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
+                __m256 vw0 = _mm256_setzero_ps(), vw1 = vw0, vb0 = vw0, vb1 = vw0;
+                for (int i = 0; i < N; i++) {
+                    const float* xr = inp + (size_t)i * C + c0;
+                    const float* gr = dout + (size_t)i * C + c0;
+                    const __m256 vm = _mm256_set1_ps(mean[i]), vr = _mm256_set1_ps(rstd[i]);
+                    __m256 g0 = _mm256_maskload_ps(gr, m0), g1 = _mm256_maskload_ps(gr + 8, m1);
+                    __m256 xh0 = _mm256_sub_ps(_mm256_maskload_ps(xr, m0), vm);
+                    __m256 xh1 = _mm256_sub_ps(_mm256_maskload_ps(xr + 8, m1), vm);
+                    vw0 = _mm256_add_ps(vw0, _mm256_mul_ps(_mm256_mul_ps(g0, xh0), vr));
+                    vw1 = _mm256_add_ps(vw1, _mm256_mul_ps(_mm256_mul_ps(g1, xh1), vr));
+                    vb0 = _mm256_add_ps(vb0, g0);
+                    vb1 = _mm256_add_ps(vb1, g1);
+                }
+                _mm256_storeu_ps(accw, vw0);
+                _mm256_storeu_ps(accw + 8, vw1);
+                _mm256_storeu_ps(accb, vb0);
+                _mm256_storeu_ps(accb + 8, vb1);
+#else
+                for (int i = 0; i < N; i++) {
+                    const float* x = inp + (size_t)i * C;
+                    const float* g = dout + (size_t)i * C;
+                    float m = mean[i], r = rstd[i];
+                    for (int c = c0; c < c1; c++) {
+                        accw[c - c0] += g[c] * (x[c] - m) * r;
+                        accb[c - c0] += g[c];
+                    }
+                }
 #endif
-            for (int c = c0; c < c1; c++) {
-                if (dweight) dweight[c] += accw[c - c0];
-                if (dbias) dbias[c] += accb[c - c0];
+                for (int c = c0; c < c1; c++) {
+                    if (dweight) dweight[c] += accw[c - c0];
+                    if (dbias) dbias[c] += accb[c - c0];
+                }
             }
         }
     }
