@@ -57,6 +57,8 @@ enum { VF = 8, VD = 4 };
 #define vd_sub _mm256_sub_pd
 #define vd_mul _mm256_mul_pd
 #endif
+/* xhat = (x - mean) * rstd on VF floats at x */
+static inline vf vf_xhat(const float* x, vf vm, vf vr) { return vf_mul(vf_sub(vf_load(x), vm), vr); }
 #else
 #define LN_VEC 0
 #endif
@@ -126,7 +128,7 @@ mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
 #if LN_VEC
         const vf vmf = vf_set1(mf), vr = vf_set1(r);
         for (; c + VF <= C; c += VF) {
-            vf xh = vf_mul(vf_sub(vf_load(x + c), vmf), vr);
+            vf xh = vf_xhat(x + c, vmf, vr);
             vf_store(o + c, vf_add(vf_mul(xh, vf_load(weight + c)), vf_load(bias + c)));
         }
 #endif
@@ -170,7 +172,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
                 for (; c + LANES <= C; c += LANES)
                     for (int k = 0; k < NF; k++) {
                         const int ck = c + k * VF;
-                        vf xh = vf_mul(vf_sub(vf_load(x + ck), vm), vr);
+                        vf xh = vf_xhat(x + ck, vm, vr);
                         vf dxh = vf_mul(vf_load(g + ck), vf_load(weight + ck));
                         va[k] = vf_add(va[k], dxh);
                         vb[k] = vf_add(vb[k], vf_mul(dxh, xh));
@@ -197,7 +199,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
 #if LN_VEC
                 const vf vma = vf_set1(ma), vmb = vf_set1(mb);
                 for (; c + VF <= C; c += VF) {
-                    vf xh = vf_mul(vf_sub(vf_load(x + c), vm), vr);
+                    vf xh = vf_xhat(x + c, vm, vr);
                     vf dxh = vf_mul(vf_load(g + c), vf_load(weight + c));
                     vf t = vf_sub(vf_sub(dxh, vma), vf_mul(xh, vmb));
                     vf_store(dx + c, vf_add(vf_load(dx + c), vf_mul(vr, t)));
