@@ -54,8 +54,11 @@
  * MG_ERR_NOMEM. The workspace of a thread that exits is not freed (about
  * 4-5 MiB, once per thread that ever called a GEMM).
  * Parallelism: one parallel region per call; threads pack B panels together,
- * then take (M block, column slice) units. Below ~1M multiply-adds, or when
- * called from inside a parallel region, the call runs serially.
+ * then take (M block, column slice) units. Up to 64M multiply-adds
+ * (SPLIT_MNK) each thread instead runs the serial path on its own share of
+ * rows, and a linear backward on two threads runs its two products side by
+ * side. Below ~1M multiply-adds, or when called from inside a parallel
+ * region, the call runs serially.
  */
 #include <stdlib.h>
 #include <string.h>
