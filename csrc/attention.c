@@ -81,9 +81,10 @@ static inline float hmax(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* a[s] = exp(a[s] - mx) for s < n; returns the sum. The tail is one masked vector (lanes past n read as -inf, exp 0), so
- * every element sees the same exp code; causal rows are mostly short, and
- * their tails a large share of the work. */
+/* a[s] = exp(a[s] - mx) for s < n; returns the sum. The tail is one masked
+ * vector (lanes past n read as -inf, exp 0), so every element sees the same
+ * exp code; causal rows are mostly short, and their tails a large share of
+ * the work. */
 static float exp_sum(float* a, int n, float mx) {
     const __m256 vm = _mm256_set1_ps(mx);
     __m256 acc = _mm256_setzero_ps();
@@ -278,8 +279,9 @@ axpy_tile(int NV, int part, __m256i mk, int mr, int k0, int k1, const float* con
 
 /* c[m*ldc + n] (+)= sum_{k0<=k<k1} A(m,k) * B(k,n), m < mr (<= MR), n < N,
  * with A(m,k) = a[m*ars + k*acs]: (ars, acs) = (lda, 1) for A, (1, lda) for
- * A^T, or (1, 4) for a packed row block. B(k,n) = b[(n/16)*bblk + k*ldb + n%16]:
- * bblk = 16 for plain rows, 16*K for 16-column panels (see pack_panels).
+ * A^T, or (1, MR) for a packed row block (pack_rows).
+ * B(k,n) = b[(n/16)*bblk + k*ldb + n%16]: bblk = 16 for plain rows, 16*K for
+ * 16-column panels (see pack_panels).
  * accumulate: add into c instead of overwriting it. */
 #if defined(__AVX512F__)
 /* One 4 x (16*NP) tile of panel_axpy on zmm registers: NP (1..4) 16-column

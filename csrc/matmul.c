@@ -750,38 +750,33 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
     if (N == 0) return MG_OK;
     // forward: out = inp @ weight^T + bias
     const float dinp_beta = overwrite_dinp ? 0.0f : 1.0f;
-    mg_status st;
-    if (dinp && dweight && !omp_in_parallel() && omp_get_max_threads() == 2 &&
-        (double)N * C * OC <= SPLIT_MNK) {
-        // Side by side (see SPLIT_MNK): one fork and join instead of three
-        // parallel regions. Each gemm sees the enclosing region and runs
-        // serially, with the bits it has at any thread count.
-        mg_status s0 = MG_OK, s1 = MG_OK;
-        #pragma omp parallel num_threads(2)
-        {
-            const int id = omp_get_thread_num();
-            if (id == 0)
-                s0 = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C,
-                          dinp_beta, dinp, (size_t)C, NULL);
-            if (id == 1 || omp_get_num_threads() == 1) {   // (one thread granted: both)
+    // On two threads small products run side by side (see SPLIT_MNK): dinp
+    // on one thread, dweight and dbias on the other, each gemm serial because
+    // it sees the enclosing region, with the bits it has at any thread count.
+    // Otherwise the region is inactive and they run one after the other,
+    // each on all threads.
+    const int side = dinp && dweight && !omp_in_parallel() && omp_get_max_threads() == 2 &&
+                     (double)N * C * OC <= SPLIT_MNK;
+    mg_status s0 = MG_OK, s1 = MG_OK;
+    #pragma omp parallel num_threads(2) if (side)
+    {
+        const int id = omp_get_thread_num(), both = omp_get_num_threads() == 1;
+        // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
+        if ((id == 0 || both) && dinp)
+            s0 = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C,
+                      dinp_beta, dinp, (size_t)C, NULL);
+        // dweight (OC,C) += dout^T (OC,N) @ inp (N,C); dbias += column sums
+        if (id == 1 || (both && s0 == MG_OK)) {
+            if (dweight)
                 s1 = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C,
                           1.0f, dweight, (size_t)C, NULL);
-                if (s1 == MG_OK && dbias) column_sums(dbias, dout, N, OC);
-            }
+            if (s1 == MG_OK && dbias) column_sums(dbias, dout, N, OC);
         }
-        if (s0 != MG_OK || s1 != MG_OK)   // recorded by the thread that failed
-            return mg_fail(MG_ERR_NOMEM, "mg_matmul_backward",
-                           "cannot allocate the packing workspace");
-        return MG_OK;
     }
-    // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
-    if (dinp && (st = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C,
-                           dinp_beta, dinp, (size_t)C, NULL)) != MG_OK)
-        return st;
-    // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)
-    if (dweight && (st = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C,
-                              1.0f, dweight, (size_t)C, NULL)) != MG_OK)
-        return st;
-    if (dbias) column_sums(dbias, dout, N, OC);
+    if (s0 != MG_OK || s1 != MG_OK)
+        // side by side, the message went to the thread that failed
+        return side ? mg_fail(MG_ERR_NOMEM, "mg_matmul_backward",
+                              "cannot allocate the packing workspace")
+                    : (s0 != MG_OK ? s0 : s1);
     return MG_OK;
 }
