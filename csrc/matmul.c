@@ -740,6 +740,25 @@ static void column_sums(float* dbias, const float* dout, int N, int OC) {
     }
 }
 
+// The products of a linear backward: part 0 dinp (N,C) (+)= dout (N,OC) @
+// weight (OC,C); part 1 dweight (OC,C) += dout^T (OC,N) @ inp (N,C) and
+// dbias += column sums of dout; part 2 both, in that order.
+static mg_status backward_part(int part, float* dinp, float* dweight, float* dbias,
+                               const float* dout, const float* inp, const float* weight,
+                               int N, int C, int OC, float dinp_beta) {
+    mg_status st = MG_OK;
+    if (part != 1 && dinp)
+        st = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C, dinp_beta, dinp,
+                  (size_t)C, NULL);
+    if (part != 0 && st == MG_OK) {
+        if (dweight)
+            st = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C, 1.0f, dweight,
+                      (size_t)C, NULL);
+        if (st == MG_OK && dbias) column_sums(dbias, dout, N, OC);
+    }
+    return st;
+}
+
 mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
                              const float* dout, const float* inp,
                              const float* weight, int N, int C, int OC,
@@ -753,30 +772,19 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
     // On two threads small products run side by side (see SPLIT_MNK): dinp
     // on one thread, dweight and dbias on the other, each gemm serial because
     // it sees the enclosing region, with the bits it has at any thread count.
-    // Otherwise the region is inactive and they run one after the other,
-    // each on all threads.
-    const int side = dinp && dweight && !omp_in_parallel() && omp_get_max_threads() == 2 &&
-                     (double)N * C * OC <= SPLIT_MNK;
-    mg_status s0 = MG_OK, s1 = MG_OK;
-    #pragma omp parallel num_threads(2) if (side)
+    // Otherwise one after the other, each on all threads (called outside any
+    // region: a gemm inside even an inactive one would start a nested team).
+    if (!(dinp && dweight && !omp_in_parallel() && omp_get_max_threads() == 2 &&
+          (double)N * C * OC <= SPLIT_MNK))
+        return backward_part(2, dinp, dweight, dbias, dout, inp, weight, N, C, OC, dinp_beta);
+    mg_status st[2] = {MG_OK, MG_OK};
+    #pragma omp parallel num_threads(2)
     {
-        const int id = omp_get_thread_num(), both = omp_get_num_threads() == 1;
-        // dinp (N,C) (+)= dout (N,OC) @ weight (OC,C)
-        if ((id == 0 || both) && dinp)
-            s0 = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C,
-                      dinp_beta, dinp, (size_t)C, NULL);
-        // dweight (OC,C) += dout^T (OC,N) @ inp (N,C); dbias += column sums
-        if (id == 1 || (both && s0 == MG_OK)) {
-            if (dweight)
-                s1 = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C,
-                          1.0f, dweight, (size_t)C, NULL);
-            if (s1 == MG_OK && dbias) column_sums(dbias, dout, N, OC);
-        }
+        const int id = omp_get_thread_num(), n = omp_get_num_threads();
+        st[id] = backward_part(n == 1 ? 2 : id, dinp, dweight, dbias, dout, inp, weight,
+                               N, C, OC, dinp_beta);
     }
-    if (s0 != MG_OK || s1 != MG_OK)
-        // side by side, the message went to the thread that failed
-        return side ? mg_fail(MG_ERR_NOMEM, "mg_matmul_backward",
-                              "cannot allocate the packing workspace")
-                    : (s0 != MG_OK ? s0 : s1);
+    if (st[0] != MG_OK || st[1] != MG_OK)   // the message went to the thread that failed
+        return mg_fail(MG_ERR_NOMEM, "mg_matmul_backward", "cannot allocate the packing workspace");
     return MG_OK;
 }
