@@ -658,7 +658,12 @@ static inline void dot4(float s[4], const float* restrict x, const float* restri
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
            a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
            b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    const float* next = w + 8 * ldw;   // the next block's rows, read after these
     for (; k + 16 <= n; k += 16) {
+        _mm_prefetch((const char*)(next + k), _MM_HINT_T0);
+        _mm_prefetch((const char*)(next + ldw + k), _MM_HINT_T0);
+        _mm_prefetch((const char*)(next + 2 * ldw + k), _MM_HINT_T0);
+        _mm_prefetch((const char*)(next + 3 * ldw + k), _MM_HINT_T0);
         __m256 xa = _mm256_loadu_ps(x + k), xb = _mm256_loadu_ps(x + k + 8);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xa, a0);
         b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xb, b0);
