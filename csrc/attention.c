@@ -61,12 +61,6 @@ enum { MR = 4 };
 #if ATT_AVX2
 /* ================================================================ AVX2 */
 
-/* Lanes j < n all-ones: masked loads for the tail of a row (n in 1..8). */
-static inline __m256i tail_mask(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -484,13 +478,8 @@ static float* pack_panels(float* dst, const float* src, size_t ld, int T, int hs
 #if ATT_AVX2
         if (w == 16 && hs % 8 == 0) {   /* 8 keys x 8 dims, transposed in registers */
             for (int j0 = 0; j0 < 16; j0 += 8)
-                for (int i0 = 0; i0 < hs; i0 += 8) {
-                    __m256 r[8];
-                    for (int j = 0; j < 8; j++)
-                        r[j] = _mm256_loadu_ps(src + (size_t)(s0 + j0 + j) * ld + i0);
-                    transpose8(r);
-                    for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + (size_t)(i0 + i) * 16 + j0, r[i]);
-                }
+                for (int i0 = 0; i0 < hs; i0 += 8)
+                    transpose8x8(d + (size_t)i0 * 16 + j0, 16, src + (size_t)(s0 + j0) * ld + i0, ld);
             continue;
         }
 #endif

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "common.h"
+#include "simd_math.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -231,9 +232,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
                 _mm512_storeu_ps(accb, vb);
 #elif LN_VEC
                 const int w = c1 - c0;   /* 1..16 valid channels: lanes j < w */
-                const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
-                const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
+                const __m256i m0 = tail_mask(w), m1 = tail_mask(w - 8);
                 __m256 vw0 = _mm256_setzero_ps(), vw1 = vw0, vb0 = vw0, vb1 = vw0;
                 for (int i = 0; i < N; i++) {
                     const float* xr = inp + (size_t)i * C + c0;

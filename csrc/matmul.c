@@ -145,19 +145,10 @@ static float* workspace(size_t nfloats) {
 // ---------------------------------------------------------------- packing
 
 #if MG_GEMM_AVX2
-// d[k*ldd + j] = s[j*lds + k] for an 8 x 8 block (j, k < 8), so packing a
-// transposed operand streams rows instead of single floats. d must be
-// 32-byte aligned and ldd a multiple of 8.
-static inline void transpose_8x8(float* restrict d, size_t ldd,
-                                 const float* restrict s, size_t lds) {
-    __m256 r[8];
-    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(s + j * lds);
-    transpose8(r);
-    for (int k = 0; k < 8; k++) _mm256_store_ps(d + k * ldd, r[k]);
-}
-
-// d[k*6 + j] = s[j*lds + k] for j < 6, k < 8: the same with two zero rows,
-// for the 6-row panels of the AVX2 kernel. Column k is stored whole (8
+// Packing a transposed operand goes 8 x 8 at a time (transpose8x8, from
+// simd_math.h), so it streams rows instead of single floats.
+// d[k*6 + j] = s[j*lds + k] for j < 6, k < 8: transpose8x8 with two zero
+// rows, for the 6-row panels of the AVX2 kernel. Column k is stored whole (8
 // floats) at stride 6 in increasing k, so each store's two extra floats are
 // overwritten by the next; the last stores only its six.
 static inline void transpose_6x8(float* restrict d, const float* restrict s, size_t lds) {
@@ -166,7 +157,7 @@ static inline void transpose_6x8(float* restrict d, const float* restrict s, siz
     r[6] = r[7] = _mm256_setzero_ps();
     transpose8(r);
     for (int k = 0; k < 7; k++) _mm256_storeu_ps(d + k * 6, r[k]);
-    _mm256_maskstore_ps(d + 7 * 6, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0), r[7]);
+    _mm256_maskstore_ps(d + 7 * 6, tail_mask(6), r[7]);
 }
 #endif
 
@@ -218,7 +209,7 @@ static void pack_a(float* restrict dst, const float* restrict A, size_t lda,
         if (MR % 8 == 0 && mr == MR) {
             for (; k0 + 8 <= kc; k0 += 8)
                 for (int r = 0; r < MR; r += 8)
-                    transpose_8x8(d + (size_t)k0 * MR + r, MR, a + (size_t)r * lda + k0, lda);
+                    transpose8x8(d + (size_t)k0 * MR + r, MR, a + (size_t)r * lda + k0, lda);
         } else if (MR == 6 && mr == MR) {
             for (; k0 + 8 <= kc; k0 += 8) transpose_6x8(d + (size_t)k0 * MR, a + k0, lda);
         }
@@ -240,7 +231,7 @@ static void pack_bt_panel(float* restrict d, const float* restrict B, size_t ldb
     if (nr == NR) {
         for (; k0 + 8 <= kc; k0 += 8)
             for (int j = 0; j < NR; j += 8)
-                transpose_8x8(d + (size_t)k0 * NR + j, NR,
+                transpose8x8(d + (size_t)k0 * NR + j, NR,
                               B + (size_t)(j0 + j) * ldb + (size_t)(p0 + k0), ldb);
     }
 #endif

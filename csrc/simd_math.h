@@ -1,16 +1,57 @@
 /*
- * simd_math.h — vectorised elementary functions shared by the kernels
- * (private; only for files compiled with AVX2 + FMA).
+ * simd_math.h — vectorised helpers shared by the kernels (private; the
+ * first three need AVX2, the rest AVX2 + FMA).
+ *   transpose8   an 8 x 8 block of floats transposed in registers
+ *   transpose8x8 the same from rows of one array to rows of another
+ *   tail_mask    the lanes of a row's last, partial vector
  *   exp_neg(x)   exp for x <= 0, about 1.4 ulp (Cephes expf polynomial)
  *   exp_neg16(x) the same on 16 lanes (AVX-512), bit for bit
  *   widen_lo/hi  lanes 0-7 / 8-15 of 16 floats, as 8 doubles (AVX-512)
- *   transpose8   an 8 x 8 block of floats transposed in registers
  */
 #ifndef MINGPT_SIMD_MATH_H
 #define MINGPT_SIMD_MATH_H
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__)
+#include <stddef.h>
 #include <immintrin.h>
+
+/* r[0..7] rows in, r[k] = column k out: the 8 x 8 transpose in registers
+ * (GEMM packing, attention key panels). */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* d[k*ldd + j] = s[j*lds + k] for j, k < 8: 8 rows of s in, 8 rows of d out. */
+static inline void transpose8x8(float* d, size_t ldd, const float* s, size_t lds) {
+    __m256 r[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(s + j * lds);
+    transpose8(r);
+    for (int k = 0; k < 8; k++) _mm256_storeu_ps(d + k * ldd, r[k]);
+}
+
+/* Lanes j < n all-ones (every lane for n >= 8, none for n <= 0): masked loads
+ * and stores for the tail of a row. */
+static inline __m256i tail_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif /* __AVX2__ */
+
+#if defined(__AVX2__) && defined(__FMA__)
 
 /* exp(x) for x <= 0 (softmax arguments after subtracting the max).
  * x = n ln2 + r, |r| <= ln2/2; exp(r) = 1 + r + r^2 p(r) (Cephes expf);
@@ -37,27 +78,6 @@ static inline __m256 exp_neg(__m256 x) {
     __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-/* r[0..7] rows in, r[k] = column k out: the 8 x 8 transpose in registers
- * (GEMM packing, attention key panels). */
-static inline void transpose8(__m256 r[8]) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
 #if defined(__AVX512F__)
