@@ -640,10 +640,13 @@ static inline float hsum8(__m256 v) {
 #endif
 
 // Four dot products of x against four consecutive weight rows: eight
-// independent FMA chains, and each load of x feeds four of them.
-static inline void dot4(float s[4], const float* restrict x, const float* restrict w, size_t ldw, int n) {
+// independent FMA chains, and each load of x feeds four of them. prefetch:
+// also ask for the rows two blocks on (once per block, not per input row).
+static inline void dot4(float s[4], const float* restrict x, const float* restrict w, size_t ldw,
+                        int n, int prefetch) {
     int k = 0;
     s[0] = s[1] = s[2] = s[3] = 0.0f;
+    (void)prefetch;   // the plain loop below does not prefetch
 #if MG_GEMM_AVX2
     const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
@@ -654,10 +657,12 @@ static inline void dot4(float s[4], const float* restrict x, const float* restri
     // matrix's end never fault.
     const float* next = w + 8 * ldw;
     for (; k + 16 <= n; k += 16) {
-        _mm_prefetch((const char*)(next + k), _MM_HINT_T0);
-        _mm_prefetch((const char*)(next + ldw + k), _MM_HINT_T0);
-        _mm_prefetch((const char*)(next + 2 * ldw + k), _MM_HINT_T0);
-        _mm_prefetch((const char*)(next + 3 * ldw + k), _MM_HINT_T0);
+        if (prefetch) {
+            _mm_prefetch((const char*)(next + k), _MM_HINT_T0);
+            _mm_prefetch((const char*)(next + ldw + k), _MM_HINT_T0);
+            _mm_prefetch((const char*)(next + 2 * ldw + k), _MM_HINT_T0);
+            _mm_prefetch((const char*)(next + 3 * ldw + k), _MM_HINT_T0);
+        }
         __m256 xa = _mm256_loadu_ps(x + k), xb = _mm256_loadu_ps(x + k + 8);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xa, a0);
         b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xb, b0);
@@ -690,7 +695,7 @@ void gemv_item(float* out, const float* inp, const float* weight, const float* b
         const float* w = weight + (size_t)o * C;
         for (int i = 0; i < N; i++) {
             float s[4];
-            dot4(s, inp + (size_t)i * C, w, (size_t)C, C);
+            dot4(s, inp + (size_t)i * C, w, (size_t)C, C, i == 0);
             float* y = out + (size_t)i * OC + o;
             for (int r = 0; r < 4; r++) y[r] = s[r] + (bias ? bias[o + r] : 0.0f);
         }
