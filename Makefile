@@ -5,11 +5,14 @@
 #   make bench      kernel benchmarks (GFLOP/s beside numpy)
 #   make debug      -O0 -g build;  make portable: no -march=native
 #   make cuda       also compile csrc/cuda/*.cu with nvcc and link them
+#   make cuda-objs  only compile the .cu files (CI, machines without a GPU)
+#   make gpu-check  on a GPU machine: build, CUDA tests, compute-sanitizer,
+#                   GPU benchmark; one summary file (scripts/gpu_check.sh)
 #   make clean
 PYTHON ?= python3
 NVCC ?= nvcc
 
-.PHONY: all build test sanitize bench debug portable cuda cuda-objs clean
+.PHONY: all build test sanitize bench debug portable cuda cuda-objs gpu-check clean
 
 all: build
 
@@ -34,8 +37,17 @@ sanitize:
 	MINGPT_SANITIZE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_errors.py tests/test_matmul.py tests/test_attention.py tests/test_tokenizer.py tests/test_gelu_erf.py tests/test_encoder_kernels.py tests/test_sample.py; \
 	status=$$?; $(PYTHON) mingpt_c/_build.py >/dev/null; exit $$status
 
+cuda:
+	MINGPT_CUDA=1 $(PYTHON) mingpt_c/_build.py
+
+cuda-objs:
+	$(PYTHON) mingpt_c/_build.py --cuda-objects
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
 bench: build
 	$(PYTHON) bench/bench_kernels.py
 
 clean:
-	rm -rf build mingpt_c/_C*.so mingpt_c/_C.c mingpt_c/__pycache__ tests/__pycache__ .pytest_cache
+	rm -rf build/ mingpt_c/_C*.so mingpt_c/_C.c mingpt_c/__pycache__ tests/__pycache__ .pytest_cache

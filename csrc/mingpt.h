@@ -253,4 +253,119 @@ mg_status mg_bpe_train_text(int32_t* merges, int32_t* n_done, int64_t* n_unique,
                             int64_t n_docs, const uint8_t* classes, int pattern,
                             int32_t n_init, int32_t n_merges, int64_t min_frequency);
 
+/* ---------------------------------------------------------------- cuda */
+/* The CUDA path (csrc/cuda/<block>.cu, linked by `make cuda`). Each kernel
+ * mg_cuda_<block>_<pass> takes its CPU twin's arguments in the same order,
+ * with device pointers for every buffer, and follows the same rules (backward
+ * adds, accumulate flags, NULL for an unwanted gradient). Work is queued on
+ * the runtime's one stream: a call returns once its kernels are launched, and
+ * reports a bad launch itself; a fault while they run is reported by the next
+ * call that synchronises (a copy to the host, mg_cuda_synchronize).
+ * Token ids are not range-checked on the device (the host checks them before
+ * the upload); an id out of range is skipped, never read out of bounds.
+ * In a build without CUDA every function here returns MG_ERR_NO_CUDA.
+ *
+ * Precision of the matrix products (attention's included), set once for the
+ * whole path by mg_cuda_set_math; every other kernel computes in fp32. */
+typedef enum {
+    MG_MATH_FP32 = 0,   /* IEEE fp32 products: the parity reference */
+    MG_MATH_TF32 = 1,   /* TF32 tensor cores, fp32 accumulation */
+    MG_MATH_BF16 = 2    /* bf16 tensor cores, fp32 accumulation */
+} mg_math_mode;
+
+typedef enum {
+    MG_COPY_H2D = 1,    /* host to device */
+    MG_COPY_D2H = 2,    /* device to host (waits for the stream) */
+    MG_COPY_D2D = 3     /* device to device (queued on the stream) */
+} mg_copy_kind;
+
+typedef struct {
+    int device_count;       /* visible GPUs */
+    int device;             /* the one in use */
+    char name[256];
+    int major, minor;       /* compute capability */
+    int multiprocessors;
+    size_t total_mem, free_mem;         /* bytes */
+    int runtime_version, driver_version; /* 13000 = 13.0 */
+    int math_mode;          /* mg_math_mode in force */
+} mg_cuda_info;
+
+/* Fills info; MG_ERR_CUDA (with the driver's message) if no GPU is usable. */
+mg_status mg_cuda_get_info(mg_cuda_info* info);
+mg_status mg_cuda_set_math(int mode);
+/* Device memory. Out of memory is MG_ERR_NOMEM naming the bytes asked for
+ * and the bytes free. Pinned host memory (mg_cuda_malloc_host) lets a copy
+ * in run beside the kernels. */
+mg_status mg_cuda_malloc(void** ptr, size_t bytes);
+mg_status mg_cuda_free(void* ptr);
+mg_status mg_cuda_malloc_host(void** ptr, size_t bytes);
+mg_status mg_cuda_free_host(void* ptr);
+mg_status mg_cuda_memcpy(void* dst, const void* src, size_t bytes, int kind);
+mg_status mg_cuda_memset(void* ptr, int value, size_t bytes);
+mg_status mg_cuda_synchronize(void);
+/* x (n) = value. */
+mg_status mg_cuda_fill(float* x, float value, size_t n);
+/* *sum = the sum of x (n) in double, in a fixed order (waits for the stream). */
+mg_status mg_cuda_sum(double* sum, const float* x, size_t n);
+
+mg_status mg_cuda_sgemm(int transA, int transB, int M, int N, int K,
+                        const float* A, int lda, const float* B, int ldb,
+                        float beta, float* Cm, int ldc);
+mg_status mg_cuda_matmul_forward(float* out, const float* inp, const float* weight,
+                                 const float* bias, int N, int C, int OC);
+mg_status mg_cuda_matmul_backward(float* dinp, float* dweight, float* dbias,
+                                  const float* dout, const float* inp,
+                                  const float* weight, int N, int C, int OC,
+                                  int overwrite_dinp);
+mg_status mg_cuda_embedding_forward(float* out, const int32_t* tokens,
+                                    const float* wte, const float* wpe,
+                                    int B, int T, int C, int V, int maxT);
+mg_status mg_cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                     const int32_t* tokens,
+                                     int B, int T, int C, int V, int maxT);
+mg_status mg_cuda_layernorm_forward(float* out, float* mean, float* rstd,
+                                    const float* inp, const float* weight,
+                                    const float* bias, int N, int C, float eps);
+mg_status mg_cuda_layernorm_backward(float* dinp, float* dweight, float* dbias,
+                                     const float* dout, const float* inp,
+                                     const float* weight, const float* mean,
+                                     const float* rstd, int N, int C);
+mg_status mg_cuda_attention_forward(float* out, float* att, const float* qkv,
+                                    const int32_t* key_mask,
+                                    int B, int T, int C, int NH, int causal);
+mg_status mg_cuda_attention_backward(float* dqkv, float* scratch, const float* dout,
+                                     const float* qkv, const float* att,
+                                     int B, int T, int C, int NH, int causal,
+                                     int accumulate);
+mg_status mg_cuda_attention_decode(float* out, float* kcache, float* vcache,
+                                   float* scratch, const float* qkv,
+                                   int B, int Tn, int pos, int maxT, int C, int NH);
+mg_status mg_cuda_gelu_forward(float* out, const float* inp, size_t N);
+mg_status mg_cuda_gelu_backward(float* dinp, const float* inp, const float* dout,
+                                size_t N, int accumulate);
+mg_status mg_cuda_gelu_erf_forward(float* out, const float* inp, size_t N);
+mg_status mg_cuda_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
+                                    size_t N, int accumulate);
+mg_status mg_cuda_residual_forward(float* out, const float* inp1, const float* inp2,
+                                   size_t N);
+mg_status mg_cuda_residual_backward(float* dinp1, float* dinp2, const float* dout,
+                                    size_t N);
+mg_status mg_cuda_dropout_forward(float* out, uint8_t* mask, const float* inp,
+                                  size_t N, float p, uint64_t seed);
+mg_status mg_cuda_dropout_backward(float* dinp, const float* dout,
+                                   const uint8_t* mask, size_t N, float p,
+                                   int accumulate);
+mg_status mg_cuda_crossentropy_forward(float* losses, float* probs,
+                                       const float* logits, const int32_t* targets,
+                                       int N, int V, int ignore_index);
+mg_status mg_cuda_crossentropy_backward(float* dlogits, const float* dlosses,
+                                        const float* probs, const int32_t* targets,
+                                        int N, int V, int ignore_index);
+/* *norm (a host float) = the global L2 norm (waits for the stream). */
+mg_status mg_cuda_global_norm(float* norm, const float* grads, size_t n);
+mg_status mg_cuda_adamw_update(float* params, float* m, float* v, const float* grads,
+                               const uint8_t* decay_mask, size_t n, float lr,
+                               float beta1, float beta2, float eps,
+                               float weight_decay, float grad_scale, int t);
+
 #endif /* MINGPT_H */
