@@ -48,10 +48,26 @@ def env():
     click.echo(f"compiler    {info['compiler']}")
     click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads)")
     click.echo(f"vector path {info['simd']}")
-    click.echo(f"cuda        {yes(info['cuda'])}")
+    click.echo(f"cuda        {_cuda_line(info['cuda'])}")
     from mingpt_c.distributed import mpi_available
     mpi = mpi_available()
     click.echo(f"mpi         {mpi or 'no (pip install mingpt-c[mpi] for data-parallel training)'}")
+
+
+def _cuda_line(built: bool) -> str:
+    """CUDA build yes/no, and the GPU: name, capability, memory, versions."""
+    if not built:
+        return "no (this build has no CUDA path; `make cuda` builds it on a machine with nvcc)"
+    from mingpt_c import cuda
+
+    try:
+        i = cuda.info()
+    except MinGPTError as e:
+        return f"built, but no usable GPU: {e}"
+    return (f"yes: {i['name']}, compute capability {i['capability']}, "
+            f"{i['total_memory'] / 2**30:.1f} GiB ({i['free_memory'] / 2**30:.1f} free), "
+            f"runtime {i['runtime_version']}, driver {i['driver_version']}; fp32 path deterministic, "
+            f"tf32/bf16 products from cuBLAS's heuristics (deterministic on one GPU and version)")
 
 
 @main.command()
@@ -281,8 +297,36 @@ def _train_options(f):
         click.option("--no-progress", is_flag=True, help="no progress bar"),
         click.option("--dist-timeout", type=float, default=d.dist_timeout,
                      help="under MPI: seconds to wait for the other ranks before aborting"),
+        *_device_options(),
     ]
     for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _device_options(with_dtype: bool = True):
+    """--device (and --dtype): the options every command that runs a model shares."""
+    opts = [click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+                         help="where the model runs (cuda: an NVIDIA GPU, `make cuda` build)")]
+    if with_dtype:
+        opts.append(click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default=None,
+                                 help="precision of the GPU's matrix products "
+                                      "[default: bf16 where the GPU has it, else fp32]"))
+    return opts
+
+
+def _device(name: str, dtype: str | None):
+    """The Device for --device/--dtype (bf16 products by default on a GPU that has them)."""
+    from mingpt_c.device import Device, default_dtype
+
+    if name == "cuda" and dtype is None:
+        Device("cuda")   # one clear line when there is no GPU
+        dtype = default_dtype("cuda")
+    return Device(name, dtype)
+
+
+def device_option(f):
+    for o in reversed(_device_options()):
         f = o(f)
     return f
 
@@ -307,6 +351,8 @@ def train(ctx, files, preset, resume, no_progress, **opts):
     tc = _train_config(TrainConfig, resume, dict(opts, files=tuple(files)), given)
     tc.files = tuple(tc.files)
     tc.progress = not no_progress
+    if tc.device == "cpu" and "dtype" not in given:
+        tc.dtype = None   # a GPU run resumed on the CPU: its products' precision does not apply
     if (tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1
             or tc.eval_iters < 1 or tc.log_interval < 1):
         raise click.ClickException("batch size, grad accum, eval and log intervals and eval iters must be positive")
@@ -333,8 +379,9 @@ def train(ctx, files, preset, resume, no_progress, **opts):
 @click.option("--block-size", type=int, default=None, help="context to use (at most the model's)")
 @click.option("--no-cache", is_flag=True, help="recompute the whole context for every token")
 @click.option("--threads", type=int, default=None)
+@device_option
 def sample(ckpt, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples, stream,
-           block_size, no_cache, threads):
+           block_size, no_cache, threads, device, dtype):
     """Generate text from a trained (or imported) model."""
     import numpy as np
 
@@ -359,7 +406,7 @@ def sample(ckpt, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_sa
             prompt = Path(prompt[1:]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise click.ClickException(f"cannot read prompt file {prompt[1:]}: {e}")
-    model = GPT(loaded["cfg"], loaded["params"])
+    model = GPT(loaded["cfg"], loaded["params"], device=_device(device, dtype))
     model.cfg.block_size = cfg.block_size
     ids = tok.encode(prompt) if prompt else _start_ids(tok)
     for n in range(num_samples):
@@ -393,7 +440,8 @@ def _start_ids(tok):
 @click.option("--batch-size", type=int, default=8)
 @click.option("--max-batches", type=int, default=None, help="stop after this many batches")
 @click.option("--threads", type=int, default=None)
-def eval_cmd(ckpt, file, batch_size, max_batches, threads):
+@device_option
+def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):
     """Loss and perplexity of a model on a text file (every full block)."""
     from mingpt_c import checkpoint
     from mingpt_c._lib import set_num_threads
@@ -402,7 +450,7 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads):
     if threads:
         set_num_threads(threads)
     loaded = checkpoint.load(ckpt)
-    res = evaluate_text(loaded, file, batch_size, max_batches)
+    res = evaluate_text(loaded, file, batch_size, max_batches, _device(device, dtype))
     click.echo(f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.3f}  "
                f"({res['tokens']:,} tokens in {res['blocks']} blocks of {res['block_size']})")
 
@@ -606,10 +654,27 @@ def export_cmd(ckpt, out):
 @click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
 @click.option("--profile", is_flag=True,
               help="instead: time each kernel group of our training step (matmul, attention, ...)")
-def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile):
-    """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py)."""
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              help="cuda: GPU training steps beside PyTorch eager bf16 and torch.compile "
+                   "(configs gpt2-1024, gpt2-1024-b32, tiny)")
+@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="bf16",
+              help="with --device cuda: precision of our matrix products")
+@click.option("--no-compile", is_flag=True, help="with --device cuda: skip the torch.compile side")
+def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile, device, dtype, no_compile):
+    """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py,
+    mingpt_c/bench_cuda.py)."""
     from mingpt_c.benchmark import parse_configs, run, run_profile
 
+    if device == "cuda":
+        from mingpt_c.bench_cuda import CUDA_CONFIGS, run_cuda
+
+        names = [n for n in config.split(",") if n]
+        bad = [n for n in names if n not in CUDA_CONFIGS]
+        if bad or not names:
+            raise click.ClickException(f"--device cuda configs are {', '.join(CUDA_CONFIGS)}; "
+                                       f"got {config!r}")
+        run_cuda(names, rounds, steps, dtype, not no_torch, not no_compile, echo=click.echo)
+        return
     try:
         names = parse_configs(config)
     except ValueError as e:

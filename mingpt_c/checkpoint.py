@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .device import to_host
 from .errors import CheckpointError
 from .model.config import GPTConfig
 from .model.params import Layout, gpt_slots
@@ -101,7 +102,8 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
         if extra is not None:
             extra(tmp)
         if optimizer is not None:
-            save_file({"m": optimizer.m, "v": optimizer.v}, str(tmp / "optimizer.safetensors"),
+            save_file({"m": to_host(optimizer.m), "v": to_host(optimizer.v)},
+                      str(tmp / "optimizer.safetensors"),
                       metadata={"t": str(optimizer.t)})
         if train_state is not None:
             _write_json(tmp / "train_state.json", train_state)
@@ -124,7 +126,7 @@ def save(path: str | Path, cfg: GPTConfig, params: np.ndarray, tokenizer=None,
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
     extra = (lambda d: tokenizer.save(d / "tokenizer.json")) if tokenizer is not None else None
-    return write_dir(path, hf, to_hf_tensors(Layout(gpt_slots(cfg)), params), optimizer,
+    return write_dir(path, hf, to_hf_tensors(Layout(gpt_slots(cfg)), to_host(params)), optimizer,
                      train_state, extra)
 
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from . import data
+from .device import CPU
 from .errors import DataError
 from .model.gpt import GPT
 
@@ -33,8 +34,9 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, batch_size: int = 8,
             "blocks": min(n_blocks, batches * batch_size), "block_size": T}
 
 
-def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | None = None) -> dict:
-    """loaded: a checkpoint.load() result."""
+def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | None = None,
+                  device=None) -> dict:
+    """loaded: a checkpoint.load() result; device: a mingpt_c.device.Device."""
     tok = loaded["tokenizer"]
     if tok is None:
         raise DataError(f"{loaded['path']} has no tokenizer: cannot read text")
@@ -42,5 +44,5 @@ def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | No
     ids = []
     for piece in data.iter_text([p]):
         ids.extend(tok.encode(piece, disallowed_special=()))
-    model = GPT(loaded["cfg"], loaded["params"])
+    model = GPT(loaded["cfg"], loaded["params"], device=device or CPU)
     return evaluate_tokens(model, np.asarray(ids, np.int64), batch_size, max_batches)

@@ -32,8 +32,23 @@ class AdamW:
     t: int = 0                 # steps taken
 
     def __post_init__(self):
-        self.m = np.zeros_like(self.params)
-        self.v = np.zeros_like(self.params)
+        if isinstance(self.params, np.ndarray):
+            self.m = np.zeros_like(self.params)
+            self.v = np.zeros_like(self.params)
+        else:   # a GPU buffer: the moments and the mask live beside it
+            from . import cuda
+            self.m = cuda.zeros(self.params.shape)
+            self.v = cuda.zeros(self.params.shape)
+            if isinstance(self.decay_mask, np.ndarray):
+                self.decay_mask = cuda.to_device(self.decay_mask)
+
+    def load_moments(self, m: np.ndarray, v: np.ndarray) -> None:
+        """Sets both moments from host arrays (a checkpoint's)."""
+        for dst, src in ((self.m, m), (self.v, v)):
+            if isinstance(dst, np.ndarray):
+                dst[...] = src
+            else:
+                dst.copy_from(np.ascontiguousarray(src, np.float32))
 
     def step(self, grads: np.ndarray, lr: float) -> float:
         """One update; returns the gradient norm before clipping. A

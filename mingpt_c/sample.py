@@ -20,6 +20,7 @@ import numpy as np
 
 from . import ops
 from ._lib import check, ffi, lib
+from .device import to_host
 from .errors import DataError
 from .model.gpt import GPT
 
@@ -27,13 +28,16 @@ F32 = np.float32
 
 
 class KVCache:
+    """Per-layer keys and values (B, NH, block_size, hs), on the model's
+    device: on the GPU the cache never leaves it."""
+
     def __init__(self, model: GPT, B: int = 1):
-        cfg = model.cfg
+        cfg, dev = model.cfg, model.device
         shape = (B, cfg.n_head, cfg.block_size, cfg.head_size)
-        self.k = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
-        self.v = [np.zeros(shape, F32) for _ in range(cfg.n_layer)]
+        self.k = [dev.zeros(shape) for _ in range(cfg.n_layer)]
+        self.v = [dev.zeros(shape) for _ in range(cfg.n_layer)]
         self.pos = 0
-        self.step = _OneTokenStep(model, self) if B == 1 else None
+        self.step = _OneTokenStep(model, self) if B == 1 and not dev.is_cuda else None
 
 
 class _OneTokenStep:
@@ -91,6 +95,8 @@ def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: boo
         logits = cache.step(tok, pos)
         cache.pos += 1
         return logits
+    if model.device.is_cuda:
+        return _forward_cached_device(model, cache, tokens)
     x = (p["transformer.wte.weight"][tokens] + p["transformer.wpe.weight"][pos:pos + Tn]).astype(F32)
     eps = cfg.layer_norm_eps
     for i in range(cfg.n_layer):
@@ -108,9 +114,38 @@ def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: boo
     return ops.matmul_forward(h, p["transformer.wte.weight"])  # (B, V)
 
 
+def _forward_cached_device(model: GPT, cache: KVCache, tokens: np.ndarray):
+    """forward_cached on the GPU: the same layers, on device buffers, through
+    the ops that take them (embedding and residual kernels in place of numpy's
+    indexing and +); returns the last position's logits (B, V) on the host."""
+    cfg, p, dev = model.cfg, model.p, model.device
+    B, Tn = tokens.shape
+    pos, C, eps = cache.pos, cfg.n_embd, cfg.layer_norm_eps
+    ops.check_ids("tokens", tokens, cfg.vocab_size)
+    wpe = p["transformer.wpe.weight"].reshape(-1)[pos * C:].reshape(-1, C)   # rows pos..
+    x = ops.embedding_forward(dev.put(np.ascontiguousarray(tokens, np.int32)),
+                              p["transformer.wte.weight"], wpe)               # (B, Tn, C)
+    for i in range(cfg.n_layer):
+        lp = model._layer_p[i]
+        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
+        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
+        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
+        x = ops.residual_forward(x, ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"]))
+        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
+        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
+        x = ops.residual_forward(x, ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"]))
+    if B == 1:   # the last position is the buffer's last row: a view
+        last = x.reshape(-1)[(Tn - 1) * C:].reshape(1, C)
+    else:
+        last = dev.put(np.ascontiguousarray(to_host(x)[:, -1]))
+    h, _, _ = ops.layernorm_forward(last, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+    cache.pos += Tn
+    return to_host(ops.matmul_forward(h, p["transformer.wte.weight"]))   # (B, V)
+
+
 def forward_full(model: GPT, tokens: np.ndarray) -> np.ndarray:
     """Logits (B, V) of the last position by a full forward (no cache)."""
-    return model.forward(tokens)[:, -1].copy()
+    return to_host(model.forward(tokens))[:, -1].copy()
 
 
 def pick(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,

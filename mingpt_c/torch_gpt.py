@@ -70,7 +70,7 @@ class TorchGPT(nn.Module):
 
     def forward(self, idx, targets=None, caches=None, pos=0):
         B, T = idx.shape
-        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T))
+        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T, device=idx.device))
         for i, blk in enumerate(self.h):
             x = blk(x, None if caches is None else caches[i], pos)
         x = self.ln_f(x)

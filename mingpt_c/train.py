@@ -29,6 +29,7 @@ import numpy as np
 
 from . import checkpoint, data
 from ._lib import set_num_threads
+from .device import Device, default_dtype
 from .errors import CheckpointError, DataError, MinGPTError
 from .model.config import GPTConfig
 from .model.gpt import GPT
@@ -69,6 +70,8 @@ class TrainConfig:
     max_nan_steps: int = 5           # consecutive non-finite steps before giving up
     progress: bool = True
     dist_timeout: float = 300.0      # seconds a rank waits for the others before aborting the job
+    device: str = "cpu"              # cpu | cuda
+    dtype: str | None = None         # GPU matrix products: fp32 | tf32 | bf16; default: bf16 where supported
 
     def decay_iters(self) -> int:
         return self.lr_decay_iters if self.lr_decay_iters else self.max_iters
@@ -172,7 +175,7 @@ def _load_prepared(run: Path, tc: TrainConfig):
     return train_toks, val_toks
 
 
-def _start(tc: TrainConfig, run: Path, world, log):
+def _start(tc: TrainConfig, run: Path, world, log, dev: Device):
     """Builds (model, tokenizer, tokens, optimizer moments, state, source) for
     a new run; rank 0 prepares the data, the other ranks read what it wrote."""
     if not tc.init_from:  # check the architecture before any work is done
@@ -203,15 +206,15 @@ def _start(tc: TrainConfig, run: Path, world, log):
             raise DataError(f"--block-size {tc.block_size} exceeds the block size "
                             f"{cfg.block_size} of {tc.init_from}")
         cfg.dropout = tc.dropout
-        model = GPT(cfg, init["params"])
+        model = GPT(cfg, init["params"], device=dev)
     else:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
                         n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
-        model = GPT(cfg, seed=tc.seed, embd_std=tc.embd_init_std)
+        model = GPT(cfg, seed=tc.seed, embd_std=tc.embd_init_std, device=dev)
     return model, tok, train_toks, val_toks, None, None, source
 
 
-def _resume(tc: TrainConfig, run: Path, world, log):
+def _resume(tc: TrainConfig, run: Path, world, log, dev: Device):
     ck = run / "latest"
     try:
         loaded = checkpoint.load(ck, with_optimizer=True)
@@ -227,9 +230,20 @@ def _resume(tc: TrainConfig, run: Path, world, log):
         tc.batch_size = gb // world.size
         log(f"resuming a global batch of {gb} rows on {world.size} rank(s): {tc.batch_size} per rank")
     train_toks, val_toks = _load_prepared(run, tc)
-    model = GPT(loaded["cfg"], loaded["params"])
+    model = GPT(loaded["cfg"], loaded["params"], device=dev)
     return (model, loaded["tokenizer"], train_toks, val_toks, loaded["optimizer"], state,
             state.get("source", ""))
+
+
+def _device(tc: TrainConfig, world) -> Device:
+    """The run's device; on the GPU tc.dtype is resolved to its default."""
+    if tc.device == "cuda" and world.size > 1:
+        raise MinGPTError("data parallelism over MPI runs on the CPU; --device cuda trains "
+                          "on one GPU (run without mpiexec)")
+    if tc.device == "cuda" and tc.dtype is None:
+        Device("cuda")   # says plainly when there is no GPU
+        tc.dtype = default_dtype("cuda")
+    return Device(tc.device, tc.dtype)
 
 
 def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
@@ -244,14 +258,15 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
     elif world.size > 1:
         set_num_threads(default_threads(world))
     say = log if world.is_main else (lambda m: None)
+    dev = _device(tc, world)
     model, tok, train_toks, val_toks, moments, state, source = (
-        _resume if resume else _start)(tc, run, world, say)
+        _resume if resume else _start)(tc, run, world, say, dev)
     cfg = model.cfg
     cfg.extra = {"tokenizer": tok.kind, "eot_token": tok.eot_token}
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
                 tc.weight_decay, tc.grad_clip, moments[2] if moments else 0)
     if moments:
-        opt.m[...], opt.v[...] = moments[0], moments[1]
+        opt.load_moments(moments[0], moments[1])
     if world.is_main:
         (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2, default=str) + "\n")
 
@@ -262,6 +277,9 @@ def train(tc: TrainConfig, resume: bool = False, log=print) -> dict:
     tokens_per_iter = global_batch * tc.block_size * tc.grad_accum
     say(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, block {cfg.block_size}, "
         f"vocab {cfg.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
+    if dev.is_cuda:
+        from . import cuda
+        say(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
     say(f"data: {source}: {len(train_toks):,} train / {len(val_toks):,} val tokens; "
         f"{tokens_per_iter:,} tokens per iteration"
         + (f" ({world.size} ranks x {tc.batch_size} rows)" if world.size > 1 else ""))

@@ -12,14 +12,17 @@ The GPT, the encoder and the ViT all run this block; they differ in the
 and the head.
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
-training step allocates nothing in the hot path. Backward ADDS into the
-gradient views it is handed, like every kernel.
+training step allocates nothing in the hot path. The buffers come from the
+model's Device (numpy arrays or GPU DeviceArrays): the code below is the same
+for both, since every ops wrapper runs the kernel of its arguments' device.
+Backward ADDS into the gradient views it is handed, like every kernel.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
+from ..device import CPU, Device
 
 F32 = np.float32
 
@@ -38,9 +41,10 @@ class BlockActs:
     BlockActs) a stack shares that layer's instead of keeping its own."""
 
     def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, pre_ln: bool = True,
-                 fch_gelu: np.ndarray | None = None, branch: "BlockActs | None" = None):
+                 fch_gelu: np.ndarray | None = None, branch: "BlockActs | None" = None,
+                 dev: Device = CPU):
         self.gelu_shared = fch_gelu is not None
-        e = lambda *s: np.empty(s, F32)
+        e = lambda *s: dev.empty(s)
         self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
         self.qkv = e(B, T, 3 * C)
         self.atty = e(B, T, C)
@@ -56,7 +60,7 @@ class BlockActs:
         self.res2 = None if pre_ln else e(B, T, C)
         self.drop1 = self.drop2 = None
         if dropout > 0:
-            self.drop1, self.drop2 = np.empty((B, T, C), np.uint8), np.empty((B, T, C), np.uint8)
+            self.drop1, self.drop2 = dev.empty((B, T, C), np.uint8), dev.empty((B, T, C), np.uint8)
             self.attproj_d, self.fcproj_d = ((e(B, T, C), e(B, T, C)) if branch is None
                                              else (branch.attproj_d, branch.fcproj_d))
 
@@ -66,26 +70,29 @@ class BlockActs:
 # and the backward skips that pass. The bench's small config (75 MB) keeps
 # them, at a peak RSS still well under PyTorch's; gpt2 (151 MB) shares.
 GELU_KEEP_BYTES = 96 << 20
+# A GPU has the memory to keep them (GPT-2 124M at batch 16 x 1024: 2.4 GB).
+GELU_KEEP_BYTES_GPU = 16 << 30
 
 
 def block_acts(n_layer: int, B: int, T: int, C: int, NH: int, dropout: float,
-               pre_ln: bool = True) -> list[BlockActs]:
+               pre_ln: bool = True, dev: Device = CPU) -> list[BlockActs]:
     """Activations for a stack of n_layer blocks (see GELU_KEEP_BYTES); the
     projections' outputs are the first layer's for all."""
     shared = None
-    if n_layer * B * T * 4 * C * 4 > GELU_KEEP_BYTES:
-        shared = np.empty((B, T, 4 * C), F32)
+    keep = GELU_KEEP_BYTES_GPU if dev.is_cuda else GELU_KEEP_BYTES
+    if n_layer * B * T * 4 * C * 4 > keep:
+        shared = dev.empty((B, T, 4 * C))
     acts: list[BlockActs] = []
     for _ in range(n_layer):
-        acts.append(BlockActs(B, T, C, NH, dropout, pre_ln, shared, acts[0] if acts else None))
+        acts.append(BlockActs(B, T, C, NH, dropout, pre_ln, shared, acts[0] if acts else None, dev))
     return acts
 
 
 class BlockGrads:
     """Scratch gradients for one block's backward, shared by all layers."""
 
-    def __init__(self, B: int, T: int, C: int, NH: int):
-        z = lambda *s: np.zeros(s, F32)
+    def __init__(self, B: int, T: int, C: int, NH: int, dev: Device = CPU):
+        z = lambda *s: dev.zeros(s)
         self.dres1 = z(B, T, C)
         self.dln = z(B, T, C)
         self.dfch = z(B, T, 4 * C)
@@ -93,7 +100,7 @@ class BlockGrads:
         self.dbranch = z(B, T, C)
         self.datty = z(B, T, C)
         self.dqkv = z(B, T, 3 * C)
-        self.scratch = np.empty((B, NH, T, T), F32)
+        self.scratch = dev.empty((B, NH, T, T))
 
 
 def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
@@ -185,7 +192,7 @@ def after_attention_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, p: 
     first residual (written), s.datty = d(attention output) (written); the
     parameter gradients are added into g."""
     # out = res1 + drop(fcproj)
-    np.copyto(s.dres1, dout)
+    ops.copy(s.dres1, dout)
     dfcproj = dout
     if dropout > 0:
         dfcproj = ops.dropout_backward(dout, a.drop2, dropout, s.dbranch, accumulate=False)
@@ -199,7 +206,7 @@ def after_attention_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, p: 
     ops.layernorm_backward(s.dln, a.res1, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
                            s.dres1, g["ln_2.weight"], g["ln_2.bias"])
     # res1 = x + drop(attproj)
-    np.copyto(dx, s.dres1)
+    ops.copy(dx, s.dres1)
     dattproj = s.dres1
     if dropout > 0:
         dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch, accumulate=False)
@@ -209,11 +216,11 @@ def after_attention_backward(dx: np.ndarray, dout: np.ndarray, a: BlockActs, p: 
 
 def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     # out = ln_2(res2)
-    s.dres1.fill(0)
+    ops.fill(s.dres1, 0)
     ops.layernorm_backward(dout, a.res2, p["ln_2.weight"], a.ln2_mean, a.ln2_rstd,
                            s.dres1, g["ln_2.weight"], g["ln_2.bias"])
     # res2 = x1 + drop(fcproj), x1 = a.ln1: dx1 gathers both paths in s.dln
-    np.copyto(s.dln, s.dres1)
+    ops.copy(s.dln, s.dres1)
     dfcproj = s.dres1
     if dropout > 0:
         dfcproj = ops.dropout_backward(s.dres1, a.drop2, dropout, s.dbranch, accumulate=False)
@@ -225,11 +232,11 @@ def _post_ln_backward(dx, dout, a, x, p, g, s, n_head, causal, dropout, act):
     ops.matmul_backward(s.dfch, a.ln1, p["mlp.c_fc.weight"], s.dln,
                         g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
     # x1 = ln_1(res1)
-    s.dres1.fill(0)
+    ops.fill(s.dres1, 0)
     ops.layernorm_backward(s.dln, a.res1, p["ln_1.weight"], a.ln1_mean, a.ln1_rstd,
                            s.dres1, g["ln_1.weight"], g["ln_1.bias"])
     # res1 = x + drop(attproj)
-    np.copyto(dx, s.dres1)
+    ops.copy(dx, s.dres1)
     dattproj = s.dres1
     if dropout > 0:
         dattproj = ops.dropout_backward(s.dres1, a.drop1, dropout, s.dbranch, accumulate=False)

@@ -7,13 +7,16 @@ a tied language-model head, softmax cross-entropy.
     loss = mean cross-entropy over targets != ignore_index
 
 Parameters, gradients and AdamW moments are flat buffers sharing one Layout.
-Buffers for activations are allocated once per (B, T) and reused.
+Buffers for activations are allocated once per (B, T) and reused. With
+device="cuda" all of them live in GPU memory: a step uploads its token batch
+and reads back one loss scalar.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
+from ..device import CPU, Device
 from ..errors import ShapeError
 from .block import BlockGrads, block_acts, block_backward, block_forward
 from .config import GPTConfig
@@ -24,32 +27,37 @@ IGNORE = ops.IGNORE_INDEX
 
 
 class _Acts:
-    def __init__(self, cfg: GPTConfig, B: int, T: int, with_grads: bool):
+    def __init__(self, cfg: GPTConfig, B: int, T: int, with_grads: bool, dev: Device):
         C, V = cfg.n_embd, cfg.vocab_size
+        e = lambda *s: dev.empty(s)
         self.B, self.T = B, T
-        self.emb = np.empty((B, T, C), F32)
-        self.emb_drop = np.empty((B, T, C), F32) if cfg.dropout > 0 else None
-        self.emb_mask = np.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout)
-        self.lnf, self.lnf_mean, self.lnf_rstd = (np.empty((B, T, C), F32), np.empty((B, T), F32),
-                                                  np.empty((B, T), F32))
-        self.logits = np.empty((B, T, V), F32)   # becomes probs, then dlogits, in place
-        self.losses = np.empty((B, T), F32)
-        self.grads = BlockGrads(B, T, C, cfg.n_head) if with_grads else None
+        self.tokens = self.targets = None   # device copies of the batch (GPU only)
+        if dev.is_cuda:
+            self.tokens, self.targets = dev.empty((B, T), np.int32), dev.empty((B, T), np.int32)
+        self.emb = e(B, T, C)
+        self.emb_drop = e(B, T, C) if cfg.dropout > 0 else None
+        self.emb_mask = dev.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
+        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout, dev=dev)
+        self.lnf, self.lnf_mean, self.lnf_rstd = e(B, T, C), e(B, T), e(B, T)
+        self.logits = e(B, T, V)   # becomes probs, then dlogits, in place
+        self.losses = e(B, T)
+        self.grads = BlockGrads(B, T, C, cfg.n_head, dev) if with_grads else None
         if with_grads:
-            self.dx = [np.empty((B, T, C), F32) for _ in range(2)]
-            self.dlnf = np.zeros((B, T, C), F32)
-            self.dlosses = np.empty((B, T), F32)
+            self.dx = [e(B, T, C) for _ in range(2)]
+            self.dlnf = dev.zeros((B, T, C))
+            self.dlosses = e(B, T)
 
 
 class GPT:
     def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0,
-                 embd_std: float = 0.02):
+                 embd_std: float = 0.02, device: Device = CPU):
         """params: a flat buffer to use (a checkpoint's); None: a fresh
-        initialisation from seed, embeddings with spread embd_std."""
+        initialisation from seed, embeddings with spread embd_std (drawn on
+        the host, so every device starts from the same bits)."""
         self.cfg = cfg
+        self.device = device
         bind_buffers(self, Layout(gpt_slots(cfg)), params,
-                     lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std))
+                     lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std), device)
         self._layer_p = [sub_views(self.p, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
         self._layer_g = [sub_views(self.g, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
         self._acts: _Acts | None = None
@@ -61,7 +69,8 @@ class GPT:
     def _buffers(self, B: int, T: int, with_grads: bool) -> _Acts:
         a = self._acts
         if a is None or a.B != B or a.T != T or (with_grads and a.grads is None):
-            a = self._acts = _Acts(self.cfg, B, T, with_grads)
+            self._acts = None   # free the old shape's buffers first
+            a = self._acts = _Acts(self.cfg, B, T, with_grads, self.device)
         return a
 
     # ------------------------------------------------------------ forward
@@ -80,7 +89,12 @@ class GPT:
             raise ShapeError(f"sequence length {T} exceeds the model's block size {cfg.block_size}")
         a = self._buffers(B, T, with_grads=train)
         drop = cfg.dropout if train else 0.0
-        ops.embedding_forward(tokens, self.p["transformer.wte.weight"], self.p["transformer.wpe.weight"], a.emb)
+        tok_in = tokens
+        if a.tokens is not None:   # the GPU: range-check here, then upload
+            ops.check_ids("tokens", tokens, cfg.vocab_size)
+            a.tokens.copy_from(tokens)
+            tok_in = a.tokens
+        ops.embedding_forward(tok_in, self.p["transformer.wte.weight"], self.p["transformer.wpe.weight"], a.emb)
         x = a.emb
         if drop > 0:
             x, _ = ops.dropout_forward(a.emb, drop, _mix(seed, 0), a.emb_drop, a.emb_mask)
@@ -96,10 +110,15 @@ class GPT:
         targets = np.ascontiguousarray(targets, np.int32)
         if targets.shape != (B, T):
             raise ShapeError(f"targets have shape {targets.shape}, expected {(B, T)}")
-        ops.crossentropy_forward(a.logits, targets, IGNORE, a.losses, a.logits)  # probs in place
+        tgt_in = targets
+        if a.targets is not None:
+            ops.check_ids("targets", targets, cfg.vocab_size, allow=IGNORE)
+            a.targets.copy_from(targets)
+            tgt_in = a.targets
+        ops.crossentropy_forward(a.logits, tgt_in, IGNORE, a.losses, a.logits)  # probs in place
         n_valid = int(np.count_nonzero(targets != IGNORE))
-        loss = float(a.losses.sum(dtype=np.float64) / max(n_valid, 1))
-        self._last = (tokens, targets, n_valid, seed) if train else None
+        loss = float(ops.total(a.losses) / max(n_valid, 1))
+        self._last = (tok_in, tgt_in, n_valid, seed) if train else None
         return loss
 
     # ------------------------------------------------------------ backward
@@ -112,12 +131,12 @@ class GPT:
         tokens, targets, n_valid, seed = self._last
         a = self._acts
         drop = cfg.dropout
-        a.dlosses.fill(loss_scale / max(n_valid, 1))
+        ops.fill(a.dlosses, loss_scale / max(n_valid, 1))
         dlogits = ops.crossentropy_backward(a.dlosses, a.logits, targets, IGNORE, a.logits)
         ops.matmul_backward(dlogits, a.lnf, self.p["transformer.wte.weight"], a.dlnf,
                             self.g["transformer.wte.weight"], need_db=False, overwrite_dx=True)
         dx, dnext = a.dx
-        dx.fill(0)
+        ops.fill(dx, 0)
         x_last = a.blocks[-1].out
         ops.layernorm_backward(a.dlnf, x_last, self.p["transformer.ln_f.weight"], a.lnf_mean, a.lnf_rstd,
                                dx, self.g["transformer.ln_f.weight"], self.g["transformer.ln_f.bias"])
@@ -134,7 +153,7 @@ class GPT:
         self._last = None
 
     def zero_grad(self) -> None:
-        self.grads.fill(0)
+        ops.fill(self.grads, 0)
 
 
 def _mix(seed: int, k: int) -> int:

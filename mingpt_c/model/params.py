@@ -59,6 +59,7 @@ class Layout:
         self.size = off
 
     def views(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views of buf (a numpy array or a GPU DeviceArray)."""
         assert buf.dtype == np.float32 and buf.size == self.size
         return {n: buf[s.offset:s.offset + s.size].reshape(s.shape) for n, s in self.slots.items()}
 
@@ -96,17 +97,22 @@ class Layout:
         return n
 
 
-def bind_buffers(model, layout: Layout, params: np.ndarray | None, init) -> None:
+def bind_buffers(model, layout: Layout, params: np.ndarray | None, init, device=None) -> None:
     """Gives a model its one flat parameter buffer (the one passed, or init()'s),
     a zeroed gradient buffer of the same layout, and the named views of both:
-    model.layout, .params, .grads, .p, .g. Shared by the GPT, encoder and ViT."""
+    model.layout, .params, .grads, .p, .g. Shared by the GPT, encoder and ViT.
+    With a GPU device (mingpt_c.device) both buffers are copied to / made in
+    its memory, and the views are views of those."""
     model.layout = layout  # init() may read it
     if params is None:
         params = init()
     if params.dtype != np.float32 or params.size != layout.size:
         raise ShapeError(f"parameter buffer has {params.size} values, the model needs {layout.size}")
-    model.params, model.grads = params, layout.zeros()
-    model.p, model.g = layout.views(params), layout.views(model.grads)
+    if device is not None and device.is_cuda:
+        model.params, model.grads = device.put(params), device.zeros((layout.size,))
+    else:
+        model.params, model.grads = params, layout.zeros()
+    model.p, model.g = layout.views(model.params), layout.views(model.grads)
 
 
 def sub_views(views: dict, prefix: str) -> dict:
