@@ -60,18 +60,18 @@ torch_ok=$($PY -c "import torch; print(torch.__version__, torch.cuda.is_availabl
 say "- torch: $torch_ok"
 say ""
 
-step build 240 make cuda || { say ""; say "build failed: nothing else runs"; exit 1; }
+step build 150 make cuda || { say ""; say "build failed: nothing else runs"; exit 1; }
 step env 30 $PY cli.py env
-step tests 240 $PY -m pytest -q -p no:cacheprovider -rf tests/gpu
+step tests 120 $PY -m pytest -q -p no:cacheprovider -rf tests/gpu
 if command -v compute-sanitizer >/dev/null 2>&1; then
-    step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check no \
+    step memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check no \
         $PY -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_ops.py -k "not bf16 and not tf32"
-    step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    step racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 3 \
         $PY -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_ops.py -k "attention and not bf16 and not tf32"
 else
     say "- **sanitizer**: compute-sanitizer not found: skipped"
 fi
-step bench 240 $PY cli.py bench --device cuda --config "${GPU_CHECK_BENCH:-gpt2-1024}" --rounds 3 --steps 10
+step bench 180 $PY cli.py bench --device cuda --config "${GPU_CHECK_BENCH:-gpt2-1024}" --rounds 3 --steps 10
 say ""
 say '```'
 grep -E "GPU:|matmul|tokens/s|mingpt-c|PyTorch|torch.compile|ours /" "$DIR/bench.log" >> "$SUMMARY" 2>/dev/null
