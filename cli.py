@@ -673,6 +673,12 @@ def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile, devi
         if bad or not names:
             raise click.ClickException(f"--device cuda configs are {', '.join(CUDA_CONFIGS)}; "
                                        f"got {config!r}")
+        if profile:
+            from mingpt_c.bench_cuda import profile_cuda
+
+            for n in names:
+                profile_cuda(n, steps, dtype, echo=click.echo)
+            return
         run_cuda(names, rounds, steps, dtype, not no_torch, not no_compile, echo=click.echo)
         return
     try:

@@ -190,3 +190,53 @@ def run_cuda(names: list[str], rounds: int = 3, steps: int = 10, dtype: str = "b
         results[name] = res
         del sides
     return results
+
+
+def profile_cuda(name: str, steps: int = 5, dtype: str = "bf16", echo=print) -> dict:
+    """Milliseconds per training step in each kernel group of ours on the GPU:
+    every ops call is bracketed by synchronisations, so each group's time is
+    its kernels' (plus a launch's overhead); the rest is Python and glue.
+    The LM head's products are counted apart from the layers'."""
+    from . import cuda, ops
+    from .benchmark import PROFILE_GROUPS, PY_GROUP
+
+    cuda.require()
+    c = CUDA_CONFIGS[name]
+    spent: dict[str, float] = {}
+
+    def timed(fn, group):
+        def wrapper(*args, **kwargs):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cuda.synchronize()
+                g = group
+                if group == "matmul":
+                    w = args[1] if fn.__name__ == "matmul_forward" else args[2]
+                    g = "matmul (LM head)" if w.shape[0] == c["V"] else "matmul (layers)"
+                spent[g] = spent.get(g, 0.0) + time.perf_counter() - t0
+        wrapper.__name__ = fn.__name__
+        return wrapper
+
+    for group, names in PROFILE_GROUPS.items():   # before the model modules import them
+        for fname in names:
+            setattr(ops, fname, timed(getattr(ops, fname), group))
+    from .model import block
+    block.ACTS.update({k: (getattr(ops, f.__name__), getattr(ops, b.__name__))
+                       for k, (f, b) in block.ACTS.items()})
+    side = _Ours(c, dtype)
+    batches = _batches(c, 2)
+    for i in range(2):
+        side.step(*batches[i % 2])
+    side.sync()
+    spent.clear()
+    total = _time(side, batches, steps) * steps
+    groups = {g: 1e3 * v / steps for g, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    groups[PY_GROUP] = max(0.0, 1e3 * total / steps - sum(groups.values()))
+    echo(f"\n{name} ({dtype}), {1e3 * total / steps:.1f} ms a step, per kernel group "
+         f"(each call synchronised):")
+    for g, ms in groups.items():
+        echo(f"  {g:<30} {ms:8.2f} ms  {100 * ms / (1e3 * total / steps):5.1f}%")
+    return groups
