@@ -56,6 +56,11 @@ def c_step(qkv, dout, NH, bufs):
     ops.attention_backward(dout, qkv, att, NH, causal=True, dqkv=dqkv, scratch=scratch)
 
 
+def torch_heads(torch, a, B, T, NH, hs):
+    """(B, T, NH*hs) numpy -> (B, NH, T, hs) torch tensor (a copy)."""
+    return torch.from_numpy(a.reshape(B, T, NH, hs).transpose(0, 2, 1, 3).copy())
+
+
 def torch_step(torch, q, k, v, dout):
     for x in (q, k, v):
         x.grad = None
@@ -90,9 +95,9 @@ def main() -> None:
                 np.zeros((B, T, 3 * C), np.float32), np.empty((B, NH, T, T), np.float32))
         reps = args.reps if T <= 256 else max(3, args.reps // 3)
         if torch is not None:
-            heads = lambda a: torch.from_numpy(a.reshape(B, T, NH, hs).transpose(0, 2, 1, 3).copy())
-            q, k, v = (heads(qkv[..., i * C:(i + 1) * C]).requires_grad_() for i in range(3))
-            tdout = heads(dout)
+            q, k, v = (torch_heads(torch, qkv[..., i * C:(i + 1) * C], B, T, NH, hs).requires_grad_()
+                       for i in range(3))
+            tdout = torch_heads(torch, dout, B, T, NH, hs)
         ct, tt = [], []
         c_step(qkv, dout, NH, bufs)
         if torch is not None:

@@ -125,6 +125,30 @@ def check_matmul() -> None:
 TOTALS = {"": [0.0, 0.0], "np_": [0.0, 0.0], "pt_": [0.0, 0.0]}
 
 
+def matmul_fns(N, C, OC, x, w, dout, out, dx, dw, np_out, np_dx, np_dw) -> dict:
+    """The timed calls for one shape: ours and numpy's forward, dinp and
+    dweight into the given buffers, and torch's into its own where installed."""
+    wT, doutT = w.T, dout.T   # views: numpy passes them to BLAS as transposes
+    fns = {
+        "fwd": lambda: check(lib.mg_matmul_forward(
+            _p(out), _p(x), _p(w), ffi.NULL, N, C, OC)),
+        "np_fwd": lambda: np.matmul(x, wT, out=np_out),
+        "dinp": lambda: check(lib.mg_matmul_backward(
+            _p(dx), ffi.NULL, ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
+        "np_dinp": lambda: np.matmul(dout, w, out=np_dx),
+        "dweight": lambda: check(lib.mg_matmul_backward(
+            ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
+        "np_dweight": lambda: np.matmul(doutT, x, out=np_dw),
+    }
+    if torch is not None:   # the same inputs (shared memory), own outputs
+        tx, tw, tdout = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(dout)
+        t_out, t_dx, t_dw = (torch.from_numpy(a.copy()) for a in (out, dx, dw))
+        fns["pt_fwd"] = lambda: torch.matmul(tx, tw.T, out=t_out)
+        fns["pt_dinp"] = lambda: torch.matmul(tdout, tw, out=t_dx)
+        fns["pt_dweight"] = lambda: torch.matmul(tdout.T, tx, out=t_dw)
+    return fns
+
+
 def bench_matmul(args) -> list[dict]:
     rows_n = [768] if args.quick else [768, 2048]
     shapes = MATMUL_QUICK if args.quick else MATMUL_SHAPES
@@ -141,24 +165,7 @@ def bench_matmul(args) -> list[dict]:
             dx = np.zeros((N, C), np.float32)
             dw = np.zeros((OC, C), np.float32)
             np_out, np_dx, np_dw = out.copy(), dx.copy(), dw.copy()
-            wT, doutT = w.T, dout.T   # views: numpy passes them to BLAS as transposes
-            fns = {
-                "fwd": lambda: check(lib.mg_matmul_forward(
-                    _p(out), _p(x), _p(w), ffi.NULL, N, C, OC)),
-                "np_fwd": lambda: np.matmul(x, wT, out=np_out),
-                "dinp": lambda: check(lib.mg_matmul_backward(
-                    _p(dx), ffi.NULL, ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
-                "np_dinp": lambda: np.matmul(dout, w, out=np_dx),
-                "dweight": lambda: check(lib.mg_matmul_backward(
-                    ffi.NULL, _p(dw), ffi.NULL, _p(dout), _p(x), _p(w), N, C, OC, 0)),
-                "np_dweight": lambda: np.matmul(doutT, x, out=np_dw),
-            }
-            if torch is not None:   # the same inputs (shared memory), own outputs
-                tx, tw, tdout = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(dout)
-                t_out, t_dx, t_dw = (torch.from_numpy(a.copy()) for a in (out, dx, dw))
-                fns["pt_fwd"] = lambda: torch.matmul(tx, tw.T, out=t_out)
-                fns["pt_dinp"] = lambda: torch.matmul(tdout, tw, out=t_dx)
-                fns["pt_dweight"] = lambda: torch.matmul(tdout.T, tx, out=t_dw)
+            fns = matmul_fns(N, C, OC, x, w, dout, out, dx, dw, np_out, np_dx, np_dw)
             reps = max(2, repeats // 2) if OC > 10000 else repeats
             t = median_times(fns, reps)
             gf = 2.0 * N * C * OC / 1e9
@@ -175,7 +182,7 @@ def bench_matmul(args) -> list[dict]:
                         TOTALS[side] = [TOTALS[side][0] + gf, TOTALS[side][1] + t[side + k]]
             rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr)
-            del x, w, b, dout, out, dx, dw, np_out, np_dx, np_dw
+            del x, w, b, dout, out, dx, dw, np_out, np_dx, np_dw, fns
     return rows
 
 # ---------------------------------------------------------------- main

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._lib import check, ffi, lib
 from .errors import DataError, ShapeError
-from .tokenizer import PATTERNS, BPETokenizer
+from .tokenizer import BPETokenizer
 
 MAX_VOCAB = lib.MG_BPE_MAX_VOCAB
 _PATTERN_IDS = {"gpt2": lib.MG_BPE_PATTERN_GPT2, "gpt4": lib.MG_BPE_PATTERN_GPT4,

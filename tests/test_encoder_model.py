@@ -33,26 +33,28 @@ def twin_hidden(P, cfg, x, mask):
         h = h + P[BIGRAMS][torch.tensor(bigram_ids(x.numpy(), cfg.bigram_buckets), dtype=torch.long)]
     h = ln(h, e + "LayerNorm")
     bias = torch.zeros(B, 1, 1, T, dtype=h.dtype).masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+
+    def attn(z, p):
+        """Self-attention of the layer whose parameter names start with p."""
+        qkv = z @ P[p + "attention.self.qkv.weight"].T + P[p + "attention.self.qkv.bias"]
+        q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, -1))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (C // NH) ** 0.5 + bias, -1)
+        y = (a @ v).transpose(1, 2).reshape(B, T, C)
+        return y @ P[p + "attention.output.dense.weight"].T + P[p + "attention.output.dense.bias"]
+
+    def mlp(z, p):
+        """Feed-forward of the layer whose parameter names start with p."""
+        f = act(z @ P[p + "intermediate.dense.weight"].T + P[p + "intermediate.dense.bias"])
+        return f @ P[p + "output.dense.weight"].T + P[p + "output.dense.bias"]
+
     for i in range(cfg.n_layer):
         p = f"{PREFIX}encoder.layer.{i}."
-
-        def attn(z):
-            qkv = z @ P[p + "attention.self.qkv.weight"].T + P[p + "attention.self.qkv.bias"]
-            q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, -1))
-            a = torch.softmax(q @ k.transpose(-1, -2) / (C // NH) ** 0.5 + bias, -1)
-            y = (a @ v).transpose(1, 2).reshape(B, T, C)
-            return y @ P[p + "attention.output.dense.weight"].T + P[p + "attention.output.dense.bias"]
-
-        def mlp(z):
-            f = act(z @ P[p + "intermediate.dense.weight"].T + P[p + "intermediate.dense.bias"])
-            return f @ P[p + "output.dense.weight"].T + P[p + "output.dense.bias"]
-
         if cfg.pre_ln:
-            h = h + attn(ln(h, p + "attention.output.LayerNorm"))
-            h = h + mlp(ln(h, p + "output.LayerNorm"))
+            h = h + attn(ln(h, p + "attention.output.LayerNorm"), p)
+            h = h + mlp(ln(h, p + "output.LayerNorm"), p)
         else:
-            h = ln(h + attn(h), p + "attention.output.LayerNorm")
-            h = ln(h + mlp(h), p + "output.LayerNorm")
+            h = ln(h + attn(h, p), p + "attention.output.LayerNorm")
+            h = ln(h + mlp(h, p), p + "output.LayerNorm")
     if cfg.pre_ln:
         h = ln(h, PREFIX + "encoder.ln_f")
     return h, act, ln

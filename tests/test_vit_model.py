@@ -158,7 +158,6 @@ def test_last_block_runs_the_class_row_only(rng):
     """The last block's projection and MLP run on the class token alone: its
     output equals the class row of a full T-row block on the same input."""
     from mingpt_c.model.block import block_acts, block_forward
-    from mingpt_c.model.vit import layer_prefix
     model = randomised(ViTConfig(**CFG), seed=2)
     x = f32(rng.normal(size=(3, 3, 12, 12)))
     model.forward(x)

@@ -12,12 +12,17 @@ def torch_params(model):
     return {k: torch.tensor(np.array(v), requires_grad=True) for k, v in model.p.items()}
 
 
+def layer_params(tp, i):
+    """Lookup of layer i's parameters by their names within the layer."""
+    return lambda n: tp[f"transformer.h.{i}.{n}"]
+
+
 def forward(tp, cfg, idx, targets=None, causal=True, key_mask=None):
     B, T = idx.shape
     C, NH = cfg.n_embd, cfg.n_head
     x = tp["transformer.wte.weight"][idx] + tp["transformer.wpe.weight"][:T]
     for i in range(cfg.n_layer):
-        p = lambda n: tp[f"transformer.h.{i}.{n}"]
+        p = layer_params(tp, i)
         h = F.layer_norm(x, (C,), p("ln_1.weight"), p("ln_1.bias"), cfg.layer_norm_eps)
         qkv = F.linear(h, p("attn.c_attn.weight"), p("attn.c_attn.bias"))
         q, k, v = qkv.split(C, dim=2)
