@@ -504,6 +504,7 @@ def _encoder_options(f):
         click.option("--no-progress", is_flag=True),
         click.option("--resume", is_flag=True,
                      help="continue the run in --out from its latest checkpoint (same command otherwise)"),
+        *_device_options(),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -573,7 +574,8 @@ def encoder_train(**opts):
 @click.option("--limit", type=int, default=None, help="evaluate on the first N examples")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @click.option("--threads", type=int, default=None)
-def encoder_eval(ckpt, data, batch_size, limit, as_json, threads):
+@device_option
+def encoder_eval(ckpt, data, batch_size, limit, as_json, threads, device, dtype):
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on DATA (JSON Lines)."""
     from mingpt_c._lib import set_num_threads
     from mingpt_c.encoder_train import evaluate_file
@@ -581,7 +583,7 @@ def encoder_eval(ckpt, data, batch_size, limit, as_json, threads):
     if threads:
         set_num_threads(threads)
     r = evaluate_file(ckpt, data, batch_size, limit, log=lambda m: click.echo(m, err=True),
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), device=_device(device, dtype))
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
@@ -601,14 +603,16 @@ def encoder_eval(ckpt, data, batch_size, limit, as_json, threads):
 @click.argument("ckpt", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--threads", type=int, default=None)
-def encoder_predict(ckpt, texts, threads):
+@device_option
+def encoder_predict(ckpt, texts, threads, device, dtype):
     """Label and class probabilities of each TEXT: one line 'label<TAB>probabilities<TAB>text'."""
     from mingpt_c._lib import set_num_threads
     from mingpt_c.encoder_train import predict_texts
 
     if threads:
         set_num_threads(threads)
-    names, probs = predict_texts(ckpt, list(texts), log=lambda m: click.echo(m, err=True))
+    names, probs = predict_texts(ckpt, list(texts), log=lambda m: click.echo(m, err=True),
+                                 device=_device(device, dtype))
     for t, p in zip(texts, probs):
         ps = " ".join(f"{n}={v:.4f}" for n, v in zip(names, p))
         click.echo(f"{names[int(p.argmax())]}\t{ps}\t{t[:60]}")
@@ -738,6 +742,7 @@ def _vit_train_options(f):
         click.option("--threads", type=int, default=None, help="C core threads [default: all cores]"),
         click.option("--resume", is_flag=True, help="continue the run in --out from its latest checkpoint"),
         click.option("--no-progress", is_flag=True, help="no progress bar"),
+        *_device_options(),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -800,6 +805,8 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
                 opts[k] = v
     tc = _train_config(ViTTrainConfig, resume, opts, given)
     tc.progress = not no_progress
+    if tc.device == "cpu" and "dtype" not in given:
+        tc.dtype = None   # a GPU run resumed on the CPU: its products' precision does not apply
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True))
     if not res.get("interrupted"):
         acc = res.get("test_accuracy")
@@ -815,7 +822,8 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
 @click.option("--limit", type=int, default=None, help="evaluate the first N images only")
 @click.option("--batch-size", type=int, default=500)
 @click.option("--threads", type=int, default=None)
-def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads):
+@device_option
+def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtype):
     """Accuracy and confusion matrix of a ViT on a data set's test split."""
     from mingpt_c import images, vit_checkpoint
     from mingpt_c._lib import set_num_threads
@@ -824,11 +832,12 @@ def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads):
 
     if threads:
         set_num_threads(threads)
+    dev = _device(device, dtype)
     loaded = vit_checkpoint.load(ckpt)
     data = images.load_eval_split(dataset, image_size)
     if limit:
         data = data.subset(slice(0, limit))
-    res = evaluate(ViT(loaded["cfg"], loaded["params"]), data, batch_size)
+    res = evaluate(ViT(loaded["cfg"], loaded["params"], device=dev), data, batch_size)
     click.echo(f"{data.source}: accuracy {100 * res['accuracy']:.2f}% ({res['n']:,} images), "
                f"loss {res['loss']:.4f}")
     names = loaded["cfg"].labels
@@ -844,13 +853,15 @@ def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads):
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=int, default=3)
 @click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
-def vit_predict(ckpt, images_, top_k, convert):
+@device_option
+def vit_predict(ckpt, images_, top_k, convert, device, dtype):
     """Top-k classes with probabilities for each IMAGE."""
     from mingpt_c import vit_checkpoint
     from mingpt_c.vit_infer import predict_files
 
+    dev = _device(device, dtype)
     loaded = vit_checkpoint.load(ckpt)
-    for path, top in predict_files(loaded, images_, top_k, convert):
+    for path, top in predict_files(loaded, images_, top_k, convert, dev):
         click.echo(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
 
 

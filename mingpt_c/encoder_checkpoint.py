@@ -14,7 +14,9 @@
     optimizer.safetensors, train_state.json   training runs
 
 Written atomically like GPT checkpoints (mingpt_c.checkpoint): a full
-temporary directory, fsynced, swapped in by rename.
+temporary directory, fsynced, swapped in by rename. A model trained on the
+GPU saves host copies of its parameters and moments, so a checkpoint loads
+on either device.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as gpt_ckpt
+from .device import to_host
 from .errors import CheckpointError
 from .model.encoder import PREFIX, EncoderConfig, encoder_slots
 from .model.params import Layout
@@ -77,7 +80,8 @@ def save(path, cfg: EncoderConfig, params: np.ndarray, tokenizer=None, optimizer
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
                     "tokenizer": tokenizer.describe() if tokenizer is not None else None}
-    return gpt_ckpt.write_dir(path, hf, to_hf_tensors(Layout(encoder_slots(cfg)), params),
+    # params may be a GPU buffer: the checkpoint is written from a host copy
+    return gpt_ckpt.write_dir(path, hf, to_hf_tensors(Layout(encoder_slots(cfg)), to_host(params)),
                               optimizer, train_state,
                               tokenizer.save if tokenizer is not None else None)
 

@@ -14,6 +14,9 @@ trainer) on its training texts, with BERT's special tokens added. Batches
 group texts of similar length (encoder_data.length_batches), so little
 compute goes to padding. Schedule: linear warmup, cosine decay
 (optim.lr_at). Ctrl-C finishes the step, saves latest/ and stops.
+--device cuda trains on the GPU (the model's buffers and AdamW's moments in
+GPU memory); checkpoints hold host copies, so a run may resume, and a model
+be evaluated, on either device.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import numpy as np
 from . import encoder_checkpoint as ckpt
 from . import encoder_data as ed
 from ._lib import set_num_threads
+from .device import CPU, Device, default_dtype
 from .errors import CheckpointError, DataError, MinGPTError
 from .model.encoder import Encoder, EncoderConfig
 from .model.params import Layout
@@ -76,6 +80,8 @@ class EncoderTrainConfig:
     seed: int = 1337
     threads: int | None = None
     progress: bool = True
+    device: str = "cpu"             # cpu | cuda
+    dtype: str | None = None        # GPU matrix products: fp32 | tf32 | bf16; default: bf16 where supported
 
 # ------------------------------------------------------------------ metrics
 
@@ -139,7 +145,22 @@ def _new_tokenizer(tc: EncoderTrainConfig, texts: list[str], log):
     return tok
 
 
-def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log) -> tuple[Encoder, object]:
+def _device(tc: EncoderTrainConfig) -> Device:
+    """The run's device; on the GPU tc.dtype is resolved to its default."""
+    if tc.device == "cuda" and tc.dtype is None:
+        Device("cuda")   # says plainly when there is no GPU
+        tc.dtype = default_dtype("cuda")
+    return Device(tc.device, tc.dtype)
+
+
+def _say_device(dev: Device, tc: EncoderTrainConfig, log) -> None:
+    if dev.is_cuda:
+        from . import cuda
+        log(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
+
+
+def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log,
+           dev: Device = CPU) -> tuple[Encoder, object]:
     """A fresh model, or one initialised from --init-from (its trunk; heads
     that the task needs and the checkpoint lacks start fresh)."""
     if tc.init_from:
@@ -152,22 +173,26 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log) -> tupl
         cfg = dataclasses.replace(cfg0, dropout=tc.dropout, pooling=tc.pooling, num_labels=num_labels,
                                   mlm_head=mlm, bigram_buckets=tc.bigram_buckets or cfg0.bigram_buckets,
                                   extra={})
-        model = Encoder(cfg, seed=tc.seed)
-        old = Layout(ckpt.encoder_slots(cfg0)).views(init["params"])
-        kept = [n for n in model.p if n in old]
+        # the fresh initialisation with the checkpoint's tensors copied in, on
+        # the host (as Encoder(cfg, seed=...) draws it), then onto the device
+        layout = Layout(ckpt.encoder_slots(cfg))
+        params = layout.init(cfg, np.random.default_rng(tc.seed))
+        new, old = layout.views(params), Layout(ckpt.encoder_slots(cfg0)).views(init["params"])
+        kept = [n for n in new if n in old]
         for n in kept:
-            model.p[n][...] = old[n]
-        fresh = [n for n in model.p if n not in old]
+            new[n][...] = old[n]
+        fresh = [n for n in new if n not in old]
+        model = Encoder(cfg, params, device=dev)
         log(f"init: {len(kept)} tensors from {init['path']}" + (f", fresh {', '.join(sorted({n.split('.')[0] for n in fresh}))}" if fresh else ""))
         return model, tok
     cfg = EncoderConfig(vocab_size=tok.vocab_size, block_size=tc.max_len, n_layer=tc.n_layer, n_head=tc.n_head,
                         n_embd=tc.n_embd, dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, pooling=tc.pooling,
                         mlm_head=mlm, num_labels=num_labels, pad_token_id=tok.special["[PAD]"],
                         bigram_buckets=tc.bigram_buckets)
-    return Encoder(cfg, seed=tc.seed), tok
+    return Encoder(cfg, seed=tc.seed, device=dev), tok
 
 
-def _resumed(tc: EncoderTrainConfig):
+def _resumed(tc: EncoderTrainConfig, dev: Device = CPU):
     """(model, tokenizer, ((m, v, t), train_state)) from the run's latest checkpoint."""
     path = Path(tc.out) / "latest"
     try:
@@ -176,7 +201,8 @@ def _resumed(tc: EncoderTrainConfig):
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
     if loaded["optimizer"] is None or loaded["train_state"] is None or loaded["tokenizer"] is None:
         raise CheckpointError(f"cannot resume from {path}: it has no optimizer state, train state or tokenizer")
-    return Encoder(loaded["cfg"], loaded["params"]), loaded["tokenizer"], (loaded["optimizer"], loaded["train_state"])
+    return (Encoder(loaded["cfg"], loaded["params"], device=dev), loaded["tokenizer"],
+            (loaded["optimizer"], loaded["train_state"]))
 
 
 class _Run:
@@ -199,7 +225,8 @@ class _Run:
         self.epoch, self.k, self.stopped = 0, 0, False   # where the data stands: batch k of epoch
         if resume is not None:
             (m, v, t), state = resume
-            self.opt.m[...], self.opt.v[...], self.opt.t = m, v, t
+            self.opt.load_moments(m, v)
+            self.opt.t = t
             self.it, self.epoch, self.k = int(state["iter"]), int(state["epoch"]), int(state.get("batch", 0))
 
     def batches(self, lengths: np.ndarray, stop):
@@ -293,6 +320,7 @@ def _iters(tc: EncoderTrainConfig, per_epoch: int) -> int:
 def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
     if tc.threads:
         set_num_threads(tc.threads)
+    dev = _device(tc)
     texts, labels = ed.read_jsonl(tc.train_file)
     if tc.limit:
         texts, labels = texts[:tc.limit], labels[:tc.limit]
@@ -309,12 +337,12 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) ->
         val = (vt, ed.label_ids(vl, names, tc.val_file))
     resume_state = None
     if resume:
-        model, tok, resume_state = _resumed(tc)
+        model, tok, resume_state = _resumed(tc, dev)
         if model.cfg.extra.get("labels") != names:
             raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
     else:
         tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-        model, tok = _model(tc, tok, len(names), False, log)
+        model, tok = _model(tc, tok, len(names), False, log, dev)
     cfg = model.cfg
     cfg.extra = {"labels": names, "max_len": tc.max_len, "truncate": tc.truncate}
     seqs = _tokenize(tok, texts, tc.max_len, "training", log, tc.truncate)
@@ -326,6 +354,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) ->
     log(f"model: encoder, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, max length "
         f"{tc.max_len}, vocab {cfg.vocab_size}{bigrams}, {cfg.pooling} pooling: "
         f"{model.num_params() / 1e6:.2f}M parameters")
+    _say_device(dev, tc, log)
     log(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
         f"mean length {lengths.mean():.0f} tokens; {total:,} iterations of {tc.batch_size}")
     run = _Run(tc, model, tok, total, log, resume_state)
@@ -364,7 +393,7 @@ def _framing(cfg) -> tuple[int, str]:
     return cfg.extra.get("max_len", cfg.block_size), cfg.extra.get("truncate", "head")
 
 
-def load_classifier(path) -> tuple[Encoder, object, list]:
+def load_classifier(path, device: Device = CPU) -> tuple[Encoder, object, list]:
     loaded = ckpt.load(path)
     cfg = loaded["cfg"]
     if not cfg.num_labels:
@@ -372,12 +401,13 @@ def load_classifier(path) -> tuple[Encoder, object, list]:
                         f"`mingpt encoder train --init-from {path}`")
     if loaded["tokenizer"] is None:
         raise DataError(f"{loaded['path']} has no tokenizer")
-    return Encoder(cfg, loaded["params"]), loaded["tokenizer"], cfg.extra.get("labels") or list(range(cfg.num_labels))
+    return (Encoder(cfg, loaded["params"], device=device), loaded["tokenizer"],
+            cfg.extra.get("labels") or list(range(cfg.num_labels)))
 
 
 def evaluate_file(path, data_file, batch_size: int = 64, limit: int | None = None, log=print,
-                  progress: bool = False) -> dict:
-    model, tok, names = load_classifier(path)
+                  progress: bool = False, device: Device = CPU) -> dict:
+    model, tok, names = load_classifier(path, device)
     texts, labels = ed.read_jsonl(data_file)
     if limit:
         texts, labels = texts[:limit], labels[:limit]
@@ -395,9 +425,9 @@ def evaluate_file(path, data_file, batch_size: int = 64, limit: int | None = Non
     return metrics(y, logits.argmax(1), names)
 
 
-def predict_texts(path, texts: list[str], log=print) -> tuple[list, np.ndarray]:
+def predict_texts(path, texts: list[str], log=print, device: Device = CPU) -> tuple[list, np.ndarray]:
     """(label names, probabilities (N, K)) for texts."""
-    model, tok, names = load_classifier(path)
+    model, tok, names = load_classifier(path, device)
     for i, t in enumerate(texts):
         if not t.strip():
             raise DataError(f"text {i + 1} is empty: nothing to classify")
@@ -425,15 +455,16 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
     """Masked-LM pretraining: documents cut into pieces of max_len - 2 tokens."""
     if tc.threads:
         set_num_threads(tc.threads)
+    dev = _device(tc)
     texts = read_pretrain_texts(tc.train_file)
     if tc.limit:
         texts = texts[:tc.limit]
     resume_state = None
     if resume:
-        model, tok, resume_state = _resumed(tc)
+        model, tok, resume_state = _resumed(tc, dev)
     else:
         tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-        model, tok = _model(tc, tok, 0, True, log)
+        model, tok = _model(tc, tok, 0, True, log, dev)
     cfg = model.cfg
     cfg.extra = {"max_len": tc.max_len}
     keep = tc.max_len - 2
@@ -444,6 +475,7 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
     total = _iters(tc, -(-len(seqs) // tc.batch_size))
     log(f"model: encoder (masked LM), {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}: "
         f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
+    _say_device(dev, tc, log)
     specials = list(tok.special.values())
     run = _Run(tc, model, tok, total, log, resume_state)
 

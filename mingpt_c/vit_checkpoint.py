@@ -9,7 +9,8 @@ ViTForImageClassification.
     train_state.json       epoch, iteration, accuracy, run options
 
 Writing is atomic as in mingpt_c.checkpoint: a full temporary sibling
-directory, fsynced, swapped in with two renames.
+directory, fsynced, swapped in with two renames. A model trained on the GPU
+saves host copies, so a checkpoint loads on either device.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
+from .device import to_host
 from .errors import CheckpointError
 from .model.params import Layout
 from .model.vit import ViTConfig, vit_slots
@@ -55,7 +57,8 @@ def save(path: str | Path, cfg: ViTConfig, params: np.ndarray, optimizer=None,
          train_state: dict | None = None) -> Path:
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
-    return checkpoint.write_dir(path, hf, to_hf_tensors(Layout(vit_slots(cfg)), params),
+    # params may be a GPU buffer: the checkpoint is written from a host copy
+    return checkpoint.write_dir(path, hf, to_hf_tensors(Layout(vit_slots(cfg)), to_host(params)),
                                 optimizer, train_state)
 
 

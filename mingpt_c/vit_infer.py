@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import images as imgs
+from .device import CPU, Device, to_host
 from .errors import DataError
 from .model.vit import ViT, ViTConfig
 
@@ -39,14 +40,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-def predict_files(loaded: dict, paths, top_k: int = 3, convert: bool = False):
-    """[(path, [(class name, probability)...])] for image files."""
+def predict_files(loaded: dict, paths, top_k: int = 3, convert: bool = False, device: Device = CPU):
+    """[(path, [(class name, probability)...])] for image files, the model
+    run on device (the logits come back to the host for the softmax)."""
     cfg = loaded["cfg"]
     if top_k < 1:
         raise DataError(f"--top-k {top_k} must be at least 1")
     batch = np.stack([load_image(cfg, p, convert) for p in paths])
     x = imgs.Normalizer(cfg.image_mean, cfg.image_std)(batch)
-    probs = softmax(ViT(cfg, loaded["params"]).forward(x))
+    probs = softmax(to_host(ViT(cfg, loaded["params"], device=device).forward(x)))
     out = []
     for p, row in zip(paths, probs):
         order = np.argsort(-row, kind="stable")[:top_k]

@@ -14,6 +14,9 @@ is the model the run ends with.
 Determinism: the order of an epoch comes from (seed, epoch), augmentation
 from (seed, iteration), dropout from (seed, iteration); a resumed run goes on
 exactly as the uninterrupted one (same thread count).
+--device cuda trains on the GPU (the model's buffers and AdamW's moments in
+GPU memory); checkpoints hold host copies, so a run may resume, and a model
+be evaluated, on either device.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import numpy as np
 from . import images as imgs
 from . import vit_checkpoint
 from ._lib import set_num_threads
+from .device import Device, default_dtype, to_host
 from .errors import CheckpointError, DataError, MinGPTError
 from .model.vit import ViT, ViTConfig
 from .optim import AdamW, lr_at
@@ -66,6 +70,8 @@ class ViTTrainConfig:
     seed: int = 1337
     threads: int | None = None       # C core threads; default: all cores
     progress: bool = True
+    device: str = "cpu"              # cpu | cuda
+    dtype: str | None = None         # GPU matrix products: fp32 | tf32 | bf16; default: bf16 where supported
 
 # ------------------------------------------------------------------ evaluation
 
@@ -76,7 +82,7 @@ def predict_logits(model: ViT, data: imgs.ImageSet, batch_size: int = 500) -> np
     norm = imgs.Normalizer(cfg.image_mean, cfg.image_std)
     out = np.empty((len(data), cfg.num_classes), np.float32)
     for s in range(0, len(data), batch_size):
-        out[s:s + batch_size] = model.forward(norm(data.images[s:s + batch_size]))
+        out[s:s + batch_size] = to_host(model.forward(norm(data.images[s:s + batch_size])))
     return out
 
 
@@ -122,11 +128,20 @@ def _load_data(tc: ViTTrainConfig):
     return train, test
 
 
+def _device(tc: ViTTrainConfig) -> Device:
+    """The run's device; on the GPU tc.dtype is resolved to its default."""
+    if tc.device == "cuda" and tc.dtype is None:
+        Device("cuda")   # says plainly when there is no GPU
+        tc.dtype = default_dtype("cuda")
+    return Device(tc.device, tc.dtype)
+
+
 def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
     """Runs (or resumes) training; returns a summary dict."""
     run = Path(tc.out)
     if tc.threads:
         set_num_threads(tc.threads)
+    dev = _device(tc)
     if tc.batch_size < 1 or tc.epochs < 1 or tc.eval_batch_size < 1:
         raise DataError("batch size, epochs and eval batch size must be positive")
     if not 0.0 <= tc.label_smoothing < 1.0:
@@ -142,7 +157,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
         except CheckpointError as e:
             raise CheckpointError(f"cannot resume from {run / 'latest'}: {e}") from None
         cfg, state = loaded["cfg"], loaded["train_state"]
-        model = ViT(cfg, loaded["params"])
+        model = ViT(cfg, loaded["params"], device=dev)
         m, v, t = loaded["optimizer"]
     else:
         H, W = train_set.size
@@ -153,7 +168,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
                         num_classes=len(train_set.classes), n_layer=tc.n_layer, n_head=tc.n_head,
                         n_embd=tc.n_embd, dropout=tc.dropout, labels=list(train_set.classes),
                         image_mean=mean, image_std=std)
-        model = ViT(cfg, seed=tc.seed)
+        model = ViT(cfg, seed=tc.seed, device=dev)
         m = v = None
         t = 0
     check_compatible(cfg, train_set)
@@ -161,7 +176,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8, tc.weight_decay,
                 tc.grad_clip, t)
     if m is not None:
-        opt.m[...], opt.v[...] = m, v
+        opt.load_moments(m, v)
     run.mkdir(parents=True, exist_ok=True)
     (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
 
@@ -180,6 +195,9 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
     log(f"model: ViT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch {cfg.patch_size} "
         f"on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} ({cfg.seq_len} tokens), "
         f"{cfg.num_classes} classes: {model.num_params() / 1e6:.3f}M parameters")
+    if dev.is_cuda:
+        from . import cuda
+        log(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
     log(f"data: {train_set.source}: {N:,} train / {len(test_set):,} test images; "
         f"{per_epoch} iterations per epoch, {total} in all")
 
