@@ -49,7 +49,7 @@ def env():
     click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads)")
     click.echo(f"vector path {info['simd']}")
     click.echo(f"cuda        {_cuda_line(info['cuda'])}")
-    from mingpt_c.distributed import mpi_available
+    from mingpt_c.run.distributed import mpi_available
     mpi = mpi_available()
     click.echo(f"mpi         {mpi or 'no (pip install mingpt-c[mpi] for data-parallel training)'}")
 
@@ -74,7 +74,7 @@ def _cuda_line(built: bool) -> str:
 @click.argument("ckpt", type=click.Path())
 def info(ckpt):
     """What a checkpoint (or run directory) holds."""
-    from mingpt_c import checkpoint
+    from mingpt_c.gpt import checkpoint
 
     path = checkpoint.resolve(ckpt)
     kind = json.loads((path / "config.json").read_text()).get("model_type")
@@ -166,7 +166,7 @@ def tokenize() -> None:
                    "(phrase tokens); the tokenizer then splits lines only")
 def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency, phrases_after):
     """Learn a BPE vocabulary from text FILES (UTF-8)."""
-    from mingpt_c import bpe_train
+    from mingpt_c.tokenizers import bpe_train
 
     t0 = time.perf_counter()
     tok = bpe_train.train_files(files, vocab_size, pattern=pattern, special_tokens=specials,
@@ -193,12 +193,12 @@ def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency, phr
               help="encode other special-token strings as ordinary text instead of failing")
 def tokenize_encode(text, spec, out, allow_special, special_as_text):
     """Encode TEXT (or standard input) to token ids."""
-    from mingpt_c.tokenizer import get_tokenizer
+    from mingpt_c.tokenizers.tokenizer import get_tokenizer
 
     tok = get_tokenizer(spec)
     ids = tok.encode_array(_read_text_arg(text), **_special_kwargs(allow_special, special_as_text))
     if out:
-        from mingpt_c.tokenfile import write_tokens
+        from mingpt_c.tokenizers.tokenfile import write_tokens
 
         n = write_tokens(out, ids, vocab_size=tok.vocab_size)
         click.echo(f"wrote {n} tokens to {out}", err=True)
@@ -213,11 +213,11 @@ def tokenize_encode(text, spec, out, allow_special, special_as_text):
               help="read the ids from a token file instead")
 def tokenize_decode(ids, spec, token_file):
     """Decode IDS (or whitespace-separated ids on standard input) to text."""
-    from mingpt_c.tokenizer import get_tokenizer
+    from mingpt_c.tokenizers.tokenizer import get_tokenizer
 
     tok = get_tokenizer(spec)
     if token_file:
-        from mingpt_c.tokenfile import read_tokens
+        from mingpt_c.tokenizers.tokenfile import read_tokens
 
         ids = read_tokens(token_file).tolist()
     elif not ids:
@@ -240,7 +240,7 @@ def tokenize_decode(ids, spec, token_file):
               help="encode other special-token strings as ordinary text")
 def tokenize_show(text, spec, dump, allow_special, special_as_text):
     """Show how TEXT splits into tokens: one 'id<TAB>piece' line per token."""
-    from mingpt_c.tokenizer import BPETokenizer, get_tokenizer, printable
+    from mingpt_c.tokenizers.tokenizer import BPETokenizer, get_tokenizer, printable
 
     tok = get_tokenizer(spec)
     if dump:
@@ -258,7 +258,7 @@ def tokenize_show(text, spec, dump, allow_special, special_as_text):
 # ------------------------------------------------------------------ train
 
 def _train_options(f):
-    from mingpt_c.train import TrainConfig
+    from mingpt_c.gpt.train import TrainConfig
 
     d = TrainConfig()
     opts = [
@@ -340,8 +340,8 @@ def train(ctx, files, preset, resume, no_progress, **opts):
 
     The defaults are nanoGPT's CPU recipe for Tiny Shakespeare (4 layers,
     4 heads, width 128, block 64, batch 12, 2000 iterations)."""
-    from mingpt_c.model.config import PRESETS
-    from mingpt_c.train import TrainConfig, train as run_train
+    from mingpt_c.gpt.config import PRESETS
+    from mingpt_c.gpt.train import TrainConfig, train as run_train
 
     given = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     if preset:
@@ -385,10 +385,10 @@ def sample(ckpt, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_sa
     """Generate text from a trained (or imported) model."""
     import numpy as np
 
-    from mingpt_c import checkpoint
+    from mingpt_c.gpt import checkpoint
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.model.gpt import GPT
-    from mingpt_c.sample import generate, stream_text
+    from mingpt_c.gpt.model import GPT
+    from mingpt_c.gpt.sample import generate, stream_text
 
     if threads:
         set_num_threads(threads)
@@ -443,9 +443,9 @@ def _start_ids(tok):
 @device_option
 def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):
     """Loss and perplexity of a model on a text file (every full block)."""
-    from mingpt_c import checkpoint
+    from mingpt_c.gpt import checkpoint
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.evaluate import evaluate_text
+    from mingpt_c.gpt.evaluate import evaluate_text
 
     if threads:
         set_num_threads(threads)
@@ -459,7 +459,7 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):
 
 
 def _encoder_options(f):
-    from mingpt_c.encoder_train import EncoderTrainConfig
+    from mingpt_c.encoder.train import EncoderTrainConfig
 
     d = EncoderTrainConfig()
     opts = [
@@ -512,7 +512,7 @@ def _encoder_options(f):
 
 
 def _encoder_config(opts: dict, **more):
-    from mingpt_c.encoder_train import EncoderTrainConfig
+    from mingpt_c.encoder.train import EncoderTrainConfig
 
     progress = not opts.pop("no_progress")
     resume = opts.pop("resume")
@@ -535,7 +535,7 @@ def encoder() -> None:
 @click.option("--mask-prob", type=float, default=0.15, help="share of tokens chosen for masking")
 def encoder_pretrain(file, mask_prob, **opts):
     """Masked-LM pretraining on FILE: text (one document per line) or JSON Lines (its "text")."""
-    from mingpt_c.encoder_train import pretrain
+    from mingpt_c.encoder.train import pretrain
 
     tc, resume = _encoder_config(opts, train_file=file, mask_prob=mask_prob)
     res = pretrain(tc, resume, log=lambda m: click.echo(m, err=True))
@@ -555,7 +555,7 @@ def encoder_pretrain(file, mask_prob, **opts):
 @_encoder_options
 def encoder_train(**opts):
     """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""
-    from mingpt_c.encoder_train import train_classifier
+    from mingpt_c.encoder.train import train_classifier
 
     tc, resume = _encoder_config(opts)
     res = train_classifier(tc, resume, log=lambda m: click.echo(m, err=True))
@@ -578,7 +578,7 @@ def encoder_train(**opts):
 def encoder_eval(ckpt, data, batch_size, limit, as_json, threads, device, dtype):
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on DATA (JSON Lines)."""
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.encoder_train import evaluate_file
+    from mingpt_c.encoder.train import evaluate_file
 
     if threads:
         set_num_threads(threads)
@@ -607,7 +607,7 @@ def encoder_eval(ckpt, data, batch_size, limit, as_json, threads, device, dtype)
 def encoder_predict(ckpt, texts, threads, device, dtype):
     """Label and class probabilities of each TEXT: one line 'label<TAB>probabilities<TAB>text'."""
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.encoder_train import predict_texts
+    from mingpt_c.encoder.train import predict_texts
 
     if threads:
         set_num_threads(threads)
@@ -628,7 +628,7 @@ def encoder_predict(ckpt, texts, threads, device, dtype):
 def import_cmd(hf_dir, out, tokenizer):
     """Import a Hugging Face GPT2LMHeadModel, ViTForImageClassification or
     BERT-family (BertModel) directory (config.json + model.safetensors; BERT: its vocab.txt or tokenizer.json)."""
-    from mingpt_c.hf import import_hf
+    from mingpt_c.hub import import_hf
 
     path = import_hf(hf_dir, out, tokenizer)
     click.echo(f"imported {hf_dir} -> {path}")
@@ -640,7 +640,7 @@ def import_cmd(hf_dir, out, tokenizer):
 def export_cmd(ckpt, out):
     """Export a checkpoint as a Hugging Face GPT2LMHeadModel (or, for a ViT,
     ViTForImageClassification) directory."""
-    from mingpt_c.hf import export_hf
+    from mingpt_c.hub import export_hf
 
     path = export_hf(ckpt, out)
     click.echo(f"exported {ckpt} -> {path} (load with transformers' from_pretrained)")
@@ -665,12 +665,12 @@ def export_cmd(ckpt, out):
               help="with --device cuda: precision of our matrix products")
 @click.option("--no-compile", is_flag=True, help="with --device cuda: skip the torch.compile side")
 def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile, device, dtype, no_compile):
-    """Training and sampling tokens/s beside PyTorch eager (mingpt_c/benchmark.py,
-    mingpt_c/bench_cuda.py)."""
-    from mingpt_c.benchmark import parse_configs, run, run_profile
+    """Training and sampling tokens/s beside PyTorch: eager on the CPU; eager
+    bf16 and torch.compile on the GPU (--device cuda)."""
+    from mingpt_c.benchmarks.cpu import parse_configs, run, run_profile
 
     if device == "cuda":
-        from mingpt_c.bench_cuda import CUDA_CONFIGS, run_cuda
+        from mingpt_c.benchmarks.cuda import CUDA_CONFIGS, run_cuda
 
         names = [n for n in config.split(",") if n]
         bad = [n for n in names if n not in CUDA_CONFIGS]
@@ -678,7 +678,7 @@ def bench(config, rounds, steps, threads, sample_tokens, no_torch, profile, devi
             raise click.ClickException(f"--device cuda configs are {', '.join(CUDA_CONFIGS)}; "
                                        f"got {config!r}")
         if profile:
-            from mingpt_c.bench_cuda import profile_cuda
+            from mingpt_c.benchmarks.cuda import profile_cuda
 
             for n in names:
                 profile_cuda(n, steps, dtype, echo=click.echo)
@@ -707,7 +707,7 @@ def vit():
 
 
 def _vit_train_options(f):
-    from mingpt_c.vit_train import ViTTrainConfig
+    from mingpt_c.vit.train import ViTTrainConfig
 
     d = ViTTrainConfig()
     opts = [
@@ -750,7 +750,7 @@ def _vit_train_options(f):
 
 
 def _encoder_info(path):
-    from mingpt_c import encoder_checkpoint
+    from mingpt_c.encoder import checkpoint as encoder_checkpoint
 
     loaded = encoder_checkpoint.load(path)
     cfg, tok = loaded["cfg"], loaded["tokenizer"]
@@ -772,7 +772,7 @@ def _encoder_info(path):
 
 
 def _vit_info(path):
-    from mingpt_c import vit_checkpoint
+    from mingpt_c.vit import checkpoint as vit_checkpoint
 
     loaded = vit_checkpoint.load(path)
     cfg = loaded["cfg"]
@@ -795,8 +795,8 @@ def _vit_info(path):
 @click.pass_context
 def vit_train(ctx, preset, resume, no_progress, **opts):
     """Train a ViT classifier (defaults: 4 layers, 4 heads, width 64, patch 4)."""
-    from mingpt_c.model.vit import PRESETS
-    from mingpt_c.vit_train import ViTTrainConfig, train as run_train
+    from mingpt_c.vit.model import PRESETS
+    from mingpt_c.vit.train import ViTTrainConfig, train as run_train
 
     given = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     if preset:
@@ -825,10 +825,10 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
 @device_option
 def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtype):
     """Accuracy and confusion matrix of a ViT on a data set's test split."""
-    from mingpt_c import images, vit_checkpoint
+    from mingpt_c.vit import images, checkpoint as vit_checkpoint
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.model.vit import ViT
-    from mingpt_c.vit_train import evaluate
+    from mingpt_c.vit.model import ViT
+    from mingpt_c.vit.train import evaluate
 
     if threads:
         set_num_threads(threads)
@@ -856,8 +856,8 @@ def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtyp
 @device_option
 def vit_predict(ckpt, images_, top_k, convert, device, dtype):
     """Top-k classes with probabilities for each IMAGE."""
-    from mingpt_c import vit_checkpoint
-    from mingpt_c.vit_infer import predict_files
+    from mingpt_c.vit import checkpoint as vit_checkpoint
+    from mingpt_c.vit.infer import predict_files
 
     dev = _device(device, dtype)
     loaded = vit_checkpoint.load(ckpt)
@@ -872,8 +872,8 @@ def vit_predict(ckpt, images_, top_k, convert, device, dtype):
 @click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
 def vit_attention(ckpt, image, out, convert):
     """Attention rollout from the class token, drawn over IMAGE."""
-    from mingpt_c import vit_checkpoint
-    from mingpt_c.vit_attention import attention_map_file
+    from mingpt_c.vit import checkpoint as vit_checkpoint
+    from mingpt_c.vit.attention import attention_map_file
 
     loaded = vit_checkpoint.load(ckpt)
     name, p = attention_map_file(loaded, image, out, convert)

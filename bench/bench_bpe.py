@@ -44,7 +44,7 @@ def peak_rss_mb() -> float:
 
 def run_ours(corpus, vocab: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from mingpt_c import bpe_train
+    from mingpt_c.tokenizers import bpe_train
 
     bpe_train.codepoint_classes()  # warm the on-disk cache outside the timing, once
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def run_hf(corpus, vocab: int) -> dict:
 
 def _gpt2_unicode_to_byte() -> dict[str, int]:
     sys.path.insert(0, str(ROOT))
-    from mingpt_c.tokenizer import _gpt2_bytes_to_unicode
+    from mingpt_c.tokenizers.tokenizer import _gpt2_bytes_to_unicode
 
     return {c: b for b, c in _gpt2_bytes_to_unicode().items()}
 

@@ -26,11 +26,11 @@ def worker(config: str, steps: int) -> None:
     import numpy as np
 
     from mingpt_c._lib import set_num_threads
-    from mingpt_c.benchmark import CONFIGS
-    from mingpt_c.distributed import get_world
-    from mingpt_c.model.config import GPTConfig
-    from mingpt_c.model.gpt import GPT
-    from mingpt_c.optim import AdamW
+    from mingpt_c.benchmarks.cpu import CONFIGS
+    from mingpt_c.run.distributed import get_world
+    from mingpt_c.gpt.config import GPTConfig
+    from mingpt_c.gpt.model import GPT
+    from mingpt_c.nn.optim import AdamW
 
     c = CONFIGS[config]
     world = get_world()

@@ -44,8 +44,8 @@ def pytorch(args) -> tuple[float, float]:
     import numpy as np
     import torch
 
-    from mingpt_c.optim import lr_at
-    from mingpt_c.torch_gpt import TorchGPT
+    from mingpt_c.nn.optim import lr_at
+    from mingpt_c.benchmarks.torch_gpt import TorchGPT
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

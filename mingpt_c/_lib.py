@@ -1,10 +1,10 @@
 """Loads the compiled core and maps C statuses to exceptions."""
 from __future__ import annotations
 
-from .errors import CudaError, IndexRangeError, MinGPTError, OutOfMemory, ShapeError
+from mingpt_c.errors import CudaError, IndexRangeError, MinGPTError, OutOfMemory, ShapeError
 
 try:
-    from . import _C  # built by `make` (mingpt_c/_build.py)
+    from mingpt_c import _C  # built by `make` (mingpt_c/_build.py)
 except ImportError as e:  # pragma: no cover - depends on the build
     raise ImportError(
         "the mingpt-c C core is not built: run `make` in the project root "

@@ -25,8 +25,8 @@ from math import prod
 
 import numpy as np
 
-from ._lib import check, ffi, lib
-from .errors import CudaError, DTypeError, ShapeError
+from mingpt_c._lib import check, ffi, lib
+from mingpt_c.errors import CudaError, DTypeError, ShapeError
 
 DEVICE = "cuda"
 DTYPES = (np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8))

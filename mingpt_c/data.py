@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError
-from .tokenfile import read_tokens, write_tokens
+from mingpt_c.errors import DataError
+from mingpt_c.tokenizers.tokenfile import read_tokens, write_tokens
 
 CHUNK_BYTES = 8 << 20  # text read per tokenizer call
 

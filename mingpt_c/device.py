@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ShapeError
+from mingpt_c.errors import ShapeError
 
 DEVICES = ("cpu", "cuda")
 DTYPES = ("fp32", "tf32", "bf16")   # precision of the GPU's matrix products
@@ -27,7 +27,7 @@ class Device:
         self.name = name
         self.is_cuda = name == "cuda"
         if self.is_cuda:
-            from . import cuda
+            from mingpt_c import cuda
             cuda.require()
             self._cuda = cuda
             if dtype is not None:
@@ -64,6 +64,6 @@ def default_dtype(device: str) -> str:
     capability 8.0 and later), else TF32, else fp32; the CPU: fp32."""
     if device != "cuda":
         return "fp32"
-    from . import cuda
+    from mingpt_c import cuda
     major = int(cuda.info()["capability"].split(".")[0])
     return "bf16" if major >= 8 else "fp32"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cuda
-from ._lib import check, ffi, lib
-from .cuda import DeviceArray
-from .errors import DTypeError, IndexRangeError, ShapeError
+from mingpt_c import cuda
+from mingpt_c._lib import check, ffi, lib
+from mingpt_c.cuda import DeviceArray
+from mingpt_c.errors import DTypeError, IndexRangeError, ShapeError
 
 F32 = np.float32
 I32 = np.int32

@@ -13,9 +13,9 @@ from conftest import invoke, one_line_error
 from mingpt_c import cuda
 from mingpt_c.device import Device, to_host
 from mingpt_c.errors import IndexRangeError
-from mingpt_c.model.encoder import Encoder, EncoderConfig
-from mingpt_c.model.vit import ViT, ViTConfig
-from mingpt_c.optim import AdamW
+from mingpt_c.encoder.model import Encoder, EncoderConfig
+from mingpt_c.vit.model import ViT, ViTConfig
+from mingpt_c.nn.optim import AdamW
 
 from .conftest import gpu, same_bits
 

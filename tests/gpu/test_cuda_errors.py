@@ -13,13 +13,7 @@ from conftest import f32
 
 from mingpt_c import cuda, ops
 from mingpt_c._lib import ffi, lib
-from mingpt_c.errors import (
-    CudaError,
-    DTypeError,
-    IndexRangeError,
-    OutOfMemory,
-    ShapeError,
-)
+from mingpt_c.errors import CudaError, DTypeError, IndexRangeError, OutOfMemory, ShapeError
 
 from .conftest import close, gpu, nan_like
 

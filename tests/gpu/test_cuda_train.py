@@ -11,9 +11,9 @@ import pytest
 from conftest import invoke, one_line_error
 from mingpt_c import cuda
 from mingpt_c.device import Device
-from mingpt_c.model.config import GPTConfig
-from mingpt_c.model.gpt import GPT
-from mingpt_c.optim import AdamW
+from mingpt_c.gpt.config import GPTConfig
+from mingpt_c.gpt.model import GPT
+from mingpt_c.nn.optim import AdamW
 
 from .conftest import gpu
 

@@ -1,0 +1,48 @@
+"""Loss and perplexity of a model on a text: every full block, no overlap."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mingpt_c import data
+from mingpt_c.device import CPU
+from mingpt_c.errors import DataError
+from mingpt_c.gpt.model import GPT
+
+
+def evaluate_tokens(model: GPT, tokens: np.ndarray, batch_size: int = 8,
+                    max_batches: int | None = None) -> dict:
+    T = model.cfg.block_size
+    if len(tokens) < 2:
+        raise DataError(f"the text has {len(tokens)} token(s): at least 2 are needed to measure a loss")
+    T = min(T, len(tokens) - 1)
+    n_blocks = (len(tokens) - 1) // T
+    starts = np.arange(n_blocks) * T
+    total, count, batches = 0.0, 0, 0
+    for b0 in range(0, n_blocks, batch_size):
+        if max_batches is not None and batches >= max_batches:
+            break
+        ix = starts[b0:b0 + batch_size]
+        x = np.stack([tokens[i:i + T] for i in ix]).astype(np.int32)
+        y = np.stack([tokens[i + 1:i + 1 + T] for i in ix]).astype(np.int32)
+        total += model.forward(x, y) * y.size
+        count += y.size
+        batches += 1
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count,
+            "blocks": min(n_blocks, batches * batch_size), "block_size": T}
+
+
+def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | None = None,
+                  device=None) -> dict:
+    """loaded: a checkpoint.load() result; device: a mingpt_c.device.Device."""
+    tok = loaded["tokenizer"]
+    if tok is None:
+        raise DataError(f"{loaded['path']} has no tokenizer: cannot read text")
+    p = data.check_text_file(path)
+    ids = []
+    for piece in data.iter_text([p]):
+        ids.extend(tok.encode(piece, disallowed_special=()))
+    model = GPT(loaded["cfg"], loaded["params"], device=device or CPU)
+    return evaluate_tokens(model, np.asarray(ids, np.int64), batch_size, max_batches)

@@ -1,0 +1,220 @@
+"""Text generation with a KV cache.
+
+Each new token costs one position: its q, k, v are computed, k and v are
+appended to the per-layer caches (B, NH, block_size, hs), and attention runs
+over the cache (mg_attention_decode). When the context outgrows the block
+size, the window slides: the last block_size tokens are run again from
+position 0, exactly what full recomputation (nanoGPT's crop) does, so cached
+and uncached sampling pick the same tokens.
+
+Sampling: temperature, then top-k, then top-p (nucleus) on float64
+probabilities; the draw is one uniform number per token from a seeded
+generator, inverted through the cumulative distribution. temperature 0 is
+greedy decoding.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from mingpt_c import ops
+from mingpt_c._lib import check, ffi, lib
+from mingpt_c.device import to_host
+from mingpt_c.errors import DataError
+from mingpt_c.gpt.model import GPT
+
+F32 = np.float32
+
+
+class KVCache:
+    """Per-layer keys and values (B, NH, block_size, hs), on the model's
+    device: on the GPU the cache never leaves it."""
+
+    def __init__(self, model: GPT, B: int = 1):
+        cfg, dev = model.cfg, model.device
+        shape = (B, cfg.n_head, cfg.block_size, cfg.head_size)
+        self.k = [dev.zeros(shape) for _ in range(cfg.n_layer)]
+        self.v = [dev.zeros(shape) for _ in range(cfg.n_layer)]
+        self.pos = 0
+        self.step = _OneTokenStep(model, self) if B == 1 and not dev.is_cuda else None
+
+
+class _OneTokenStep:
+    """The one-position forward of one sequence, prepared once per cache: the
+    C core's mg_gpt_decode_step runs the whole stack in one call (one
+    parallel region instead of about 30 a token, one Python call instead of
+    60), with every pointer taken and every shape fixed here. The same layer
+    order and kernels as block_forward, so the same bits."""
+
+    _LAYER = (("ln_1_w", "ln_1.weight"), ("ln_1_b", "ln_1.bias"),
+              ("attn_w", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
+              ("proj_w", "attn.c_proj.weight"), ("proj_b", "attn.c_proj.bias"),
+              ("ln_2_w", "ln_2.weight"), ("ln_2_b", "ln_2.bias"),
+              ("fc_w", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
+              ("fcproj_w", "mlp.c_proj.weight"), ("fcproj_b", "mlp.c_proj.bias"))
+
+    def __init__(self, model: GPT, cache: KVCache):
+        cfg = model.cfg
+        C = cfg.n_embd
+        self.model = model
+        self.logits = np.zeros((1, cfg.vocab_size), F32)
+        self.work = np.zeros(15 * C + 2 + cfg.n_head * cfg.block_size, F32)
+        P = lambda a: ffi.from_buffer("float*", a)
+        self.layers = ffi.new("mg_decode_layer[]", cfg.n_layer)
+        for layer, lp, k, v in zip(self.layers, model._layer_p, cache.k, cache.v):
+            for field, name in self._LAYER:
+                setattr(layer, field, P(lp[name]))
+            layer.kcache, layer.vcache = P(k), P(v)
+        p = model.p
+        self.args = (P(self.logits), P(self.work), self.work.size, self.layers, P(p["transformer.wte.weight"]),
+                     P(p["transformer.wpe.weight"]), P(p["transformer.ln_f.weight"]),
+                     P(p["transformer.ln_f.bias"]))
+        self.sizes = (cfg.n_layer, cfg.block_size, C, cfg.n_head, cfg.vocab_size, cfg.layer_norm_eps)
+
+    def __call__(self, token: int, pos: int) -> np.ndarray:
+        """token at position pos -> logits (1, V) (an internal buffer)."""
+        check(lib.mg_gpt_decode_step(*self.args, token, pos, *self.sizes))
+        return self.logits
+
+
+def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: bool = True) -> np.ndarray:
+    """tokens (B, Tn) at positions cache.pos.. ; returns the last position's
+    logits (B, V) and advances the cache. One token of one sequence goes
+    through the one-call step (unless one_call is False); anything else
+    through the kernels one by one, which give the same bits."""
+    cfg, p = model.cfg, model.p
+    B, Tn = tokens.shape
+    pos = cache.pos
+    if pos + Tn > cfg.block_size:
+        raise DataError(f"positions {pos}..{pos + Tn - 1} exceed the block size {cfg.block_size}")
+    if one_call and Tn == 1 and B == 1 and cache.step is not None:
+        tok = int(tokens[0, 0])
+        if not 0 <= tok < cfg.vocab_size:
+            raise DataError(f"token ids must be in [0, {cfg.vocab_size})")
+        logits = cache.step(tok, pos)
+        cache.pos += 1
+        return logits
+    if model.device.is_cuda:
+        return _forward_cached_device(model, cache, tokens)
+    x = (p["transformer.wte.weight"][tokens] + p["transformer.wpe.weight"][pos:pos + Tn]).astype(F32)
+    eps = cfg.layer_norm_eps
+    for i in range(cfg.n_layer):
+        lp = model._layer_p[i]
+        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
+        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
+        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
+        x = x + ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"])
+        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
+        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
+        x = x + ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"])
+    last = np.ascontiguousarray(x[:, -1])
+    h, _, _ = ops.layernorm_forward(last, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+    cache.pos += Tn
+    return ops.matmul_forward(h, p["transformer.wte.weight"])  # (B, V)
+
+
+def _forward_cached_device(model: GPT, cache: KVCache, tokens: np.ndarray):
+    """forward_cached on the GPU: the same layers, on device buffers, through
+    the ops that take them (embedding and residual kernels in place of numpy's
+    indexing and +); returns the last position's logits (B, V) on the host."""
+    cfg, p, dev = model.cfg, model.p, model.device
+    B, Tn = tokens.shape
+    pos, C, eps = cache.pos, cfg.n_embd, cfg.layer_norm_eps
+    ops.check_ids("tokens", tokens, cfg.vocab_size)
+    wpe = p["transformer.wpe.weight"].reshape(-1)[pos * C:].reshape(-1, C)   # rows pos..
+    x = ops.embedding_forward(dev.put(np.ascontiguousarray(tokens, np.int32)),
+                              p["transformer.wte.weight"], wpe)               # (B, Tn, C)
+    for i in range(cfg.n_layer):
+        lp = model._layer_p[i]
+        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
+        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
+        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
+        x = ops.residual_forward(x, ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"]))
+        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
+        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
+        x = ops.residual_forward(x, ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"]))
+    if B == 1:   # the last position is the buffer's last row: a view
+        last = x.reshape(-1)[(Tn - 1) * C:].reshape(1, C)
+    else:
+        last = dev.put(np.ascontiguousarray(to_host(x)[:, -1]))
+    h, _, _ = ops.layernorm_forward(last, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+    cache.pos += Tn
+    return to_host(ops.matmul_forward(h, p["transformer.wte.weight"]))   # (B, V)
+
+
+def forward_full(model: GPT, tokens: np.ndarray) -> np.ndarray:
+    """Logits (B, V) of the last position by a full forward (no cache)."""
+    return to_host(model.forward(tokens))[:, -1].copy()
+
+
+def pick(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
+         top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+    """One token id per row of logits (B, V)."""
+    z = logits.astype(np.float64)
+    if temperature <= 0:
+        return np.argmax(z, axis=-1)
+    z = z / temperature
+    if top_k is not None and 0 < top_k < z.shape[-1]:
+        kth = np.sort(z, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(-1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(-1, keepdims=True)
+    if top_p is not None and 0 < top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sp = np.take_along_axis(probs, order, -1)
+        keep_sorted = np.cumsum(sp, -1) - sp < top_p   # always keeps the top token
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(-1, keepdims=True)
+    cdf = np.cumsum(probs, -1)
+    u = rng.random(z.shape[0]) * cdf[:, -1]
+    return np.array([min(int(np.searchsorted(c, ui, side="right")), len(c) - 1) for c, ui in zip(cdf, u)])
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, rng: np.random.Generator,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             eot_token: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Yields new token ids one at a time (stops early at eot_token)."""
+    cfg = model.cfg
+    ctx = list(prompt)
+    if not ctx:
+        raise DataError("the prompt is empty and the tokenizer has no end-of-text token to start from")
+    bad = [t for t in ctx if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise DataError(f"prompt token {bad[0]} is outside the model's vocabulary ({cfg.vocab_size})")
+    cache = KVCache(model) if use_cache else None
+    logits = None
+    for _ in range(max_new_tokens):
+        window = ctx[-cfg.block_size:]
+        if not use_cache:
+            logits = forward_full(model, np.array([window], np.int32))
+        elif logits is None or cache.pos + 1 > cfg.block_size or cache.pos != len(window) - 1:
+            cache.pos = 0   # (re)fill: first call, or the window slid
+            logits = forward_cached(model, cache, np.array([window], np.int32))
+        else:
+            logits = forward_cached(model, cache, np.array([[window[-1]]], np.int32))
+        tok = int(pick(logits, rng, temperature, top_k, top_p)[0])
+        yield tok
+        if eot_token is not None and tok == eot_token:
+            return
+        ctx.append(tok)
+
+
+def stream_text(decode: Callable, ids: Iterator[int]) -> Iterator[str]:
+    """Turns ids into text pieces, holding back incomplete UTF-8 sequences."""
+    got: list[int] = []
+    shown = 0
+    for t in ids:
+        got.append(t)
+        text = decode(got)
+        if text.endswith("\ufffd"):
+            continue
+        if len(text) > shown:
+            yield text[shown:]
+            shown = len(text)
+    text = decode(got)
+    if len(text) > shown:
+        yield text[shown:]

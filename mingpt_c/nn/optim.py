@@ -1,0 +1,65 @@
+"""AdamW over the flat parameter buffer, with global gradient-norm clipping
+and nanoGPT's learning-rate schedule (linear warmup, cosine decay to min_lr)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mingpt_c import ops
+
+
+def lr_at(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
+    """Learning rate for iteration it (0-based)."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it >= decay_iters:
+        return min_lr
+    ratio = (it - warmup) / max(1, decay_iters - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+@dataclass
+class AdamW:
+    params: np.ndarray
+    decay_mask: np.ndarray
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0     # max global gradient norm; 0 disables clipping
+    t: int = 0                 # steps taken
+
+    def __post_init__(self):
+        if isinstance(self.params, np.ndarray):
+            self.m = np.zeros_like(self.params)
+            self.v = np.zeros_like(self.params)
+        else:   # a GPU buffer: the moments and the mask live beside it
+            from mingpt_c import cuda
+            self.m = cuda.zeros(self.params.shape)
+            self.v = cuda.zeros(self.params.shape)
+            if isinstance(self.decay_mask, np.ndarray):
+                self.decay_mask = cuda.to_device(self.decay_mask)
+
+    def load_moments(self, m: np.ndarray, v: np.ndarray) -> None:
+        """Sets both moments from host arrays (a checkpoint's)."""
+        for dst, src in ((self.m, m), (self.v, v)):
+            if isinstance(dst, np.ndarray):
+                dst[...] = src
+            else:
+                dst.copy_from(np.ascontiguousarray(src, np.float32))
+
+    def step(self, grads: np.ndarray, lr: float) -> float:
+        """One update; returns the gradient norm before clipping. A
+        non-finite norm skips the update (the caller decides what to do)."""
+        norm = ops.global_norm(grads)
+        if not math.isfinite(norm):
+            return norm
+        scale = 1.0
+        if self.grad_clip > 0:  # as torch.nn.utils.clip_grad_norm_
+            scale = min(1.0, self.grad_clip / (norm + 1e-6))
+        self.t += 1
+        ops.adamw_update(self.params, grads, self.m, self.v, self.t, lr, self.beta1, self.beta2,
+                         self.eps, self.weight_decay, self.decay_mask, scale)
+        return norm
