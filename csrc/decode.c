@@ -28,6 +28,14 @@ static void gemv_shared(float* out, const float* inp, const float* w, const floa
     for (int q = 0; q < n; q++) gemv_item(out, inp, w, bias, 1, C, OC, q);
 }
 
+// work: x (C) | h (C) | qkv (3C) | y (C) | t (C) | fc (4C) | g (4C) | mean, rstd | scratch (NH, maxT)
+mg_status mg_gpt_decode_workspace(size_t* nwork, int C, int NH, int maxT) {
+    MG_CHECK_PTR(nwork);
+    MG_CHECK_POS(C); MG_CHECK_POS(NH); MG_CHECK_POS(maxT);
+    *nwork = 15 * (size_t)C + 2 + (size_t)NH * maxT;
+    return MG_OK;
+}
+
 mg_status mg_gpt_decode_step(float* logits, float* work, size_t nwork, const mg_decode_layer* layers,
                              const float* wte, const float* wpe, const float* lnf_w,
                              const float* lnf_b, int token, int pos, int L, int maxT,
@@ -40,7 +48,8 @@ mg_status mg_gpt_decode_step(float* logits, float* work, size_t nwork, const mg_
     MG_CHECK(token >= 0 && token < V, MG_ERR_INDEX, "token id %d outside [0, %d)", token, V);
     MG_CHECK(pos >= 0 && pos < maxT, MG_ERR_SHAPE,
              "position %d does not fit a cache of %d (reset the cache)", pos, maxT);
-    size_t need = 15 * (size_t)C + 2 + (size_t)NH * maxT;
+    size_t need = 0;
+    (void)mg_gpt_decode_workspace(&need, C, NH, maxT);   // cannot fail: sizes checked above
     MG_CHECK(nwork >= need, MG_ERR_SHAPE, "work has %zu floats, needs %zu", nwork, need);
     for (int l = 0; l < L; l++) {
         const mg_decode_layer* w = layers + l;
@@ -48,7 +57,7 @@ mg_status mg_gpt_decode_step(float* logits, float* work, size_t nwork, const mg_
                  w->ln_2_w && w->ln_2_b && w->fc_w && w->fc_b && w->fcproj_w && w->fcproj_b &&
                  w->kcache && w->vcache, MG_ERR_NULL, "layer %d has a NULL pointer", l);
     }
-    // work: x (C) | h (C) | qkv (3C) | y (C) | t (C) | fc (4C) | g (4C) | mean, rstd | scratch (NH, maxT)
+    // work, laid out as mg_gpt_decode_workspace counts it
     float* x = work;
     float* h = x + C;
     float* qkv = h + C;

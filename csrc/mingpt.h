@@ -189,11 +189,15 @@ typedef struct {
  * writes its new k, v at pos and attends over cache positions 0..pos),
  * ln_f, logits (V) = ln_f(x) @ wte^T. The same kernels in the same order as
  * layernorm / matmul / attention_decode / GELU / residual calls, so the same
- * bits. work (nwork >= 15C + 2 + NH*maxT floats) is scratch. */
+ * bits. work (nwork floats, at least mg_gpt_decode_workspace's count) is
+ * scratch. */
 mg_status mg_gpt_decode_step(float* logits, float* work, size_t nwork, const mg_decode_layer* layers,
                              const float* wte, const float* wpe, const float* lnf_w,
                              const float* lnf_b, int token, int pos, int L, int maxT,
                              int C, int NH, int V, float eps);
+/* *nwork = the floats of work that mg_gpt_decode_step needs for these sizes
+ * (the one place the count is written; callers ask here). */
+mg_status mg_gpt_decode_workspace(size_t* nwork, int C, int NH, int maxT);
 
 /* ---------------------------------------------------------------- bpe */
 /* Byte-level BPE training (bpe.c). Tokens 0..255 are the byte values; merge i

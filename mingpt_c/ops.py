@@ -9,9 +9,13 @@ mg_cuda_<kernel> (same arguments, device pointers). Outputs are allocated on
 that device unless passed in (the model passes preallocated buffers);
 backward wrappers ADD into the gradient buffers they are given, and allocate
 zeroed ones otherwise. Token ids are range-checked on the host only: device
-ids are checked before their upload.
+ids are checked before their upload. The one-call decode step (DecodeStep)
+and the BPE trainer (bpe_*) have no device twin and take host arrays only.
 """
 from __future__ import annotations
+
+import operator
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +26,7 @@ from mingpt_c.errors import DTypeError, IndexRangeError, ShapeError
 
 F32 = np.float32
 I32 = np.int32
+I64 = np.int64
 U8 = np.uint8
 IGNORE_INDEX = -100
 CPU, CUDA = "cpu", "cuda"
@@ -122,6 +127,23 @@ def check_ids(name: str, ids, hi: int, allow=None) -> None:
         if lo_v < 0 or hi_v >= hi:
             bad = lo_v if lo_v < 0 else hi_v
             raise IndexRangeError(f"{name} contains {bad}, outside [0, {hi})")
+
+
+def _index(name: str, x) -> int:
+    """x as a Python int: an int or a numpy integer, nothing that would be
+    truncated on the way to C."""
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise DTypeError(f"{name} must be an integer, got {type(x).__name__}") from None
+
+
+def _host(**arrays) -> None:
+    """Refuses device arrays for kernels that exist on the CPU only."""
+    for name, a in arrays.items():
+        if isinstance(a, DeviceArray):
+            raise DTypeError(f"{name} is on cuda, but this kernel runs on the CPU only "
+                             "(move it with DeviceArray.numpy())")
 
 
 def _rows(x) -> tuple[int, int]:
@@ -490,3 +512,235 @@ def adamw_update(params, grads, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                                    _p(decay_mask, "uint8_t*"), n, float(lr), float(beta1),
                                    float(beta2), float(eps), float(weight_decay),
                                    float(grad_scale), int(t)))
+
+# ---------------------------------------------------------------- decode
+
+# The fields of mg_decode_layer that hold one block's weights, in order.
+DECODE_LAYER_FIELDS = ("ln_1_w", "ln_1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+                       "ln_2_w", "ln_2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b")
+
+
+def decode_workspace(C: int, n_head: int, maxT: int) -> int:
+    """The floats of scratch the one-call decode step needs (C counts them)."""
+    n = ffi.new("size_t*")
+    check(lib.mg_gpt_decode_workspace(n, _index("C", C), _index("n_head", n_head),
+                                      _index("maxT", maxT)))
+    return int(n[0])
+
+
+class DecodeStep:
+    """mg_gpt_decode_step prepared once per KV cache: one position of a
+    pre-LN GPT for one sequence, the whole stack in one C call. Every array
+    is checked and every pointer taken here; a call checks only the token id
+    and the position, so it costs one C call a token.
+
+    layers: per block a mapping of DECODE_LAYER_FIELDS to its weights (linear
+    weights (out, in)); kcaches, vcaches: per block (1, NH, maxT, hs), written
+    at each call's position; wte (V, C), wpe (maxT, C), lnf_w, lnf_b (C).
+    work: scratch of at least decode_workspace(C, NH, maxT) floats (allocated
+    if not given). CPU arrays only. The arrays are held, not copied: the
+    step sees later changes to the weights and fills the given caches."""
+
+    def __init__(self, layers: Sequence[Mapping[str, np.ndarray]], kcaches, vcaches, wte, wpe,
+                 lnf_w, lnf_b, n_head: int, eps: float = 1e-5, work=None):
+        _host(wte=wte, wpe=wpe, lnf_w=lnf_w, lnf_b=lnf_b, work=work)
+        _f32("wte", wte), _f32("wpe", wpe)
+        if wte.ndim != 2 or wpe.ndim != 2 or wpe.shape[1] != wte.shape[1]:
+            raise ShapeError(f"wte (V, C) and wpe (maxT, C) do not fit: shapes {wte.shape}, "
+                             f"{wpe.shape}")
+        (V, C), maxT, NH = wte.shape, wpe.shape[0], _index("n_head", n_head)
+        if min(V, C, maxT) <= 0:
+            raise ShapeError(f"empty embedding: wte {wte.shape}, wpe {wpe.shape}")
+        if NH <= 0 or C % NH:
+            raise ShapeError(f"C={C} not divisible by n_head={NH}")
+        if not eps > 0:
+            raise ShapeError(f"eps={eps} must be positive")
+        L = len(layers)
+        if L == 0 or len(kcaches) != L or len(vcaches) != L:
+            raise ShapeError(f"{L} layers, {len(kcaches)} kcaches and {len(vcaches)} vcaches: "
+                             "need one of each per block, at least one block")
+        _f32("lnf_w", lnf_w, (C,)), _f32("lnf_b", lnf_b, (C,))
+        shapes = dict(zip(DECODE_LAYER_FIELDS, [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,),
+                                               (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C), (C,)]))
+        cache_shape = (1, NH, maxT, C // NH)
+        for i, (lw, k, v) in enumerate(zip(layers, kcaches, vcaches)):
+            missing = set(DECODE_LAYER_FIELDS) - set(lw)
+            if missing:
+                raise ShapeError(f"layer {i} lacks {sorted(missing)}")
+            for f in DECODE_LAYER_FIELDS:
+                _host(**{f"layer {i} {f}": lw[f]})
+                _f32(f"layer {i} {f}", lw[f], shapes[f])
+            _host(kcache=k, vcache=v)
+            _f32(f"kcache {i}", k, cache_shape, writable=True)
+            _f32(f"vcache {i}", v, cache_shape, writable=True)
+        need = decode_workspace(C, NH, maxT)
+        if work is None:
+            work = np.zeros(need, F32)
+        _f32("work", work, writable=True)
+        if work.size < need:
+            raise ShapeError(f"work has {work.size} floats, needs {need} "
+                             "(size it with decode_workspace)")
+        self.V, self.maxT = V, maxT
+        self.logits = np.zeros((1, V), F32)   # each call's result, overwritten by the next
+        self.work = work
+        self._keep = []   # the struct holds raw pointers: keep their buffers' cdata alive
+
+        def P(a, ctype="float*"):
+            self._keep.append(p := _p(a, ctype))
+            return p
+
+        self.layers = ffi.new("mg_decode_layer[]", L)
+        for layer, lw, k, v in zip(self.layers, layers, kcaches, vcaches):
+            for f in DECODE_LAYER_FIELDS:
+                setattr(layer, f, P(lw[f]))
+            layer.kcache, layer.vcache = P(k), P(v)
+        self.args = (P(self.logits), P(work), work.size, self.layers, P(wte), P(wpe), P(lnf_w),
+                     P(lnf_b))
+        self.sizes = (L, maxT, C, NH, V, float(eps))
+
+    def __call__(self, token: int, pos: int) -> np.ndarray:
+        """token at position pos -> logits (1, V), in a buffer the next call
+        overwrites; the block caches get the position's k and v."""
+        token, pos = _index("token", token), _index("pos", pos)
+        if not 0 <= token < self.V:
+            raise IndexRangeError(f"token id {token} outside [0, {self.V})")
+        if not 0 <= pos < self.maxT:
+            raise ShapeError(f"position {pos} does not fit a cache of {self.maxT} "
+                             "(reset the cache)")
+        check(lib.mg_gpt_decode_step(*self.args, token, pos, *self.sizes))
+        return self.logits
+
+# ---------------------------------------------------------------- bpe
+
+BPE_PATTERNS = {"gpt2": lib.MG_BPE_PATTERN_GPT2, "gpt4": lib.MG_BPE_PATTERN_GPT4,
+                "none": lib.MG_BPE_PATTERN_LINES}
+BPE_MAX_VOCAB = int(lib.MG_BPE_MAX_VOCAB)        # token ids, specials included
+BPE_N_CODEPOINTS = int(lib.MG_BPE_N_CODEPOINTS)  # entries of the class table
+BPE_CLASS_LETTER = int(lib.MG_BPE_CLASS_LETTER)  # \p{L}
+BPE_CLASS_NUMBER = int(lib.MG_BPE_CLASS_NUMBER)  # \p{N}
+BPE_CLASS_SPACE = int(lib.MG_BPE_CLASS_SPACE)    # \s
+
+
+def bpe_pattern(pattern: str) -> int:
+    """The C id of a pre-split pattern name ("gpt2", "gpt4", "none")."""
+    if not isinstance(pattern, str) or pattern not in BPE_PATTERNS:
+        raise ShapeError(f"unknown pattern {pattern!r}: use one of {sorted(BPE_PATTERNS)}")
+    return BPE_PATTERNS[pattern]
+
+
+def _bytes(name: str, data) -> int:
+    """The length of a bytes or bytearray argument."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise DTypeError(f"{name} must be bytes or bytearray, got {type(data).__name__}")
+    return len(data)
+
+
+def _classes(classes) -> None:
+    _host(classes=classes)
+    _arr("classes", classes, U8, (BPE_N_CODEPOINTS,))
+
+
+def _bounds(name: str, offsets, n: int | None, nbytes: int, what: str) -> int:
+    """Checks offsets (n + 1,) int64: non-decreasing bounds inside a buffer of
+    nbytes; returns n (taken from offsets when None)."""
+    _host(**{name: offsets})
+    _arr(name, offsets, I64)
+    if offsets.ndim != 1 or offsets.size < 1:
+        raise ShapeError(f"{name} must be 1-D with n + 1 >= 1 entries, got shape {offsets.shape}")
+    if n is None:
+        n = offsets.size - 1
+    elif offsets.shape != (n + 1,):
+        raise ShapeError(f"{name} has shape {offsets.shape}, expected ({n + 1},) for {n} {what}s")
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if lo < 0 or hi > nbytes:
+        raise ShapeError(f"{name} span {lo}..{hi}, outside the {nbytes} bytes given")
+    if n and int(np.diff(offsets).min()) < 0:
+        k = int(np.argmax(np.diff(offsets) < 0))
+        raise ShapeError(f"{name} must not decrease ({what} {k})")
+    return n
+
+
+def _merges_buffer(n_merges, min_frequency, init_merges) -> tuple[np.ndarray, int, int, int]:
+    """Checks the training sizes; returns the (n_merges, 2) int32 in/out
+    buffer (at least one row), its first rows the given merges, and n_init,
+    n_merges, min_frequency as ints."""
+    n_merges, min_frequency = _index("n_merges", n_merges), _index("min_frequency", min_frequency)
+    if not 0 <= n_merges <= BPE_MAX_VOCAB - 256:
+        raise ShapeError(f"n_merges={n_merges} must be in [0, {BPE_MAX_VOCAB - 256}]")
+    if min_frequency < 0:
+        raise ShapeError(f"min_frequency {min_frequency} must be >= 0")
+    merges = np.zeros((max(n_merges, 1), 2), I32)
+    if init_merges is None:
+        return merges, 0, n_merges, min_frequency
+    _host(init_merges=init_merges)
+    _arr("init_merges", init_merges, I32)
+    if init_merges.ndim != 2 or init_merges.shape[1] != 2:
+        raise ShapeError(f"init_merges must be (k, 2), got shape {init_merges.shape}")
+    k = init_merges.shape[0]
+    if k > n_merges:
+        raise ShapeError(f"{k} given merges exceed the {n_merges} to learn")
+    # merge i may name the bytes and the tokens of merges before it: ids < 256 + i
+    bad = (init_merges < 0) | (init_merges >= 256 + np.arange(k, dtype=np.int64)[:, None])
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ShapeError(f"given merge {i} names token {init_merges[i, j]}, which does not "
+                         "exist yet")
+    merges[:k] = init_merges
+    return merges, k, n_merges, min_frequency
+
+
+def bpe_split(text, classes, pattern: str = "gpt2") -> np.ndarray:
+    """The end offsets (n_chunks,) int64 of the pre-split chunks of text
+    (bytes); chunk k is text[ends[k-1]:ends[k]]. classes: the (0x110000,)
+    uint8 code point class table."""
+    n = _bytes("text", text)
+    _classes(classes)
+    pid = bpe_pattern(pattern)
+    ends = np.empty(max(n, 1), I64)   # one chunk per byte at most
+    n_chunks = ffi.new("int64_t*")
+    check(lib.mg_bpe_split(_p(ends, "int64_t*"), n_chunks, _p(text, "uint8_t*"), n,
+                           _p(classes, "uint8_t*"), pid))
+    return ends[:n_chunks[0]]
+
+
+def bpe_train_chunks(chunks, offsets, counts, n_merges: int, min_frequency: int = 2,
+                     init_merges=None) -> np.ndarray:
+    """Merges (n_done, 2) int32 learned from weighted chunks: chunk k is
+    chunks[offsets[k]:offsets[k+1]] (bytes; offsets (n + 1,) int64) with
+    count counts[k] (n,) int64 >= 0. init_merges (k, 2) int32, if given, are
+    replayed as the first k merges, not learned."""
+    nbytes = _bytes("chunks", chunks)
+    _host(counts=counts)
+    _arr("counts", counts, I64)
+    if counts.ndim != 1:
+        raise ShapeError(f"counts must be 1-D, got shape {counts.shape}")
+    n = _bounds("offsets", offsets, counts.size, nbytes, "chunk")
+    if n and int(np.diff(offsets).max()) >= 2**31 - 1:
+        raise ShapeError("a chunk is 2 GiB or longer")
+    if n and int(counts.min()) < 0:
+        raise ShapeError(f"chunk {int(np.argmax(counts < 0))} has a negative count")
+    merges, n_init, n_merges, min_frequency = _merges_buffer(n_merges, min_frequency, init_merges)
+    n_done = ffi.new("int32_t*")
+    check(lib.mg_bpe_train_chunks(_p(merges, "int32_t*"), n_done, _p(chunks, "uint8_t*"),
+                                  _p(offsets, "int64_t*"), _p(counts, "int64_t*"), n, n_init,
+                                  n_merges, min_frequency))
+    return merges[:n_done[0]].copy()
+
+
+def bpe_train_text(text, doc_offsets, classes, pattern: str, n_merges: int,
+                   min_frequency: int = 2, init_merges=None) -> tuple[np.ndarray, int]:
+    """Pre-splits and counts documents (document d is
+    text[doc_offsets[d]:doc_offsets[d+1]], doc_offsets (n_docs + 1,) int64;
+    no chunk crosses a document end), then learns merges as bpe_train_chunks.
+    Returns merges (n_done, 2) int32 and the number of distinct chunks."""
+    nbytes = _bytes("text", text)
+    n_docs = _bounds("doc_offsets", doc_offsets, None, nbytes, "document")
+    _classes(classes)
+    pid = bpe_pattern(pattern)
+    merges, n_init, n_merges, min_frequency = _merges_buffer(n_merges, min_frequency, init_merges)
+    n_done = ffi.new("int32_t*")
+    n_unique = ffi.new("int64_t*")
+    check(lib.mg_bpe_train_text(_p(merges, "int32_t*"), n_done, n_unique, _p(text, "uint8_t*"),
+                                _p(doc_offsets, "int64_t*"), n_docs, _p(classes, "uint8_t*"),
+                                pid, n_init, n_merges, min_frequency))
+    return merges[:n_done[0]].copy(), int(n_unique[0])

@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mingpt_c import ops
-from mingpt_c._lib import check, ffi, lib
 from mingpt_c.device import to_host
 from mingpt_c.errors import DataError
 from mingpt_c.gpt.model import GPT
@@ -37,45 +36,29 @@ class KVCache:
         self.k = [dev.zeros(shape) for _ in range(cfg.n_layer)]
         self.v = [dev.zeros(shape) for _ in range(cfg.n_layer)]
         self.pos = 0
-        self.step = _OneTokenStep(model, self) if B == 1 and not dev.is_cuda else None
+        self.step = _one_token_step(model, self) if B == 1 and not dev.is_cuda else None
 
 
-class _OneTokenStep:
+# mg_decode_layer's fields and the GPT parameters that fill them, per block.
+_LAYER = (("ln_1_w", "ln_1.weight"), ("ln_1_b", "ln_1.bias"),
+          ("attn_w", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
+          ("proj_w", "attn.c_proj.weight"), ("proj_b", "attn.c_proj.bias"),
+          ("ln_2_w", "ln_2.weight"), ("ln_2_b", "ln_2.bias"),
+          ("fc_w", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
+          ("fcproj_w", "mlp.c_proj.weight"), ("fcproj_b", "mlp.c_proj.bias"))
+
+
+def _one_token_step(model: GPT, cache: KVCache) -> ops.DecodeStep:
     """The one-position forward of one sequence, prepared once per cache: the
     C core's mg_gpt_decode_step runs the whole stack in one call (one
     parallel region instead of about 30 a token, one Python call instead of
-    60), with every pointer taken and every shape fixed here. The same layer
-    order and kernels as block_forward, so the same bits."""
-
-    _LAYER = (("ln_1_w", "ln_1.weight"), ("ln_1_b", "ln_1.bias"),
-              ("attn_w", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
-              ("proj_w", "attn.c_proj.weight"), ("proj_b", "attn.c_proj.bias"),
-              ("ln_2_w", "ln_2.weight"), ("ln_2_b", "ln_2.bias"),
-              ("fc_w", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
-              ("fcproj_w", "mlp.c_proj.weight"), ("fcproj_b", "mlp.c_proj.bias"))
-
-    def __init__(self, model: GPT, cache: KVCache):
-        cfg = model.cfg
-        C = cfg.n_embd
-        self.model = model
-        self.logits = np.zeros((1, cfg.vocab_size), F32)
-        self.work = np.zeros(15 * C + 2 + cfg.n_head * cfg.block_size, F32)
-        P = lambda a: ffi.from_buffer("float*", a)
-        self.layers = ffi.new("mg_decode_layer[]", cfg.n_layer)
-        for layer, lp, k, v in zip(self.layers, model._layer_p, cache.k, cache.v):
-            for field, name in self._LAYER:
-                setattr(layer, field, P(lp[name]))
-            layer.kcache, layer.vcache = P(k), P(v)
-        p = model.p
-        self.args = (P(self.logits), P(self.work), self.work.size, self.layers, P(p["transformer.wte.weight"]),
-                     P(p["transformer.wpe.weight"]), P(p["transformer.ln_f.weight"]),
-                     P(p["transformer.ln_f.bias"]))
-        self.sizes = (cfg.n_layer, cfg.block_size, C, cfg.n_head, cfg.vocab_size, cfg.layer_norm_eps)
-
-    def __call__(self, token: int, pos: int) -> np.ndarray:
-        """token at position pos -> logits (1, V) (an internal buffer)."""
-        check(lib.mg_gpt_decode_step(*self.args, token, pos, *self.sizes))
-        return self.logits
+    60), with every pointer taken and every shape checked once, by ops. The
+    same layer order and kernels as block_forward, so the same bits."""
+    cfg, p = model.cfg, model.p
+    layers = [{field: lp[name] for field, name in _LAYER} for lp in model._layer_p]
+    return ops.DecodeStep(layers, cache.k, cache.v, p["transformer.wte.weight"],
+                          p["transformer.wpe.weight"], p["transformer.ln_f.weight"],
+                          p["transformer.ln_f.bias"], cfg.n_head, cfg.layer_norm_eps)
 
 
 def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: bool = True) -> np.ndarray:

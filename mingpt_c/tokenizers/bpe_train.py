@@ -30,13 +30,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mingpt_c._lib import check, ffi, lib
+from mingpt_c import ops
 from mingpt_c.errors import DataError, ShapeError
 from mingpt_c.tokenizers.tokenizer import BPETokenizer
 
-MAX_VOCAB = lib.MG_BPE_MAX_VOCAB
-_PATTERN_IDS = {"gpt2": lib.MG_BPE_PATTERN_GPT2, "gpt4": lib.MG_BPE_PATTERN_GPT4,
-                "none": lib.MG_BPE_PATTERN_LINES}
+MAX_VOCAB = ops.BPE_MAX_VOCAB
 
 
 # ---------------------------------------------------------------- code point classes
@@ -44,10 +42,10 @@ _PATTERN_IDS = {"gpt2": lib.MG_BPE_PATTERN_GPT2, "gpt4": lib.MG_BPE_PATTERN_GPT4
 def _class_table() -> np.ndarray:
     import regex
 
-    table = np.zeros(lib.MG_BPE_N_CODEPOINTS, np.uint8)  # (0x110000,)
-    every = "".join(map(chr, range(lib.MG_BPE_N_CODEPOINTS)))
-    for bit, pat in ((lib.MG_BPE_CLASS_LETTER, r"\p{L}+"), (lib.MG_BPE_CLASS_NUMBER, r"\p{N}+"),
-                     (lib.MG_BPE_CLASS_SPACE, r"\s+")):
+    table = np.zeros(ops.BPE_N_CODEPOINTS, np.uint8)  # (0x110000,)
+    every = "".join(map(chr, range(ops.BPE_N_CODEPOINTS)))
+    for bit, pat in ((ops.BPE_CLASS_LETTER, r"\p{L}+"), (ops.BPE_CLASS_NUMBER, r"\p{N}+"),
+                     (ops.BPE_CLASS_SPACE, r"\s+")):
         for m in regex.finditer(pat, every):
             table[m.start():m.end()] |= bit
     return table
@@ -64,7 +62,7 @@ def codepoint_classes() -> np.ndarray:
     path = Path(base) / "mingpt-c" / f"codepoint-classes-regex-{regex.__version__}.bin"
     try:
         data = np.fromfile(path, dtype=np.uint8)
-        if data.size == lib.MG_BPE_N_CODEPOINTS:
+        if data.size == ops.BPE_N_CODEPOINTS:
             return data
     except OSError:
         pass
@@ -80,34 +78,18 @@ def codepoint_classes() -> np.ndarray:
     return table
 
 
-def _pattern_id(pattern: str) -> int:
-    if pattern not in _PATTERN_IDS:
-        raise ShapeError(f"unknown pattern {pattern!r}: use one of {sorted(_PATTERN_IDS)}")
-    return _PATTERN_IDS[pattern]
-
-
-# ---------------------------------------------------------------- C wrappers
+# ---------------------------------------------------------------- C calls (through ops)
 
 def split(text: str | bytes, pattern: str = "gpt2") -> list[bytes]:
     """The pre-split chunks of one text, as the trainer sees them."""
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    ends = np.empty(max(len(data), 1), np.int64)
-    n = ffi.new("int64_t*")
-    classes = codepoint_classes()
-    check(lib.mg_bpe_split(ffi.cast("int64_t*", ends.ctypes.data), n, ffi.from_buffer(data),
-                           len(data), ffi.cast("uint8_t*", classes.ctypes.data), _pattern_id(pattern)))
-    starts = [0, *ends[:n[0] - 1].tolist()]
-    return [data[a:b] for a, b in zip(starts, ends[:n[0]].tolist())]
+    ends = ops.bpe_split(data, codepoint_classes(), pattern).tolist()
+    return [data[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
-def _merge_buffer(n_merges: int, init_merges) -> tuple[np.ndarray, int]:
-    """The (n_merges, 2) int32 in/out buffer, its first rows the given merges."""
-    init = np.zeros((0, 2), np.int32) if init_merges is None else np.asarray(init_merges, np.int32).reshape(-1, 2)
-    if len(init) > n_merges:
-        raise ShapeError(f"{len(init)} given merges exceed the {n_merges} to learn")
-    merges = np.zeros((max(n_merges, 1), 2), np.int32)
-    merges[:len(init)] = init
-    return merges, len(init)
+def _given(init_merges) -> np.ndarray | None:
+    """init_merges (any (k, 2) sequence of ids) as the int32 array C reads."""
+    return None if init_merges is None else np.ascontiguousarray(np.reshape(init_merges, (-1, 2)), np.int32)
 
 
 def learn_merges(chunk_counts: Mapping[bytes, int], n_merges: int,
@@ -119,13 +101,7 @@ def learn_merges(chunk_counts: Mapping[bytes, int], n_merges: int,
     offsets = np.zeros(len(chunks) + 1, np.int64)  # (n_chunks + 1,)
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
     data = b"".join(chunks)
-    merges, n_init = _merge_buffer(n_merges, init_merges)
-    n_done = ffi.new("int32_t*")
-    check(lib.mg_bpe_train_chunks(ffi.cast("int32_t*", merges.ctypes.data), n_done,
-                                  ffi.from_buffer(data), ffi.cast("int64_t*", offsets.ctypes.data),
-                                  ffi.cast("int64_t*", counts.ctypes.data), len(chunks),
-                                  n_init, int(n_merges), int(min_frequency)))
-    return merges[:n_done[0]].copy()
+    return ops.bpe_train_chunks(data, offsets, counts, n_merges, min_frequency, _given(init_merges))
 
 
 def learn_merges_from_docs(docs: Sequence[bytes], n_merges: int, pattern: str = "gpt2",
@@ -143,15 +119,8 @@ def _learn_from_buffer(data, offsets: np.ndarray, n_merges: int, pattern: str,
                        min_frequency: int, init_merges=None) -> tuple[np.ndarray, int]:
     """data: all documents back to back; offsets (n_docs + 1,) int64 bounds."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    classes = codepoint_classes()
-    merges, n_init = _merge_buffer(n_merges, init_merges)
-    n_done = ffi.new("int32_t*")
-    n_unique = ffi.new("int64_t*")
-    check(lib.mg_bpe_train_text(ffi.cast("int32_t*", merges.ctypes.data), n_done, n_unique,
-                                ffi.from_buffer(data), ffi.cast("int64_t*", offsets.ctypes.data),
-                                len(offsets) - 1, ffi.cast("uint8_t*", classes.ctypes.data),
-                                _pattern_id(pattern), n_init, int(n_merges), int(min_frequency)))
-    return merges[:n_done[0]].copy(), int(n_unique[0])
+    return ops.bpe_train_text(data, offsets, codepoint_classes(), pattern, n_merges, min_frequency,
+                              _given(init_merges))
 
 
 # ---------------------------------------------------------------- training
@@ -159,7 +128,7 @@ def _learn_from_buffer(data, offsets: np.ndarray, n_merges: int, pattern: str,
 def check_train_args(vocab_size: int, special_tokens: Sequence[str], pattern: str,
                      min_frequency: int) -> int:
     """Validates the arguments; returns the number of merges to learn."""
-    _pattern_id(pattern)
+    ops.bpe_pattern(pattern)
     specials = list(special_tokens)
     seen = set()
     for s in specials:

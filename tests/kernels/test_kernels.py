@@ -2,8 +2,9 @@
 
 Inputs are random float32; shapes include 1, odd sizes and sizes that are not
 multiples of the vector width. Backward calls start from non-zero gradient
-buffers, so accumulation (+=) is tested too. Matmul and attention have their
-own files (test_matmul.py, test_attention.py).
+buffers, so accumulation (+=) is tested too. Both GELUs (tanh and exact) share
+their tests; PyTorch parity is skipped without torch. Matmul and attention
+have their own files (test_matmul.py, test_attention.py).
 """
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import reference as ref
 from conftest import assert_close, f32
 from mingpt_c import ops
 from mingpt_c._lib import get_num_threads, set_num_threads
+from mingpt_c.errors import DTypeError
 
 ROWS = [1, 7, 13, 64]
 WIDTHS = [1, 7, 13, 64, 129]
@@ -69,22 +71,81 @@ def test_layernorm_batched_shape(rng):
 # ---------------------------------------------------------------- elementwise
 
 
-@pytest.mark.parametrize("n", [1, 7, 13, 64, 1000])
-def test_gelu(rng, n):
+# The two GELUs: GPT-2's tanh approximation and the exact x * Phi(x) (BERT, ViT).
+GELUS = {"gelu": (ops.gelu_forward, ops.gelu_backward, ref.gelu_forward, ref.gelu_backward),
+         "gelu_erf": (ops.gelu_erf_forward, ops.gelu_erf_backward, ref.gelu_erf_forward,
+                      ref.gelu_erf_backward)}
+
+
+@pytest.mark.parametrize("which", GELUS)
+@pytest.mark.parametrize("n", [1, 7, 13, 64, 1000, 70_000])
+def test_gelu(rng, which, n):
+    fwd, bwd, ref_fwd, ref_bwd = GELUS[which]
     x = f32(rng.normal(size=n) * 4)
-    assert_close(ops.gelu_forward(x), ref.gelu_forward(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    assert_close(fwd(x), ref_fwd(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
     dout = f32(rng.normal(size=n))
     d0 = nonzero_like(rng, x)
-    got = ops.gelu_backward(dout, x, d0.copy())
-    assert_close(got, d0 + ref.gelu_backward(dout.astype(np.float64), x.astype(np.float64)),
+    got = bwd(dout, x, d0.copy())
+    assert_close(got, d0 + ref_bwd(dout.astype(np.float64), x.astype(np.float64)),
                  rtol=1e-5, atol=1e-5)
 
 
-def test_gelu_extremes():
-    x = f32(np.array([-1e4, -30.0, 0.0, 30.0, 1e4]))
-    y = ops.gelu_forward(x)
+@pytest.mark.parametrize("which", GELUS)
+def test_gelu_in_place_and_extremes(which):
+    """Saturation: 0 far left, x far right, finite everywhere (no inf * 0)."""
+    fwd, bwd, ref_fwd, _ = GELUS[which]
+    x = f32(np.array([-1e4, -30.0, -1.0, 0.0, 1.0, 30.0, 1e4]))
+    y = x.copy()
+    assert fwd(y, out=y) is y
     assert np.all(np.isfinite(y))
-    assert_close(y, [0.0, 0.0, 0.0, 30.0, 1e4], atol=1e-6)
+    assert_close(y, ref_fwd(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    ends = [0, 1, 3, -2, -1]   # -1e4, -30, 0, 30, 1e4
+    assert_close(y[ends], [0.0, 0.0, 0.0, 30.0, 1e4], atol=1e-6)
+    d = bwd(np.ones_like(x), x)
+    assert np.all(np.isfinite(d))
+    assert_close(d[ends], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("which", GELUS)
+def test_gelu_rejects_float64(which):
+    fwd, bwd, _, _ = GELUS[which]
+    with pytest.raises(DTypeError, match="float32"):
+        fwd(np.zeros(4))
+    with pytest.raises(DTypeError, match="float32"):
+        bwd(f32(np.zeros(4)), np.zeros(4))
+
+
+@pytest.mark.parametrize("which,approximate", [("gelu", "tanh"), ("gelu_erf", "none")])
+def test_gelu_matches_torch(rng, which, approximate):
+    torch = pytest.importorskip("torch")
+    fwd, bwd, _, _ = GELUS[which]
+    x = f32(rng.normal(size=(5, 33)) * 3)
+    dout = f32(rng.normal(size=x.shape))
+    t = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.gelu(t, approximate=approximate)
+    y.backward(torch.tensor(dout))
+    assert_close(fwd(x), y.detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert_close(bwd(dout, x), t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_erf_differs_from_tanh_approximation():
+    x = f32(np.linspace(-3, 3, 61))
+    diff = np.abs(ops.gelu_erf_forward(x) - ops.gelu_forward(x)).max()
+    assert 1e-4 < diff < 1e-2  # the two GELUs are close but not the same function
+
+
+def test_gelu_erf_tail_keeps_relative_accuracy():
+    """The exact kernel goes through erfc, so far into the negative tail,
+    where 0.5 x (1 + erf) would cancel to 0 in float32, the values stay
+    accurate."""
+    x = f32(np.linspace(-12, 9, 2001))
+    want = ref.gelu_erf_forward(x.astype(np.float64))
+    got = ops.gelu_erf_forward(x).astype(np.float64)
+    # exp(-x^2/2) amplifies the float32 rounding of x by about x^2: the condition number
+    assert np.all(np.abs(got - want) <= 2e-6 * (1 + x.astype(np.float64) ** 2) * np.abs(want))
+    dwant = ref.gelu_erf_backward(np.ones(x.shape), x.astype(np.float64))
+    dgot = ops.gelu_erf_backward(np.ones_like(x), x).astype(np.float64)
+    assert np.all(np.abs(dgot - dwant) <= 2e-6 * np.abs(dwant) + 1e-7)
 
 
 @pytest.mark.parametrize("n", [1, 13, 1000])

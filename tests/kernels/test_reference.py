@@ -71,10 +71,13 @@ def test_attention(rng, causal, masked):
     check(probe, qkv, ref.attention_backward(dout, qkv, NH, causal, mask))
 
 
-def test_gelu(rng):
+@pytest.mark.parametrize("fwd,bwd", [(ref.gelu_forward, ref.gelu_backward),
+                                     (ref.gelu_erf_forward, ref.gelu_erf_backward)],
+                         ids=["gelu", "gelu_erf"])
+def test_gelu(rng, fwd, bwd):
     x = rng.normal(size=(4, 9)) * 3
     dout = rng.normal(size=x.shape)
-    check(lambda: (ref.gelu_forward(x) * dout).sum(), x, ref.gelu_backward(dout, x))
+    check(lambda: (fwd(x) * dout).sum(), x, bwd(dout, x))
 
 
 def test_residual(rng):
