@@ -1,9 +1,12 @@
 """Text data: checked reading, tokenizing into memory-mapped token files,
 and batch sampling.
 
-Text files are read in chunks and tokenized chunk by chunk (cut at line
-ends), so a 1 GB corpus trains in bounded memory: only the token file, which
-is memory-mapped, is ever whole. Batches are drawn from a generator seeded by
+Text files are read in chunks cut at line ends and tokenized chunk by chunk,
+so a 1 GB corpus trains in bounded memory: only the token file, which is
+memory-mapped, is ever whole. The tokenizer carries the end of a chunk that
+the next one could still change (a BPE's pre-split of a run of white space
+depends on what follows it) into the next, so the ids are exactly those of
+the whole text (Tokenizer.encode_pieces). Batches are drawn from a generator seeded by
 (seed, iteration, micro-step): the data position of a run is its iteration
 number, so resuming needs no sampler state and continues exactly.
 """
@@ -79,7 +82,9 @@ def check_text_file(path: str | Path) -> Path:
 
 def iter_text(paths: list[Path]) -> Iterator[str]:
     """Yields the files' text in pieces cut at line ends (valid UTF-8 assumed:
-    call check_text_file first). Files are joined with a newline."""
+    call check_text_file first). Files are joined with a newline. Encode the
+    pieces with tokenizer.encode_pieces (or encode_text_pieces), not one by
+    one: a piece ending in white space may encode differently alone."""
     for i, p in enumerate(paths):
         with open(p, "r", encoding="utf-8", newline="") as fh:
             carry = ""
@@ -100,11 +105,16 @@ def iter_text(paths: list[Path]) -> Iterator[str]:
             yield "\n"
 
 
+def encode_text_pieces(pieces, tokenizer) -> Iterator[np.ndarray]:
+    """int32 ids of a text given in consecutive pieces: concatenated, exactly
+    the ids of the whole text. Special-token strings in a text are text, not
+    control tokens."""
+    return tokenizer.encode_pieces(pieces, disallowed_special=())
+
+
 def tokenize_to_file(pieces, tokenizer, out: Path) -> np.ndarray:
     """Encodes text pieces into a token file; returns it memory-mapped."""
-    # special-token strings in a training text are text, not control tokens
-    ids = (tokenizer.encode_array(piece, disallowed_special=()) for piece in pieces)
-    write_tokens(out, ids, vocab_size=tokenizer.vocab_size)
+    write_tokens(out, encode_text_pieces(pieces, tokenizer), vocab_size=tokenizer.vocab_size)
     return read_tokens(out)
 
 

@@ -40,9 +40,14 @@ def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | No
     tok = loaded["tokenizer"]
     if tok is None:
         raise DataError(f"{loaded['path']} has no tokenizer: cannot read text")
-    p = data.check_text_file(path)
-    ids = []
-    for piece in data.iter_text([p]):
-        ids.extend(tok.encode(piece, disallowed_special=()))
+    ids = text_tokens(tok, path)
     model = GPT(loaded["cfg"], loaded["params"], device=device or CPU)
-    return evaluate_tokens(model, np.asarray(ids, np.int64), batch_size, max_batches)
+    return evaluate_tokens(model, ids, batch_size, max_batches)
+
+
+def text_tokens(tok, path) -> np.ndarray:
+    """The ids of a text file (read in pieces), exactly those of its whole
+    text: what transformers sees when given the same file and tokenizer."""
+    p = data.check_text_file(path)
+    parts = list(data.encode_text_pieces(data.iter_text([p]), tok))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)

@@ -3,7 +3,10 @@
 Kinds
   char   CharTokenizer: the characters seen in a training text, sorted.
   byte   ByteTokenizer: the 256 byte values of the UTF-8 text.
-  gpt2   GPT2Tokenizer: tiktoken's "gpt2" encoding (50,257 ids).
+  gpt2   GPT2Tokenizer: tiktoken's "gpt2" encoding (50,257 ids), from
+         tiktoken's cache (TIKTOKEN_CACHE_DIR), else from a directory with
+         GPT-2's encoder.json + vocab.bpe ("gpt2:DIR" or MINGPT_GPT2_DIR),
+         else downloaded by tiktoken.
   BPE    BPETokenizer: a byte-level BPE vocabulary trained by
          mingpt_c.bpe_train (or read from GPT-2's encoder.json + vocab.bpe),
          encoded through a tiktoken.Encoding built from its ranks, so encoding
@@ -12,7 +15,11 @@ Kinds
 Common interface: encode(text) -> list[int], encode_array(text) -> int32
 array, decode(ids) -> str, vocab_size, eot_token (id of "<|endoftext|>" or
 None), to_json(), save(path), Tokenizer.load(path); get_tokenizer(spec)
-accepts "char" (with train_text), "byte", "gpt2" or a tokenizer file.
+accepts "char" (with train_text), "byte", "gpt2", "gpt2:DIR" or a tokenizer
+file. encode_pieces(pieces) encodes a text given in consecutive pieces (a
+file read in blocks) to exactly the ids of the whole text: a BPE encodes up
+to the last place where the pre-split cannot depend on what follows and
+carries the rest into the next piece (see "safe cuts" below).
 
 Special tokens follow tiktoken: encode() raises DataError when the text holds
 a special token that is not allowed (the default: none is), encodes the
@@ -38,11 +45,13 @@ File formats: UTF-8 JSON objects with "format" and "version".
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -57,6 +66,10 @@ PATTERNS = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
     "none": r"""[^\n]*\n|[^\n]+""",
 }
+
+# The original GPT-2 release's regex (older tiktoken versions use it for
+# gpt2); it splits as PATTERNS["gpt2"] does.
+_GPT2_ORIGINAL = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # Texts longer than this are cut and encoded on several threads (see _cuts).
 _BATCH_CHARS = 1 << 20
@@ -106,6 +119,14 @@ class Tokenizer:
 
     def encode_array(self, text: str, **special) -> np.ndarray:
         return np.asarray(self.encode(text, **special), dtype=np.int32)
+
+    def encode_pieces(self, pieces: Iterable[str], **special) -> Iterator[np.ndarray]:
+        """int32 ids of a text given in consecutive pieces; concatenated they
+        equal encode_array of the whole text. Here each character is its own
+        token(s), so every piece is encoded alone."""
+        for piece in pieces:
+            if piece:
+                yield self.encode_array(piece, **special)
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -239,25 +260,73 @@ class ByteTokenizer(Tokenizer):
 
 # ---------------------------------------------------------------- byte-level BPE
 
-def _cuts(text: str, specials: Iterable[str]) -> list[str]:
-    """Cuts a long text into about _BATCH_CHARS pieces at "x\\nA" (x printable
-    ASCII, not a space; A an ASCII letter): every pattern ends a chunk there
-    in the same way whether or not the text goes on, so the pieces encode to
-    exactly the ids of the whole. Not cut when a special token holds a newline."""
-    if len(text) <= 2 * _BATCH_CHARS or any("\n" in s for s in specials):
+# ---------------------------------------------------------------- safe cuts
+#
+# A text cut in two encodes piece by piece to the ids of the whole only where
+# the pre-split ends a chunk in the same way whether or not the text goes on.
+# A run of white space is what depends on it: GPT-2's "\s++$|\s+(?!\S)"
+# splits "  \n" + "A" as "  ", "\n", "A" but a piece ending in "  \n" as
+# "  \n". Every pattern below looks at most one character past a run of white
+# space, so a newline followed by a character that is not white space is a
+# safe place, with the cut
+#   gpt2  just before the newline: "x  \nA" splits "x", "  ", "\n", "A" in the
+#         whole and "x", "  " | "\n", "A" in pieces ("\n" then "A" is always
+#         "\s" alone, and "  " is "\s++$" at a piece's end);
+#   gpt4  just after it ("\s*[\r\n]" takes "  \n" as one chunk, as "\s++$"
+#         does at a piece's end; a punctuation run takes its newlines, which
+#         end at the non-space character);
+#   none  just after it (a chunk is a line with its newline).
+# Python's \s covers all of Unicode White_Space (the regex \s) and more, so a
+# character that is \S to Python is never white space to tiktoken. Any other
+# regex is never cut: its pieces are joined and encoded whole.
+# Special tokens: none may hold white space (so none spans a cut), and with
+# allowed specials the character after the newline must not start one (text
+# before a special ends a segment, where "$" matches).
+_CUT_SHIFT = {PATTERNS["gpt2"]: 0, _GPT2_ORIGINAL: 0, PATTERNS["gpt4"]: 1, PATTERNS["none"]: 1}
+
+
+def _cut_rule(pattern_regex: str, specials: Iterable[str], allowed=()) -> tuple[re.Pattern, int] | None:
+    """(regex, shift): text may be cut at m.start() + shift for each match m
+    of regex; None where the pattern or the special tokens allow no cut.
+    specials: the special tokens in play (allowed or checked for); allowed:
+    those encoded as special tokens ("all" for every one)."""
+    shift = _CUT_SHIFT.get(pattern_regex)
+    specials = list(specials)
+    if shift is None or any(ch.isspace() for sp in specials for ch in sp):
+        return None
+    firsts = {sp[0] for sp in (specials if allowed == "all" else allowed) if sp}
+    after = "".join(re.escape(ch) for ch in sorted(firsts))
+    return re.compile(r"\n(?=[^\s" + after + "])"), shift
+
+
+def _cuts(text: str, specials: Iterable[str], pattern_regex: str = PATTERNS["gpt2"],
+          allowed=()) -> list[str]:
+    """Cuts a long text into pieces of about _BATCH_CHARS at safe places (see
+    above), so the pieces encode to exactly the ids of the whole."""
+    rule = _cut_rule(pattern_regex, specials, allowed)
+    if len(text) <= 2 * _BATCH_CHARS or rule is None:
         return [text]
+    pat, shift = rule
     out, start = [], 0
     while len(text) - start > 2 * _BATCH_CHARS:
-        p = text.find("\n", start + _BATCH_CHARS)
-        while p != -1 and not (p + 1 < len(text) and text[p + 1].isascii() and text[p + 1].isalpha()
-                               and "!" <= text[p - 1] <= "~"):
-            p = text.find("\n", p + 1)
-        if p == -1:
+        m = pat.search(text, start + _BATCH_CHARS)
+        if m is None:
             break
-        out.append(text[start:p + 1])
-        start = p + 1
+        out.append(text[start:m.start() + shift])
+        start = m.start() + shift
     out.append(text[start:])
     return out
+
+
+def _last_cut(rule: tuple[re.Pattern, int], before: str, piece: str) -> int | None:
+    """The last safe cut in (text ending in the character before) + piece, as
+    an offset into piece (-1: before that character); None if there is none."""
+    pat, shift = rule
+    text = before[-1:] + piece
+    last = None
+    for m in pat.finditer(text):  # the last match; finditer is linear in the piece
+        last = m
+    return None if last is None else last.start() + shift - len(before[-1:])
 
 
 class BPETokenizer(Tokenizer):
@@ -312,7 +381,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_array(self, text: str, allowed_special=(), disallowed_special="all") -> np.ndarray:
         allowed, disallowed = self._special_args(allowed_special, disallowed_special)
-        parts = _cuts(text, self.special_tokens)
+        parts = _cuts(text, self._specials_in_play(allowed, disallowed), self.pattern_regex, allowed)
         try:
             if len(parts) == 1:
                 return np.asarray(self.enc.encode(text, allowed_special=allowed,
@@ -322,6 +391,37 @@ class BPETokenizer(Tokenizer):
         except ValueError as e:
             raise self._special_error(text, allowed, e) from None
         return np.concatenate([np.asarray(b, dtype=np.int32) for b in batches])
+
+    def encode_pieces(self, pieces: Iterable[str], allowed_special=(),
+                      disallowed_special="all") -> Iterator[np.ndarray]:
+        """int32 ids of a text given in consecutive pieces, equal to
+        encode_array of the joined text: each piece is encoded up to its last
+        safe cut (see "safe cuts") and the rest carried into the next one."""
+        special = dict(allowed_special=allowed_special, disallowed_special=disallowed_special)
+        allowed, disallowed = self._special_args(allowed_special, disallowed_special)
+        rule = _cut_rule(self.pattern_regex, self._specials_in_play(allowed, disallowed), allowed)
+        held: list[str] = []  # the text since the last cut, in pieces: no cut lies inside it
+        for piece in pieces:
+            if not piece:
+                continue
+            k = None if rule is None else _last_cut(rule, held[-1] if held else "", piece)
+            if k is None or (k <= 0 and not held):
+                held.append(piece)
+                continue
+            if k < 0:  # the cut falls before the last held character (a newline)
+                head = "".join(held)
+                text, held = head[:-1], [head[-1] + piece]
+            else:
+                text = "".join(held) + piece[:k]
+                held = [piece[k:]] if k < len(piece) else []
+            if text:
+                yield self.encode_array(text, **special)
+        if held:
+            yield self.encode_array("".join(held), **special)
+
+    def _specials_in_play(self, allowed, disallowed) -> dict[str, int]:
+        """The special tokens the encoding looks for: none when every one is text."""
+        return self.special_tokens if allowed or disallowed else {}
 
     def _special_args(self, allowed_special, disallowed_special):
         if allowed_special is None:
@@ -450,30 +550,43 @@ class BPETokenizer(Tokenizer):
     def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> "BPETokenizer":
         """GPT-2's own files: vocab.bpe (merges in rank order) and encoder.json
         (token string -> id, in GPT-2's byte-to-unicode alphabet)."""
-        byte_of = {ch: b for b, ch in _gpt2_bytes_to_unicode().items()}
-
-        def to_bytes(s: str) -> bytes:
-            try:
-                return bytes(byte_of[c] for c in s)
-            except KeyError:
-                raise CheckpointError(f"GPT-2 token {s!r} has a character outside GPT-2's byte alphabet") from None
-        try:
-            encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
-            lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read the GPT-2 files: {e}") from None
-        # Ranks as GPT-2 defines them: the byte alphabet, then one token per merge.
-        table = [bytes([b]) for b in _gpt2_bytes_to_unicode()]
-        for line in lines[1:]:
-            if line:
-                a, b = line.split(" ")
-                table.append(to_bytes(a) + to_bytes(b))
-        ranks = {b: i for i, b in enumerate(table)}
-        specials = {k: v for k, v in encoder.items() if k == ENDOFTEXT}
-        by_file = {to_bytes(k): v for k, v in encoder.items() if k != ENDOFTEXT}
-        if by_file != ranks:
-            raise CheckpointError("encoder.json and vocab.bpe disagree")
+        ranks, specials = _read_gpt2_files(encoder_json, vocab_bpe)
         return cls(ranks, pattern="gpt2", special_tokens=specials, name="gpt2")
+
+
+def _read_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike):
+    """(ranks, special tokens) from files in GPT-2's format (tiktoken's
+    "data gym"): ranks are the 256 bytes in GPT-2's alphabet order, then one
+    token per merge line of vocab.bpe; encoder.json must give the same ids."""
+    byte_of = {ch: b for b, ch in _gpt2_bytes_to_unicode().items()}
+
+    def to_bytes(s: str) -> bytes:
+        try:
+            return bytes(byte_of[c] for c in s)
+        except KeyError:
+            raise CheckpointError(f"GPT-2 token {s!r} has a character outside GPT-2's byte alphabet") from None
+    try:
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the GPT-2 files: {e}") from None
+    if not isinstance(encoder, dict):
+        raise CheckpointError(f"{encoder_json}: expected a JSON object (token -> id)")
+    # Ranks as GPT-2 defines them: the byte alphabet, then one token per merge.
+    table = [bytes([b]) for b in _gpt2_bytes_to_unicode()]
+    for n, line in enumerate(lines[1:], 2):
+        line = line.rstrip("\r")
+        if line:
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise CheckpointError(f"{vocab_bpe} line {n}: expected two tokens separated by a space")
+            table.append(to_bytes(parts[0]) + to_bytes(parts[1]))
+    ranks = {b: i for i, b in enumerate(table)}
+    specials = {k: v for k, v in encoder.items() if k == ENDOFTEXT}
+    by_file = {to_bytes(k): v for k, v in encoder.items() if k != ENDOFTEXT}
+    if by_file != ranks:
+        raise CheckpointError(f"{encoder_json} and {vocab_bpe} disagree")
+    return ranks, specials
 
 
 def _gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -490,19 +603,109 @@ def _gpt2_bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+# ---------------------------------------------------------------- GPT-2
+
+GPT2_DIR_ENV = "MINGPT_GPT2_DIR"
+# tiktoken builds "gpt2" from these two files and caches each under the sha1
+# of its address in TIKTOKEN_CACHE_DIR (see tiktoken/load.py).
+_GPT2_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+              "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
+# Names of the pair in a directory: GPT-2's release, or a Hugging Face model.
+_GPT2_NAMES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+# sha256 of GPT-2's 50,256 mergeable tokens in id order (see _ranks_digest).
+_GPT2_DIGEST = "7cff19521369c7f5f5ed77ed7b730e7491800afb47d01d341e12b3ca740d8543"
+_GPT2_ENCODINGS: dict[str, object] = {}  # directory -> tiktoken.Encoding, built once per process
+
+
+def _ranks_digest(ranks: dict[bytes, int]) -> str:
+    h = hashlib.sha256()
+    for piece in sorted(ranks, key=ranks.__getitem__):
+        h.update(len(piece).to_bytes(4, "little") + piece)
+    return h.hexdigest()
+
+
+def _tiktoken_cache_has_gpt2() -> bool:
+    """Whether tiktoken would find both gpt2 files in its cache (the same
+    directory choice as tiktoken.load.read_file_cached), so loading it
+    touches no network."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return bool(cache) and all(
+        os.path.isfile(os.path.join(cache, hashlib.sha1(url.encode()).hexdigest()))
+        for url in _GPT2_URLS.values())
+
+
+def gpt2_files_in(d: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(encoder.json, vocab.bpe) in directory d, under GPT-2's or Hugging
+    Face's names (vocab.json, merges.txt); None if d holds neither pair."""
+    for enc, bpe in _GPT2_NAMES:
+        if (Path(d) / enc).is_file() and (Path(d) / bpe).is_file():
+            return Path(d) / enc, Path(d) / bpe
+    return None
+
+
+def _gpt2_from_dir(d: str | os.PathLike, how: str):
+    """tiktoken's gpt2 Encoding built from GPT-2's files in directory d; how
+    ("gpt2:" or "MINGPT_GPT2_DIR=") says where d came from, for the errors."""
+    import tiktoken
+
+    key = os.path.realpath(d)
+    if key in _GPT2_ENCODINGS:
+        return _GPT2_ENCODINGS[key]
+    if not Path(d).is_dir():
+        raise DataError(f"{how}{d} is not a directory: give one holding GPT-2's "
+                        "encoder.json and vocab.bpe")
+    files = gpt2_files_in(d)
+    if files is None:
+        raise DataError(f"{how}{d} holds no encoder.json + vocab.bpe "
+                        "(or vocab.json + merges.txt): give the directory with GPT-2's files")
+    ranks, specials = _read_gpt2_files(*files)
+    if _ranks_digest(ranks) != _GPT2_DIGEST or specials != {ENDOFTEXT: len(ranks)}:
+        raise CheckpointError(f"{files[0]} and {files[1]} are not GPT-2's vocabulary; "
+                              "use GPT-2's files, or train a tokenizer file")
+    enc = tiktoken.Encoding(name="gpt2", pat_str=PATTERNS["gpt2"], mergeable_ranks=ranks,
+                            special_tokens=specials, explicit_n_vocab=len(ranks) + 1)
+    _GPT2_ENCODINGS[key] = enc
+    return enc
+
+
+def _gpt2_encoding(gpt2_dir: str | os.PathLike | None = None):
+    """GPT-2's tiktoken Encoding from gpt2_dir if given; else tiktoken's cache
+    if it holds the files; else the directory in $MINGPT_GPT2_DIR; else a
+    download by tiktoken. Fails with one line naming what to provide."""
+    import tiktoken
+
+    if gpt2_dir is not None:
+        return _gpt2_from_dir(gpt2_dir, "gpt2:")
+    if _tiktoken_cache_has_gpt2():
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception:  # a damaged cache: try the other sources
+            pass
+    if os.environ.get(GPT2_DIR_ENV):
+        return _gpt2_from_dir(os.environ[GPT2_DIR_ENV], GPT2_DIR_ENV + "=")
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # no network, a proxy, a blocked host: tiktoken's long trace is no help
+        raise DataError(f"cannot load the GPT-2 tokenizer (offline? tiktoken's download failed: "
+                        f"{type(e).__name__}): set {GPT2_DIR_ENV} (or pass --tokenizer gpt2:DIR) to a "
+                        "directory holding GPT-2's encoder.json and vocab.bpe, or TIKTOKEN_CACHE_DIR "
+                        "to a tiktoken cache that holds gpt2") from None
+
+
 class GPT2Tokenizer(BPETokenizer):
-    """tiktoken's "gpt2" encoding (downloads or reads tiktoken's cache once)."""
+    """tiktoken's "gpt2" encoding; gpt2_dir: a directory with GPT-2's
+    encoder.json + vocab.bpe to build it from (see _gpt2_encoding for where
+    it is looked for otherwise). Saved as a reference to GPT-2, not its tables."""
 
     kind = "gpt2"
 
-    def __init__(self):
-        import tiktoken
-
-        try:
-            enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:  # network or cache trouble inside tiktoken
-            raise DataError(f"tiktoken could not load the gpt2 encoding ({e}); set "
-                            "TIKTOKEN_CACHE_DIR to a folder holding its files when offline") from None
+    def __init__(self, gpt2_dir: str | os.PathLike | None = None):
+        enc = _gpt2_encoding(gpt2_dir)
         self.enc = enc
         self.ranks = enc._mergeable_ranks
         self.pattern = "gpt2"
@@ -525,7 +728,8 @@ _FORMATS = {"mingpt-char": CharTokenizer, "mingpt-byte": ByteTokenizer,
 
 
 def get_tokenizer(spec: str | os.PathLike, train_text: str | None = None) -> Tokenizer:
-    """"char" (needs train_text), "byte", "gpt2", or the path of a tokenizer file."""
+    """"char" (needs train_text), "byte", "gpt2", "gpt2:DIR" (GPT-2 built from
+    DIR's encoder.json + vocab.bpe), or the path of a tokenizer file."""
     if spec == "char":
         if train_text is None:
             raise ShapeError("the char tokenizer is built from a training text; none was given")
@@ -534,8 +738,10 @@ def get_tokenizer(spec: str | os.PathLike, train_text: str | None = None) -> Tok
         return ByteTokenizer()
     if spec == "gpt2":
         return GPT2Tokenizer()
+    if isinstance(spec, str) and spec.startswith("gpt2:") and not Path(spec).is_file():
+        return GPT2Tokenizer(gpt2_dir=os.path.expanduser(spec[len("gpt2:"):]))
     if not Path(spec).is_file():
-        raise DataError(f"tokenizer {str(spec)!r} is neither char, byte, gpt2 nor a tokenizer file")
+        raise DataError(f"tokenizer {str(spec)!r} is neither char, byte, gpt2, gpt2:DIR nor a tokenizer file")
     return Tokenizer.load(spec)
 
 
