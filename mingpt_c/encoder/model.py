@@ -3,7 +3,7 @@ key padding mask, BERT's embeddings and two heads.
 
     x = LN_emb(wte[tokens] + wpe[:T] + tte[types]        (B, T, C)
                [+ wbi[bigram(tokens)]])
-    x = block_i(x)   causal=False, key_mask, post-LN (BERT) by default
+    x = block_i(x)   causal=False, key_mask, post-LN (BERT) by default (nn/stack.py)
     MLM:  logits = LN(gelu(dense(x[masked]))) @ wte^T + bias   (M, V), tied decoder
     CLS:  logits = classifier(pool(x))                          (B, K)
           pool = x[:, 0] ([CLS]), or the mean or the per-channel maximum
@@ -45,10 +45,10 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import ShapeError
-from mingpt_c.nn.block import BlockGrads, block_acts, block_backward, block_forward
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.params import Layout, bind_buffers
+from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
 IGNORE = ops.IGNORE_INDEX
@@ -214,17 +214,18 @@ def _host_copy(a) -> np.ndarray:
     return a.copy() if isinstance(a, np.ndarray) else a.numpy()
 
 
-class _Acts:
-    """Activations for one (B, T), on the model's device. On the GPU the batch
-    (tokens, mask, types, bigram ids, labels) is range-checked on the host and
-    uploaded into the int32 buffers here; on the CPU the kernels read the
-    host arrays themselves."""
+class _Acts(StackActs):
+    """Activations for one (B, T), on the model's device: the stack's (blocks,
+    dx...) and the embeddings' and heads'. On the GPU the batch (tokens, mask,
+    types, bigram ids, labels) is range-checked on the host and uploaded into
+    the int32 buffers here; on the CPU the kernels read the host arrays
+    themselves."""
 
-    def __init__(self, cfg: EncoderConfig, B: int, T: int, with_grads: bool, dev: Device):
+    def __init__(self, cfg: EncoderConfig, stack: Stack, B: int, T: int, with_grads: bool, dev: Device):
+        super().__init__(stack, B, T, with_grads)
         C, K = cfg.n_embd, cfg.num_labels
         e = lambda *s: dev.empty(s)
         i32 = lambda *s: dev.empty(s, np.int32)
-        self.B, self.T = B, T
         self.tokens = self.mask = self.types = self.bigrams = self.labels = None  # the GPU's batch
         if dev.is_cuda:
             self.tokens, self.mask, self.types = i32(B, T), i32(B, T), i32(B, T)
@@ -240,9 +241,6 @@ class _Acts:
         self.x0, self.x0_mean, self.x0_rstd = e(B, T, C), e(B, T), e(B, T)
         self.x0_drop = e(B, T, C) if cfg.dropout > 0 else None
         self.x0_mask = dev.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        # The CPU call keeps block_acts' CPU signature (a test swaps in its own builder).
-        on = {"dev": dev} if dev.is_cuda else {}
-        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout, cfg.pre_ln, **on)
         if cfg.pre_ln:
             self.lnf, self.lnf_mean, self.lnf_rstd = e(B, T, C), e(B, T), e(B, T)
         if K:
@@ -252,9 +250,7 @@ class _Acts:
                 self.pool_scale = e(B, B)              # diag(1 / tokens of row b)
                 self.pool_sum = dev.zeros((B + 1, C))  # row B collects the pads
                 self.dpool = dev.zeros((B + 1, C))     # row B stays 0: the pads' gradient
-        self.grads = BlockGrads(B, T, C, cfg.n_head, dev) if with_grads else None
         if with_grads:
-            self.dx = [e(B, T, C) for _ in range(2)]
             self.dh = dev.zeros((B, T, C))
             if K:
                 self.dlosses, self.dpooled = e(B), e(B, C)
@@ -294,8 +290,8 @@ class Encoder:
         self.device = device
         bind_buffers(self, Layout(encoder_slots(cfg)), params,
                      lambda: self.layout.init(cfg, np.random.default_rng(seed)), device)
-        self._layer_p = [self._layer_views(self.p, i) for i in range(cfg.n_layer)]
-        self._layer_g = [self._layer_views(self.g, i) for i in range(cfg.n_layer)]
+        self.stack = Stack(cfg, self.p, self.g, self._layer_views, causal=False, act=cfg.act,
+                           pre_ln=cfg.pre_ln, device=device)
         self._acts: _Acts | None = None
         self._head: _MLMHead | None = None
         self._last = None
@@ -315,7 +311,7 @@ class Encoder:
         a = self._acts
         if a is None or a.B != B or a.T != T or (with_grads and a.grads is None):
             self._acts = None  # free the old buffers before allocating the new ones
-            a = self._acts = _Acts(self.cfg, B, T, with_grads, self.device)
+            a = self._acts = _Acts(self.cfg, self.stack, B, T, with_grads, self.device)
         return a
 
     def _head_views(self, M: int) -> SimpleNamespace:
@@ -374,9 +370,7 @@ class Encoder:
         x = a.x0
         if drop > 0:
             x, _ = ops.dropout_forward(a.x0, drop, mix_seed(seed, 0), a.x0_drop, a.x0_mask)
-        for i, ba in enumerate(a.blocks):
-            x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, False, mask_in,
-                              drop, mix_seed(seed, 2 * i + 1), act=cfg.act, pre_ln=cfg.pre_ln)
+        x = self.stack.forward(a, x, drop, seed, mask_in)                        # (B, T, C)
         if cfg.pre_ln:
             ops.layernorm_forward(x, self.p[PREFIX + "encoder.ln_f.weight"], self.p[PREFIX + "encoder.ln_f.bias"],
                                   cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
@@ -391,22 +385,17 @@ class Encoder:
         _, types, tok_in, types_in, bg_in = self._trunk
         a = self._acts
         drop = cfg.dropout
-        dx, dnext = a.dx
         if cfg.pre_ln:
-            ops.fill(dx, 0)
-            ops.layernorm_backward(dh, a.blocks[-1].out, self.p[PREFIX + "encoder.ln_f.weight"],
-                                   a.lnf_mean, a.lnf_rstd, dx, self.g[PREFIX + "encoder.ln_f.weight"],
+            ops.fill(a.dout, 0)
+            ops.layernorm_backward(dh, a.stack_out, self.p[PREFIX + "encoder.ln_f.weight"],
+                                   a.lnf_mean, a.lnf_rstd, a.dout, self.g[PREFIX + "encoder.ln_f.weight"],
                                    self.g[PREFIX + "encoder.ln_f.bias"])
         else:
-            ops.copy(dx, dh)
-        for i in range(cfg.n_layer - 1, -1, -1):
-            x_in = a.blocks[i - 1].out if i > 0 else (a.x0_drop if drop > 0 else a.x0)
-            block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
-                           a.grads, cfg.n_head, False, drop, act=cfg.act, pre_ln=cfg.pre_ln)
-            dx, dnext = dnext, dx
-        dx0, demb = dx, dnext   # dnext is free scratch now
-        if drop > 0:            # and dx once it is dropped out
-            dx0, demb = ops.dropout_backward(dx, a.x0_mask, drop, dnext, accumulate=False), dx
+            ops.copy(a.dout, dh)
+        dx, free = self.stack.backward(a)                                        # (B, T, C)
+        dx0, demb = dx, free
+        if drop > 0:            # dx is free once it is dropped out
+            dx0, demb = ops.dropout_backward(dx, a.x0_mask, drop, free, accumulate=False), dx
         e = PREFIX + "embeddings."
         ops.fill(demb, 0)
         ops.layernorm_backward(dx0, a.emb, self.p[e + "LayerNorm.weight"], a.x0_mean, a.x0_rstd,

@@ -2,7 +2,7 @@
 a tied language-model head, softmax cross-entropy.
 
     x = wte[tokens] + wpe[:T]                 (B, T, C)
-    x = block_i(x)  for i in 0..n_layer-1     causal
+    x = block_i(x)  for i in 0..n_layer-1     causal (the stack, nn/stack.py)
     logits = ln_f(x) @ wte^T                  (B, T, V)
     loss = mean cross-entropy over targets != ignore_index
 
@@ -18,10 +18,10 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.device import CPU, Device
 from mingpt_c.errors import ShapeError
-from mingpt_c.nn.block import BlockGrads, block_acts, block_backward, block_forward
 from mingpt_c.gpt.config import GPTConfig
 from mingpt_c.nn.params import Layout, bind_buffers, sub_views
 from mingpt_c.nn.seeds import mix_seed
+from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
 IGNORE = ops.IGNORE_INDEX
@@ -43,24 +43,23 @@ def gpt_slots(cfg: GPTConfig) -> list[tuple[str, tuple, str]]:
     return s
 
 
-class _Acts:
-    def __init__(self, cfg: GPTConfig, B: int, T: int, with_grads: bool, dev: Device):
+class _Acts(StackActs):
+    """The stack's buffers (blocks, dx...) and the embeddings' and head's."""
+
+    def __init__(self, cfg: GPTConfig, stack: Stack, B: int, T: int, with_grads: bool, dev: Device):
+        super().__init__(stack, B, T, with_grads)
         C, V = cfg.n_embd, cfg.vocab_size
         e = lambda *s: dev.empty(s)
-        self.B, self.T = B, T
         self.tokens = self.targets = None   # device copies of the batch (GPU only)
         if dev.is_cuda:
             self.tokens, self.targets = dev.empty((B, T), np.int32), dev.empty((B, T), np.int32)
         self.emb = e(B, T, C)
         self.emb_drop = e(B, T, C) if cfg.dropout > 0 else None
         self.emb_mask = dev.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = block_acts(cfg.n_layer, B, T, C, cfg.n_head, cfg.dropout, dev=dev)
         self.lnf, self.lnf_mean, self.lnf_rstd = e(B, T, C), e(B, T), e(B, T)
         self.logits = e(B, T, V)   # becomes probs, then dlogits, in place
         self.losses = e(B, T)
-        self.grads = BlockGrads(B, T, C, cfg.n_head, dev) if with_grads else None
         if with_grads:
-            self.dx = [e(B, T, C) for _ in range(2)]
             self.dlnf = dev.zeros((B, T, C))
             self.dlosses = e(B, T)
 
@@ -75,8 +74,9 @@ class GPT:
         self.device = device
         bind_buffers(self, Layout(gpt_slots(cfg)), params,
                      lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std), device)
-        self._layer_p = [sub_views(self.p, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
-        self._layer_g = [sub_views(self.g, f"transformer.h.{i}.") for i in range(cfg.n_layer)]
+        self.stack = Stack(cfg, self.p, self.g, lambda v, i: sub_views(v, f"transformer.h.{i}."),
+                           causal=True, device=device)
+        self._layer_p = self.stack.layer_p   # gpt/sample.py's cached forward reads them
         self._acts: _Acts | None = None
         self._last = None  # (tokens, targets, n_valid, seed) of the last training forward
 
@@ -87,7 +87,7 @@ class GPT:
         a = self._acts
         if a is None or a.B != B or a.T != T or (with_grads and a.grads is None):
             self._acts = None   # free the old shape's buffers first
-            a = self._acts = _Acts(self.cfg, B, T, with_grads, self.device)
+            a = self._acts = _Acts(self.cfg, self.stack, B, T, with_grads, self.device)
         return a
 
     # ------------------------------------------------------------ forward
@@ -115,9 +115,7 @@ class GPT:
         x = a.emb
         if drop > 0:
             x, _ = ops.dropout_forward(a.emb, drop, mix_seed(seed, 0), a.emb_drop, a.emb_mask)
-        for i, ba in enumerate(a.blocks):
-            x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, True, None,
-                              drop, mix_seed(seed, 2 * i + 1))
+        x = self.stack.forward(a, x, drop, seed)                                  # (B, T, C)
         ops.layernorm_forward(x, self.p["transformer.ln_f.weight"], self.p["transformer.ln_f.bias"],
                               cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
         ops.matmul_forward(a.lnf, self.p["transformer.wte.weight"], None, a.logits)  # (B, T, V)
@@ -152,19 +150,12 @@ class GPT:
         dlogits = ops.crossentropy_backward(a.dlosses, a.logits, targets, IGNORE, a.logits)
         ops.matmul_backward(dlogits, a.lnf, self.p["transformer.wte.weight"], a.dlnf,
                             self.g["transformer.wte.weight"], need_db=False, overwrite_dx=True)
-        dx, dnext = a.dx
-        ops.fill(dx, 0)
-        x_last = a.blocks[-1].out
-        ops.layernorm_backward(a.dlnf, x_last, self.p["transformer.ln_f.weight"], a.lnf_mean, a.lnf_rstd,
-                               dx, self.g["transformer.ln_f.weight"], self.g["transformer.ln_f.bias"])
-        for i in range(cfg.n_layer - 1, -1, -1):
-            x_in = a.blocks[i - 1].out if i > 0 else (a.emb_drop if drop > 0 else a.emb)
-            block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
-                           a.grads, cfg.n_head, True, drop)
-            dx, dnext = dnext, dx
-        demb = dx
+        ops.fill(a.dout, 0)
+        ops.layernorm_backward(a.dlnf, a.stack_out, self.p["transformer.ln_f.weight"], a.lnf_mean, a.lnf_rstd,
+                               a.dout, self.g["transformer.ln_f.weight"], self.g["transformer.ln_f.bias"])
+        demb, free = self.stack.backward(a)                                      # (B, T, C)
         if drop > 0:
-            demb = ops.dropout_backward(dx, a.emb_mask, drop)
+            demb = ops.dropout_backward(demb, a.emb_mask, drop, free, accumulate=False)
         ops.embedding_backward(demb, tokens, cfg.vocab_size, cfg.block_size,
                                self.g["transformer.wte.weight"], self.g["transformer.wpe.weight"])
         self._last = None

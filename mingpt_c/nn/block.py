@@ -1,4 +1,5 @@
-"""The transformer block: the only place the layer order is written.
+"""The transformer block: the only place the order of a block's layers is
+written (nn/stack.py runs n of them in order).
 
 Pre-layernorm block (GPT-2, ViT; the default, pre_ln=True):
     x1 = x  + drop(proj(attn(ln_1(x))))
@@ -6,10 +7,10 @@ Pre-layernorm block (GPT-2, ViT; the default, pre_ln=True):
 Post-layernorm block (BERT, pre_ln=False):
     x1 = ln_1(x  + drop(proj(attn(x))))
     x2 = ln_2(x1 + drop(mlp_proj(gelu(fc(x1)))))
-The GPT, the encoder and the ViT all run this block; they differ in the
-`causal` flag, the key padding mask, the layernorm order, the GELU (`act`:
-"gelu_tanh" as GPT-2, or "gelu", exact erf, as BERT and ViT), the embedding
-and the head.
+The GPT, the encoder and the ViT all run this block (through the stack);
+they differ in the `causal` flag, the key padding mask, the layernorm order,
+the GELU (`act`: "gelu_tanh" as GPT-2, or "gelu", exact erf, as BERT and
+ViT), the embedding and the head.
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
 training step allocates nothing in the hot path. The buffers come from the
@@ -116,7 +117,8 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
 def attention_half_forward(a, x: np.ndarray, p: dict, n_head: int, eps: float, causal: bool,
                            key_mask=None) -> None:
     """The pre-LN block up to the attention output: a.ln1, a.qkv, a.att, a.atty
-    (a may be any object with those buffers, as ViT's last block)."""
+    (a may be any object with those buffers, as the stack's first-row last
+    block)."""
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
     ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
@@ -126,7 +128,7 @@ def after_attention_forward(a: BlockActs, x: np.ndarray, p: dict, eps: float, dr
                             seed: int, act: str) -> np.ndarray:
     """The pre-LN block from the attention output a.atty on: its projection,
     the first residual (onto x), and the MLP half. Rows are independent here,
-    so a caller may run it on a subset of the tokens (ViT's last block)."""
+    so a caller may run it on a subset of the tokens (the stack's cls_only)."""
     ops.matmul_forward(a.atty, p["attn.c_proj.weight"], p["attn.c_proj.bias"], a.attproj)
     branch = a.attproj
     if dropout > 0:

@@ -17,10 +17,8 @@ Two facts let the flat buffer serve the C kernels without any copy:
     so together they are the block's packed c_attn weight (3C, C) and bias (3C).
 The final layernorm only runs on the class token: the head reads nothing else.
 For the same reason the last block computes only what reaches the class
-token: layernorm, qkv and attention for every token (all are keys and values
-of the class token's attention), then the projection and the MLP on the class
-row alone. The logits are those of the full block; a 4-layer, width-64
-training step on 28x28 images with patch 7 took about 12% less time.
+token (the stack's cls_only, nn/stack.py): layernorm, qkv and attention for
+every token, then the projection and the MLP on the class row alone.
 
 With device="cuda" every buffer lives in GPU memory, as the GPT's. A step
 uploads its patchified batch; the embedding (class token, patch projections,
@@ -37,11 +35,12 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import ShapeError
-from mingpt_c.nn.block import (ACTS, BlockActs, BlockGrads, after_attention_backward, after_attention_forward, attention_half_backward, attention_half_forward, block_acts, block_backward, block_forward)
+from mingpt_c.nn.block import ACTS
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.params import Layout, bind_buffers
+from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
 
@@ -263,37 +262,13 @@ def check_images(cfg: ViTConfig, images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- model
 
 
-class _LastBlock:
-    """Buffers of the last block, whose output the head reads only at the
-    class token. ln_1, qkv and the attention run on all T rows (every token is
-    a key and a value of the class token's query; the attention kernel is a
-    small share of the block); `rest`, a block of one row per image, holds
-    everything from the class token's attention output on, and `grads` its
-    backward scratch. The class rows (row b*T of a (B*T, C) buffer) are
-    gathered as embedding lookups (ids `rows`, a zero position row) and
-    scattered back by the embedding backward, on either device."""
+class _Acts(StackActs):
+    """The stack's buffers (blocks, last, dx...) and the embedding's and head's."""
 
-    def __init__(self, B: int, T: int, C: int, NH: int, dropout: float, with_grads: bool,
-                 dev: Device = CPU):
-        e = lambda *s: dev.empty(s)
-        self.ln1, self.ln1_mean, self.ln1_rstd = e(B, T, C), e(B, T), e(B, T)
-        self.qkv = e(B, T, 3 * C)
-        self.atty = e(B, T, C)
-        self.att = e(B, NH, T, T)
-        self.x_cls = e(B, 1, C)         # the class token's input: the first residual's
-        self.rows = dev.put(np.arange(B, dtype=np.int32)[:, None] * T)   # (B, 1)
-        self.zero_row = dev.zeros((1, C))
-        self.rest = BlockActs(B, 1, C, NH, dropout, dev=dev)
-        self.grads = BlockGrads(B, 1, C, NH, dev) if with_grads else None
-        self.dx_cls = e(B, 1, C) if with_grads else None
-        self.datty = e(B, T, C) if with_grads else None  # zeroed each step: rows > 0 stay 0
-
-
-class _Acts:
-    def __init__(self, cfg: ViTConfig, B: int, with_grads: bool, dev: Device = CPU):
+    def __init__(self, cfg: ViTConfig, stack: Stack, B: int, with_grads: bool, dev: Device = CPU):
+        super().__init__(stack, B, cfg.seq_len, with_grads)
         C, T, K, Np = cfg.n_embd, cfg.seq_len, cfg.num_classes, cfg.num_patches
         e = lambda *s: dev.empty(s)
-        self.B = B
         self.patches = e(B, Np, cfg.patch_dim)
         # the GPU's input: patchified on the host (a re-layout of the batch, the
         # images' own bytes), then uploaded from here
@@ -310,20 +285,15 @@ class _Acts:
         self.emb = e(B, T, C)
         self.emb_drop = e(B, T, C) if cfg.dropout > 0 else None
         self.emb_mask = dev.empty((B, T, C), np.uint8) if cfg.dropout > 0 else None
-        self.blocks = block_acts(cfg.n_layer - 1, B, T, C, cfg.n_head, cfg.dropout, dev=dev)  # all but the last
-        self.last = _LastBlock(B, T, C, cfg.n_head, cfg.dropout, with_grads, dev)
         self.cls = e(B, C)
         self.lnf, self.lnf_mean, self.lnf_rstd = e(B, C), e(B), e(B)
         self.logits = e(B, K)
         # the loss (with label smoothing, nn/loss.py) runs on the host
         self.probs = np.empty((B, K), F32)
         self.losses = np.empty(B, F32)
-        self.grads = BlockGrads(B, T, C, cfg.n_head, dev) if with_grads else None
         if with_grads:
             self.dlogits = e(B, K) if dev.is_cuda else None   # the host's dlogits, uploaded
-            self.dx = [e(B, T, C) for _ in range(2)]
             self.dcls = dev.zeros((B, C))      # d(layernormed class token)
-            self.dcls_in = dev.zeros((B, C))   # d(class token out of the last block)
             self.dtable = e(1 + B * Np, C)     # zeroed each step; row 0: d(class token)
             self.dpe = self.dtable.reshape(-1)[C:].reshape(B, Np, C)
             self.dpos = e(T, C)
@@ -342,8 +312,8 @@ class ViT:
         C = cfg.n_embd
         self._wp = self.p["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
         self._dwp = self.g["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
-        self._layer_p = [block_views(self.layout, self.params, i) for i in range(cfg.n_layer)]
-        self._layer_g = [block_views(self.layout, self.grads, i) for i in range(cfg.n_layer)]
+        self.stack = Stack(cfg, self.params, self.grads, lambda buf, i: block_views(self.layout, buf, i),
+                           causal=False, act=cfg.act, cls_only=True, device=device)
         self._acts: _Acts | None = None
         self._last = None
 
@@ -354,7 +324,7 @@ class ViT:
         a = self._acts
         if a is None or a.B != B or (with_grads and a.grads is None):
             self._acts = None   # free the old buffers first
-            a = self._acts = _Acts(self.cfg, B, with_grads, self.device)
+            a = self._acts = _Acts(self.cfg, self.stack, B, with_grads, self.device)
         return a
 
     # ------------------------------------------------------------ forward
@@ -382,11 +352,7 @@ class ViT:
         x = a.emb
         if drop > 0:
             x, _ = ops.dropout_forward(a.emb, drop, mix_seed(seed, 0), a.emb_drop, a.emb_mask)
-        for i, ba in enumerate(a.blocks):
-            x = block_forward(ba, x, self._layer_p[i], cfg.n_head, cfg.layer_norm_eps, False, None,
-                              drop, mix_seed(seed, 2 * i + 1), cfg.act)
-        L = cfg.n_layer - 1
-        out = self._last_forward(a.last, x, self._layer_p[L], drop, mix_seed(seed, 2 * L + 1))  # (B, 1, C)
+        out = self.stack.forward(a, x, drop, seed)                                # (B, 1, C)
         ops.copy(a.cls, out.reshape(B, C))
         ops.layernorm_forward(a.cls, self.p["vit.layernorm.weight"], self.p["vit.layernorm.bias"],
                               cfg.layer_norm_eps, a.lnf, a.lnf_mean, a.lnf_rstd)
@@ -406,33 +372,7 @@ class ViT:
     def attentions(self) -> list[np.ndarray]:
         """Attention probabilities (B, NH, T, T) of each layer, from the last
         forward (host arrays: on the GPU, copies)."""
-        return [to_host(ba.att) for ba in self._acts.blocks] + [to_host(self._acts.last.att)]
-
-    def _last_forward(self, lb: _LastBlock, x, p: dict, drop: float, seed: int):
-        """The last block at the class token: x (B, T, C) -> (B, 1, C)."""
-        cfg = self.cfg
-        B, T, C = x.shape
-        attention_half_forward(lb, x, p, cfg.n_head, cfg.layer_norm_eps, False)
-        # the class rows of the attention output and of the input
-        ops.embedding_forward(lb.rows, lb.atty.reshape(B * T, C), lb.zero_row, lb.rest.atty)
-        ops.embedding_forward(lb.rows, x.reshape(B * T, C), lb.zero_row, lb.x_cls)
-        return after_attention_forward(lb.rest, lb.x_cls, p, cfg.layer_norm_eps, drop, seed, cfg.act)
-
-    def _last_backward(self, dx, dcls, lb: _LastBlock, x, p: dict, g: dict, s: BlockGrads,
-                       drop: float) -> None:
-        """dcls (B, C) = dL/d(class token out of the last block) -> dx (B, T,
-        C) = dL/d(its input), written; parameter gradients added into g."""
-        cfg = self.cfg
-        B, T, C = x.shape
-        after_attention_backward(lb.dx_cls, dcls.reshape(B, 1, C), lb.rest, p, g, lb.grads, drop, cfg.act)
-        # only the class token's attention output was used: the other rows of
-        # datty are 0, and the kernel gives their queries a zero gradient
-        ops.fill(lb.datty, 0)
-        ops.embedding_backward(lb.grads.datty, lb.rows, B * T, 1, lb.datty.reshape(B * T, C),
-                               need_dwpe=False)
-        ops.fill(dx, 0)                                          # the first residual reaches the class rows
-        ops.embedding_backward(lb.dx_cls, lb.rows, B * T, 1, dx.reshape(B * T, C), need_dwpe=False)
-        attention_half_backward(dx, lb.datty, lb, x, p, g, s, cfg.n_head, False)
+        return [to_host(att) for att in self._acts.attention_maps()]
 
     # ------------------------------------------------------------ backward
 
@@ -451,21 +391,12 @@ class ViT:
         ops.fill(a.dcls, 0)
         ops.matmul_backward(dlogits, a.lnf, self.p["classifier.weight"], a.dcls,
                             self.g["classifier.weight"], self.g["classifier.bias"])
-        dx, dnext = a.dx
-        ops.fill(a.dcls_in, 0)
+        ops.fill(a.dout, 0)    # d(class token out of the stack) (B, 1, C)
         ops.layernorm_backward(a.dcls, a.cls, self.p["vit.layernorm.weight"], a.lnf_mean, a.lnf_rstd,
-                               a.dcls_in, self.g["vit.layernorm.weight"], self.g["vit.layernorm.bias"])
-        L = cfg.n_layer - 1
-        x_in = a.blocks[L - 1].out if L > 0 else (a.emb_drop if drop > 0 else a.emb)
-        self._last_backward(dx, a.dcls_in, a.last, x_in, self._layer_p[L], self._layer_g[L], a.grads, drop)
-        for i in range(L - 1, -1, -1):
-            x_in = a.blocks[i - 1].out if i > 0 else (a.emb_drop if drop > 0 else a.emb)
-            block_backward(dnext, dx, a.blocks[i], x_in, self._layer_p[i], self._layer_g[i],
-                           a.grads, cfg.n_head, False, drop, cfg.act)
-            dx, dnext = dnext, dx
-        demb = dx                                                                       # (B, T, C)
-        if drop > 0:   # into dnext, free now
-            demb = ops.dropout_backward(dx, a.emb_mask, drop, dnext, accumulate=False)
+                               a.dout.reshape(a.B, C), self.g["vit.layernorm.weight"], self.g["vit.layernorm.bias"])
+        demb, free = self.stack.backward(a)                                             # (B, T, C)
+        if drop > 0:
+            demb = ops.dropout_backward(demb, a.emb_mask, drop, free, accumulate=False)
         # The lookup's backward: d(table) (row 0: the class token's, summed
         # over the batch; then d(patch projections)) and d(positions) (summed
         # over the batch), each sum in batch order from 0, then added to the

@@ -217,15 +217,15 @@ def test_stack_shares_the_projection_outputs(monkeypatch, pre_ln):
     """The projections' outputs (and their dropped-out copies) are read only in
     the forward, so a stack keeps one pair for all its layers: the gradients
     are the bits of a pair per layer."""
-    from mingpt_c.nn import block
-    from mingpt_c.encoder import model as encoder_module
+    from mingpt_c.device import CPU
+    from mingpt_c.nn import block, stack
 
-    def separate(n_layer, B, T, C, NH, dropout, pre_ln=True):
-        return [block.BlockActs(B, T, C, NH, dropout, pre_ln) for _ in range(n_layer)]
+    def separate(n_layer, B, T, C, NH, dropout, pre_ln=True, dev=CPU):
+        return [block.BlockActs(B, T, C, NH, dropout, pre_ln, dev=dev) for _ in range(n_layer)]
 
     grads = []
     for builder in (block.block_acts, separate):
-        monkeypatch.setattr(encoder_module, "block_acts", builder)
+        monkeypatch.setattr(stack, "block_acts", builder)   # the stack's buffers are made with it
         model, g = _stack_grads(pre_ln)
         first, last = model._acts.blocks[0], model._acts.blocks[-1]
         shared = builder is block.block_acts

@@ -165,7 +165,7 @@ def test_last_block_runs_the_class_row_only(rng):
     assert a.last.rest.out.shape == (3, 1, 32)
     T, L = model.cfg.seq_len, model.cfg.n_layer
     full = block_acts(1, 3, T, 32, 4, 0.0)[0]
-    h = block_forward(full, a.blocks[-1].out, model._layer_p[L - 1], 4, model.cfg.layer_norm_eps, False,
+    h = block_forward(full, a.blocks[-1].out, model.stack.layer_p[L - 1], 4, model.cfg.layer_norm_eps, False,
                       None, 0.0, 0, model.cfg.act)
     assert_close(a.last.rest.out[:, 0], h[:, 0], rtol=1e-5, atol=1e-6)
     assert [att.shape for att in model.attentions()] == [(3, 4, T, T)] * L
