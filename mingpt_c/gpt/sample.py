@@ -22,6 +22,7 @@ from mingpt_c import ops
 from mingpt_c.device import to_host
 from mingpt_c.errors import DataError
 from mingpt_c.gpt.model import GPT
+from mingpt_c.nn.block import BlockActs, after_attention_forward, attention_half_forward
 
 F32 = np.float32
 
@@ -37,6 +38,17 @@ class KVCache:
         self.v = [dev.zeros(shape) for _ in range(cfg.n_layer)]
         self.pos = 0
         self.step = _one_token_step(model, self) if B == 1 and not dev.is_cuda else None
+        self._dims = (cfg.n_embd, cfg.n_head, dev)
+        self._acts: dict[tuple, BlockActs] = {}
+
+    def acts(self, B: int, Tn: int) -> BlockActs:
+        """One block's buffers for Tn new positions, shared by the layers
+        (each block reads its input before it writes its output) and kept
+        per shape: a token's step allocates nothing."""
+        if (B, Tn) not in self._acts:
+            C, NH, dev = self._dims
+            self._acts[(B, Tn)] = BlockActs(B, Tn, C, NH, 0.0, dev=dev)
+        return self._acts[(B, Tn)]
 
 
 # mg_decode_layer's fields and the GPT parameters that fill them, per block.
@@ -78,45 +90,19 @@ def forward_cached(model: GPT, cache: KVCache, tokens: np.ndarray, one_call: boo
         logits = cache.step(tok, pos)
         cache.pos += 1
         return logits
-    if model.device.is_cuda:
-        return _forward_cached_device(model, cache, tokens)
-    x = (p["transformer.wte.weight"][tokens] + p["transformer.wpe.weight"][pos:pos + Tn]).astype(F32)
-    eps = cfg.layer_norm_eps
-    for i in range(cfg.n_layer):
-        lp = model._layer_p[i]
-        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
-        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
-        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
-        x = x + ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"])
-        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
-        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
-        x = x + ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"])
-    last = np.ascontiguousarray(x[:, -1])
-    h, _, _ = ops.layernorm_forward(last, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
-    cache.pos += Tn
-    return ops.matmul_forward(h, p["transformer.wte.weight"])  # (B, V)
-
-
-def _forward_cached_device(model: GPT, cache: KVCache, tokens: np.ndarray):
-    """forward_cached on the GPU: the same layers, on device buffers, through
-    the ops that take them (embedding and residual kernels in place of numpy's
-    indexing and +); returns the last position's logits (B, V) on the host."""
-    cfg, p, dev = model.cfg, model.p, model.device
-    B, Tn = tokens.shape
-    pos, C, eps = cache.pos, cfg.n_embd, cfg.layer_norm_eps
+    # The block's own layer order (nn/block.py), attending over the cache;
+    # on the CPU the one-call step above is its twin, bit for bit.
+    dev, C, eps = model.device, cfg.n_embd, cfg.layer_norm_eps
     ops.check_ids("tokens", tokens, cfg.vocab_size)
     wpe = p["transformer.wpe.weight"].reshape(-1)[pos * C:].reshape(-1, C)   # rows pos..
     x = ops.embedding_forward(dev.put(np.ascontiguousarray(tokens, np.int32)),
                               p["transformer.wte.weight"], wpe)               # (B, Tn, C)
-    for i in range(cfg.n_layer):
-        lp = model._layer_p[i]
-        h, _, _ = ops.layernorm_forward(x, lp["ln_1.weight"], lp["ln_1.bias"], eps)
-        qkv = ops.matmul_forward(h, lp["attn.c_attn.weight"], lp["attn.c_attn.bias"])
-        y = ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, cfg.n_head)
-        x = ops.residual_forward(x, ops.matmul_forward(y, lp["attn.c_proj.weight"], lp["attn.c_proj.bias"]))
-        h, _, _ = ops.layernorm_forward(x, lp["ln_2.weight"], lp["ln_2.bias"], eps)
-        h = ops.gelu_forward(ops.matmul_forward(h, lp["mlp.c_fc.weight"], lp["mlp.c_fc.bias"]))
-        x = ops.residual_forward(x, ops.matmul_forward(h, lp["mlp.c_proj.weight"], lp["mlp.c_proj.bias"]))
+    a = cache.acts(B, Tn)
+    for i, lp in enumerate(model.stack.layer_p):
+        def attend(qkv, out, k=cache.k[i], v=cache.v[i]):
+            ops.attention_decode(qkv, k, v, pos, cfg.n_head, out)
+        attention_half_forward(a, x, lp, cfg.n_head, eps, True, attend=attend)
+        x = after_attention_forward(a, x, lp, eps, 0.0, 0, "gelu_tanh")     # a.out (B, Tn, C)
     if B == 1:   # the last position is the buffer's last row: a view
         last = x.reshape(-1)[(Tn - 1) * C:].reshape(1, C)
     else:

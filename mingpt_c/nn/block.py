@@ -115,13 +115,18 @@ def block_forward(a: BlockActs, x: np.ndarray, p: dict, n_head: int, eps: float,
 
 
 def attention_half_forward(a, x: np.ndarray, p: dict, n_head: int, eps: float, causal: bool,
-                           key_mask=None) -> None:
+                           key_mask=None, attend=None) -> None:
     """The pre-LN block up to the attention output: a.ln1, a.qkv, a.att, a.atty
     (a may be any object with those buffers, as the stack's first-row last
-    block)."""
+    block). attend(qkv, out), when given, replaces the attention over the
+    block's own positions: sampling attends over a KV cache (gpt/sample.py)
+    with the same layer order."""
     ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"], eps, a.ln1, a.ln1_mean, a.ln1_rstd)
     ops.matmul_forward(a.ln1, p["attn.c_attn.weight"], p["attn.c_attn.bias"], a.qkv)   # (B, T, 3C)
-    ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
+    if attend is not None:
+        attend(a.qkv, a.atty)
+    else:
+        ops.attention_forward(a.qkv, n_head, causal, key_mask, a.atty, a.att)
 
 
 def after_attention_forward(a: BlockActs, x: np.ndarray, p: dict, eps: float, dropout: float,
