@@ -54,7 +54,7 @@ def invoke(*args, catch_exceptions=False):
     """Runs `mingpt ARGS...` in-process; stdout and stderr kept apart."""
     from click.testing import CliRunner
 
-    from cli import main
+    from mingpt_c.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
 

@@ -1,19 +1,31 @@
 """Encoder training: masked-LM pretraining on text, sequence classification
 on JSON Lines, evaluation (accuracy, per-class precision/recall/F1,
-confusion matrix) and prediction.
+confusion matrix) and prediction. The loop (_fit, shared by the two tasks)
+runs on the run scaffold (mingpt_c.run.scaffold), which owns the run
+directory, logging, signals, the non-finite policy, checkpoints, --resume
+and MPI.
 
 Run directory (--out), as GPT runs:
     run_config.json   every resolved option
-    latest/ best/     encoder checkpoints (mingpt_c.encoder_checkpoint);
+    latest/ best/     encoder checkpoints (mingpt_c.encoder.checkpoint);
                       best/ is the best validation accuracy (pretraining,
-                      or no --val: the last epoch)
+                      or no --val: the model the run ends with)
     log.jsonl         train records every log interval, one eval per epoch
+    loss.png          the training loss and the validation accuracy
 
 A from-scratch run trains a byte-level BPE vocabulary (the project's C
 trainer) on its training texts, with BERT's special tokens added. Batches
 group texts of similar length (encoder/data.py, length_batches), so little
-compute goes to padding. Schedule: linear warmup, cosine decay
-(optim.lr_at). Ctrl-C finishes the step, saves latest/ and stops.
+compute goes to padding. A step takes grad_accum global batches of
+batch_size rows per rank; every rank pads the same global batch and takes
+its rows, and each micro-batch counts by its items (rows; masked tokens in
+pretraining), so 2 ranks of B rows train as 1 rank of 2B. Schedule: linear
+warmup, cosine decay (optim.lr_at).
+Random streams (mingpt_c.nn.seeds): the epoch order from STREAM_BATCHES at
+(epoch), masking and token dropout from STREAM_MASKING and
+STREAM_TOKEN_DROPOUT at the batch number, dropout masks from
+dropout_seed(seed, iteration, micro-step, rank); a resumed run continues
+exactly.
 --device cuda trains on the GPU (the model's buffers and AdamW's moments in
 GPU memory); checkpoints hold host copies, so a run may resume, and a model
 be evaluated, on either device.
@@ -22,22 +34,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from mingpt_c.device import CPU, Device
 from mingpt_c.encoder import checkpoint as ckpt
 from mingpt_c.encoder import data as ed
-from mingpt_c._lib import set_num_threads
-from mingpt_c.device import CPU, Device, default_dtype
-from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.encoder.model import Encoder, EncoderConfig
-from mingpt_c.nn.params import Layout
+from mingpt_c.errors import CheckpointError, DataError
 from mingpt_c.nn.optim import AdamW, lr_at
-from mingpt_c.run.signals import StopFlag
+from mingpt_c.nn.params import Layout
+from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_MASKING, STREAM_TOKEN_DROPOUT, dropout_seed, stream_rng
+from mingpt_c.run.scaffold import Run
 
 
 @dataclass
@@ -63,7 +75,8 @@ class EncoderTrainConfig:
     pre_ln: bool = False
     pooling: str = "mean"           # cls | mean | max
     bigram_buckets: int = 0         # hashed token-bigram embedding rows (0: none)
-    batch_size: int = 32
+    batch_size: int = 32            # rows per rank and micro-batch
+    grad_accum: int = 1             # micro-batches per optimizer step
     epochs: float = 3.0
     max_iters: int | None = None    # overrides epochs when given
     lr: float = 1e-3
@@ -77,9 +90,11 @@ class EncoderTrainConfig:
     limit: int | None = None        # use the first N training examples
     val_limit: int | None = None    # evaluate on the first N validation examples
     log_interval: int = 50
-    seed: int = 1337
+    seed: int = 1337                # every random stream (mingpt_c.nn.seeds)
     threads: int | None = None
+    max_nan_steps: int = 5          # consecutive non-finite steps before giving up
     progress: bool = True
+    dist_timeout: float = 300.0     # under MPI: seconds a rank waits for the others before aborting
     device: str = "cpu"             # cpu | cuda
     dtype: str | None = None        # GPU matrix products: fp32 | tf32 | bf16; default: bf16 where supported
 
@@ -145,18 +160,10 @@ def _new_tokenizer(tc: EncoderTrainConfig, texts: list[str], log):
     return tok
 
 
-def _device(tc: EncoderTrainConfig) -> Device:
-    """The run's device; on the GPU tc.dtype is resolved to its default."""
-    if tc.device == "cuda" and tc.dtype is None:
-        Device("cuda")   # says plainly when there is no GPU
-        tc.dtype = default_dtype("cuda")
-    return Device(tc.device, tc.dtype)
-
-
-def _say_device(dev: Device, tc: EncoderTrainConfig, log) -> None:
-    if dev.is_cuda:
+def _say_device(run: Run) -> None:
+    if run.device.is_cuda:
         from mingpt_c import cuda
-        log(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
+        run.say(f"device: {cuda.info()['name']}, {run.cfg.dtype} matrix products")
 
 
 def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log,
@@ -192,201 +199,161 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log,
     return Encoder(cfg, seed=tc.seed, device=dev), tok
 
 
-def _resumed(tc: EncoderTrainConfig, dev: Device = CPU):
-    """(model, tokenizer, ((m, v, t), train_state)) from the run's latest checkpoint."""
-    path = Path(tc.out) / "latest"
+def _resumed(run: Run):
+    """(model, tokenizer, (m, v, t)) from the run's latest checkpoint."""
+    path = run.dir / "latest"
     try:
         loaded = ckpt.load(path, with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
     if loaded["optimizer"] is None or loaded["train_state"] is None or loaded["tokenizer"] is None:
         raise CheckpointError(f"cannot resume from {path}: it has no optimizer state, train state or tokenizer")
-    return (Encoder(loaded["cfg"], loaded["params"], device=dev), loaded["tokenizer"],
-            (loaded["optimizer"], loaded["train_state"]))
+    return Encoder(loaded["cfg"], loaded["params"], device=run.device), loaded["tokenizer"], loaded["optimizer"]
 
 
-class _Run:
-    """The parts the two loops share: optimizer, schedule, log, checkpoints, bar."""
-
-    def __init__(self, tc: EncoderTrainConfig, model: Encoder, tok, total: int, log, resume=None):
-        self.tc, self.model, self.tok, self.total, self.log = tc, model, tok, total, log
-        self.dir = Path(tc.out)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
-        self.opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
-                         tc.weight_decay, tc.grad_clip)
-        self.logf = open(self.dir / "log.jsonl", "a")
-        self.bar = None
-        if tc.progress:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=int(resume[1]["iter"]) if resume else 0, unit="it",
-                            dynamic_ncols=True)
-        self.it, self.losses, self.t0, self.tokens = 0, [], time.perf_counter(), 0
-        self.epoch, self.k, self.stopped = 0, 0, False   # where the data stands: batch k of epoch
-        if resume is not None:
-            (m, v, t), state = resume
-            self.opt.load_moments(m, v)
-            self.opt.t = t
-            self.it, self.epoch, self.k = int(state["iter"]), int(state["epoch"]), int(state.get("batch", 0))
-
-    def batches(self, lengths: np.ndarray, stop):
-        """Index batches from where the run stands, epoch after epoch (each
-        epoch's order drawn from (seed, epoch), so a resumed run sees what the
-        uninterrupted one would); None after each epoch, and after the last
-        batch of the run. Returns early, with self.stopped set, on Ctrl-C."""
-        while self.it < self.total:
-            rng = np.random.default_rng([self.tc.seed, self.epoch])
-            for k, b in enumerate(ed.length_batches(lengths, self.tc.batch_size, rng)):
-                if k < self.k:
-                    continue
-                if self.it >= self.total:
-                    break
-                if stop.requested:
-                    self.stopped = True
-                    return
-                self.k = k + 1
-                yield b
-            self.epoch, self.k = self.epoch + 1, 0
-            yield None
-
-    def echo(self, msg: str) -> None:
-        (self.bar.write if self.bar else self.log)(msg)
-
-    def record(self, rec: dict) -> None:
-        self.logf.write(json.dumps(rec) + "\n")
-        self.logf.flush()
-
-    def step(self, loss: float, n_tokens: int) -> None:
-        tc = self.tc
-        lr = lr_at(self.it, tc.lr, tc.min_lr, tc.warmup_iters, self.total)
-        if not math.isfinite(loss):
-            raise MinGPTError(f"training diverged at iteration {self.it} (loss {loss}): try a lower --lr")
-        norm = self.opt.step(self.model.grads, lr)
-        self.it += 1
-        self.losses.append(loss)
-        self.tokens += n_tokens
-        if self.it % tc.log_interval == 0:
-            tps = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
-            self.record({"type": "train", "iter": self.it, "loss": float(np.mean(self.losses)), "lr": lr,
-                         "grad_norm": norm, "tokens_per_s": tps})
-            if self.bar:
-                self.bar.set_postfix(loss=f"{np.mean(self.losses):.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-            self.losses = []
-        if self.bar:
-            self.bar.update(1)
-
-    def save(self, name: str, state: dict) -> None:
-        ckpt.save(self.dir / name, self.model.cfg, self.model.params, self.tok, self.opt,
-                  dict(state, iter=self.it, epoch=self.epoch, batch=self.k,
-                       options=dataclasses.asdict(self.tc)))
-
-    def train(self, seqs: list, lengths: np.ndarray, loss_of, end_of_epoch, state=dict) -> None:
-        """The loop both tasks run: each batch padded, loss_of(x, mask, idx)
-        taken back through the model, one optimizer step; end_of_epoch()
-        after each epoch. Ctrl-C saves latest with state() and the position."""
-        model, pad = self.model, self.model.cfg.pad_token_id
-        try:
-            with StopFlag() as stop:
-                for b in self.batches(lengths, stop):
-                    if b is None:
-                        end_of_epoch()
-                        continue
-                    x, m = ed.pad_batch([seqs[i] for i in b], pad, max_len=self.tc.max_len)
-                    model.zero_grad()
-                    loss = loss_of(x, m, b)
-                    model.backward()
-                    self.step(loss, int(m.sum()))
-                if self.stopped:
-                    self.save("latest", state())
-        finally:
-            if self.bar:
-                self.bar.close()
-            self.logf.close()
-        if self.stopped:
-            self.echo(f"interrupted at iteration {self.it}: checkpoint saved in {self.dir / 'latest'}; "
-                      f"continue with the same command and --resume")
-
-    def summary(self) -> dict:
-        return {"iter": self.it, "interrupted": self.stopped, "out": str(self.dir),
-                "seconds": time.perf_counter() - self.t0}
+def _optimizer(tc: EncoderTrainConfig, model: Encoder, moments=None) -> AdamW:
+    opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8, tc.weight_decay, tc.grad_clip)
+    if moments is not None:
+        opt.load_moments(moments[0], moments[1])
+        opt.t = moments[2]
+    return opt
 
 
-def _iters(tc: EncoderTrainConfig, per_epoch: int) -> int:
-    return tc.max_iters if tc.max_iters is not None else max(1, int(round(tc.epochs * per_epoch)))
+def _schedule(tc: EncoderTrainConfig, world, n: int) -> tuple[int, int]:
+    """(global batches per epoch, iterations of the run): a step takes
+    grad_accum global batches of batch_size rows per rank; the last step of
+    an epoch may take fewer."""
+    nb = -(-n // (tc.batch_size * world.size))
+    per_epoch = -(-nb // tc.grad_accum)
+    return nb, tc.max_iters if tc.max_iters is not None else max(1, int(round(tc.epochs * per_epoch)))
+
+# ------------------------------------------------------------------ the loop
+
+
+def _fit(run: Run, model: Encoder, opt: AdamW, seqs: list, total: int, pos, prepare, loss_of, evaluate) -> int:
+    """The loop of both tasks, from the data position pos (epoch, batch):
+    each step takes up to grad_accum global batches of similar lengths from
+    the epoch's order; every rank pads each global batch, prepare(x, mask,
+    idx, number) turns it into the task's inputs and per-row item counts
+    (rows, masked tokens), and the rank takes its rows through
+    loss_of(*inputs, seed=...) and backward. evaluate(it, epoch) after each
+    epoch and at the last iteration. Returns the iteration reached."""
+    tc, world = run.cfg, run.world
+    GB = tc.batch_size * world.size
+    rows = slice(world.rank * tc.batch_size, (world.rank + 1) * tc.batch_size)
+    lengths = np.array([len(s) for s in seqs])
+    nb, _ = _schedule(tc, world, len(seqs))
+    pad = model.cfg.pad_token_id
+    it, order, order_epoch = run.start, None, -1
+    while it < total and not run.should_stop():
+        if order_epoch != pos.epoch:   # an epoch's order, from (seed, epoch): a resumed run sees the same
+            order = ed.length_batches(lengths, GB, stream_rng(tc.seed, STREAM_BATCHES, pos.epoch))
+            order_epoch = pos.epoch
+        micro = []                     # (this rank's inputs, its items, the batch's items, real tokens)
+        for b in range(pos.batch, min(pos.batch + tc.grad_accum, nb)):
+            x, m = ed.pad_batch([seqs[i] for i in order[b]], pad, max_len=tc.max_len)
+            inputs, counts = prepare(x, m, order[b], pos.epoch * nb + b)
+            micro.append(([a[rows] for a in inputs], int(counts[rows].sum()), int(counts.sum()), int(m.sum())))
+        n_step = sum(mb[2] for mb in micro)
+        lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, total)
+        model.zero_grad()
+        loss = 0.0
+        for j, (inputs, n, _, _) in enumerate(micro):
+            if len(inputs[0]):         # a short last batch may leave a rank no rows
+                scale, w = run.weights(n, n_step)
+                loss += w * loss_of(*inputs, seed=dropout_seed(tc.seed, it, j, world.rank))
+                model.backward(scale)
+        loss = run.all_reduce(model.grads, loss)
+        norm = run.step(opt, model.grads, loss, lr, it)
+        it, pos.batch = it + 1, pos.batch + len(micro)
+        run.tick(it, loss, lr, norm, sum(mb[3] for mb in micro))
+        if pos.batch == nb:
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+        if pos.batch == 0 or it == total:
+            evaluate(it, pos.epoch + pos.batch / nb if pos.batch else pos.epoch)
+    return it
+
+
+def _position(run: Run) -> SimpleNamespace:
+    """Where the data stands: batch `batch` of epoch `epoch` comes next."""
+    st = run.resumed_state
+    return SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
 
 # ------------------------------------------------------------------ classification
 
 
-def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
-    if tc.threads:
-        set_num_threads(tc.threads)
-    dev = _device(tc)
-    texts, labels = ed.read_jsonl(tc.train_file)
-    if tc.limit:
-        texts, labels = texts[:tc.limit], labels[:tc.limit]
-    names = ed.label_names(labels)
-    if len(names) < 2:
-        raise DataError(f"{tc.train_file}: every example has the label {json.dumps(names[0])}; "
-                        "a classifier needs at least two classes")
-    y = ed.label_ids(labels, names, tc.train_file)
-    val = None
-    if tc.val_file:
-        vt, vl = ed.read_jsonl(tc.val_file)
-        if tc.val_limit:
-            vt, vl = vt[:tc.val_limit], vl[:tc.val_limit]
-        val = (vt, ed.label_ids(vl, names, tc.val_file))
-    resume_state = None
-    if resume:
-        model, tok, resume_state = _resumed(tc, dev)
-        if model.cfg.extra.get("labels") != names:
-            raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
-    else:
-        tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-        model, tok = _model(tc, tok, len(names), False, log, dev)
-    cfg = model.cfg
-    cfg.extra = {"labels": names, "max_len": tc.max_len, "truncate": tc.truncate}
-    seqs = _tokenize(tok, texts, tc.max_len, "training", log, tc.truncate)
-    vseqs = _tokenize(tok, val[0], tc.max_len, "validation", log, tc.truncate) if val else None
-    lengths = np.array([len(s) for s in seqs])
-    per_epoch = -(-len(seqs) // tc.batch_size)
-    total = _iters(tc, per_epoch)
-    bigrams = f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""
-    log(f"model: encoder, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, max length "
-        f"{tc.max_len}, vocab {cfg.vocab_size}{bigrams}, {cfg.pooling} pooling: "
-        f"{model.num_params() / 1e6:.2f}M parameters")
-    _say_device(dev, tc, log)
-    log(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
-        f"mean length {lengths.mean():.0f} tokens; {total:,} iterations of {tc.batch_size}")
-    run = _Run(tc, model, tok, total, log, resume_state)
-    best = float((resume_state[1].get("best_val_accuracy") if resume_state else None) or -1.0)
-    result = {}
+def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
+    with Run(tc, resume, given, log) as run:
+        tc = run.cfg
+        texts, labels = ed.read_jsonl(tc.train_file)
+        if tc.limit:
+            texts, labels = texts[:tc.limit], labels[:tc.limit]
+        names = ed.label_names(labels)
+        if len(names) < 2:
+            raise DataError(f"{tc.train_file}: every example has the label {json.dumps(names[0])}; "
+                            "a classifier needs at least two classes")
+        y = ed.label_ids(labels, names, tc.train_file)
+        val = None
+        if tc.val_file:
+            vt, vl = ed.read_jsonl(tc.val_file)
+            if tc.val_limit:
+                vt, vl = vt[:tc.val_limit], vl[:tc.val_limit]
+            val = (vt, ed.label_ids(vl, names, tc.val_file))
+        moments = None
+        if resume:
+            model, tok, moments = _resumed(run)
+            if model.cfg.extra.get("labels") != names:
+                raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
+        else:
+            tok = None if tc.init_from else _new_tokenizer(tc, texts, run.say)
+            model, tok = _model(tc, tok, len(names), False, run.say, run.device)
+        cfg = model.cfg
+        cfg.extra = {"labels": names, "max_len": tc.max_len, "truncate": tc.truncate}
+        opt = _optimizer(tc, model, moments)
+        seqs = _tokenize(tok, texts, tc.max_len, "training", run.say, tc.truncate)
+        vseqs = _tokenize(tok, val[0], tc.max_len, "validation", run.say, tc.truncate) if val else None
+        _, total = _schedule(tc, run.world, len(seqs))
+        bigrams = f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""
+        run.say(f"model: encoder, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, max length "
+                f"{tc.max_len}, vocab {cfg.vocab_size}{bigrams}, {cfg.pooling} pooling: "
+                f"{model.num_params() / 1e6:.2f}M parameters")
+        _say_device(run)
+        run.say(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
+                f"mean length {np.mean([len(s) for s in seqs]):.0f} tokens; {total:,} iterations of "
+                f"{tc.batch_size * run.world.size * tc.grad_accum}")
+        pos, result = _position(run), {}
+        run.begin(int(run.resumed_state.get("iter", 0)), total,
+                  save=lambda path, st: ckpt.save(path, cfg, model.params, tok, opt, st),
+                  state=lambda it: {"val_accuracy": result.get("val_accuracy"), "epoch": pos.epoch,
+                                    "batch": pos.batch},
+                  best_key="best_val_accuracy", best_mode="max",
+                  command=f"mingpt encoder train --train {tc.train_file} --out {run.dir}")
+        specials = list(tok.special.values())
 
-    def end_of_epoch():
-        nonlocal best
-        rec = {"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - run.t0}
-        if val:
-            res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
-            rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
-            run.echo(f"epoch {run.epoch} (iter {run.it}): val accuracy {res['accuracy']:.4f}")
-            result["val_accuracy"] = res["accuracy"]
-            if res["accuracy"] > best:
-                best = res["accuracy"]
-                run.save("best", {"val_accuracy": best, "best_val_accuracy": best})
-        run.record(rec)
-        run.save("latest", {"val_accuracy": result.get("val_accuracy"), "best_val_accuracy": best if val else None})
+        def prepare(x, m, idx, number):
+            if tc.token_dropout > 0:
+                m = ed.drop_tokens(x, m, specials, stream_rng(tc.seed, STREAM_TOKEN_DROPOUT, number),
+                                   tc.token_dropout)
+            return (x, m, y[idx]), np.ones(len(idx), np.int64)
 
-    specials = list(tok.special.values())
+        def loss_of(x, m, labels, seed):
+            return model.classify(x, m, labels, train=True, seed=seed)[1]
 
-    def cls_loss(x, m, b):
-        if tc.token_dropout > 0:
-            m = ed.drop_tokens(x, m, specials, np.random.default_rng([tc.seed, run.it, 2]), tc.token_dropout)
-        return model.classify(x, m, y[b], train=True, seed=run.it)[1]
+        def evaluate(it, epoch):
+            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0}
+            if val:
+                res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
+                rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
+                run.say(f"epoch {epoch:g} (iter {it}): val accuracy {res['accuracy']:.4f}")
+                result["val_accuracy"] = res["accuracy"]
+                run.save_best(it, res["accuracy"])
+            run.record(rec)
+            run.save_latest(it)
 
-    run.train(seqs, lengths, cls_loss, end_of_epoch, lambda: {"best_val_accuracy": best if val else None})
-    if not val and not run.stopped:
-        run.save("best", {})
-    result.update(run.summary(), best_val_accuracy=best if val else None)
-    return result
+        it = _fit(run, model, opt, seqs, total, pos, prepare, loss_of, evaluate)
+        if not val and not run.stopped:
+            run.save_best(it)   # no validation: the model the run ends with
+        return run.finish(it, dict(result, best_val_accuracy=run.best if val else None))
 
 
 def _framing(cfg) -> tuple[int, str]:
@@ -451,44 +418,50 @@ def read_pretrain_texts(path) -> list[str]:
     return docs
 
 
-def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print) -> dict:
+def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
     """Masked-LM pretraining: documents cut into pieces of max_len - 2 tokens."""
-    if tc.threads:
-        set_num_threads(tc.threads)
-    dev = _device(tc)
-    texts = read_pretrain_texts(tc.train_file)
-    if tc.limit:
-        texts = texts[:tc.limit]
-    resume_state = None
-    if resume:
-        model, tok, resume_state = _resumed(tc, dev)
-    else:
-        tok = None if tc.init_from else _new_tokenizer(tc, texts, log)
-        model, tok = _model(tc, tok, 0, True, log, dev)
-    cfg = model.cfg
-    cfg.extra = {"max_len": tc.max_len}
-    keep = tc.max_len - 2
-    pieces = [ids[i:i + keep] for ids in ed.encode_texts(tok, texts) for i in range(0, max(len(ids), 1), keep)]
-    pieces = [p for p in pieces if p]
-    seqs, _ = ed.frame(pieces, tok, tc.max_len)
-    lengths = np.array([len(s) for s in seqs])
-    total = _iters(tc, -(-len(seqs) // tc.batch_size))
-    log(f"model: encoder (masked LM), {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}: "
-        f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
-    _say_device(dev, tc, log)
-    specials = list(tok.special.values())
-    run = _Run(tc, model, tok, total, log, resume_state)
+    with Run(tc, resume, given, log) as run:
+        tc = run.cfg
+        texts = read_pretrain_texts(tc.train_file)
+        if tc.limit:
+            texts = texts[:tc.limit]
+        moments = None
+        if resume:
+            model, tok, moments = _resumed(run)
+        else:
+            tok = None if tc.init_from else _new_tokenizer(tc, texts, run.say)
+            model, tok = _model(tc, tok, 0, True, run.say, run.device)
+        cfg = model.cfg
+        cfg.extra = {"max_len": tc.max_len}
+        opt = _optimizer(tc, model, moments)
+        keep = tc.max_len - 2
+        pieces = [ids[i:i + keep] for ids in ed.encode_texts(tok, texts) for i in range(0, max(len(ids), 1), keep)]
+        pieces = [p for p in pieces if p]
+        seqs, _ = ed.frame(pieces, tok, tc.max_len)
+        _, total = _schedule(tc, run.world, len(seqs))
+        run.say(f"model: encoder (masked LM), {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}: "
+                f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
+        _say_device(run)
+        pos = _position(run)
+        run.begin(int(run.resumed_state.get("iter", 0)), total,
+                  save=lambda path, st: ckpt.save(path, cfg, model.params, tok, opt, st),
+                  state=lambda it: {"epoch": pos.epoch, "batch": pos.batch},
+                  command=f"mingpt encoder pretrain {tc.train_file} --out {run.dir}")
+        specials = list(tok.special.values())
 
-    def mlm_loss(x, m, b):
-        inp, tgt = ed.mask_tokens(x, m, specials, tok.special["[MASK]"], cfg.vocab_size,
-                                  np.random.default_rng([tc.seed, run.it, 1]), tc.mask_prob)
-        return model.mlm(inp, m, tgt, train=True, seed=run.it)
+        def prepare(x, m, idx, number):
+            inp, tgt = ed.mask_tokens(x, m, specials, tok.special["[MASK]"], cfg.vocab_size,
+                                      stream_rng(tc.seed, STREAM_MASKING, number), tc.mask_prob)
+            return (inp, m, tgt), (tgt != ed.IGNORE).sum(1)   # the loss is a mean over masked tokens
 
-    def end_of_epoch():
-        run.record({"type": "eval", "iter": run.it, "epoch": run.epoch, "seconds": time.perf_counter() - run.t0})
-        run.save("latest", {})
+        def loss_of(inp, m, tgt, seed):
+            return model.mlm(inp, m, tgt, train=True, seed=seed)
 
-    run.train(seqs, lengths, mlm_loss, end_of_epoch)
-    if not run.stopped:
-        run.save("best", {})
-    return run.summary()
+        def evaluate(it, epoch):
+            run.record({"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0})
+            run.save_latest(it)
+
+        it = _fit(run, model, opt, seqs, total, pos, prepare, loss_of, evaluate)
+        if not run.stopped:
+            run.save_best(it)   # no metric: the model the run ends with
+        return run.finish(it)

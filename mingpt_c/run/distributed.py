@@ -44,6 +44,9 @@ class SingleProcess:
     def allreduce_sum(self, x: float) -> float:
         return x
 
+    def allreduce_max(self, x: float) -> float:
+        return x
+
     def any(self, flag: bool) -> bool:
         return flag
 
@@ -86,6 +89,11 @@ class MPIWorld:
     def allreduce_sum(self, x: float) -> float:
         a = np.array([x], np.float64)
         self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM), "a scalar all-reduce")
+        return float(a[0])
+
+    def allreduce_max(self, x: float) -> float:
+        a = np.array([x], np.float64)
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.MAX), "a scalar all-reduce")
         return float(a[0])
 
     def any(self, flag: bool) -> bool:

@@ -1,42 +1,45 @@
 """Training loop of the ViT: shuffled mini-batches with augmentation, AdamW
 with warmup + cosine decay (optim.lr_at), label smoothing, evaluation at the
-end of every epoch, checkpoints, Ctrl-C and resume.
+end of every epoch. The run scaffold (mingpt_c.run.scaffold) does the rest:
+run directory and lock, logging, progress, signals, the non-finite policy,
+checkpoints, --resume, MPI.
 
 Run directory (--out):
     run_config.json   every resolved option
-    latest/           checkpoint (mingpt_c.vit_checkpoint) after each epoch,
-                      on Ctrl-C and at the end
+    latest/ best/     checkpoints (mingpt_c.vit.checkpoint) after each epoch,
+                      on Ctrl-C and at the end; best/ has the highest
+                      accuracy on the evaluated split (a folder's held-out
+                      part, or the data set's test split: then the reported
+                      accuracy of best/ is no longer an unbiased estimate)
     log.jsonl         train-loss records and one eval record per epoch
-    curves.png        train loss and test accuracy, drawn at the end
+    curves.png        train and test loss, test accuracy, drawn at the end
 
-The test split is only reported, never used to pick a checkpoint: latest/
-is the model the run ends with.
-Determinism: the order of an epoch comes from (seed, epoch), augmentation
-from (seed, iteration), dropout from (seed, iteration); a resumed run goes on
-exactly as the uninterrupted one (same thread count).
+A step takes grad_accum global batches of batch_size images per rank; every
+rank draws the same global batch (and its augmentation) and takes its rows,
+so 2 ranks of B images train as 1 rank of 2B.
+Determinism (mingpt_c.nn.seeds): the order of an epoch comes from
+STREAM_BATCHES at (epoch), augmentation from STREAM_AUGMENT at the batch
+number, dropout from dropout_seed(seed, iteration, micro-step, rank); a
+resumed run goes on exactly as the uninterrupted one (same thread count).
 --device cuda trains on the GPU (the model's buffers and AdamW's moments in
 GPU memory); checkpoints hold host copies, so a run may resume, and a model
 be evaluated, on either device.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from mingpt_c.vit import images as imgs
-from mingpt_c.vit import checkpoint as vit_checkpoint
-from mingpt_c._lib import set_num_threads
-from mingpt_c.device import Device, default_dtype, to_host
-from mingpt_c.errors import CheckpointError, DataError, MinGPTError
-from mingpt_c.vit.model import ViT, ViTConfig
+from mingpt_c.device import to_host
+from mingpt_c.errors import CheckpointError, DataError
 from mingpt_c.nn.optim import AdamW, lr_at
-from mingpt_c.run.signals import StopFlag
+from mingpt_c.nn.seeds import STREAM_AUGMENT, STREAM_BATCHES, dropout_seed, stream_rng
+from mingpt_c.run.scaffold import Run
+from mingpt_c.vit import checkpoint as vit_checkpoint
+from mingpt_c.vit import images as imgs
+from mingpt_c.vit.model import ViT, ViTConfig
 
 
 @dataclass
@@ -49,7 +52,8 @@ class ViTTrainConfig:
     n_head: int = 4
     n_embd: int = 64
     dropout: float = 0.0
-    batch_size: int = 128
+    batch_size: int = 128            # images per rank and micro-batch
+    grad_accum: int = 1              # micro-batches per optimizer step
     epochs: int = 5
     max_iters: int | None = None     # stop after this many iterations (the schedule still spans epochs)
     lr: float = 1e-3
@@ -67,9 +71,11 @@ class ViTTrainConfig:
     eval_limit: int | None = None    # evaluate on the first N test images only
     eval_batch_size: int = 500
     log_interval: int = 20
-    seed: int = 1337
+    seed: int = 1337                 # every random stream (mingpt_c.nn.seeds)
     threads: int | None = None       # C core threads; default: all cores
+    max_nan_steps: int = 5           # consecutive non-finite steps before giving up
     progress: bool = True
+    dist_timeout: float = 300.0      # under MPI: seconds a rank waits for the others before aborting
     device: str = "cpu"              # cpu | cuda
     dtype: str | None = None         # GPU matrix products: fp32 | tf32 | bf16; default: bf16 where supported
 
@@ -128,189 +134,119 @@ def _load_data(tc: ViTTrainConfig):
     return train, test
 
 
-def _device(tc: ViTTrainConfig) -> Device:
-    """The run's device; on the GPU tc.dtype is resolved to its default."""
-    if tc.device == "cuda" and tc.dtype is None:
-        Device("cuda")   # says plainly when there is no GPU
-        tc.dtype = default_dtype("cuda")
-    return Device(tc.device, tc.dtype)
-
-
-def train(tc: ViTTrainConfig, resume: bool = False, log=print) -> dict:
-    """Runs (or resumes) training; returns a summary dict."""
-    run = Path(tc.out)
-    if tc.threads:
-        set_num_threads(tc.threads)
-    dev = _device(tc)
-    if tc.batch_size < 1 or tc.epochs < 1 or tc.eval_batch_size < 1:
-        raise DataError("batch size, epochs and eval batch size must be positive")
-    if not 0.0 <= tc.label_smoothing < 1.0:
-        raise DataError(f"label smoothing {tc.label_smoothing} must be in [0, 1)")
-    if tc.crop_pad < 0:
-        raise DataError(f"crop padding {tc.crop_pad} must be >= 0")
-    t0 = time.perf_counter()
-    train_set, test_set = _load_data(tc)
-    state = None
-    if resume:
-        try:
-            loaded = vit_checkpoint.load(run / "latest", with_optimizer=True)
-        except CheckpointError as e:
-            raise CheckpointError(f"cannot resume from {run / 'latest'}: {e}") from None
-        cfg, state = loaded["cfg"], loaded["train_state"]
-        model = ViT(cfg, loaded["params"], device=dev)
-        m, v, t = loaded["optimizer"]
-    else:
-        H, W = train_set.size
-        if H != W:
-            raise DataError(f"{train_set.source}: images are {H}x{W}; only square images are supported")
-        mean, std = imgs.channel_stats(train_set.images)
-        cfg = ViTConfig(image_size=H, patch_size=tc.patch_size, num_channels=train_set.channels,
-                        num_classes=len(train_set.classes), n_layer=tc.n_layer, n_head=tc.n_head,
-                        n_embd=tc.n_embd, dropout=tc.dropout, labels=list(train_set.classes),
-                        image_mean=mean, image_std=std)
-        model = ViT(cfg, seed=tc.seed, device=dev)
-        m = v = None
-        t = 0
-    check_compatible(cfg, train_set)
-    check_compatible(cfg, test_set)
+def _optimizer(tc: ViTTrainConfig, model: ViT, moments=None) -> AdamW:
+    m, v, t = moments or (None, None, 0)
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8, tc.weight_decay,
                 tc.grad_clip, t)
     if m is not None:
         opt.load_moments(m, v)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "run_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=2) + "\n")
+    return opt
 
-    B = tc.batch_size
-    N = len(train_set)
-    if N < B:
-        raise DataError(f"{train_set.source}: {N} training images, fewer than one batch of {B}: "
-                        f"lower --batch-size")
-    per_epoch = N // B   # the last partial batch of an epoch is dropped
-    schedule = per_epoch * tc.epochs  # the cosine spans every epoch, so stopping early and
-    total = schedule                  # resuming later gives exactly the uninterrupted run
-    if tc.max_iters is not None:
-        total = min(total, tc.max_iters)
-    start = state["iter"] if state else 0
-    norm = imgs.Normalizer(cfg.image_mean, cfg.image_std)
-    log(f"model: ViT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch {cfg.patch_size} "
-        f"on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} ({cfg.seq_len} tokens), "
-        f"{cfg.num_classes} classes: {model.num_params() / 1e6:.3f}M parameters")
-    if dev.is_cuda:
-        from mingpt_c import cuda
-        log(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
-    log(f"data: {train_set.source}: {N:,} train / {len(test_set):,} test images; "
-        f"{per_epoch} iterations per epoch, {total} in all")
 
-    def train_state(it, acc):
-        return {"iter": it, "epoch": it / per_epoch, "test_accuracy": acc, "seed": tc.seed,
-                "source": train_set.source, "options": dataclasses.asdict(tc)}
+def _start(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
+    """(model, optimizer, no state) of a new run: the image size, channels,
+    classes and normalisation from the training images."""
+    H, W = train_set.size
+    if H != W:
+        raise DataError(f"{train_set.source}: images are {H}x{W}; only square images are supported")
+    mean, std = imgs.channel_stats(train_set.images)
+    cfg = ViTConfig(image_size=H, patch_size=tc.patch_size, num_channels=train_set.channels,
+                    num_classes=len(train_set.classes), n_layer=tc.n_layer, n_head=tc.n_head,
+                    n_embd=tc.n_embd, dropout=tc.dropout, labels=list(train_set.classes),
+                    image_mean=mean, image_std=std)
+    model = ViT(cfg, seed=tc.seed, device=run.device)
+    return model, _optimizer(tc, model), None
 
-    logf = open(run / "log.jsonl", "a")
-    bar = None
-    if tc.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=True)
-    say = lambda msg: (bar.write if bar else log)(msg)
-    result = {"test_accuracy": state.get("test_accuracy") if state else None}
-    it, stopped, nan_streak = start, False, 0
-    losses, seen, t_last = [], 0, time.perf_counter()
-    x = np.empty((B, cfg.num_channels, cfg.image_size, cfg.image_size), np.float32)
-    perm, perm_epoch = None, -1
+
+def _resume(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
+    """(model, optimizer, train state) from the run's latest checkpoint."""
     try:
-        with StopFlag() as stop:
-            while it < total:
-                if stop.requested:
-                    stopped = True
-                    break
-                epoch, k = divmod(it, per_epoch)
-                if epoch != perm_epoch:
-                    perm, perm_epoch = np.random.default_rng([tc.seed, epoch]).permutation(N), epoch
-                idx = np.sort(perm[k * B:(k + 1) * B])   # sorted: faster gathers, same batch
-                batch = imgs.augment(train_set.images[idx], np.random.default_rng([tc.seed, it, 1]),
-                                     tc.crop_pad, tc.hflip)
-                lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, schedule)
-                model.zero_grad()
-                loss = model.forward(norm(batch, x), train_set.labels[idx], train=True,
-                                     seed=tc.seed * 1_000_003 + it, label_smoothing=tc.label_smoothing)
-                model.backward()
-                gnorm = float("nan")
-                if math.isfinite(loss):
-                    gnorm = opt.step(model.grads, lr)
-                if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    nan_streak += 1
-                    say(f"iter {it}: non-finite loss or gradient: step skipped")
-                    if nan_streak >= 5:
-                        raise MinGPTError(f"training diverged at iteration {it} (try a lower --lr)")
-                else:
-                    nan_streak = 0
-                it += 1
-                losses.append(loss)
-                seen += B
-                if it % tc.log_interval == 0 or it == total:
-                    now = time.perf_counter()
-                    ips = seen / max(now - t_last, 1e-9)
-                    logf.write(json.dumps({"type": "train", "iter": it, "epoch": it / per_epoch,
-                                           "loss": float(np.mean(losses)), "lr": lr, "grad_norm": gnorm,
-                                           "images_per_s": ips}) + "\n")
-                    logf.flush()
-                    losses, seen, t_last = [], 0, now
-                    if bar:
-                        bar.set_postfix(epoch=f"{it / per_epoch:.2f}", loss=f"{loss:.4f}", lr=f"{lr:.1e}",
-                                        img_s=f"{ips:,.0f}")
-                if bar:
-                    bar.update(1)
-                if it % per_epoch == 0 or it == total:
-                    ev = evaluate(model, test_set, tc.eval_batch_size)
-                    rec = {"type": "eval", "iter": it, "epoch": it / per_epoch, "test_loss": ev["loss"],
-                           "test_accuracy": ev["accuracy"], "elapsed_s": time.perf_counter() - t0}
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
-                    say(f"epoch {it / per_epoch:.2f} (iter {it}): test loss {ev['loss']:.4f}, "
+        loaded = vit_checkpoint.load(run.dir / "latest", with_optimizer=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {run.dir / 'latest'}: {e}") from None
+    model = ViT(loaded["cfg"], loaded["params"], device=run.device)
+    return model, _optimizer(tc, model, loaded["optimizer"]), loaded["train_state"]
+
+
+def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
+    """Runs (or resumes) training; returns a summary dict. Under an MPI
+    launcher with several ranks, runs data-parallel. given: the options the
+    command line gave (for the --resume rule; None: every field of tc)."""
+    with Run(tc, resume, given, log) as run:
+        tc, world = run.cfg, run.world
+        if tc.epochs < 1 or tc.eval_batch_size < 1:
+            raise DataError("epochs and eval batch size must be positive")
+        if not 0.0 <= tc.label_smoothing < 1.0:
+            raise DataError(f"label smoothing {tc.label_smoothing} must be in [0, 1)")
+        if tc.crop_pad < 0:
+            raise DataError(f"crop padding {tc.crop_pad} must be >= 0")
+        train_set, test_set = _load_data(tc)
+        model, opt, state = (_resume if resume else _start)(tc, run, train_set)
+        cfg = model.cfg
+        check_compatible(cfg, train_set)
+        check_compatible(cfg, test_set)
+
+        B, GB, N = tc.batch_size, tc.batch_size * world.size, len(train_set)
+        per_step = GB * tc.grad_accum   # images of one step over all ranks and micro-batches
+        if N < per_step:
+            raise DataError(f"{train_set.source}: {N} training images, fewer than one step of {per_step}: "
+                            f"lower --batch-size or --grad-accum")
+        per_epoch = N // per_step           # the last partial step of an epoch is dropped
+        schedule = per_epoch * tc.epochs    # the cosine spans every epoch, so stopping early and
+        total = schedule                    # resuming later gives exactly the uninterrupted run
+        if tc.max_iters is not None:
+            total = min(total, tc.max_iters)
+        start = state["iter"] if state else 0
+        norm = imgs.Normalizer(cfg.image_mean, cfg.image_std)
+        run.say(f"model: ViT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
+                f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} ({cfg.seq_len} "
+                f"tokens), {cfg.num_classes} classes: {model.num_params() / 1e6:.3f}M parameters")
+        if run.device.is_cuda:
+            from mingpt_c import cuda
+            run.say(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
+        run.say(f"data: {train_set.source}: {N:,} train / {len(test_set):,} test images; "
+                f"{per_epoch} iterations per epoch, {total} in all"
+                + (f" ({world.size} ranks x {B} images)" if world.size > 1 else ""))
+        result = {"test_accuracy": state.get("test_accuracy") if state else None}
+        run.begin(start, total,
+                  save=lambda path, st: vit_checkpoint.save(path, cfg, model.params, opt, st),
+                  state=lambda it: {"epoch": it / per_epoch, "test_accuracy": result.get("test_accuracy"),
+                                    "source": train_set.source},
+                  best_key="best_test_accuracy", best_mode="max", unit="images", plot="curves.png",
+                  command=f"mingpt vit train --out {run.dir}")
+        rows = slice(world.rank * B, (world.rank + 1) * B)   # this rank's rows of a global batch
+        scale, w = run.weights(B, per_step)
+        x = np.empty((B, cfg.num_channels, cfg.image_size, cfg.image_size), np.float32)
+        perm, perm_epoch = None, -1
+        it = start
+        while it < total and not run.should_stop():
+            epoch, k = divmod(it, per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = stream_rng(tc.seed, STREAM_BATCHES, epoch).permutation(N), epoch
+            lr = lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, schedule)
+            model.zero_grad()
+            loss = 0.0
+            for micro in range(tc.grad_accum):
+                b = k * tc.grad_accum + micro                # the epoch's global batch b
+                idx = np.sort(perm[b * GB:(b + 1) * GB])     # sorted: faster gathers, same batch
+                batch = imgs.augment(train_set.images[idx], stream_rng(tc.seed, STREAM_AUGMENT,
+                                                                       it * tc.grad_accum + micro),
+                                     tc.crop_pad, tc.hflip)[rows]
+                loss += w * model.forward(norm(batch, x), train_set.labels[idx][rows], train=True,
+                                          seed=dropout_seed(tc.seed, it, micro, world.rank),
+                                          label_smoothing=tc.label_smoothing)
+                model.backward(scale)
+            loss = run.all_reduce(model.grads, loss)
+            gnorm = run.step(opt, model.grads, loss, lr, it)
+            it += 1
+            run.tick(it, loss, lr, gnorm, per_step, epoch=it / per_epoch)
+            if it % per_epoch == 0 or it == total:
+                ev = evaluate(model, test_set, tc.eval_batch_size)
+                run.record({"type": "eval", "iter": it, "epoch": it / per_epoch, "test_loss": ev["loss"],
+                            "test_accuracy": ev["accuracy"], "elapsed_s": time.perf_counter() - run.t0})
+                run.say(f"epoch {it / per_epoch:.2f} (iter {it}): test loss {ev['loss']:.4f}, "
                         f"accuracy {100 * ev['accuracy']:.2f}%")
-                    result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
-                    vit_checkpoint.save(run / "latest", cfg, model.params, opt,
-                                        train_state(it, ev["accuracy"]))
-            if stopped:
-                vit_checkpoint.save(run / "latest", cfg, model.params, opt,
-                                    train_state(it, result.get("test_accuracy")))
-    finally:
-        if bar:
-            bar.close()
-        logf.close()
-    plot_curves(run / "log.jsonl", run / "curves.png")
-    result.update(iter=it, total=total, interrupted=stopped, out=str(run),
-                  seconds=time.perf_counter() - t0)
-    if stopped:
-        log(f"interrupted at iteration {it}: checkpoint saved in {run / 'latest'}; "
-            f"continue with: mingpt vit train --out {run} --resume")
-    return result
-
-
-def plot_curves(log_path: Path, png: Path) -> None:
-    """Train loss and test accuracy against iterations, from log.jsonl."""
-    recs = [json.loads(line) for line in open(log_path) if line.strip()]
-    tr = [(r["iter"], r["loss"]) for r in recs if r["type"] == "train"]
-    ev = [(r["iter"], 100 * r["test_accuracy"]) for r in recs if r["type"] == "eval"]
-    if not tr and not ev:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if tr:
-        ax.plot(*zip(*tr), lw=0.8, color="tab:blue", label="train loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    if ev:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*ev), "o-", ms=3, color="tab:orange", label="test accuracy (%)")
-        ax2.set_ylabel("test accuracy (%)")
-        ax2.legend(loc="center right")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(png)
+                result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
+                run.save_best(it, ev["accuracy"])
+                run.save_latest(it)
+        return run.finish(it, dict(result, total=total))

@@ -2,6 +2,7 @@
 predict end to end on tiny data; bad input answered by one clear line on
 stderr and a non-zero exit (acceptance 5)."""
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -157,7 +158,9 @@ def test_other_bad_input(trained, data, tmp_path):
 
 class _StopAfter:
     """Stands in for the Ctrl-C flag: a stop is requested at the n-th check
-    (the loop checks once per batch)."""
+    (the loop checks once per step, here one batch)."""
+
+    signum = signal.SIGINT
 
     def __init__(self, n):
         self.n, self.checks = n, 0
@@ -183,16 +186,16 @@ def test_interrupt_then_resume_is_bit_identical(data, tmp_path, monkeypatch, com
     the optimizer state it stopped at, ending on the uninterrupted run's weights."""
     from safetensors.numpy import load_file
 
-    import mingpt_c.encoder.train as et
+    import mingpt_c.run.scaffold as scaffold
 
     head = (["encoder", "train", "--train", data / "train.jsonl", "--val", data / "test.jsonl"]
             if command == "train" else ["encoder", "pretrain", data / "train.jsonl"])
     args = ["--epochs", "3", "--max-len", "16", "--dropout", "0.1", *TINY]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke(*head, "--out", full, *args).exit_code == 0
-    monkeypatch.setattr(et, "StopFlag", _StopAfter(14))   # 9 batches an epoch: stops in the second
+    monkeypatch.setattr(scaffold, "StopFlag", _StopAfter(14))   # 9 batches an epoch: stops in the second
     res = invoke(*head, "--out", cut, *args)
-    assert res.exit_code == 0 and "--resume" in res.stderr
+    assert res.exit_code == 130 and "--resume" in res.stderr   # 128 + SIGINT, the checkpoint saved
     state = json.loads((cut / "latest" / "train_state.json").read_text())
     assert (state["iter"], state["epoch"], state["batch"]) == (13, 1, 4)
     monkeypatch.undo()

@@ -1,0 +1,193 @@
+"""`mingpt encoder`: BERT-style encoder: masked-LM pretraining, text
+classification, evaluation, prediction (and what `mingpt info` says of one)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mingpt_c.cli import options
+
+
+def _encoder_options(f):
+    """The options pretrain and train share, in --help order; defaults from EncoderTrainConfig."""
+    from mingpt_c.encoder.train import EncoderTrainConfig
+
+    d = EncoderTrainConfig()
+    return options.decorate(f, [
+        options.out(),
+        options.init_from("start from an encoder checkpoint (ours, or imported with `mingpt import`)"),
+        click.option("--tokenizer", default=None, type=click.Path(dir_okay=False),
+                     help="BPE file with [PAD] [UNK] [CLS] [SEP] [MASK] [default: train one]"),
+        click.option("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary to train"),
+        click.option("--lower/--no-lower", default=d.lower, help="lower-case texts for the trained BPE"),
+        click.option("--bpe-pattern", type=click.Choice(["gpt2", "none", "phrases"]), default=d.bpe_pattern,
+                     help="the trained BPE's pre-split: GPT-2's (tokens stay within words), none "
+                          "(merges cross spaces, so frequent phrases become tokens), or phrases (two "
+                          "stages: GPT-2's split, then the last --phrase-share of the merges across words)"),
+        click.option("--phrase-share", type=float, default=d.phrase_share,
+                     help="with --bpe-pattern phrases: share of the merges learned across words"),
+        click.option("--max-len", type=int, default=d.max_len,
+                     help="tokens per text with [CLS] and [SEP]; longer texts are cut (with a note)"),
+        click.option("--truncate", type=click.Choice(["head", "head_tail"]), default=d.truncate,
+                     help="what a cut text keeps"),
+        *options.model_size(d),
+        options.dropout(d),
+        click.option("--act", type=click.Choice(["gelu", "gelu_tanh"]), default=d.act,
+                     help="GELU: exact (BERT) or tanh approximation (faster)"),
+        click.option("--pre-ln", is_flag=True, help="pre-layernorm blocks (GPT-2 order) instead of BERT's post-LN"),
+        click.option("--bigram-buckets", type=click.IntRange(min=0), default=d.bigram_buckets,
+                     help="rows of a hashed embedding table for pairs of adjacent tokens, added to "
+                          "each token's embedding (0: none)"),
+        options.batch_size(d),
+        options.grad_accum(d),
+        click.option("--epochs", type=float, default=d.epochs),
+        click.option("--max-iters", type=int, default=None, help="iterations (overrides --epochs)"),
+        options.lr(d),
+        options.min_lr(d, help=None),
+        options.warmup_iters(d),
+        options.weight_decay(d),
+        options.grad_clip(d, help=None),
+        click.option("--limit", type=int, default=None, help="use only the first N training examples"),
+        options.log_interval(d),
+        options.seed(d),
+        options.train_threads(),
+        options.no_progress(help=None),
+        options.resume("continue the run in --out from its latest checkpoint (same command otherwise)"),
+        *options.run_options(d),
+    ])
+
+
+def _encoder_config(opts: dict, **more):
+    from mingpt_c.encoder.train import EncoderTrainConfig
+
+    progress = not opts.pop("no_progress")
+    resume = opts.pop("resume")
+    tc = EncoderTrainConfig(**opts, **more, progress=progress)
+    for name in ("batch_size", "grad_accum", "max_len"):
+        if getattr(tc, name) < (3 if name == "max_len" else 1):
+            raise click.ClickException(f"--{name.replace('_', '-')} {getattr(tc, name)} is too small")
+    return tc, resume
+
+
+@click.group()
+def encoder() -> None:
+    """BERT-style encoder: masked-LM pretraining, text classification."""
+
+
+@encoder.command("pretrain")
+@click.argument("file", type=click.Path())
+@_encoder_options
+@click.option("--mask-prob", type=float, default=0.15, help="share of tokens chosen for masking")
+@click.pass_context
+def encoder_pretrain(ctx, file, mask_prob, **opts):
+    """Masked-LM pretraining on FILE: text (one document per line) or JSON Lines (its "text")."""
+    from mingpt_c.encoder.train import pretrain
+
+    tc, resume = _encoder_config(opts, train_file=file, mask_prob=mask_prob)
+    res = pretrain(tc, resume, log=lambda m: click.echo(m, err=True),
+                   given=options.given(ctx, rename={"file": "train_file"}))
+    options.exit_if_interrupted(res)
+    if not res["main"]:
+        return
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s; checkpoint in {tc.out}/latest; "
+               f"fine-tune with: mingpt encoder train --init-from {tc.out} --train DATA.jsonl --out DIR")
+
+
+@encoder.command("train")
+@click.option("--train", "train_file", required=True, type=click.Path(), help="JSON Lines with text and label")
+@click.option("--val", "val_file", type=click.Path(), default=None, help="JSON Lines to validate on each epoch")
+@click.option("--pooling", type=click.Choice(["cls", "mean", "max"]), default="mean", help="classifier input")
+@click.option("--val-limit", type=int, default=None, help="validate on the first N examples")
+@click.option("--token-dropout", type=float, default=0.0,
+              help="hide this share of each training text's tokens (word dropout)")
+@_encoder_options
+@click.pass_context
+def encoder_train(ctx, **opts):
+    """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""
+    from mingpt_c.encoder.train import train_classifier
+
+    tc, resume = _encoder_config(opts)
+    res = train_classifier(tc, resume, log=lambda m: click.echo(m, err=True), given=options.given(ctx))
+    options.exit_if_interrupted(res)
+    if not res["main"]:
+        return
+    acc = res.get("val_accuracy")
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s"
+               + (f", val accuracy {acc:.4f} (best {res['best_val_accuracy']:.4f})" if acc is not None else "")
+               + f"; evaluate with: mingpt encoder eval {tc.out} DATA.jsonl")
+
+
+@encoder.command("eval")
+@click.argument("ckpt", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--batch-size", type=int, default=64)
+@click.option("--limit", type=int, default=None, help="evaluate on the first N examples")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@options.threads()
+@options.device_option
+def encoder_eval(ckpt, data, batch_size, limit, as_json, threads, device, dtype):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on DATA (JSON Lines)."""
+    from mingpt_c.encoder.train import evaluate_file
+
+    options.use_threads(threads)
+    r = evaluate_file(ckpt, data, batch_size, limit, log=lambda m: click.echo(m, err=True),
+                      progress=sys.stderr.isatty(), device=options.to_device(device, dtype))
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    names = [str(n) for n in r["labels"]]
+    w = max(8, *(len(n) for n in names))
+    click.echo(f"accuracy {r['accuracy']:.4f} on {r['n']:,} examples (macro F1 {r['macro_f1']:.4f})")
+    click.echo(f"{'label':<{w}}  precision  recall     f1  support")
+    for p in r["per_class"]:
+        click.echo(f"{str(p['label']):<{w}}  {p['precision']:9.4f}  {p['recall']:6.4f}  {p['f1']:.4f}  {p['support']:7d}")
+    click.echo("confusion matrix (rows: true, columns: predicted)")
+    click.echo(" " * w + "  " + " ".join(f"{n:>{w}}" for n in names))
+    for n, row in zip(names, r["confusion"]):
+        click.echo(f"{n:<{w}}  " + " ".join(f"{v:>{w}d}" for v in row))
+
+
+@encoder.command("predict")
+@click.argument("ckpt", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@options.threads()
+@options.device_option
+def encoder_predict(ckpt, texts, threads, device, dtype):
+    """Label and class probabilities of each TEXT: one line 'label<TAB>probabilities<TAB>text'."""
+    from mingpt_c.encoder.train import predict_texts
+
+    options.use_threads(threads)
+    names, probs = predict_texts(ckpt, list(texts), log=lambda m: click.echo(m, err=True),
+                                 device=options.to_device(device, dtype))
+    for t, p in zip(texts, probs):
+        ps = " ".join(f"{n}={v:.4f}" for n, v in zip(names, p))
+        click.echo(f"{names[int(p.argmax())]}\t{ps}\t{t[:60]}")
+
+
+# ------------------------------------------------------------------ info
+
+
+def describe(path: Path) -> None:
+    """`mingpt info` on an encoder checkpoint."""
+    from mingpt_c.encoder import checkpoint as encoder_checkpoint
+
+    loaded = encoder_checkpoint.load(path)
+    cfg, tok = loaded["cfg"], loaded["tokenizer"]
+    click.echo(f"checkpoint  {path}")
+    click.echo(f"model       encoder ({'pre' if cfg.pre_ln else 'post'}-LN), {cfg.n_layer} layers, "
+               f"{cfg.n_head} heads, width {cfg.n_embd}, max length {cfg.block_size}, vocab {cfg.vocab_size}, "
+               f"{cfg.act}" + (f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""))
+    click.echo(f"parameters  {loaded['params'].size:,}")
+    heads = (["masked LM"] if cfg.mlm_head else []) + (
+        [f"classifier ({cfg.pooling} pooling), {cfg.num_labels} labels: "
+         f"{', '.join(map(str, (cfg.extra.get('labels') or [])[:10]))}"] if cfg.num_labels else [])
+    click.echo(f"heads       {'; '.join(heads) or 'none (the trunk only)'}")
+    click.echo(f"tokenizer   {tok.describe().get('kind', type(tok).__name__) if tok else 'none'}")
+    s = loaded["train_state"]
+    if s:
+        acc = s.get("val_accuracy")
+        click.echo(f"trained     {s.get('iter')} iterations"
+                   + (f", val accuracy {acc:.4f}" if acc is not None else ""))

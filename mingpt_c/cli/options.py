@@ -1,0 +1,199 @@
+"""Options that several commands share, declared once, and the helpers that
+read them (threads, device, run directory and resume).
+
+A command lists its options in the order its --help shows them; the shared
+ones come from here, the family's own are written in its module. Training
+options take their defaults from the family's config (`d`), so a default is
+written once, in the config's dataclass.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def decorate(f, opts: list):
+    """Applies option decorators in the order listed (first one on top of --help)."""
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+# ------------------------------------------------------------------ threads, device
+
+
+def threads(help: str | None = None):
+    """--threads for the C core (none given: all cores)."""
+    return click.option("--threads", type=int, default=None, help=help)
+
+
+def train_threads():
+    return threads("C core threads [default: all cores]")
+
+
+def use_threads(n: int | None) -> None:
+    """Sets the C core's thread count when --threads was given."""
+    if n:
+        from mingpt_c._lib import set_num_threads
+
+        set_num_threads(n)
+
+
+def device_options(with_dtype: bool = True):
+    """--device (and --dtype): the options every command that runs a model shares."""
+    opts = [click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+                         help="where the model runs (cuda: an NVIDIA GPU, `make cuda` build)")]
+    if with_dtype:
+        opts.append(click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default=None,
+                                 help="precision of the GPU's matrix products "
+                                      "[default: bf16 where the GPU has it, else fp32]"))
+    return opts
+
+
+def device_option(f):
+    return decorate(f, device_options())
+
+
+def to_device(name: str, dtype: str | None):
+    """The Device for --device/--dtype (bf16 products by default on a GPU that has them)."""
+    from mingpt_c.device import Device, default_dtype
+
+    if name == "cuda" and dtype is None:
+        Device("cuda")   # one clear line when there is no GPU
+        dtype = default_dtype("cuda")
+    return Device(name, dtype)
+
+
+# ------------------------------------------------------------------ training options
+# Shared by the training commands (gpt train, vit train, encoder pretrain/train).
+# `help=` is there where a family's --help has always said something else
+# (tests/golden/help.txt holds every text).
+
+
+def out(default: str | None = None):
+    """--out, the run directory; without a default, it is required."""
+    where = {"default": default} if default is not None else {"required": True}
+    return click.option("--out", **where, type=click.Path(file_okay=False), help="run directory")
+
+
+def preset(names: list[str]):
+    return click.option("--preset", type=click.Choice(names), default=None,
+                        help="model size preset (explicit size flags win)")
+
+
+def model_size(d) -> list:
+    """--n-layer, --n-head, --n-embd."""
+    return [click.option("--n-layer", type=int, default=d.n_layer),
+            click.option("--n-head", type=int, default=d.n_head),
+            click.option("--n-embd", type=int, default=d.n_embd)]
+
+
+def dropout(d):
+    return click.option("--dropout", type=float, default=d.dropout)
+
+
+def batch_size(d):
+    return click.option("--batch-size", type=int, default=d.batch_size)
+
+
+def lr(d):
+    return click.option("--lr", type=float, default=d.lr, help="peak learning rate")
+
+
+def min_lr(d, help: str | None = "learning rate at the end of the cosine"):
+    return click.option("--min-lr", type=float, default=d.min_lr, help=help)
+
+
+def warmup_iters(d):
+    return click.option("--warmup-iters", type=int, default=d.warmup_iters)
+
+
+def weight_decay(d):
+    return click.option("--weight-decay", type=float, default=d.weight_decay)
+
+
+def beta2(d):
+    return click.option("--beta2", type=float, default=d.beta2)
+
+
+def grad_clip(d, help: str | None = "max gradient norm (0: off)"):
+    return click.option("--grad-clip", type=float, default=d.grad_clip, help=help)
+
+
+def grad_accum(d, help: str | None = "micro-batches per step"):
+    return click.option("--grad-accum", type=int, default=d.grad_accum, help=help)
+
+
+def log_interval(d):
+    return click.option("--log-interval", type=int, default=d.log_interval,
+                        help="iterations between train-loss lines in log.jsonl")
+
+
+def seed(d):
+    return click.option("--seed", type=int, default=d.seed)
+
+
+def resume(help: str = "continue the run in --out from its latest checkpoint"):
+    return click.option("--resume", is_flag=True, help=help)
+
+
+def init_from(help: str):
+    return click.option("--init-from", type=click.Path(), default=None, help=help)
+
+
+def no_progress(help: str | None = "no progress bar"):
+    return click.option("--no-progress", is_flag=True, help=help)
+
+
+def max_nan_steps(d):
+    return click.option("--max-nan-steps", type=int, default=d.max_nan_steps,
+                        help="stop after this many non-finite steps in a row (each one is skipped)")
+
+
+def dist_timeout(d):
+    return click.option("--dist-timeout", type=float, default=d.dist_timeout,
+                        help="under MPI: seconds to wait for the other ranks before aborting")
+
+
+def run_options(d) -> list:
+    """What every training command ends with: the failure policy, MPI, the device."""
+    return [max_nan_steps(d), dist_timeout(d), *device_options()]
+
+
+# ------------------------------------------------------------------ run directory and config
+# The run scaffold (mingpt_c.run.scaffold) locks --out, refuses a new run
+# over an old one, and applies the --resume rule (the saved run_config.json
+# wins; a given option that contradicts it is an error naming it): the
+# commands hand it the options they were given.
+
+
+def given(ctx: click.Context, rename: dict | None = None) -> dict:
+    """{config field: the option as typed} for every parameter given on the
+    command line (an argument by its metavar, FILES); rename maps a
+    parameter's name to its config field."""
+    out = {}
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE:
+            flag = p.opts[0] if isinstance(p, click.Option) else p.human_readable_name
+            out[(rename or {}).get(p.name, p.name)] = flag
+    return out
+
+
+def apply_preset(opts: dict, values: dict, given: dict, name: str) -> None:
+    """A preset's values for the options not given on the command line
+    (given: they count as given by --preset NAME)."""
+    for k, v in values.items():
+        if k not in given:
+            opts[k] = v
+            given[k] = f"--preset {name}"
+
+
+def exit_if_interrupted(res: dict) -> None:
+    """A training run that SIGINT or SIGTERM stopped (its latest/ saved)
+    exits with 128 + the signal's number: 130, 143."""
+    from mingpt_c.run.scaffold import exit_status
+
+    status = exit_status(res)
+    if status:
+        sys.exit(status)
