@@ -289,3 +289,19 @@ def check_mpi_equals_double_batch(fam: Family, data: Path, tmp: Path, batch: int
         assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5 * scale, what=k)
     st = json.loads((two / "latest" / "train_state.json").read_text())
     assert st["world_size"] == 2 and st["global_batch"] == 2 * batch
+
+
+CHECKS = {"non_finite": check_non_finite, "seed_reaches_dropout": check_seed_reaches_dropout,
+          "resume_bit_exact": check_resume_bit_exact, "contradicting_flag": check_contradicting_flag}
+
+
+def behaviour_test(family: str):
+    """The scaffold's behaviours as one parametrized test for a family's
+    module: `test_run_behaviour = behaviour_test("vit")`."""
+    import pytest
+
+    @pytest.mark.parametrize("check", list(CHECKS))
+    def test_run_behaviour(check, tmp_path, monkeypatch):
+        data = write_data(tmp_path)
+        CHECKS[check](FAMILIES[family], data, tmp_path, monkeypatch)
+    return test_run_behaviour

@@ -170,24 +170,22 @@ def encoder_predict(ckpt, texts, threads, device, dtype):
 # ------------------------------------------------------------------ info
 
 
-def describe(path: Path) -> None:
-    """`mingpt info` on an encoder checkpoint."""
-    from mingpt_c.encoder import checkpoint as encoder_checkpoint
-
-    loaded = encoder_checkpoint.load(path)
+def describe(loaded: dict, path: Path) -> list[tuple[str, str]]:
+    """`mingpt info`: the rows that describe an encoder checkpoint (loaded from path)."""
+    rows = []
     cfg, tok = loaded["cfg"], loaded["tokenizer"]
-    click.echo(f"checkpoint  {path}")
-    click.echo(f"model       encoder ({'pre' if cfg.pre_ln else 'post'}-LN), {cfg.n_layer} layers, "
-               f"{cfg.n_head} heads, width {cfg.n_embd}, max length {cfg.block_size}, vocab {cfg.vocab_size}, "
-               f"{cfg.act}" + (f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else ""))
-    click.echo(f"parameters  {loaded['params'].size:,}")
+    rows.append(("model", f"encoder ({'pre' if cfg.pre_ln else 'post'}-LN), {cfg.n_layer} layers, "
+                          f"{cfg.n_head} heads, width {cfg.n_embd}, max length {cfg.block_size}, vocab {cfg.vocab_size}, "
+                          f"{cfg.act}" + (f", {cfg.bigram_buckets:,} bigram buckets" if cfg.bigram_buckets else "")))
+    rows.append(("parameters", f"{loaded['params'].size:,}"))
     heads = (["masked LM"] if cfg.mlm_head else []) + (
         [f"classifier ({cfg.pooling} pooling), {cfg.num_labels} labels: "
          f"{', '.join(map(str, (cfg.extra.get('labels') or [])[:10]))}"] if cfg.num_labels else [])
-    click.echo(f"heads       {'; '.join(heads) or 'none (the trunk only)'}")
-    click.echo(f"tokenizer   {tok.describe().get('kind', type(tok).__name__) if tok else 'none'}")
+    rows.append(("heads", f"{'; '.join(heads) or 'none (the trunk only)'}"))
+    rows.append(("tokenizer", f"{tok.describe().get('kind', type(tok).__name__) if tok else 'none'}"))
     s = loaded["train_state"]
     if s:
         acc = s.get("val_accuracy")
-        click.echo(f"trained     {s.get('iter')} iterations"
-                   + (f", val accuracy {acc:.4f}" if acc is not None else ""))
+        rows.append(("trained", f"{s.get('iter')} iterations"
+                                + (f", val accuracy {acc:.4f}" if acc is not None else "")))
+    return rows

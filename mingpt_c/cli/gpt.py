@@ -169,20 +169,18 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):
 # ------------------------------------------------------------------ info
 
 
-def describe(path: Path) -> None:
-    """`mingpt info` on a GPT checkpoint."""
-    from mingpt_c.gpt import checkpoint
-
-    loaded = checkpoint.load(path)
+def describe(loaded: dict, path: Path) -> list[tuple[str, str]]:
+    """`mingpt info`: the rows that describe a GPT checkpoint (loaded from path)."""
+    rows = []
     cfg = loaded["cfg"]
-    click.echo(f"checkpoint  {path}")
-    click.echo(f"model       GPT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
-               f"block {cfg.block_size}, vocab {cfg.vocab_size}")
+    rows.append(("model", f"GPT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
+                          f"block {cfg.block_size}, vocab {cfg.vocab_size}"))
     n = loaded["params"].size - cfg.block_size * cfg.n_embd
-    click.echo(f"parameters  {n:,} (without position embeddings)")
+    rows.append(("parameters", f"{n:,} (without position embeddings)"))
     tok = loaded["tokenizer"]
-    click.echo(f"tokenizer   {tok.kind if tok else 'none'}")
+    rows.append(("tokenizer", f"{tok.kind if tok else 'none'}"))
     st = path / "train_state.json"
     if st.exists():
         s = json.loads(st.read_text())
-        click.echo(f"trained     {s.get('iter')} iterations, best val loss {s.get('best_val')}")
+        rows.append(("trained", f"{s.get('iter')} iterations, best val loss {s.get('best_val')}"))
+    return rows

@@ -50,13 +50,19 @@ def _cuda_line(built: bool) -> str:
 @click.argument("ckpt", type=click.Path())
 def info(ckpt):
     """What a checkpoint (or run directory) holds."""
+    from mingpt_c import checkpoint
     from mingpt_c.cli import encoder, gpt, vit
-    from mingpt_c.gpt import checkpoint
+    from mingpt_c.encoder import checkpoint as encoder_checkpoint
+    from mingpt_c.gpt import checkpoint as gpt_checkpoint
+    from mingpt_c.vit import checkpoint as vit_checkpoint
 
     path = checkpoint.resolve(ckpt)
     kind = json.loads((path / "config.json").read_text()).get("model_type")
-    describe = {"vit": vit.describe, "bert": encoder.describe}.get(kind, gpt.describe)
-    describe(path)
+    load, describe = {"vit": (vit_checkpoint.load, vit.describe),
+                      "bert": (encoder_checkpoint.load, encoder.describe)}.get(
+                          kind, (gpt_checkpoint.load, gpt.describe))
+    for key, value in [("checkpoint", str(path)), *describe(load(path), path)]:
+        click.echo(f"{key:<11} {value}")
 
 
 # ------------------------------------------------------------------ import / export

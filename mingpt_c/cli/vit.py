@@ -152,21 +152,19 @@ def vit_attention(ckpt, image, out, convert):
 # ------------------------------------------------------------------ info
 
 
-def describe(path: Path) -> None:
-    """`mingpt info` on a ViT checkpoint."""
-    from mingpt_c.vit import checkpoint as vit_checkpoint
-
-    loaded = vit_checkpoint.load(path)
+def describe(loaded: dict, path: Path) -> list[tuple[str, str]]:
+    """`mingpt info`: the rows that describe a ViT checkpoint (loaded from path)."""
+    rows = []
     cfg = loaded["cfg"]
-    click.echo(f"checkpoint  {path}")
-    click.echo(f"model       ViT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
-               f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels}, {cfg.act}")
-    click.echo(f"parameters  {loaded['params'].size:,}")
-    click.echo(f"classes     {cfg.num_classes}: {', '.join(cfg.labels[:10])}"
-               f"{', ...' if cfg.num_classes > 10 else ''}")
+    rows.append(("model", f"ViT, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
+                          f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels}, {cfg.act}"))
+    rows.append(("parameters", f"{loaded['params'].size:,}"))
+    rows.append(("classes", f"{cfg.num_classes}: {', '.join(cfg.labels[:10])}"
+                            f"{', ...' if cfg.num_classes > 10 else ''}"))
     st = path / "train_state.json"
     if st.exists():
         s = json.loads(st.read_text())
         acc = s.get("test_accuracy")
-        click.echo(f"trained     {s.get('iter')} iterations ({s.get('epoch', 0):.2f} epochs), test accuracy "
-                   f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}")
+        rows.append(("trained", f"{s.get('iter')} iterations ({s.get('epoch', 0):.2f} epochs), test accuracy "
+                                f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}"))
+    return rows

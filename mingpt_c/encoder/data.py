@@ -31,7 +31,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 class BPEWithSpecials:
-    """A trained byte-level BPE (mingpt_c.tokenizer) plus BERT's special
+    """A trained byte-level BPE (mingpt_c.tokenizers) plus BERT's special
     tokens; optional lower-casing. Special-token strings in a text are
     encoded as ordinary text, never as the specials."""
 

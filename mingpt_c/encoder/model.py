@@ -23,7 +23,7 @@ back the loss, and classify() the (B, K) logits. Row gathers and scatters
 pooling on the GPU is the embedding scatter plus one product with diag(1/n).
 Max pooling on the GPU is a host round trip (no max/argmax kernel).
 
-Parameters live in one flat buffer (model/params.Layout) under Hugging Face
+Parameters live in one flat buffer (nn/params.py, Layout) under Hugging Face
 BertForMaskedLM / BertForSequenceClassification names, except that each
 layer's query, key and value are packed into one (3C, C) matrix
 `attention.self.qkv` for the attention kernel; checkpoints split it again.
@@ -47,7 +47,7 @@ from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.config import ConfigBase
-from mingpt_c.nn.params import Layout, bind_buffers
+from mingpt_c.nn.model import FlatModel
 from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
@@ -280,16 +280,12 @@ class _MLMHead:
         return v
 
 
-class Encoder:
+class Encoder(FlatModel):
     def __init__(self, cfg: EncoderConfig, params: np.ndarray | None = None, seed: int = 0,
                  device: Device = CPU):
-        """params: a flat buffer to use (a checkpoint's); None: a fresh
-        initialisation from seed (drawn on the host, so every device starts
-        from the same bits). device: where every buffer lives."""
-        self.cfg = cfg
-        self.device = device
-        bind_buffers(self, Layout(encoder_slots(cfg)), params,
-                     lambda: self.layout.init(cfg, np.random.default_rng(seed)), device)
+        """A fresh initialisation (params None) draws from seed (FlatModel)."""
+        super().__init__(cfg, encoder_slots(cfg), params,
+                         lambda: self.layout.init(cfg, np.random.default_rng(seed)), device)
         self.stack = Stack(cfg, self.p, self.g, self._layer_views, causal=False, act=cfg.act,
                            pre_ln=cfg.pre_ln, device=device)
         self._acts: _Acts | None = None
@@ -303,9 +299,6 @@ class Encoder:
 
     def num_params(self) -> int:
         return self.layout.count(exclude_positions=False)
-
-    def zero_grad(self) -> None:
-        ops.fill(self.grads, 0)
 
     def _buffers(self, B: int, T: int, with_grads: bool) -> _Acts:
         a = self._acts

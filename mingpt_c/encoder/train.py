@@ -26,9 +26,6 @@ Random streams (mingpt_c.nn.seeds): the epoch order from STREAM_BATCHES at
 STREAM_TOKEN_DROPOUT at the batch number, dropout masks from
 dropout_seed(seed, iteration, micro-step, rank); a resumed run continues
 exactly.
---device cuda trains on the GPU (the model's buffers and AdamW's moments in
-GPU memory); checkpoints hold host copies, so a run may resume, and a model
-be evaluated, on either device.
 """
 from __future__ import annotations
 
@@ -46,14 +43,14 @@ from mingpt_c.encoder import checkpoint as ckpt
 from mingpt_c.encoder import data as ed
 from mingpt_c.encoder.model import Encoder, EncoderConfig
 from mingpt_c.errors import CheckpointError, DataError
-from mingpt_c.nn.optim import AdamW, lr_at
+from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_MASKING, STREAM_TOKEN_DROPOUT, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 
 
 @dataclass
-class EncoderTrainConfig:
+class EncoderTrainConfig(OptimConfig):
     out: str = "encoder-out"        # run directory
     train_file: str = ""            # JSON Lines (classification) or text/JSON Lines (pretraining)
     val_file: str | None = None     # JSON Lines for validation (classification)
@@ -79,13 +76,8 @@ class EncoderTrainConfig:
     grad_accum: int = 1             # micro-batches per optimizer step
     epochs: float = 3.0
     max_iters: int | None = None    # overrides epochs when given
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_iters: int = 200
     weight_decay: float = 0.01
-    beta1: float = 0.9
     beta2: float = 0.98
-    grad_clip: float = 1.0
     mask_prob: float = 0.15         # pretraining
     limit: int | None = None        # use the first N training examples
     val_limit: int | None = None    # evaluate on the first N validation examples
@@ -158,12 +150,6 @@ def _new_tokenizer(tc: EncoderTrainConfig, texts: list[str], log):
     tok = ed.BPEWithSpecials.train(texts, tc.vocab_size, tc.lower, tc.bpe_pattern, tc.phrase_share)
     log(f"tokenizer: BPE with {tok.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f} s")
     return tok
-
-
-def _say_device(run: Run) -> None:
-    if run.device.is_cuda:
-        from mingpt_c import cuda
-        run.say(f"device: {cuda.info()['name']}, {run.cfg.dtype} matrix products")
 
 
 def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log,
@@ -317,7 +303,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
         run.say(f"model: encoder, {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, max length "
                 f"{tc.max_len}, vocab {cfg.vocab_size}{bigrams}, {cfg.pooling} pooling: "
                 f"{model.num_params() / 1e6:.2f}M parameters")
-        _say_device(run)
+        run.say_device()
         run.say(f"data: {len(seqs):,} examples, {len(names)} classes ({', '.join(map(str, names))}), "
                 f"mean length {np.mean([len(s) for s in seqs]):.0f} tokens; {total:,} iterations of "
                 f"{tc.batch_size * run.world.size * tc.grad_accum}")
@@ -441,7 +427,7 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
         _, total = _schedule(tc, run.world, len(seqs))
         run.say(f"model: encoder (masked LM), {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}: "
                 f"{model.num_params() / 1e6:.2f}M parameters; {len(seqs):,} sequences, {total:,} iterations")
-        _say_device(run)
+        run.say_device()
         pos = _position(run)
         run.begin(int(run.resumed_state.get("iter", 0)), total,
                   save=lambda path, st: ckpt.save(path, cfg, model.params, tok, opt, st),

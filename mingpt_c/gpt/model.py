@@ -19,7 +19,8 @@ from mingpt_c import ops
 from mingpt_c.device import CPU, Device
 from mingpt_c.errors import ShapeError
 from mingpt_c.gpt.config import GPTConfig
-from mingpt_c.nn.params import Layout, bind_buffers, sub_views
+from mingpt_c.nn.model import FlatModel
+from mingpt_c.nn.params import sub_views
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.stack import Stack, StackActs
 
@@ -64,16 +65,13 @@ class _Acts(StackActs):
             self.dlosses = e(B, T)
 
 
-class GPT:
+class GPT(FlatModel):
     def __init__(self, cfg: GPTConfig, params: np.ndarray | None = None, seed: int = 0,
                  embd_std: float = 0.02, device: Device = CPU):
-        """params: a flat buffer to use (a checkpoint's); None: a fresh
-        initialisation from seed, embeddings with spread embd_std (drawn on
-        the host, so every device starts from the same bits)."""
-        self.cfg = cfg
-        self.device = device
-        bind_buffers(self, Layout(gpt_slots(cfg)), params,
-                     lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std), device)
+        """A fresh initialisation (params None) draws from seed, the token and
+        position embeddings with spread embd_std (see FlatModel)."""
+        super().__init__(cfg, gpt_slots(cfg), params,
+                         lambda: self.layout.init(cfg, np.random.default_rng(seed), embd_std), device)
         self.stack = Stack(cfg, self.p, self.g, lambda v, i: sub_views(v, f"transformer.h.{i}."),
                            causal=True, device=device)
         self._layer_p = self.stack.layer_p   # gpt/sample.py's cached forward reads them
@@ -160,5 +158,3 @@ class GPT:
                                self.g["transformer.wte.weight"], self.g["transformer.wpe.weight"])
         self._last = None
 
-    def zero_grad(self) -> None:
-        ops.fill(self.grads, 0)

@@ -29,14 +29,14 @@ from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.gpt import checkpoint
 from mingpt_c.gpt.config import GPTConfig
 from mingpt_c.gpt.model import GPT
-from mingpt_c.nn.optim import AdamW, lr_at
+from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_EVAL, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.tokenizers.tokenfile import read_tokens
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(OptimConfig):
     out: str = "out"                 # run directory
     files: tuple = ()                # training text files; empty: the embedded corpus
     val_file: str | None = None      # validation text; default: the tail of the training text
@@ -50,14 +50,9 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1              # micro-batches per optimizer step
     max_iters: int = 2000
-    lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # cosine decay length; default max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0           # max global gradient norm; 0 disables
     embd_init_std: float = 0.05      # spread of the fresh token/position embeddings (GPT-2: 0.02)
     eval_interval: int = 250
     eval_iters: int = 20             # batches per split and evaluation
@@ -217,9 +212,7 @@ def train(tc: TrainConfig, resume: bool = False, log=print, given: dict | None =
         tokens_per_iter = rows * world.size * tc.grad_accum
         run.say(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, block {cfg.block_size}, "
                 f"vocab {cfg.vocab_size}: {model.num_params() / 1e6:.2f}M parameters")
-        if run.device.is_cuda:
-            from mingpt_c import cuda
-            run.say(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
+        run.say_device()
         run.say(f"data: {source}: {len(train_toks):,} train / {len(val_toks):,} val tokens; "
                 f"{tokens_per_iter:,} tokens per iteration"
                 + (f" ({world.size} ranks x {tc.batch_size} rows)" if world.size > 1 else ""))

@@ -21,6 +21,19 @@ def lr_at(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> f
 
 
 @dataclass
+class OptimConfig:
+    """The optimizer and schedule options of every training config (each
+    family's dataclass derives from it and restates the defaults it changes)."""
+    lr: float = 1e-3                 # peak learning rate
+    min_lr: float = 1e-5             # learning rate at the end of the cosine
+    warmup_iters: int = 200          # linear warmup from lr / (warmup + 1)
+    weight_decay: float = 0.1        # AdamW's decoupled decay (matrices and embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0           # max global gradient norm; 0 disables
+
+
+@dataclass
 class AdamW:
     params: np.ndarray
     decay_mask: np.ndarray

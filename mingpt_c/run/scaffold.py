@@ -38,6 +38,10 @@ What the scaffold owns:
   the number of ranks and micro-batches; all_reduce() averages the one flat
   gradient buffer over the ranks and sums the loss.
 Rank 0 alone locks, logs, shows progress and writes checkpoints.
+
+--device cuda puts the model's buffers and AdamW's moments in GPU memory;
+checkpoints hold host copies, so a run may resume, and a model be
+evaluated, on either device.
 """
 from __future__ import annotations
 
@@ -185,6 +189,12 @@ class Run:
         """A line on stderr from rank 0 (through the progress bar when there is one)."""
         if self.is_main:
             (self._progress.write if self._progress else self.log)(msg)
+
+    def say_device(self) -> None:
+        """On a GPU run, the line naming the GPU and the products' precision."""
+        if self.device.is_cuda:
+            from mingpt_c import cuda
+            self.say(f"device: {cuda.info()['name']}, {self.cfg.dtype} matrix products")
 
     def record(self, rec: dict) -> None:
         """One line of log.jsonl."""

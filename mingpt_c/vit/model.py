@@ -39,7 +39,8 @@ from mingpt_c.nn.block import ACTS
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from mingpt_c.nn.config import ConfigBase
-from mingpt_c.nn.params import Layout, bind_buffers
+from mingpt_c.nn.model import FlatModel
+from mingpt_c.nn.params import Layout
 from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
@@ -299,16 +300,12 @@ class _Acts(StackActs):
             self.dpos = e(T, C)
 
 
-class ViT:
+class ViT(FlatModel):
     def __init__(self, cfg: ViTConfig, params: np.ndarray | None = None, seed: int = 0,
                  device: Device = CPU):
-        """params: a flat buffer to use (a checkpoint's); None: a fresh
-        initialisation from seed (drawn on the host, so every device starts
-        from the same bits). device: where every buffer lives."""
-        self.cfg = cfg
-        self.device = device
-        bind_buffers(self, Layout(vit_slots(cfg)), params,
-                     lambda: init_params(self.layout, cfg, np.random.default_rng(seed)), device)
+        """A fresh initialisation (params None) draws from seed (FlatModel)."""
+        super().__init__(cfg, vit_slots(cfg), params,
+                         lambda: init_params(self.layout, cfg, np.random.default_rng(seed)), device)
         C = cfg.n_embd
         self._wp = self.p["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
         self._dwp = self.g["vit.embeddings.patch_embeddings.projection.weight"].reshape(C, cfg.patch_dim)
@@ -412,5 +409,3 @@ class ViT:
                             self.g["vit.embeddings.patch_embeddings.projection.bias"], need_dx=False)
         self._last = None
 
-    def zero_grad(self) -> None:
-        ops.fill(self.grads, 0)

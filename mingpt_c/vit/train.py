@@ -21,9 +21,6 @@ Determinism (mingpt_c.nn.seeds): the order of an epoch comes from
 STREAM_BATCHES at (epoch), augmentation from STREAM_AUGMENT at the batch
 number, dropout from dropout_seed(seed, iteration, micro-step, rank); a
 resumed run goes on exactly as the uninterrupted one (same thread count).
---device cuda trains on the GPU (the model's buffers and AdamW's moments in
-GPU memory); checkpoints hold host copies, so a run may resume, and a model
-be evaluated, on either device.
 """
 from __future__ import annotations
 
@@ -34,7 +31,7 @@ import numpy as np
 
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError, DataError
-from mingpt_c.nn.optim import AdamW, lr_at
+from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.seeds import STREAM_AUGMENT, STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.vit import checkpoint as vit_checkpoint
@@ -43,7 +40,7 @@ from mingpt_c.vit.model import ViT, ViTConfig
 
 
 @dataclass
-class ViTTrainConfig:
+class ViTTrainConfig(OptimConfig):
     out: str = "out-vit"             # run directory
     dataset: str | None = None       # KIND:PATH (mingpt_c.images); None: generated shapes
     image_size: int | None = None    # resize folder images to this; default: as stored
@@ -56,13 +53,7 @@ class ViTTrainConfig:
     grad_accum: int = 1              # micro-batches per optimizer step
     epochs: int = 5
     max_iters: int | None = None     # stop after this many iterations (the schedule still spans epochs)
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_iters: int = 200
     weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0           # max global gradient norm; 0 disables
     label_smoothing: float = 0.0
     crop_pad: int = 0                # random crop after zero padding of this many pixels
     hflip: bool = False              # random horizontal flip (not for digits)
@@ -201,9 +192,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
         run.say(f"model: ViT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
                 f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} ({cfg.seq_len} "
                 f"tokens), {cfg.num_classes} classes: {model.num_params() / 1e6:.3f}M parameters")
-        if run.device.is_cuda:
-            from mingpt_c import cuda
-            run.say(f"device: {cuda.info()['name']}, {tc.dtype} matrix products")
+        run.say_device()
         run.say(f"data: {train_set.source}: {N:,} train / {len(test_set):,} test images; "
                 f"{per_epoch} iterations per epoch, {total} in all"
                 + (f" ({world.size} ranks x {B} images)" if world.size > 1 else ""))

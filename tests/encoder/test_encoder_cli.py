@@ -2,12 +2,12 @@
 predict end to end on tiny data; bad input answered by one clear line on
 stderr and a non-zero exit (acceptance 5)."""
 import json
-import signal
 
 import numpy as np
 import pytest
 
 from conftest import invoke, one_line_error
+from run_checks import StopAfter
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "300", "--batch-size", "4",
         "--warmup-iters", "2", "--no-progress"]
@@ -156,29 +156,6 @@ def test_other_bad_input(trained, data, tmp_path):
                    "already holds a run")
 
 
-class _StopAfter:
-    """Stands in for the Ctrl-C flag: a stop is requested at the n-th check
-    (the loop checks once per step, here one batch)."""
-
-    signum = signal.SIGINT
-
-    def __init__(self, n):
-        self.n, self.checks = n, 0
-
-    def __call__(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks >= self.n
-
 
 @pytest.mark.parametrize("command", ["train", "pretrain"])
 def test_interrupt_then_resume_is_bit_identical(data, tmp_path, monkeypatch, command):
@@ -193,7 +170,7 @@ def test_interrupt_then_resume_is_bit_identical(data, tmp_path, monkeypatch, com
     args = ["--epochs", "3", "--max-len", "16", "--dropout", "0.1", *TINY]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert invoke(*head, "--out", full, *args).exit_code == 0
-    monkeypatch.setattr(scaffold, "StopFlag", _StopAfter(14))   # 9 batches an epoch: stops in the second
+    monkeypatch.setattr(scaffold, "StopFlag", StopAfter(14))   # 9 batches an epoch: stops in the second
     res = invoke(*head, "--out", cut, *args)
     assert res.exit_code == 130 and "--resume" in res.stderr   # 128 + SIGINT, the checkpoint saved
     state = json.loads((cut / "latest" / "train_state.json").read_text())

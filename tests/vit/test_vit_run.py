@@ -5,20 +5,15 @@ written), a contradicting option refused, 2 MPI ranks equal to 1 rank with
 the doubled batch, and gradient accumulation equal to the doubled batch."""
 import pytest
 
-from run_checks import (FAMILIES, check_contradicting_flag, check_mpi_equals_double_batch, check_non_finite,
-                        check_resume_bit_exact, check_seed_reaches_dropout, mpi_missing, ok, run, train_losses,
-                        weights, write_data)
+from run_checks import (FAMILIES, behaviour_test, check_mpi_equals_double_batch, mpi_missing, ok, run,
+                        train_losses,
+                        weights)
 from conftest import assert_close
 
-CHECKS = {"non_finite": check_non_finite, "seed_reaches_dropout": check_seed_reaches_dropout,
-          "resume_bit_exact": check_resume_bit_exact, "contradicting_flag": check_contradicting_flag}
 VIT = FAMILIES["vit"]
 
 
-@pytest.mark.parametrize("check", list(CHECKS))
-def test_run_behaviour(check, tmp_path, monkeypatch):
-    data = write_data(tmp_path)
-    CHECKS[check](VIT, data, tmp_path, monkeypatch)
+test_run_behaviour = behaviour_test("vit")
 
 
 @pytest.mark.skipif(bool(mpi_missing()), reason=mpi_missing() or "")
