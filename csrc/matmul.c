@@ -25,9 +25,9 @@
  * AVX-512 (-march=native on such a host) the same design runs 8 x 48 on zmm
  * registers (24 accumulators of 16 floats); broadcasts cost more than plain
  * loads there, so the wide tile with the fewest broadcasts per FMA wins. Both
- * kernels prefetch their C tile before the k loop (on the Zen 3 guest that
- * took the small config's eight layer products from 173-216 to 158-186 ms,
- * alternating builds).
+ * kernels prefetch their C tile before the k loop: the tile's rows are far
+ * apart, too many streams for the hardware prefetcher (docs/performance.md
+ * has the measurement).
  * Without AVX2 a plain-C kernel over the same packed layout is used.
  * Packing turns every transpose combination into the same unit-stride
  * stream, so there is one kernel per ISA. Every pack reads its source along
@@ -84,8 +84,8 @@ static inline int omp_in_parallel(void) { return 0; }
 #if defined(__AVX512F__)
 // 8 x 48: 24 zmm accumulators + 3 for B + 1 broadcast of 32 zmm registers;
 // 8 broadcasts and 3 loads feed 24 FMAs per k. A 12 x 32 tile needs 12
-// broadcasts: on one AVX-512 core, with both panels in L1, it ran at about
-// 112 GFLOP/s where 8 x 48 ran at about 174. The B micro-panel, kc*NR*4 =
+// broadcasts per k for the same 24 FMAs, and measured about a third slower
+// with both panels in L1 (docs/performance.md). The B micro-panel, kc*NR*4 =
 // 48 KiB, is read from L1/L2 while the A panel streams past it.
 enum { MR = 8, NR = 48, KC_MAX = 256, MC_MAX = 192 };
 #else

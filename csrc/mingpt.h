@@ -4,7 +4,7 @@
  * cffi reads this file as it is (preprocessor lines are skipped), so below the
  * include guard there are no macros: constants are enums.
  *
- * Conventions (see STYLE.md):
+ * Conventions:
  *   - every function returns mg_status and validates its arguments before any
  *     work; mg_last_error() returns the message of the last failure (per thread);
  *   - buffers are contiguous, row-major float32 (int32 for token ids);
@@ -84,7 +84,7 @@ mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
 
 /* ---------------------------------------------------------------- layernorm */
 /* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved.
- * eps = 1e-5 unless given by mg_layernorm_forward_eps. */
+ * eps > 0 (GPT-2 and BERT use 1e-5 and 1e-12). */
 mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
                                const float* inp, const float* weight,
                                const float* bias, int N, int C, float eps);
