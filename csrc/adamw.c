@@ -65,13 +65,8 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
                           const uint8_t* decay_mask, size_t n, float lr,
                           float beta1, float beta2, float eps,
                           float weight_decay, float grad_scale, int t) {
-    MG_CHECK_PTR(params); MG_CHECK_PTR(m); MG_CHECK_PTR(v); MG_CHECK_PTR(grads);
-    MG_CHECK(t >= 1, MG_ERR_VALUE, "step t=%d must be at least 1", t);
-    MG_CHECK(isfinite(lr) && lr >= 0.0f, MG_ERR_VALUE, "lr=%g must be finite and >= 0", (double)lr);
-    MG_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f, MG_ERR_VALUE,
-             "betas (%g, %g) must be in [0, 1)", (double)beta1, (double)beta2);
-    MG_CHECK(eps > 0.0f, MG_ERR_VALUE, "eps=%g must be positive", (double)eps);
-    MG_CHECK(isfinite(grad_scale), MG_ERR_VALUE, "grad_scale=%g is not finite", (double)grad_scale);
+    MG_TRY(check_adamw_update(__func__, params, m, v, grads, lr, beta1, beta2, eps,
+                              grad_scale, t));
     float bc1 = 1.0f - powf(beta1, (float)t);
     float bc2 = 1.0f - powf(beta2, (float)t);
     float step = lr / bc1;          /* lr * m_hat = step * m */

@@ -536,9 +536,7 @@ static void softmax_grad_row(float* d, const float* p, int n, float scale) {
 mg_status mg_attention_forward(float* out, float* att, const float* qkv,
                                const int32_t* key_mask,
                                int B, int T, int C, int NH, int causal) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(att); MG_CHECK_PTR(qkv);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(NH);
-    MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
+    MG_TRY(check_attention_forward(__func__, out, att, qkv, B, T, C, NH));
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t C3 = 3 * (size_t)C;
@@ -591,10 +589,7 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                                 const float* qkv, const float* att,
                                 int B, int T, int C, int NH, int causal,
                                 int accumulate) {
-    MG_CHECK_PTR(dqkv); MG_CHECK_PTR(scratch); MG_CHECK_PTR(dout);
-    MG_CHECK_PTR(qkv); MG_CHECK_PTR(att);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(NH);
-    MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
+    MG_TRY(check_attention_backward(__func__, dqkv, scratch, dout, qkv, att, B, T, C, NH));
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t C3 = 3 * (size_t)C;
@@ -723,14 +718,8 @@ void decode_head(float* out, float* kcache, float* vcache, float* scratch, const
 mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
                               float* scratch, const float* qkv,
                               int B, int Tn, int pos, int maxT, int C, int NH) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(kcache); MG_CHECK_PTR(vcache);
-    MG_CHECK_PTR(scratch); MG_CHECK_PTR(qkv);
-    MG_CHECK_POS(B); MG_CHECK_POS(Tn); MG_CHECK_POS(C); MG_CHECK_POS(NH);
-    MG_CHECK_POS(maxT);
-    MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
-    MG_CHECK(pos >= 0 && pos <= maxT - Tn, MG_ERR_SHAPE,
-             "positions %d..%d do not fit a cache of %d (reset the cache or "
-             "raise maxT)", pos, pos + Tn - 1, maxT);
+    MG_TRY(check_attention_decode(__func__, out, kcache, vcache, scratch, qkv,
+                                  B, Tn, pos, maxT, C, NH));
     const int hs = C / NH;
     const int BH = B * NH;
     #pragma omp parallel for schedule(static) if ((size_t)BH * Tn * (pos + Tn) * hs >= MG_PAR_MIN)

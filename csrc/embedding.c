@@ -20,11 +20,8 @@ static mg_status check_tokens(const int32_t* tokens, size_t n, int V, const char
 mg_status mg_embedding_forward(float* out, const int32_t* tokens,
                                const float* wte, const float* wpe,
                                int B, int T, int C, int V, int maxT) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(tokens); MG_CHECK_PTR(wte); MG_CHECK_PTR(wpe);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(V);
-    MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
-    mg_status st = check_tokens(tokens, (size_t)B * T, V, __func__);
-    if (st != MG_OK) return st;
+    MG_TRY(check_embedding_forward(__func__, out, tokens, wte, wpe, B, T, C, V, maxT));
+    MG_TRY(check_tokens(tokens, (size_t)B * T, V, __func__));   /* host only */
     #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= MG_PAR_MIN)
     for (long bt = 0; bt < (long)B * T; bt++) {
         int t = (int)(bt % T);
@@ -39,11 +36,8 @@ mg_status mg_embedding_forward(float* out, const int32_t* tokens,
 mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
                                 const int32_t* tokens,
                                 int B, int T, int C, int V, int maxT) {
-    MG_CHECK_PTR(dout); MG_CHECK_PTR(tokens);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(V);
-    MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
-    mg_status st = check_tokens(tokens, (size_t)B * T, V, __func__);
-    if (st != MG_OK) return st;
+    MG_TRY(check_embedding_backward(__func__, dout, tokens, B, T, C, V, maxT));
+    MG_TRY(check_tokens(tokens, (size_t)B * T, V, __func__));   /* host only */
     const int CB = 16;  /* one cache line of channels per work item */
     int nblk = (C + CB - 1) / CB;
     if (dwte) {

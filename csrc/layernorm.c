@@ -85,11 +85,7 @@ static inline double lane_total_f(const float* a) {
 mg_status mg_layernorm_forward(float* out, float* mean, float* rstd,
                                const float* inp, const float* weight,
                                const float* bias, int N, int C, float eps) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(mean); MG_CHECK_PTR(rstd); MG_CHECK_PTR(inp);
-    MG_CHECK_PTR(weight); MG_CHECK_PTR(bias);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C);
-    MG_CHECK(eps > 0.0f, MG_ERR_VALUE, "eps=%g must be positive", (double)eps);
+    MG_TRY(check_layernorm_forward(__func__, out, mean, rstd, inp, weight, bias, N, C, eps));
     #pragma omp parallel for schedule(static) if ((size_t)N * C >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* x = inp + (size_t)i * C;
@@ -144,10 +140,7 @@ mg_status mg_layernorm_backward(float* dinp, float* dweight, float* dbias,
                                 const float* dout, const float* inp,
                                 const float* weight, const float* mean,
                                 const float* rstd, int N, int C) {
-    MG_CHECK_PTR(dout); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
-    MG_CHECK_PTR(mean); MG_CHECK_PTR(rstd);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C);
+    MG_TRY(check_layernorm_backward(__func__, dout, inp, weight, mean, rstd, N, C));
     /* One parallel region for both passes, with no barrier between them:
      * they read the same inputs and write different outputs. */
     const int CB = 16;

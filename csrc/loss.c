@@ -80,11 +80,8 @@ static mg_status check_targets(const int32_t* targets, int N, int V, int ignore_
 mg_status mg_crossentropy_forward(float* losses, float* probs,
                                   const float* logits, const int32_t* targets,
                                   int N, int V, int ignore_index) {
-    MG_CHECK_PTR(losses); MG_CHECK_PTR(probs); MG_CHECK_PTR(logits); MG_CHECK_PTR(targets);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(V);
-    mg_status st = check_targets(targets, N, V, ignore_index, __func__);
-    if (st != MG_OK) return st;
+    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V));
+    MG_TRY(check_targets(targets, N, V, ignore_index, __func__));   /* host only */
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* z = logits + (size_t)i * V;
@@ -103,11 +100,8 @@ mg_status mg_crossentropy_forward(float* losses, float* probs,
 mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
                                    const float* probs, const int32_t* targets,
                                    int N, int V, int ignore_index) {
-    MG_CHECK_PTR(dlogits); MG_CHECK_PTR(dlosses); MG_CHECK_PTR(probs); MG_CHECK_PTR(targets);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(V);
-    mg_status st = check_targets(targets, N, V, ignore_index, __func__);
-    if (st != MG_OK) return st;
+    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V));
+    MG_TRY(check_targets(targets, N, V, ignore_index, __func__));   /* host only */
     int inplace = (const float*)dlogits == probs;
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {

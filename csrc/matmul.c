@@ -581,24 +581,7 @@ static void scale_c(int M, int N, float beta, float* Cm, size_t ldc, const float
 mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
                    const float* A, int lda, const float* B, int ldb,
                    float beta, float* Cm, int ldc) {
-    MG_CHECK(M >= 0 && N >= 0 && K >= 0, MG_ERR_SHAPE,
-             "negative size M=%d N=%d K=%d", M, N, K);
-    MG_CHECK(transA == 0 || transA == 1, MG_ERR_VALUE, "transA=%d must be 0 or 1", transA);
-    MG_CHECK(transB == 0 || transB == 1, MG_ERR_VALUE, "transB=%d must be 0 or 1", transB);
-    MG_CHECK(beta == 0.0f || beta == 1.0f, MG_ERR_VALUE,
-             "beta=%g must be 0 or 1", (double)beta);
-    // Pointers that will be read or written must exist; an empty operand may be NULL.
-    MG_CHECK(A != NULL || (size_t)M * K == 0, MG_ERR_NULL, "A is NULL");
-    MG_CHECK(B != NULL || (size_t)K * N == 0, MG_ERR_NULL, "B is NULL");
-    MG_CHECK(Cm != NULL || (size_t)M * N == 0, MG_ERR_NULL, "Cm is NULL");
-    // Row strides: A is (M,K) or (K,M), B is (K,N) or (N,K), Cm is (M,N).
-    int a_cols = transA ? M : K, b_cols = transB ? K : N;
-    MG_CHECK(lda >= MG_MAX(1, a_cols), MG_ERR_SHAPE,
-             "lda=%d is less than the %d columns of A%s", lda, a_cols, transA ? " (K,M)" : " (M,K)");
-    MG_CHECK(ldb >= MG_MAX(1, b_cols), MG_ERR_SHAPE,
-             "ldb=%d is less than the %d columns of B%s", ldb, b_cols, transB ? " (N,K)" : " (K,N)");
-    MG_CHECK(ldc >= MG_MAX(1, N), MG_ERR_SHAPE,
-             "ldc=%d is less than the %d columns of Cm", ldc, N);
+    MG_TRY(check_sgemm(__func__, transA, transB, M, N, K, A, lda, B, ldb, beta, Cm, ldc));
     if (M == 0 || N == 0) return MG_OK;
     if (K == 0) { scale_c(M, N, beta, Cm, (size_t)ldc, NULL); return MG_OK; }
     return gemm(transA, transB, M, N, K, A, (size_t)lda, B, (size_t)ldb,
@@ -716,9 +699,7 @@ static void gemv_rows(float* out, const float* inp, const float* weight,
 
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
                             const float* bias, int N, int C, int OC) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C); MG_CHECK_POS(OC);
+    MG_TRY(check_matmul_forward(__func__, out, inp, weight, N, C, OC));
     if (N == 0) return MG_OK;
     if (N <= GEMV_ROWS) { gemv_rows(out, inp, weight, bias, N, C, OC); return MG_OK; }
     // out (N,OC) = inp (N,C) @ weight^T; the bias rides on the first K block's store.
@@ -767,9 +748,7 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
                              const float* dout, const float* inp,
                              const float* weight, int N, int C, int OC,
                              int overwrite_dinp) {
-    MG_CHECK_PTR(dout); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C); MG_CHECK_POS(OC);
+    MG_TRY(check_matmul_backward(__func__, dout, inp, weight, N, C, OC));
     if (N == 0) return MG_OK;
     // forward: out = inp @ weight^T + bias
     const float dinp_beta = overwrite_dinp ? 0.0f : 1.0f;

@@ -245,8 +245,7 @@ static inline uint64_t splitmix64(uint64_t z) {
 
 mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
                              size_t N, float p, uint64_t seed) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(mask); MG_CHECK_PTR(inp);
-    MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
+    MG_TRY(check_dropout_forward(__func__, out, mask, inp, p));
     float scale = 1.0f / (1.0f - p);
     /* keep iff a uniform 24-bit draw is >= p * 2^24 */
     uint32_t thresh = (uint32_t)((double)p * 16777216.0);
@@ -263,8 +262,7 @@ mg_status mg_dropout_forward(float* out, uint8_t* mask, const float* inp,
 
 mg_status mg_dropout_backward(float* dinp, const float* dout, const uint8_t* mask,
                               size_t N, float p, int accumulate) {
-    MG_CHECK_PTR(dinp); MG_CHECK_PTR(dout); MG_CHECK_PTR(mask);
-    MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
+    MG_TRY(check_dropout_backward(__func__, dinp, dout, mask, p));
     float scale = 1.0f / (1.0f - p);
     #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
     for (size_t i = 0; i < N; i++)

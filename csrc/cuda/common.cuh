@@ -34,10 +34,6 @@ extern "C" {
                            cublasGetStatusString(s_));                          \
     } while (0)
 
-/* A status-returning helper's failure passes straight up. */
-#define MG_TRY(call)                                                            \
-    do { mg_status st_ = (call); if (st_ != MG_OK) return st_; } while (0)
-
 /* The runtime's one stream (runtime.cu): every kernel and copy goes on it. */
 cudaStream_t cuda_stream(void);
 /* The cuBLAS handle, created on first use, bound to the stream, with a fixed

@@ -66,9 +66,8 @@ static __global__ void embedding_forward_kernel(float* out, const int32_t* token
 extern "C" mg_status mg_cuda_embedding_forward(float* out, const int32_t* tokens,
                                                const float* wte, const float* wpe,
                                                int B, int T, int C, int V, int maxT) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(tokens); MG_CHECK_PTR(wte); MG_CHECK_PTR(wpe);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(V);
-    MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
+    MG_TRY(check_embedding_forward(__func__, out, tokens, wte, wpe, B, T, C, V, maxT));
+    /* unlike embedding.c, no token range check: the ids are in device memory */
     const size_t BT = (size_t)B * T;
     unsigned grid = cuda_grid(MG_MIN(BT, (size_t)EMB_MAX_BLOCKS * EMB_WARPS), EMB_WARPS);
     embedding_forward_kernel<<<grid, EMB_THREADS, 0, cuda_stream()>>>(out, tokens, wte, wpe,
@@ -164,9 +163,8 @@ static __global__ void embedding_dwpe_kernel(float* __restrict__ dwpe,
 extern "C" mg_status mg_cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
                                                 const int32_t* tokens,
                                                 int B, int T, int C, int V, int maxT) {
-    MG_CHECK_PTR(dout); MG_CHECK_PTR(tokens);
-    MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(V);
-    MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
+    MG_TRY(check_embedding_backward(__func__, dout, tokens, B, T, C, V, maxT));
+    /* unlike embedding.c, no token range check: the ids are in device memory */
     cudaStream_t s = cuda_stream();
     if (dwte) {
         /* one warp more than C needs is waste; tiles of up to EMB_THREADS */

@@ -99,11 +99,7 @@ static __global__ void layernorm_forward_kernel(float* out, float* mean, float* 
 extern "C" mg_status mg_cuda_layernorm_forward(float* out, float* mean, float* rstd,
                                                const float* inp, const float* weight,
                                                const float* bias, int N, int C, float eps) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(mean); MG_CHECK_PTR(rstd); MG_CHECK_PTR(inp);
-    MG_CHECK_PTR(weight); MG_CHECK_PTR(bias);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C);
-    MG_CHECK(eps > 0.0f, MG_ERR_VALUE, "eps=%g must be positive", (double)eps);
+    MG_TRY(check_layernorm_forward(__func__, out, mean, rstd, inp, weight, bias, N, C, eps));
     if (N == 0) return MG_OK;
     layernorm_forward_kernel<<<row_grid(N), LN_THREADS, 0, cuda_stream()>>>(
         out, mean, rstd, inp, weight, bias, N, C, eps);
@@ -203,10 +199,7 @@ extern "C" mg_status mg_cuda_layernorm_backward(float* dinp, float* dweight, flo
                                                 const float* dout, const float* inp,
                                                 const float* weight, const float* mean,
                                                 const float* rstd, int N, int C) {
-    MG_CHECK_PTR(dout); MG_CHECK_PTR(inp); MG_CHECK_PTR(weight);
-    MG_CHECK_PTR(mean); MG_CHECK_PTR(rstd);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(C);
+    MG_TRY(check_layernorm_backward(__func__, dout, inp, weight, mean, rstd, N, C));
     if (N == 0) return MG_OK;
     cudaStream_t s = cuda_stream();
     if (dinp) {

@@ -110,9 +110,7 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* probs,
 extern "C" mg_status mg_cuda_crossentropy_forward(float* losses, float* probs,
                                                   const float* logits, const int32_t* targets,
                                                   int N, int V, int ignore_index) {
-    MG_CHECK_PTR(losses); MG_CHECK_PTR(probs); MG_CHECK_PTR(logits); MG_CHECK_PTR(targets);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(V);
+    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V));
     /* targets live on the device: range-checked by the host before upload,
      * and out-of-range ones are treated as ignored by the kernel */
     if (N == 0) return MG_OK;
@@ -159,9 +157,8 @@ static __global__ void crossentropy_backward_kernel(float* dlogits, const float*
 extern "C" mg_status mg_cuda_crossentropy_backward(float* dlogits, const float* dlosses,
                                                    const float* probs, const int32_t* targets,
                                                    int N, int V, int ignore_index) {
-    MG_CHECK_PTR(dlogits); MG_CHECK_PTR(dlosses); MG_CHECK_PTR(probs); MG_CHECK_PTR(targets);
-    MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
-    MG_CHECK_POS(V);
+    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V));
+    /* targets are not range-checked here either (see the forward) */
     if (N == 0) return MG_OK;
     int inplace = (const float*)dlogits == probs;
     unsigned grid = (unsigned)N < MAX_ROW_BLOCKS ? (unsigned)N : MAX_ROW_BLOCKS;

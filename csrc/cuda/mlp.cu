@@ -188,8 +188,7 @@ static __global__ void dropout_backward_kernel(float* dinp, const float* dout,
 
 extern "C" mg_status mg_cuda_dropout_forward(float* out, uint8_t* mask, const float* inp,
                                              size_t N, float p, uint64_t seed) {
-    MG_CHECK_PTR(out); MG_CHECK_PTR(mask); MG_CHECK_PTR(inp);
-    MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
+    MG_TRY(check_dropout_forward(__func__, out, mask, inp, p));
     if (N == 0) return MG_OK;
     /* the CPU's host-side constants, computed the same way */
     float scale = 1.0f / (1.0f - p);
@@ -204,8 +203,7 @@ extern "C" mg_status mg_cuda_dropout_forward(float* out, uint8_t* mask, const fl
 extern "C" mg_status mg_cuda_dropout_backward(float* dinp, const float* dout,
                                               const uint8_t* mask, size_t N, float p,
                                               int accumulate) {
-    MG_CHECK_PTR(dinp); MG_CHECK_PTR(dout); MG_CHECK_PTR(mask);
-    MG_CHECK(p >= 0.0f && p < 1.0f, MG_ERR_VALUE, "p=%g must be in [0, 1)", (double)p);
+    MG_TRY(check_dropout_backward(__func__, dinp, dout, mask, p));
     if (N == 0) return MG_OK;
     float scale = 1.0f / (1.0f - p);
     dropout_backward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(dinp, dout, mask, N,
