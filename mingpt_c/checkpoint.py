@@ -23,6 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError
@@ -44,6 +46,17 @@ def _fsync_tree(d: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _readable(d: Path) -> None:
+    """The user's normal file permissions (the umask's): safetensors writes
+    its files 0600, which left an exported model unreadable by another user
+    or a container."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in d.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask)
 
 
 def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
@@ -72,6 +85,7 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
                       metadata={"t": str(optimizer.t)})
         if train_state is not None:
             _write_json(tmp / "train_state.json", train_state)
+        _readable(tmp)
         _fsync_tree(tmp)
         if old.exists():
             shutil.rmtree(old)
@@ -142,9 +156,14 @@ def load_safetensors(file: Path) -> tuple[dict, dict]:
     try:
         with safe_open(str(file), framework="numpy") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({e})") from None
+    for name, t in tensors.items():   # a model or optimizer state that diverged is no start
+        if t.dtype.kind == "f" and not np.isfinite(t).all():
+            raise CheckpointError(f"{file}: tensor {name} holds NaN or infinite values "
+                                  f"({int((~np.isfinite(t)).sum())} of {t.size}): not a usable checkpoint")
+    return tensors, meta
 
 
 def load_training_state(path: Path, n: int):

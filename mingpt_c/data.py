@@ -54,7 +54,7 @@ def check_text_file(path: str | Path) -> Path:
         fh.close()
         raise DataError(f"{p}: the file is empty")
     with fh:
-        dec = codecs.getincrementaldecoder("utf-8")("strict")
+        dec = codecs.getincrementaldecoder("utf-8-sig")("strict")
         offset, line = 0, 1
         while True:
             block = fh.read(CHUNK_BYTES)
@@ -86,7 +86,7 @@ def iter_text(paths: list[Path]) -> Iterator[str]:
     pieces with tokenizer.encode_pieces (or encode_text_pieces), not one by
     one: a piece ending in white space may encode differently alone."""
     for i, p in enumerate(paths):
-        with open(p, "r", encoding="utf-8", newline="") as fh:
+        with open(p, "r", encoding="utf-8-sig", newline="") as fh:
             carry = ""
             while True:
                 block = fh.read(CHUNK_BYTES)

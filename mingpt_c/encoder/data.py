@@ -103,8 +103,8 @@ def encode_texts(tok, texts: list[str]) -> list[list[int]]:
 
 def _open_text(path: Path):
     if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return lzma.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")   # a byte-order mark is no text
 
 
 def read_jsonl(path, need_label: bool = True) -> tuple[list[str], list]:
