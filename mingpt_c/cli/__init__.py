@@ -18,11 +18,16 @@ from mingpt_c.errors import MinGPTError
 
 
 class Group(click.Group):
-    """Turns MinGPTError (and Ctrl-C outside training) into one clear line."""
+    """Turns MinGPTError (and Ctrl-C outside training) into one clear line,
+    and so a bad option value (click.BadParameter, which click shows with
+    the usage and a hint): "Error: Invalid value for '--lr': -1 is not in
+    the range (0, inf)", still exit code 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as e:
+            raise click.UsageError(e.format_message()) from None   # no ctx: no usage lines
         except MinGPTError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:

@@ -21,15 +21,15 @@ def _encoder_options(f):
         options.init_from("start from an encoder checkpoint (ours, or imported with `mingpt import`)"),
         click.option("--tokenizer", default=None, type=click.Path(dir_okay=False),
                      help="BPE file with [PAD] [UNK] [CLS] [SEP] [MASK] [default: train one]"),
-        click.option("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary to train"),
+        click.option("--vocab-size", type=options.POSITIVE_INT, default=d.vocab_size, help="BPE vocabulary to train"),
         click.option("--lower/--no-lower", default=d.lower, help="lower-case texts for the trained BPE"),
         click.option("--bpe-pattern", type=click.Choice(["gpt2", "none", "phrases"]), default=d.bpe_pattern,
                      help="the trained BPE's pre-split: GPT-2's (tokens stay within words), none "
                           "(merges cross spaces, so frequent phrases become tokens), or phrases (two "
                           "stages: GPT-2's split, then the last --phrase-share of the merges across words)"),
-        click.option("--phrase-share", type=float, default=d.phrase_share,
+        click.option("--phrase-share", type=options.Float("[0, 1]"), default=d.phrase_share,
                      help="with --bpe-pattern phrases: share of the merges learned across words"),
-        click.option("--max-len", type=int, default=d.max_len,
+        click.option("--max-len", type=options.Int("[3, inf)"), default=d.max_len,
                      help="tokens per text with [CLS] and [SEP]; longer texts are cut (with a note)"),
         click.option("--truncate", type=click.Choice(["head", "head_tail"]), default=d.truncate,
                      help="what a cut text keeps"),
@@ -38,19 +38,19 @@ def _encoder_options(f):
         click.option("--act", type=click.Choice(["gelu", "gelu_tanh"]), default=d.act,
                      help="GELU: exact (BERT) or tanh approximation (faster)"),
         click.option("--pre-ln", is_flag=True, help="pre-layernorm blocks (GPT-2 order) instead of BERT's post-LN"),
-        click.option("--bigram-buckets", type=click.IntRange(min=0), default=d.bigram_buckets,
+        click.option("--bigram-buckets", type=options.NON_NEGATIVE_INT, default=d.bigram_buckets,
                      help="rows of a hashed embedding table for pairs of adjacent tokens, added to "
                           "each token's embedding (0: none)"),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--epochs", type=float, default=d.epochs),
-        click.option("--max-iters", type=int, default=None, help="iterations (overrides --epochs)"),
+        click.option("--epochs", type=options.POSITIVE, default=d.epochs),
+        click.option("--max-iters", type=options.POSITIVE_INT, default=None, help="iterations (overrides --epochs)"),
         options.lr(d),
         options.min_lr(d, help=None),
         options.warmup_iters(d),
         options.weight_decay(d),
         options.grad_clip(d, help=None),
-        click.option("--limit", type=int, default=None, help="use only the first N training examples"),
+        click.option("--limit", type=options.POSITIVE_INT, default=None, help="use only the first N training examples"),
         options.log_interval(d),
         options.seed(d),
         options.train_threads(),
@@ -63,13 +63,25 @@ def _encoder_options(f):
 def _encoder_config(opts: dict, **more):
     from mingpt_c.encoder.train import EncoderTrainConfig
 
+    options.check_lr(opts)   # each option's range: its type, at parse time
+    if opts["tokenizer"] is None and opts["init_from"] is None and not opts["resume"]:
+        _check_vocab_size(opts["vocab_size"])
     progress = not opts.pop("no_progress")
     resume = opts.pop("resume")
-    tc = EncoderTrainConfig(**opts, **more, progress=progress)
-    for name in ("batch_size", "grad_accum", "max_len"):
-        if getattr(tc, name) < (3 if name == "max_len" else 1):
-            raise click.ClickException(f"--{name.replace('_', '-')} {getattr(tc, name)} is too small")
-    return tc, resume
+    return EncoderTrainConfig(**opts, **more, progress=progress), resume
+
+
+def _check_vocab_size(n: int) -> None:
+    """A BPE trained here needs room for its bytes and specials: the
+    trainer's own rule, asked before the run directory is made."""
+    from mingpt_c.encoder.data import SPECIALS
+    from mingpt_c.errors import MinGPTError
+    from mingpt_c.tokenizers.bpe_train import check_train_args
+
+    try:
+        check_train_args(n, SPECIALS, "gpt2", 0)
+    except MinGPTError as e:
+        raise click.BadParameter(str(e), param_hint="'--vocab-size'") from None
 
 
 @click.group()
@@ -80,7 +92,7 @@ def encoder() -> None:
 @encoder.command("pretrain")
 @click.argument("file", type=click.Path())
 @_encoder_options
-@click.option("--mask-prob", type=float, default=0.15, help="share of tokens chosen for masking")
+@click.option("--mask-prob", type=options.Float("(0, 1]"), default=0.15, help="share of tokens chosen for masking")
 @click.pass_context
 def encoder_pretrain(ctx, file, mask_prob, **opts):
     """Masked-LM pretraining on FILE: text (one document per line) or JSON Lines (its "text")."""
@@ -100,8 +112,8 @@ def encoder_pretrain(ctx, file, mask_prob, **opts):
 @click.option("--train", "train_file", required=True, type=click.Path(), help="JSON Lines with text and label")
 @click.option("--val", "val_file", type=click.Path(), default=None, help="JSON Lines to validate on each epoch")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "max"]), default="mean", help="classifier input")
-@click.option("--val-limit", type=int, default=None, help="validate on the first N examples")
-@click.option("--token-dropout", type=float, default=0.0,
+@click.option("--val-limit", type=options.POSITIVE_INT, default=None, help="validate on the first N examples")
+@click.option("--token-dropout", type=options.FRACTION, default=0.0,
               help="hide this share of each training text's tokens (word dropout)")
 @_encoder_options
 @click.pass_context
@@ -123,8 +135,8 @@ def encoder_train(ctx, **opts):
 @encoder.command("eval")
 @click.argument("ckpt", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("--batch-size", type=int, default=64)
-@click.option("--limit", type=int, default=None, help="evaluate on the first N examples")
+@click.option("--batch-size", type=options.POSITIVE_INT, default=64)
+@click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate on the first N examples")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @options.threads()
 @options.device_option

@@ -22,25 +22,25 @@ def _train_options(f):
         click.option("--tokenizer", default=d.tokenizer, help="char | byte | gpt2 | path to a tokenizer file"),
         options.preset(["baby", "small", "gpt2"]),
         *options.model_size(d),
-        click.option("--block-size", type=int, default=d.block_size),
+        click.option("--block-size", type=options.POSITIVE_INT, default=d.block_size),
         options.dropout(d),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--max-iters", type=int, default=d.max_iters),
+        click.option("--max-iters", type=options.NON_NEGATIVE_INT, default=d.max_iters),
         options.lr(d),
         options.min_lr(d),
         options.warmup_iters(d),
-        click.option("--lr-decay-iters", type=int, default=None, help="cosine length [default: max-iters]"),
+        click.option("--lr-decay-iters", type=options.POSITIVE_INT, default=None, help="cosine length [default: max-iters]"),
         options.weight_decay(d),
-        click.option("--beta1", type=float, default=d.beta1),
+        click.option("--beta1", type=options.BETA, default=d.beta1),
         options.beta2(d),
         options.grad_clip(d),
-        click.option("--embd-init-std", type=float, default=d.embd_init_std,
+        click.option("--embd-init-std", type=options.POSITIVE, default=d.embd_init_std,
                      help="spread of fresh token and position embeddings (GPT-2: 0.02)"),
-        click.option("--eval-interval", type=int, default=d.eval_interval),
-        click.option("--eval-iters", type=int, default=d.eval_iters, help="batches per evaluation"),
+        click.option("--eval-interval", type=options.POSITIVE_INT, default=d.eval_interval),
+        click.option("--eval-iters", type=options.POSITIVE_INT, default=d.eval_iters, help="batches per evaluation"),
         options.log_interval(d),
-        click.option("--val-fraction", type=float, default=d.val_fraction),
+        click.option("--val-fraction", type=options.OPEN_FRACTION, default=d.val_fraction),
         click.option("--val", "val_file", type=click.Path(), default=None, help="validation text file"),
         options.seed(d),
         options.train_threads(),
@@ -63,13 +63,11 @@ def train(ctx, files, preset, resume, no_progress, **opts):
     from mingpt_c.gpt.config import PRESETS
     from mingpt_c.gpt.train import TrainConfig, train as run_train
 
+    options.check_lr(opts)   # each option's range: its type, at parse time
     given = options.given(ctx)
     if preset:
         options.apply_preset(opts, PRESETS[preset], given, preset)
     tc = TrainConfig(**opts, files=tuple(files), progress=not no_progress)
-    if (tc.batch_size < 1 or tc.max_iters < 0 or tc.grad_accum < 1 or tc.eval_interval < 1
-            or tc.eval_iters < 1 or tc.log_interval < 1):
-        raise click.ClickException("batch size, grad accum, eval and log intervals and eval iters must be positive")
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True), given=given)
     options.exit_if_interrupted(res)
     if res["main"]:
@@ -84,14 +82,14 @@ def train(ctx, files, preset, resume, no_progress, **opts):
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @click.option("--prompt", default="", help="start text, or @FILE to read it from a file")
-@click.option("--max-new-tokens", type=int, default=500)
-@click.option("--temperature", type=float, default=0.8, help="0: greedy")
-@click.option("--top-k", type=int, default=200, help="0: off")
-@click.option("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
-@click.option("--seed", type=int, default=1337)
-@click.option("--num-samples", type=int, default=1)
+@click.option("--max-new-tokens", type=options.NON_NEGATIVE_INT, default=500)
+@click.option("--temperature", type=options.NON_NEGATIVE, default=0.8, help="0: greedy")
+@click.option("--top-k", type=options.NON_NEGATIVE_INT, default=200, help="0: off")
+@click.option("--top-p", type=options.Float("(0, 1]"), default=1.0, help="nucleus sampling (1: off)")
+@click.option("--seed", type=options.SEED, default=1337)
+@click.option("--num-samples", type=options.POSITIVE_INT, default=1)
 @click.option("--stream/--no-stream", default=True, help="print tokens as they come")
-@click.option("--block-size", type=int, default=None, help="context to use (at most the model's)")
+@click.option("--block-size", type=options.POSITIVE_INT, default=None, help="context to use (at most the model's)")
 @click.option("--no-cache", is_flag=True, help="recompute the whole context for every token")
 @options.threads()
 @options.device_option
@@ -110,9 +108,9 @@ def sample(ckpt, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_sa
     if tok is None:
         raise click.ClickException(f"{loaded['path']} has no tokenizer.json: cannot turn text into tokens")
     if block_size is not None:
-        if block_size > cfg.block_size or block_size < 1:
+        if block_size > cfg.block_size:   # (below 1: refused by its type)
             raise click.ClickException(f"--block-size {block_size} is above the model's block size "
-                                       f"{cfg.block_size}")
+                                       f"{cfg.block_size}: give at most {cfg.block_size}")
         cfg.block_size = block_size
     if prompt.startswith("@"):
         try:
@@ -150,8 +148,8 @@ def _start_ids(tok):
 @click.command(name="eval")
 @click.argument("ckpt", type=click.Path())
 @click.argument("file", type=click.Path())
-@click.option("--batch-size", type=int, default=8)
-@click.option("--max-batches", type=int, default=None, help="stop after this many batches")
+@click.option("--batch-size", type=options.POSITIVE_INT, default=8)
+@click.option("--max-batches", type=options.POSITIVE_INT, default=None, help="stop after this many batches")
 @options.threads()
 @options.device_option
 def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):

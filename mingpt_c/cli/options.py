@@ -5,12 +5,108 @@ A command lists its options in the order its --help shows them; the shared
 ones come from here, the family's own are written in its module. Training
 options take their defaults from the family's config (`d`), so a default is
 written once, in the config's dataclass.
+
+Every numeric option has a range type (Int, Float: finite, in an interval
+with open or closed ends), so a bad value is refused while click parses, as
+one line naming the option and the range (cli.Group makes click's usage
+error one line), before any file is read or written. Rules between options
+(--min-lr at most --lr) are checked first thing in the command.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import click
+
+# ------------------------------------------------------------------ value types
+
+
+class _Interval(click.ParamType):
+    """A number in an interval written as in maths: "[0, 1)", "(0, inf)".
+    The help keeps click's metavar (INTEGER, FLOAT) and shows no range, so
+    the --help texts read as before; the error shows the range."""
+
+    base: click.ParamType
+
+    def __init__(self, interval: str):
+        lo, hi = interval[1:-1].split(",")
+        self.interval = interval
+        self.lo, self.hi = float(lo), float(hi)
+        self.lo_open, self.hi_open = interval[0] == "(", interval[-1] == ")"
+
+    def contains(self, v) -> bool:
+        # nan compares false everywhere, so it is in no interval
+        above = v > self.lo or (not self.lo_open and v == self.lo)
+        below = v < self.hi or (not self.hi_open and v == self.hi)
+        return above and below
+
+    def convert(self, value, param, ctx):
+        v = self.base.convert(value, param, ctx)
+        if not self.contains(v):
+            typed = value.strip() if isinstance(value, str) else repr(value)
+            what = "is not in" if math.isfinite(v) else "is not a finite number in"
+            self.fail(f"{typed} {what} the range {self.interval}", param, ctx)
+        return v
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.interval!r})"
+
+
+class Int(_Interval):
+    name, base = "integer", click.INT
+
+
+class Float(_Interval):
+    """Finite (inf and nan are never in the ranges used: ends at inf are open)."""
+    name, base = "float", click.FLOAT
+
+
+POSITIVE_INT = Int("[1, inf)")         # sizes, counts, intervals
+NON_NEGATIVE_INT = Int("[0, inf)")     # 0 meaning off, none or all
+SEED = NON_NEGATIVE_INT                # numpy refuses negative seeds
+POSITIVE = Float("(0, inf)")           # learning rate, a spread, seconds
+NON_NEGATIVE = Float("[0, inf)")       # 0 meaning off
+FRACTION = Float("[0, 1)")             # dropout-like shares (1 would drop everything)
+OPEN_FRACTION = Float("(0, 1)")        # a held-out share: both sides non-empty
+BETA = Float("[0, 1)")                 # Adam's moment decays
+
+
+class ImageFile(click.Path):
+    """A file matplotlib can draw into: the extension picks the format, so
+    it must be one that matplotlib writes (pgf is left out: it needs LaTeX)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        from pathlib import PurePath
+
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        ok = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
+        ext = PurePath(str(value)).suffix.lower().lstrip(".")
+        if ext not in ok:
+            said = f"its extension .{ext} is not" if ext else "it has no extension, which is not"
+            self.fail(f"{value}: {said} an image format matplotlib writes (use one of "
+                      f"{', '.join('.' + e for e in ok)})", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OptionConflict(click.ClickException):
+    """Two options that contradict each other: one line naming both, exit
+    code 2 like click's usage errors (a click.UsageError raised in a command
+    would get the usage lines printed above it)."""
+    exit_code = 2
+
+
+def check_lr(opts: dict) -> None:
+    """The schedule's rule between options: the cosine goes down from --lr
+    to --min-lr, so --min-lr must not be above --lr."""
+    if opts["min_lr"] > opts["lr"]:
+        raise OptionConflict(f"--min-lr {opts['min_lr']:g} is above --lr {opts['lr']:g}: "
+                               f"the learning rate decays from --lr down to --min-lr")
+
 
 
 def decorate(f, opts: list):
@@ -25,7 +121,7 @@ def decorate(f, opts: list):
 
 def threads(help: str | None = None):
     """--threads for the C core (none given: all cores)."""
-    return click.option("--threads", type=int, default=None, help=help)
+    return click.option("--threads", type=POSITIVE_INT, default=None, help=help)
 
 
 def train_threads():
@@ -84,54 +180,54 @@ def preset(names: list[str]):
 
 def model_size(d) -> list:
     """--n-layer, --n-head, --n-embd."""
-    return [click.option("--n-layer", type=int, default=d.n_layer),
-            click.option("--n-head", type=int, default=d.n_head),
-            click.option("--n-embd", type=int, default=d.n_embd)]
+    return [click.option("--n-layer", type=POSITIVE_INT, default=d.n_layer),
+            click.option("--n-head", type=POSITIVE_INT, default=d.n_head),
+            click.option("--n-embd", type=POSITIVE_INT, default=d.n_embd)]
 
 
 def dropout(d):
-    return click.option("--dropout", type=float, default=d.dropout)
+    return click.option("--dropout", type=FRACTION, default=d.dropout)
 
 
 def batch_size(d):
-    return click.option("--batch-size", type=int, default=d.batch_size)
+    return click.option("--batch-size", type=POSITIVE_INT, default=d.batch_size)
 
 
 def lr(d):
-    return click.option("--lr", type=float, default=d.lr, help="peak learning rate")
+    return click.option("--lr", type=POSITIVE, default=d.lr, help="peak learning rate")
 
 
 def min_lr(d, help: str | None = "learning rate at the end of the cosine"):
-    return click.option("--min-lr", type=float, default=d.min_lr, help=help)
+    return click.option("--min-lr", type=NON_NEGATIVE, default=d.min_lr, help=help)
 
 
 def warmup_iters(d):
-    return click.option("--warmup-iters", type=int, default=d.warmup_iters)
+    return click.option("--warmup-iters", type=NON_NEGATIVE_INT, default=d.warmup_iters)
 
 
 def weight_decay(d):
-    return click.option("--weight-decay", type=float, default=d.weight_decay)
+    return click.option("--weight-decay", type=NON_NEGATIVE, default=d.weight_decay)
 
 
 def beta2(d):
-    return click.option("--beta2", type=float, default=d.beta2)
+    return click.option("--beta2", type=BETA, default=d.beta2)
 
 
 def grad_clip(d, help: str | None = "max gradient norm (0: off)"):
-    return click.option("--grad-clip", type=float, default=d.grad_clip, help=help)
+    return click.option("--grad-clip", type=NON_NEGATIVE, default=d.grad_clip, help=help)
 
 
 def grad_accum(d, help: str | None = "micro-batches per step"):
-    return click.option("--grad-accum", type=int, default=d.grad_accum, help=help)
+    return click.option("--grad-accum", type=POSITIVE_INT, default=d.grad_accum, help=help)
 
 
 def log_interval(d):
-    return click.option("--log-interval", type=int, default=d.log_interval,
+    return click.option("--log-interval", type=POSITIVE_INT, default=d.log_interval,
                         help="iterations between train-loss lines in log.jsonl")
 
 
 def seed(d):
-    return click.option("--seed", type=int, default=d.seed)
+    return click.option("--seed", type=SEED, default=d.seed)
 
 
 def resume(help: str = "continue the run in --out from its latest checkpoint"):
@@ -147,12 +243,12 @@ def no_progress(help: str | None = "no progress bar"):
 
 
 def max_nan_steps(d):
-    return click.option("--max-nan-steps", type=int, default=d.max_nan_steps,
+    return click.option("--max-nan-steps", type=POSITIVE_INT, default=d.max_nan_steps,
                         help="stop after this many non-finite steps in a row (each one is skipped)")
 
 
 def dist_timeout(d):
-    return click.option("--dist-timeout", type=float, default=d.dist_timeout,
+    return click.option("--dist-timeout", type=POSITIVE, default=d.dist_timeout,
                         help="under MPI: seconds to wait for the other ranks before aborting")
 
 

@@ -6,6 +6,8 @@ import time
 
 import click
 
+from mingpt_c.cli import options
+
 
 def _read_text_arg(text: str | None) -> str:
     if text is not None:
@@ -32,7 +34,7 @@ def tokenize() -> None:
 
 @tokenize.command("train")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--vocab-size", type=int, required=True,
+@click.option("--vocab-size", type=options.POSITIVE_INT, required=True,
               help="256 bytes + merges + special tokens")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), required=True,
               help="tokenizer file to write (JSON, mingpt-bpe v1)")
@@ -40,9 +42,9 @@ def tokenize() -> None:
               help="pre-split regex: GPT-2's, GPT-4's (cl100k), or none (lines)")
 @click.option("--special", "specials", multiple=True, metavar="TOKEN",
               help="special token, e.g. '<|endoftext|>' (repeatable); ids follow the merges")
-@click.option("--min-frequency", type=int, default=2,
+@click.option("--min-frequency", type=options.NON_NEGATIVE_INT, default=2,
               help="stop when the best pair occurs fewer times than this")
-@click.option("--phrases-after", type=int, default=None, metavar="N",
+@click.option("--phrases-after", type=options.NON_NEGATIVE_INT, default=None, metavar="N",
               help="two stages: the first N merges on the pattern's split, the rest across words "
                    "(phrase tokens); the tokenizer then splits lines only")
 def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency, phrases_after):

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from mingpt_c.cli import options
 from mingpt_c.errors import MinGPTError
 
 # ------------------------------------------------------------------ env / info
@@ -98,10 +99,10 @@ def export_cmd(ckpt, out):
 
 @click.command()
 @click.option("--config", default="baby,small,gpt2", help="comma-separated: baby, small, gpt2")
-@click.option("--rounds", type=int, default=5, help="alternating rounds per side (medians over these)")
-@click.option("--steps", type=int, default=10, help="timed training steps per round")
-@click.option("--threads", type=int, default=2)
-@click.option("--sample-tokens", type=int, default=256, help="sampling benchmark length (0: skip)")
+@click.option("--rounds", type=options.POSITIVE_INT, default=5, help="alternating rounds per side (medians over these)")
+@click.option("--steps", type=options.POSITIVE_INT, default=10, help="timed training steps per round")
+@click.option("--threads", type=options.POSITIVE_INT, default=2)
+@click.option("--sample-tokens", type=options.NON_NEGATIVE_INT, default=256, help="sampling benchmark length (0: skip)")
 @click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
 @click.option("--profile", is_flag=True,
               help="instead: time each kernel group of our training step (matmul, attention, ...)")

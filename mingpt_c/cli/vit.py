@@ -31,28 +31,28 @@ def _vit_train_options(f):
         click.option("--dataset", default=None, help="KIND:PATH [default: generated shapes]"),
         options.out(d.out),
         options.preset(["tiny", "small", "base"]),
-        click.option("--image-size", type=int, default=None, help="resize folder images to this"),
-        click.option("--patch-size", type=int, default=d.patch_size),
+        click.option("--image-size", type=options.POSITIVE_INT, default=None, help="resize folder images to this"),
+        click.option("--patch-size", type=options.POSITIVE_INT, default=d.patch_size),
         *options.model_size(d),
         options.dropout(d),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--epochs", type=int, default=d.epochs),
-        click.option("--max-iters", type=int, default=None, help="stop after this many iterations"),
+        click.option("--epochs", type=options.POSITIVE_INT, default=d.epochs),
+        click.option("--max-iters", type=options.POSITIVE_INT, default=None, help="stop after this many iterations"),
         options.lr(d),
         options.min_lr(d),
         options.warmup_iters(d),
         options.weight_decay(d),
         options.beta2(d),
         options.grad_clip(d),
-        click.option("--label-smoothing", type=float, default=d.label_smoothing),
-        click.option("--crop-pad", type=int, default=d.crop_pad,
+        click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing),
+        click.option("--crop-pad", type=options.NON_NEGATIVE_INT, default=d.crop_pad,
                      help="augmentation: random crop after padding this many pixels (0: off)"),
         click.option("--hflip", is_flag=True, help="augmentation: random horizontal flip"),
-        click.option("--val-fraction", type=float, default=d.val_fraction,
+        click.option("--val-fraction", type=options.OPEN_FRACTION, default=d.val_fraction,
                      help="held out of a folder with no train/ and test/ inside"),
-        click.option("--train-limit", type=int, default=None, help="use the first N training images"),
-        click.option("--eval-limit", type=int, default=None, help="evaluate on the first N test images"),
+        click.option("--train-limit", type=options.POSITIVE_INT, default=None, help="use the first N training images"),
+        click.option("--eval-limit", type=options.POSITIVE_INT, default=None, help="evaluate on the first N test images"),
         options.log_interval(d),
         options.seed(d),
         options.train_threads(),
@@ -70,6 +70,10 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
     from mingpt_c.vit.model import PRESETS
     from mingpt_c.vit.train import ViTTrainConfig, train as run_train
 
+    options.check_lr(opts)   # each option's range: its type, at parse time
+    if opts["image_size"] is not None and opts["image_size"] % opts["patch_size"]:
+        raise options.OptionConflict(f"--image-size {opts['image_size']} is not divisible by --patch-size "
+                               f"{opts['patch_size']}: choose a patch size that divides it")
     given = options.given(ctx)
     if preset:
         options.apply_preset(opts, PRESETS[preset], given, preset)
@@ -89,9 +93,9 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
 @vit.command(name="eval")
 @click.argument("ckpt", type=click.Path())
 @click.option("--dataset", default=None, help="KIND:PATH [default: generated shapes]")
-@click.option("--image-size", type=int, default=None, help="resize folder images to this")
-@click.option("--limit", type=int, default=None, help="evaluate the first N images only")
-@click.option("--batch-size", type=int, default=500)
+@click.option("--image-size", type=options.POSITIVE_INT, default=None, help="resize folder images to this")
+@click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate the first N images only")
+@click.option("--batch-size", type=options.POSITIVE_INT, default=500)
 @options.threads()
 @options.device_option
 def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtype):
@@ -120,7 +124,7 @@ def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtyp
 @vit.command(name="predict")
 @click.argument("ckpt", type=click.Path())
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=int, default=3)
+@click.option("--top-k", type=options.POSITIVE_INT, default=3)
 @click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
 @options.device_option
 def vit_predict(ckpt, images_, top_k, convert, device, dtype):
@@ -137,7 +141,8 @@ def vit_predict(ckpt, images_, top_k, convert, device, dtype):
 @vit.command(name="attention")
 @click.argument("ckpt", type=click.Path())
 @click.argument("image", type=click.Path())
-@click.option("--out", default="attention.png", type=click.Path(dir_okay=False), help="PNG to write")
+@click.option("--out", default="attention.png", type=options.ImageFile(),
+              help="image to write (.png, .pdf, .svg, .jpg, ...: what matplotlib writes)")
 @click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
 def vit_attention(ckpt, image, out, convert):
     """Attention rollout from the class token, drawn over IMAGE."""
