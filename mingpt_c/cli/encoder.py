@@ -104,7 +104,7 @@ def encoder_pretrain(ctx, file, mask_prob, **opts):
     options.exit_if_interrupted(res)
     if not res["main"]:
         return
-    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s; checkpoint in {tc.out}/latest; "
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s; {options.saved(tc.out)}; "
                f"fine-tune with: mingpt encoder train --init-from {tc.out} --train DATA.jsonl --out DIR")
 
 

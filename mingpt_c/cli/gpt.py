@@ -71,9 +71,11 @@ def train(ctx, files, preset, resume, no_progress, **opts):
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True), given=given)
     options.exit_if_interrupted(res)
     if res["main"]:
+        best = f"{res['best_val']:.4f}" if res["best_val"] < float("inf") else "n/a"
+        where = options.saved(tc.out)
         click.echo(f"done: {res['iter']} iterations, val loss {res.get('val_loss', float('nan')):.4f} "
-                   f"(best {res['best_val']:.4f}); checkpoints in {tc.out}/best and {tc.out}/latest; "
-                   f"sample with: mingpt sample {tc.out}")
+                   f"(best {best}); {where}" + (f"; sample with: mingpt sample {tc.out}"
+                                                 if where.startswith("checkpoint") else ""))
 
 
 # ------------------------------------------------------------------ sample / eval

@@ -293,3 +293,15 @@ def exit_if_interrupted(res: dict) -> None:
     status = exit_status(res)
     if status:
         sys.exit(status)
+
+
+def saved(out) -> str:
+    """Where a finished run's checkpoints are, as the last line says it: only
+    those that exist (a run of 0 iterations, or one that stopped before its
+    first save, has none)."""
+    from pathlib import Path
+
+    have = [f"{out}/{name}" for name in ("best", "latest") if (Path(out) / name / "config.json").exists()]
+    if not have:
+        return "no checkpoint was saved (no training step was taken)"
+    return ("checkpoints in " if len(have) > 1 else "checkpoint in ") + " and ".join(have)

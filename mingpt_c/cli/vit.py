@@ -84,7 +84,7 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
         acc = res.get("test_accuracy")
         acc_s = f"{100 * acc:.2f}%" if acc is not None else "n/a"
         click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s, test accuracy {acc_s}; "
-                   f"checkpoints in {tc.out}/best and {tc.out}/latest")
+                   f"{options.saved(tc.out)}")
 
 
 # ------------------------------------------------------------------ eval / predict / attention

@@ -128,3 +128,12 @@ def test_train_with_a_trained_bpe_tokenizer(tmp_path):
     assert res.exit_code == 0, res.stderr
     res = invoke("sample", tmp_path / "run", "--prompt", "To be", "--max-new-tokens", "5")
     assert res.exit_code == 0 and res.output.startswith("To be")
+
+
+def test_zero_iterations_name_no_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    res = invoke("train", corpus, "--out", tmp_path / "run", "--max-iters", "0", *TINY)
+    assert res.exit_code == 0, res.stderr
+    assert "no checkpoint was saved" in res.output and "sample with" not in res.output
+    assert not (tmp_path / "run" / "latest").exists()
