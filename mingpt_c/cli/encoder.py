@@ -43,18 +43,19 @@ def _encoder_options(f):
                           "each token's embedding (0: none)"),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--epochs", type=options.POSITIVE, default=d.epochs),
+        click.option("--epochs", type=options.POSITIVE, default=d.epochs,
+                     help="passes over the training data (may be fractional)"),
         click.option("--max-iters", type=options.POSITIVE_INT, default=None, help="iterations (overrides --epochs)"),
         options.lr(d),
-        options.min_lr(d, help=None),
+        options.min_lr(d),
         options.warmup_iters(d),
         options.weight_decay(d),
-        options.grad_clip(d, help=None),
+        options.grad_clip(d),
         click.option("--limit", type=options.POSITIVE_INT, default=None, help="use only the first N training examples"),
         options.log_interval(d),
         options.seed(d),
         options.train_threads(),
-        options.no_progress(help=None),
+        options.no_progress(),
         options.resume("continue the run in --out from its latest checkpoint (same command otherwise)"),
         *options.run_options(d),
     ])
@@ -135,7 +136,7 @@ def encoder_train(ctx, **opts):
 @encoder.command("eval")
 @click.argument("ckpt", type=click.Path())
 @click.argument("data", type=click.Path())
-@click.option("--batch-size", type=options.POSITIVE_INT, default=64)
+@click.option("--batch-size", type=options.POSITIVE_INT, default=64, help="texts per forward pass")
 @click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate on the first N examples")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @options.threads()

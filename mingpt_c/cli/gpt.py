@@ -22,25 +22,29 @@ def _train_options(f):
         click.option("--tokenizer", default=d.tokenizer, help="char | byte | gpt2 | path to a tokenizer file"),
         options.preset(["baby", "small", "gpt2"]),
         *options.model_size(d),
-        click.option("--block-size", type=options.POSITIVE_INT, default=d.block_size),
+        click.option("--block-size", type=options.POSITIVE_INT, default=d.block_size,
+                     help="context length in tokens"),
         options.dropout(d),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--max-iters", type=options.NON_NEGATIVE_INT, default=d.max_iters),
+        click.option("--max-iters", type=options.NON_NEGATIVE_INT, default=d.max_iters,
+                     help="optimizer steps"),
         options.lr(d),
         options.min_lr(d),
         options.warmup_iters(d),
         click.option("--lr-decay-iters", type=options.POSITIVE_INT, default=None, help="cosine length [default: max-iters]"),
         options.weight_decay(d),
-        click.option("--beta1", type=options.BETA, default=d.beta1),
+        click.option("--beta1", type=options.BETA, default=d.beta1, help="AdamW's first-moment decay"),
         options.beta2(d),
         options.grad_clip(d),
         click.option("--embd-init-std", type=options.POSITIVE, default=d.embd_init_std,
                      help="spread of fresh token and position embeddings (GPT-2: 0.02)"),
-        click.option("--eval-interval", type=options.POSITIVE_INT, default=d.eval_interval),
+        click.option("--eval-interval", type=options.POSITIVE_INT, default=d.eval_interval,
+                     help="iterations between evaluations (and checkpoints)"),
         click.option("--eval-iters", type=options.POSITIVE_INT, default=d.eval_iters, help="batches per evaluation"),
         options.log_interval(d),
-        click.option("--val-fraction", type=options.OPEN_FRACTION, default=d.val_fraction),
+        click.option("--val-fraction", type=options.OPEN_FRACTION, default=d.val_fraction,
+                     help="share of the text held out for validation (without --val)"),
         click.option("--val", "val_file", type=click.Path(), default=None, help="validation text file"),
         options.seed(d),
         options.train_threads(),
@@ -84,12 +88,12 @@ def train(ctx, files, preset, resume, no_progress, **opts):
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @click.option("--prompt", default="", help="start text, or @FILE to read it from a file")
-@click.option("--max-new-tokens", type=options.NON_NEGATIVE_INT, default=500)
+@click.option("--max-new-tokens", type=options.NON_NEGATIVE_INT, default=500, help="tokens to generate")
 @click.option("--temperature", type=options.NON_NEGATIVE, default=0.8, help="0: greedy")
 @click.option("--top-k", type=options.NON_NEGATIVE_INT, default=200, help="0: off")
 @click.option("--top-p", type=options.Float("(0, 1]"), default=1.0, help="nucleus sampling (1: off)")
-@click.option("--seed", type=options.SEED, default=1337)
-@click.option("--num-samples", type=options.POSITIVE_INT, default=1)
+@click.option("--seed", type=options.SEED, default=1337, help="seed of the sampling draws")
+@click.option("--num-samples", type=options.POSITIVE_INT, default=1, help="samples to generate, one after another")
 @click.option("--stream/--no-stream", default=True, help="print tokens as they come")
 @click.option("--block-size", type=options.POSITIVE_INT, default=None, help="context to use (at most the model's)")
 @click.option("--no-cache", is_flag=True, help="recompute the whole context for every token")
@@ -150,7 +154,7 @@ def _start_ids(tok):
 @click.command(name="eval")
 @click.argument("ckpt", type=click.Path())
 @click.argument("file", type=click.Path())
-@click.option("--batch-size", type=options.POSITIVE_INT, default=8)
+@click.option("--batch-size", type=options.POSITIVE_INT, default=8, help="blocks per forward pass")
 @click.option("--max-batches", type=options.POSITIVE_INT, default=None, help="stop after this many batches")
 @options.threads()
 @options.device_option

@@ -119,7 +119,7 @@ def decorate(f, opts: list):
 # ------------------------------------------------------------------ threads, device
 
 
-def threads(help: str | None = None):
+def threads(help: str | None = "C core threads [default: all cores]"):
     """--threads for the C core (none given: all cores)."""
     return click.option("--threads", type=POSITIVE_INT, default=None, help=help)
 
@@ -180,17 +180,20 @@ def preset(names: list[str]):
 
 def model_size(d) -> list:
     """--n-layer, --n-head, --n-embd."""
-    return [click.option("--n-layer", type=POSITIVE_INT, default=d.n_layer),
-            click.option("--n-head", type=POSITIVE_INT, default=d.n_head),
-            click.option("--n-embd", type=POSITIVE_INT, default=d.n_embd)]
+    return [click.option("--n-layer", type=POSITIVE_INT, default=d.n_layer, help="transformer blocks"),
+            click.option("--n-head", type=POSITIVE_INT, default=d.n_head, help="attention heads per block"),
+            click.option("--n-embd", type=POSITIVE_INT, default=d.n_embd,
+                         help="width: channels of every token's vector (a multiple of --n-head)")]
 
 
 def dropout(d):
-    return click.option("--dropout", type=FRACTION, default=d.dropout)
+    return click.option("--dropout", type=FRACTION, default=d.dropout,
+                        help="dropout probability on the embeddings and the residual branches")
 
 
 def batch_size(d):
-    return click.option("--batch-size", type=POSITIVE_INT, default=d.batch_size)
+    return click.option("--batch-size", type=POSITIVE_INT, default=d.batch_size,
+                        help="examples per micro-batch (per rank under MPI)")
 
 
 def lr(d):
@@ -202,15 +205,17 @@ def min_lr(d, help: str | None = "learning rate at the end of the cosine"):
 
 
 def warmup_iters(d):
-    return click.option("--warmup-iters", type=NON_NEGATIVE_INT, default=d.warmup_iters)
+    return click.option("--warmup-iters", type=NON_NEGATIVE_INT, default=d.warmup_iters,
+                        help="iterations of linear learning-rate warmup")
 
 
 def weight_decay(d):
-    return click.option("--weight-decay", type=NON_NEGATIVE, default=d.weight_decay)
+    return click.option("--weight-decay", type=NON_NEGATIVE, default=d.weight_decay,
+                        help="AdamW's decoupled weight decay (matrices and embeddings only)")
 
 
 def beta2(d):
-    return click.option("--beta2", type=BETA, default=d.beta2)
+    return click.option("--beta2", type=BETA, default=d.beta2, help="AdamW's second-moment decay")
 
 
 def grad_clip(d, help: str | None = "max gradient norm (0: off)"):
@@ -227,7 +232,8 @@ def log_interval(d):
 
 
 def seed(d):
-    return click.option("--seed", type=SEED, default=d.seed)
+    return click.option("--seed", type=SEED, default=d.seed,
+                        help="seeds every random stream: initialisation, batches, masking, dropout")
 
 
 def resume(help: str = "continue the run in --out from its latest checkpoint"):

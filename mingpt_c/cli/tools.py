@@ -86,8 +86,9 @@ def import_cmd(hf_dir, out, tokenizer):
 @click.argument("ckpt", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Hugging Face directory to write")
 def export_cmd(ckpt, out):
-    """Export a checkpoint as a Hugging Face GPT2LMHeadModel (or, for a ViT,
-    ViTForImageClassification) directory."""
+    """Export a checkpoint as a Hugging Face directory: GPT2LMHeadModel for a
+    GPT, BertModel / BertForMaskedLM for an encoder, ViTForImageClassification
+    for a ViT."""
     from mingpt_c.hub import export_hf
 
     path = export_hf(ckpt, out)
@@ -101,7 +102,7 @@ def export_cmd(ckpt, out):
 @click.option("--config", default="baby,small,gpt2", help="comma-separated: baby, small, gpt2")
 @click.option("--rounds", type=options.POSITIVE_INT, default=5, help="alternating rounds per side (medians over these)")
 @click.option("--steps", type=options.POSITIVE_INT, default=10, help="timed training steps per round")
-@click.option("--threads", type=options.POSITIVE_INT, default=2)
+@click.option("--threads", type=options.POSITIVE_INT, default=2, help="C core (and PyTorch) threads")
 @click.option("--sample-tokens", type=options.NON_NEGATIVE_INT, default=256, help="sampling benchmark length (0: skip)")
 @click.option("--no-torch", is_flag=True, help="ours only, even where PyTorch is installed")
 @click.option("--profile", is_flag=True,

@@ -32,12 +32,14 @@ def _vit_train_options(f):
         options.out(d.out),
         options.preset(["tiny", "small", "base"]),
         click.option("--image-size", type=options.POSITIVE_INT, default=None, help="resize folder images to this"),
-        click.option("--patch-size", type=options.POSITIVE_INT, default=d.patch_size),
+        click.option("--patch-size", type=options.POSITIVE_INT, default=d.patch_size,
+                     help="side of the square patches (divides --image-size)"),
         *options.model_size(d),
         options.dropout(d),
         options.batch_size(d),
         options.grad_accum(d),
-        click.option("--epochs", type=options.POSITIVE_INT, default=d.epochs),
+        click.option("--epochs", type=options.POSITIVE_INT, default=d.epochs,
+                     help="passes over the training images"),
         click.option("--max-iters", type=options.POSITIVE_INT, default=None, help="stop after this many iterations"),
         options.lr(d),
         options.min_lr(d),
@@ -45,7 +47,8 @@ def _vit_train_options(f):
         options.weight_decay(d),
         options.beta2(d),
         options.grad_clip(d),
-        click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing),
+        click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing,
+                     help="share of each target spread over all classes"),
         click.option("--crop-pad", type=options.NON_NEGATIVE_INT, default=d.crop_pad,
                      help="augmentation: random crop after padding this many pixels (0: off)"),
         click.option("--hflip", is_flag=True, help="augmentation: random horizontal flip"),
@@ -95,7 +98,7 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
 @click.option("--dataset", default=None, help="KIND:PATH [default: generated shapes]")
 @click.option("--image-size", type=options.POSITIVE_INT, default=None, help="resize folder images to this")
 @click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate the first N images only")
-@click.option("--batch-size", type=options.POSITIVE_INT, default=500)
+@click.option("--batch-size", type=options.POSITIVE_INT, default=500, help="images per forward pass")
 @options.threads()
 @options.device_option
 def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtype):
@@ -124,8 +127,9 @@ def vit_eval(ckpt, dataset, image_size, limit, batch_size, threads, device, dtyp
 @vit.command(name="predict")
 @click.argument("ckpt", type=click.Path())
 @click.argument("images_", metavar="IMAGE...", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=options.POSITIVE_INT, default=3)
-@click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
+@click.option("--top-k", type=options.POSITIVE_INT, default=3, help="classes to print per image")
+@click.option("--convert", is_flag=True, help="convert to the model's channels (RGB or grayscale) and resize to its "
+                   "image size (bilinear, aspect ratio not kept)")
 @options.device_option
 def vit_predict(ckpt, images_, top_k, convert, device, dtype):
     """Top-k classes with probabilities for each IMAGE."""
@@ -143,7 +147,8 @@ def vit_predict(ckpt, images_, top_k, convert, device, dtype):
 @click.argument("image", type=click.Path())
 @click.option("--out", default="attention.png", type=options.ImageFile(),
               help="image to write (.png, .pdf, .svg, .jpg, ...: what matplotlib writes)")
-@click.option("--convert", is_flag=True, help="convert colour/grayscale and resize to what the model takes")
+@click.option("--convert", is_flag=True, help="convert to the model's channels (RGB or grayscale) and resize to its "
+                   "image size (bilinear, aspect ratio not kept)")
 def vit_attention(ckpt, image, out, convert):
     """Attention rollout from the class token, drawn over IMAGE."""
     from mingpt_c.vit import checkpoint as vit_checkpoint

@@ -38,3 +38,20 @@ def test_help_unchanged():
 if __name__ == "__main__":
     SNAPSHOT.write_text(help_texts())
     print(f"recorded {SNAPSHOT}")
+
+
+def test_every_option_has_a_help_text():
+    from cli import main
+
+    missing = []
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+            return
+        missing.extend(f"mingpt {' '.join(path)} {p.opts[0]}" for p in cmd.params
+                       if isinstance(p, click.Option) and not p.help)
+
+    walk(main, [])
+    assert not missing, missing
