@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CONFIGS = {
     "baby": dict(V=65, L=4, NH=4, C=128, T=64, B=12),
@@ -206,8 +207,12 @@ def _worker_gemm(threads: int) -> dict:
 def _run_worker(args: list[str], threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
+    # `python -m` puts the current directory first on the path: run from the
+    # folder that holds the package this process imported, so a worker never
+    # picks up another (perhaps unbuilt) source tree in the user's directory.
+    home = Path(__file__).resolve().parent.parent.parent
     r = subprocess.run([sys.executable, "-m", "mingpt_c.benchmarks.cpu", "--worker", *args],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=home)
     if r.returncode != 0:
         raise RuntimeError(f"benchmark worker {args} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -35,3 +35,12 @@ def test_bench_cli_rejects_unknown_config():
     r = CliRunner().invoke(main, ["bench", "--config", "tiny", "--profile"])
     assert r.exit_code != 0
     assert "unknown config 'tiny'" in r.output
+
+
+def test_workers_import_this_package_not_the_current_directory(tmp_path, monkeypatch):
+    """A folder holding an unbuilt source tree must not shadow the package
+    the benchmark runs from (`python -m` puts the current directory first)."""
+    (tmp_path / "mingpt_c").mkdir()
+    (tmp_path / "mingpt_c" / "__init__.py").write_text('raise ImportError("an unbuilt source tree")\n')
+    monkeypatch.chdir(tmp_path)
+    assert benchmark._run_worker(["gemm", "1"], 1)["gflops"] > 0
