@@ -1,7 +1,35 @@
-"""Loads the compiled core and maps C statuses to exceptions."""
+"""Loads the compiled core and maps C statuses to exceptions.
+
+Before the core (and its OpenMP runtime) loads, the threads' wait policy is
+chosen: OpenMP's default spins between parallel regions, which on a machine
+whose cores are all busy steals the time the partner threads need (training
+ran 10-50x slower). When the load average is above the core count, and the
+user set no OMP_WAIT_POLICY, the threads sleep instead (PASSIVE); `mingpt
+env` says which policy is in force and why."""
 from __future__ import annotations
 
+import os
+
 from mingpt_c.errors import CudaError, IndexRangeError, MinGPTError, OutOfMemory, ShapeError
+
+
+def _wait_policy() -> str:
+    """Sets OMP_WAIT_POLICY=PASSIVE on a busy machine; returns the policy
+    in force and why (for `mingpt env`)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return f"{os.environ['OMP_WAIT_POLICY'].lower()} (OMP_WAIT_POLICY is set)"
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "OpenMP's default"
+    cores = os.cpu_count() or 1
+    if load > cores:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return f"passive (load average {load:.1f} above {cores} cores at start)"
+    return f"OpenMP's default (load average {load:.1f}, {cores} cores)"
+
+
+WAIT_POLICY = _wait_policy()
 
 try:
     from mingpt_c import _C  # built by `make` (mingpt_c/_build.py)
@@ -39,6 +67,7 @@ def build_info() -> dict:
         "openmp": bool(lib.mg_has_openmp()),
         "threads": lib.mg_get_num_threads(),
         "cuda": bool(lib.mg_has_cuda()),
+        "wait_policy": WAIT_POLICY,
     }
 
 

@@ -23,7 +23,8 @@ def env():
     click.echo(f"mingpt-c {info['version']}")
     click.echo(f"python      {sys.version.split()[0]}")
     click.echo(f"compiler    {info['compiler']}")
-    click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads)")
+    click.echo(f"openmp      {yes(info['openmp'])} ({info['threads']} threads; waiting threads: "
+               f"{info['wait_policy']})")
     click.echo(f"vector path {info['simd']}")
     click.echo(f"cuda        {_cuda_line(info['cuda'])}")
     from mingpt_c.run.distributed import mpi_available
