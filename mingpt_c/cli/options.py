@@ -15,6 +15,7 @@ error one line), before any file is read or written. Rules between options
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import click
@@ -72,7 +73,44 @@ OPEN_FRACTION = Float("(0, 1)")        # a held-out share: both sides non-empty
 BETA = Float("[0, 1)")                 # Adam's moment decays
 
 
-class ImageFile(click.Path):
+def _unwritable(path) -> str | None:
+    """Why nothing can be written at path (None: it can). Probed by creating
+    and removing a file in the nearest folder that exists, so a read-only
+    file system or a missing permission shows before any work, and nothing
+    is left behind."""
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    if p.exists() and p.is_dir() and not p.is_symlink():
+        base = p
+    else:
+        base = p.parent
+        while not base.exists():
+            base = base.parent
+    if not base.is_dir():
+        return f"{base} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mingpt-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write in {base} ({e.strerror or e})"
+    return None
+
+
+class Writable(click.Path):
+    """A file or folder this command will write: checked at parse time."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        why = _unwritable(value)
+        if why:
+            self.fail(f"{value}: {why}", param, ctx)
+        return value
+
+
+class ImageFile(Writable):
     """A file matplotlib can draw into: the extension picks the format, so
     it must be one that matplotlib writes (pgf is left out: it needs LaTeX)."""
 
@@ -170,7 +208,7 @@ def to_device(name: str, dtype: str | None):
 def out(default: str | None = None):
     """--out, the run directory; without a default, it is required."""
     where = {"default": default} if default is not None else {"required": True}
-    return click.option("--out", **where, type=click.Path(file_okay=False), help="run directory")
+    return click.option("--out", **where, type=Writable(file_okay=False), help="run directory")
 
 
 def preset(names: list[str]):

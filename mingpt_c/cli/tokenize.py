@@ -36,7 +36,7 @@ def tokenize() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--vocab-size", type=options.POSITIVE_INT, required=True,
               help="256 bytes + merges + special tokens")
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), required=True,
+@click.option("--out", "out", type=options.Writable(dir_okay=False), required=True,
               help="tokenizer file to write (JSON, mingpt-bpe v1)")
 @click.option("--pattern", type=click.Choice(["gpt2", "gpt4", "none"]), default="gpt2",
               help="pre-split regex: GPT-2's, GPT-4's (cl100k), or none (lines)")
@@ -68,7 +68,7 @@ def tokenize_train(files, vocab_size, out, pattern, specials, min_frequency, phr
 @tokenize.command("encode")
 @click.argument("text", required=False)
 @click.option("--tokenizer", "spec", required=True, help=_TOKENIZER_HELP)
-@click.option("-o", "--out", "out", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "out", type=options.Writable(dir_okay=False),
               help="write a token file (memory-mappable) instead of printing ids")
 @click.option("--allow-special", multiple=True, metavar="TOKEN",
               help="encode this special token as its id (repeatable; 'all' for every one)")

@@ -72,7 +72,7 @@ def info(ckpt):
 
 @click.command(name="import")
 @click.argument("hf_dir", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="checkpoint directory to write")
+@click.option("--out", required=True, type=options.Writable(file_okay=False), help="checkpoint directory to write")
 @click.option("--tokenizer", default="gpt2", help="tokenizer to store with the model")
 def import_cmd(hf_dir, out, tokenizer):
     """Import a Hugging Face GPT2LMHeadModel, ViTForImageClassification or
@@ -85,7 +85,7 @@ def import_cmd(hf_dir, out, tokenizer):
 
 @click.command(name="export")
 @click.argument("ckpt", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Hugging Face directory to write")
+@click.option("--out", required=True, type=options.Writable(file_okay=False), help="Hugging Face directory to write")
 def export_cmd(ckpt, out):
     """Export a checkpoint as a Hugging Face directory: GPT2LMHeadModel for a
     GPT, BertModel / BertForMaskedLM for an encoder, ViTForImageClassification

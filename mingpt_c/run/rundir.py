@@ -56,9 +56,13 @@ class DirectoryLock:
     def __init__(self, out: Path, flag: str = "--out"):
         import fcntl
 
-        out.mkdir(parents=True, exist_ok=True)
         self.path = out / LOCK_NAME
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)   # no O_TRUNC: the holder's PID stays
+        try:   # before any work: a run that cannot write its directory stops here
+            out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)   # no O_TRUNC: the holder's PID stays
+        except OSError as e:
+            raise RunDirError(f"{flag} {out}: cannot write there ({e.strerror or e}); "
+                              f"choose a directory you can write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
