@@ -94,8 +94,13 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
         os.replace(tmp, path)
         if old.exists():
             shutil.rmtree(old)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":   # disk full, I/O error
+            good = (f"{path} still holds the previous checkpoint" if (path / "config.json").exists()
+                    else f"{old} holds the previous checkpoint" if (old / "config.json").exists()
+                    else "no earlier checkpoint was written")
+            raise CheckpointError(f"saving the checkpoint {path} failed ({e}); {good}") from None
         raise
     return path
 
