@@ -132,10 +132,21 @@ def read_hf_config(path: Path) -> dict:
         raise CheckpointError(f"{path}/config.json: unreadable ({e})") from None
 
 
+# model_type -> (what it is, the commands that read it), for the message a
+# checkpoint of another family gets
+READERS = {"gpt2": ("GPT", "`mingpt sample`, `mingpt eval`"),
+           "bert": ("encoder", "`mingpt encoder eval/predict`"),
+           "vit": ("ViT", "`mingpt vit eval/predict/attention`")}
+
+
 def load_model_config(path: Path, fmt: str, version: int, model_type: str, cls):
     """cls (a config dataclass with from_dict/from_hf) from config.json: our
     own section when there is one, else the Hugging Face fields."""
     hf = read_hf_config(path)
+    kind = hf.get("model_type")
+    if kind in READERS and kind != model_type:   # another family's checkpoint
+        raise CheckpointError(f"{path} is a {READERS[kind][0]} checkpoint (model_type {kind!r}), not a "
+                              f"{READERS[model_type][0]} one: {READERS[kind][1]} read it")
     try:
         ours = hf.get("mingpt")
         if ours:

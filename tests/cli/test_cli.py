@@ -137,3 +137,14 @@ def test_zero_iterations_name_no_checkpoint(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "no checkpoint was saved" in res.output and "sample with" not in res.output
     assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_another_familys_checkpoint_says_what_it_is(tmp_path, trained):
+    vit = tmp_path / "vit"
+    res = invoke("vit", "train", "--out", vit, "--max-iters", "2", "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--patch-size", "7", "--batch-size", "16", "--train-limit", "64",
+                 "--eval-limit", "16", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    line = one_line_error(invoke("sample", vit, "--max-new-tokens", "3"), "ViT checkpoint", "mingpt vit")
+    assert "version" not in line
+    one_line_error(invoke("vit", "eval", trained), "GPT checkpoint", "mingpt sample")
