@@ -272,6 +272,10 @@ def image_array(im, channels: int, size: int | None = None) -> np.ndarray:
     """(channels, H, W) uint8 from a Pillow image, resized to size x size if given."""
     from PIL import Image
 
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16-bit samples: rescaled, not clipped at 255
+        wide = np.asarray(im, np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(wide * (255.0 / top)), 0, 255).astype(np.uint8), "L")
     im = im.convert("L" if channels == 1 else "RGB")
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)

@@ -20,8 +20,10 @@ def load_image(cfg: ViTConfig, path, convert: bool = False) -> np.ndarray:
     im = imgs.open_image(path)
     ch = imgs.image_channels(im)
     if ch != cfg.num_channels and not convert:
-        raise DataError(f"{path}: a {CHANNEL_NAMES[ch]} image ({ch} channel(s)), the model takes "
-                        f"{CHANNEL_NAMES[cfg.num_channels]} ({cfg.num_channels}): pass --convert to convert it")
+        bands = len(im.getbands())
+        raise DataError(f"{path}: an image of mode {im.mode} ({bands} channel{'s' if bands > 1 else ''}), the model "
+                        f"takes {CHANNEL_NAMES[cfg.num_channels]} ({cfg.num_channels}): pass --convert to "
+                        f"convert it")
     w, h = im.size
     if (w, h) != (cfg.image_size, cfg.image_size):
         if w % cfg.patch_size or h % cfg.patch_size:
