@@ -23,6 +23,7 @@ import functools
 import gzip
 import io
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def load_eval_split(spec: str | None, image_size: int | None = None) -> ImageSet
     if spec is not None:
         kind, path = parse_spec(spec)
         if kind == "folder" and not _folder_splits(path):
-            return read_folder(path, image_size)
+            whole = read_folder(path, image_size)
+            whole.source += " (no train/ and test/ split: every image, which a run on it has trained on)"
+            return whole
     return load_splits(spec, image_size)[1]
 
 
@@ -283,6 +286,11 @@ def image_array(im, channels: int, size: int | None = None) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
+def _note(msg: str) -> None:
+    """One line on stderr about data that was used differently than given."""
+    print(f"note: {msg}", file=sys.stderr)
+
+
 def _folder_splits(path: Path):
     test = next((path / n for n in ("test", "val") if (path / n).is_dir()), None)
     if (path / "train").is_dir() and test is not None:
@@ -293,8 +301,9 @@ def _folder_splits(path: Path):
 def read_folder(path: Path, image_size: int | None = None, classes: list | None = None) -> ImageSet:
     """ImageFolder layout: path/CLASS/IMAGE. Class names are the sorted
     sub-folder names (or the given list, for a test split). Grayscale if
-    every image is, else RGB. Hidden files are skipped; any other file must
-    be an image."""
+    every image is, else RGB. Hidden files are skipped, and so (with a note)
+    are files without an image extension (a readme.txt); a damaged image
+    file is an error."""
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         raise DataError(f"{path}: no class sub-folders (expected one folder of images per class)")
@@ -311,7 +320,21 @@ def read_folder(path: Path, image_size: int | None = None, classes: list | None 
         if not files:
             raise DataError(f"{d}: class folder has no images")
         entries += [(f, classes.index(d.name)) for f in files]
-    opened = [(open_image(f), f, y) for f, y in entries]
+    from PIL import Image
+
+    Image.init()
+    image_exts = set(Image.registered_extensions())
+    opened, skipped = [], []
+    for f, y in entries:   # a readme.txt is skipped; a damaged .png is an error
+        if f.suffix.lower() not in image_exts:
+            skipped.append(f.name)
+            continue
+        opened.append((open_image(f), f, y))
+    if skipped:
+        _note(f"skipped {len(skipped)} file(s) in {path} that are not images: {', '.join(skipped[:5])}"
+              + (" ..." if len(skipped) > 5 else ""))
+    if not opened:
+        raise DataError(f"{path}: no images in its class folders")
     channels = max(image_channels(im) for im, _, _ in opened)
     if image_size is None:
         first = opened[0][0].size

@@ -150,7 +150,7 @@ def test_folder_rgb_holdout_and_resize(tmp_path):
     assert train.images.shape == (8, 3, 8, 8) and len(val) == 2
 
 
-def test_folder_errors(tmp_path):
+def test_folder_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class sub-folders"):
         imgs.load_splits(f"folder:{tmp_path / 'empty'}")
@@ -159,9 +159,10 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="bird: class folder has no images"):
         imgs.load_splits(f"folder:{tmp_path / 'a'}")
     write_folder(tmp_path / "b")
-    (tmp_path / "b" / "dog" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="notes.txt: not an image"):
-        imgs.load_splits(f"folder:{tmp_path / 'b'}")
+    (tmp_path / "b" / "dog" / "notes.txt").write_text("hello")   # not an image: skipped, with a note
+    write_folder(tmp_path / "b2")
+    assert len(imgs.read_folder(tmp_path / "b")) == len(imgs.read_folder(tmp_path / "b2"))
+    assert "skipped 1 file(s)" in capsys.readouterr().err
     write_folder(tmp_path / "c")
     write_folder(tmp_path / "c", classes=("dog",), n=1, size=(9, 8))
     with pytest.raises(DataError, match="--image-size"):
