@@ -47,8 +47,40 @@ class Device:
         """a on this device (the array itself on the CPU, a copy on the GPU)."""
         return self._cuda.to_device(np.ascontiguousarray(a)) if self.is_cuda else a
 
+    def available_bytes(self) -> int | None:
+        """Memory a new allocation can have: the GPU's free memory, or the
+        host's MemAvailable (None where the system does not say)."""
+        if self.is_cuda:
+            return self._cuda.info()["free_memory"]
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
+    def check_fits(self, need: int, what: str) -> None:
+        """OutOfMemory, before anything is allocated, when an estimate of
+        need bytes is above what this device has available."""
+        have = self.available_bytes()
+        if have is not None and need > have:
+            from mingpt_c.errors import OutOfMemory
+
+            where = "GPU" if self.is_cuda else "machine"
+            raise OutOfMemory(f"{what} needs about {_size(need)} ({need:,} bytes); the {where} has "
+                              f"{_size(have)} ({have:,} bytes) available: choose a smaller model or batch")
+
     def __repr__(self) -> str:
         return f"Device({self.name!r})"
+
+
+def _size(n: int) -> str:
+    for unit, k in (("TiB", 40), ("GiB", 30), ("MiB", 20)):
+        if n >= 1 << k:
+            return f"{n / (1 << k):.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
 
 
 CPU = Device("cpu")

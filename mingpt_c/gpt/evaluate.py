@@ -8,7 +8,7 @@ import numpy as np
 from mingpt_c import data
 from mingpt_c.device import CPU
 from mingpt_c.errors import DataError
-from mingpt_c.gpt.model import GPT
+from mingpt_c.gpt.model import GPT, memory_bytes
 
 
 def evaluate_tokens(model: GPT, tokens: np.ndarray, batch_size: int = 8,
@@ -40,8 +40,14 @@ def evaluate_text(loaded: dict, path, batch_size: int = 8, max_batches: int | No
     tok = loaded["tokenizer"]
     if tok is None:
         raise DataError(f"{loaded['path']} has no tokenizer: cannot read text")
+    device = device or CPU
+    cfg = loaded["cfg"]
     ids = text_tokens(tok, path)
-    model = GPT(loaded["cfg"], loaded["params"], device=device or CPU)
+    rows = min(batch_size, max(1, (len(ids) - 1) // max(1, min(cfg.block_size, len(ids) - 1))))
+    device.check_fits(memory_bytes(cfg, rows, cfg.block_size, train=False),
+                      f"evaluating this model (block {cfg.block_size}, vocabulary {cfg.vocab_size}) "
+                      f"{rows} blocks at a time (--batch-size {batch_size})")
+    model = GPT(cfg, loaded["params"], device=device)
     return evaluate_tokens(model, ids, batch_size, max_batches)
 
 

@@ -44,6 +44,21 @@ def gpt_slots(cfg: GPTConfig) -> list[tuple[str, tuple, str]]:
     return s
 
 
+def memory_bytes(cfg: GPTConfig, B: int, T: int, train: bool) -> int:
+    """About how many bytes a GPT of cfg takes for batches of (B, T): the
+    flat parameters (and, training, their gradients and AdamW's two
+    moments), each block's saved activations (the T x T attention
+    probabilities included), the logits and the backward's scratch. An
+    estimate for refusing what cannot fit, before anything is allocated."""
+    C, V, L, NH = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.n_head
+    params = V * C + cfg.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
+    per_block = B * T * 16 * C + B * NH * T * T
+    floats = params * (4 if train else 1) + L * per_block + B * T * (V + 4 * C)
+    if train:
+        floats += B * T * 12 * C + B * NH * T * T   # the backward's scratch (one block at a time)
+    return 4 * floats
+
+
 class _Acts(StackActs):
     """The stack's buffers (blocks, dx...) and the embeddings' and head's."""
 

@@ -28,7 +28,7 @@ from mingpt_c import data
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.gpt import checkpoint
 from mingpt_c.gpt.config import GPTConfig
-from mingpt_c.gpt.model import GPT
+from mingpt_c.gpt.model import GPT, memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_EVAL, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
@@ -144,6 +144,9 @@ def _start(tc: TrainConfig, run: Run):
     """(model, tokenizer, train and val tokens, moments, state, source) of a
     new run; rank 0 prepares the data, the other ranks read what it wrote."""
     init = checkpoint.load(tc.init_from) if tc.init_from else None
+    if not init:   # before any work: the model without its vocabulary must fit already
+        _check_memory(GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
+                                n_embd=tc.n_embd), tc, run)
     failure = None
     if run.is_main:
         try:
@@ -171,8 +174,15 @@ def _start(tc: TrainConfig, run: Run):
     else:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=tc.block_size, n_layer=tc.n_layer,
                         n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
+        _check_memory(cfg, tc, run)
         model = GPT(cfg, seed=tc.seed, embd_std=tc.embd_init_std, device=run.device)
     return model, tok, train_toks, val_toks, None, None, source
+
+
+def _check_memory(cfg: GPTConfig, tc: TrainConfig, run: Run) -> None:
+    run.device.check_fits(memory_bytes(cfg, tc.batch_size, tc.block_size, train=True),
+                          f"training this model ({cfg.n_layer} layers, width {cfg.n_embd}, block "
+                          f"{tc.block_size}) at batch {tc.batch_size}")
 
 
 def _resume(tc: TrainConfig, run: Run):
