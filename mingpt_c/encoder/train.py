@@ -43,6 +43,7 @@ from mingpt_c.encoder import checkpoint as ckpt
 from mingpt_c.encoder import data as ed
 from mingpt_c.encoder.model import Encoder, EncoderConfig
 from mingpt_c.errors import CheckpointError, DataError
+from mingpt_c.nn.model import memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_MASKING, STREAM_TOKEN_DROPOUT, dropout_seed, stream_rng
@@ -182,7 +183,24 @@ def _model(tc: EncoderTrainConfig, tok, num_labels: int, mlm: bool, log,
                         n_embd=tc.n_embd, dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, pooling=tc.pooling,
                         mlm_head=mlm, num_labels=num_labels, pad_token_id=tok.special["[PAD]"],
                         bigram_buckets=tc.bigram_buckets)
+    _check_memory(tc, cfg, mlm, dev)
     return Encoder(cfg, seed=tc.seed, device=dev), tok
+
+
+def _check_memory(tc: EncoderTrainConfig, cfg: EncoderConfig, mlm: bool, dev: Device) -> None:
+    """Refuses, before the model is allocated, what cannot fit (called
+    first with the vocabulary the BPE will have at most, before training it)."""
+    dev.check_fits(memory_bytes(Layout(ckpt.encoder_slots(cfg)).size, cfg, tc.batch_size, tc.max_len, True,
+                                tc.batch_size * tc.max_len * cfg.vocab_size if mlm else 0),
+                   f"training this encoder ({cfg.n_layer} layers, width {cfg.n_embd}, vocabulary "
+                   f"{cfg.vocab_size}, {cfg.bigram_buckets:,} bigram buckets) at batch {tc.batch_size}")
+
+
+def _check_before_tokenizer(tc: EncoderTrainConfig, num_labels: int, mlm: bool, dev: Device) -> None:
+    if not tc.init_from and not tc.tokenizer:
+        _check_memory(tc, EncoderConfig(vocab_size=tc.vocab_size, block_size=tc.max_len, n_layer=tc.n_layer,
+                                        n_head=tc.n_head, n_embd=tc.n_embd, mlm_head=mlm,
+                                        num_labels=num_labels, bigram_buckets=tc.bigram_buckets), mlm, dev)
 
 
 def _resumed(run: Run):
@@ -291,6 +309,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
             if model.cfg.extra.get("labels") != names:
                 raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
         else:
+            _check_before_tokenizer(tc, len(names), False, run.device)
             tok = None if tc.init_from else _new_tokenizer(tc, texts, run.say)
             model, tok = _model(tc, tok, len(names), False, run.say, run.device)
         cfg = model.cfg
@@ -415,6 +434,7 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
         if resume:
             model, tok, moments = _resumed(run)
         else:
+            _check_before_tokenizer(tc, 0, True, run.device)
             tok = None if tc.init_from else _new_tokenizer(tc, texts, run.say)
             model, tok = _model(tc, tok, 0, True, run.say, run.device)
         cfg = model.cfg

@@ -20,7 +20,8 @@ from mingpt_c.device import CPU, Device
 from mingpt_c.errors import ShapeError
 from mingpt_c.gpt.config import GPTConfig
 from mingpt_c.nn.model import FlatModel
-from mingpt_c.nn.params import sub_views
+from mingpt_c.nn.model import memory_bytes as stack_memory_bytes
+from mingpt_c.nn.params import Layout, sub_views
 from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.stack import Stack, StackActs
 
@@ -45,18 +46,9 @@ def gpt_slots(cfg: GPTConfig) -> list[tuple[str, tuple, str]]:
 
 
 def memory_bytes(cfg: GPTConfig, B: int, T: int, train: bool) -> int:
-    """About how many bytes a GPT of cfg takes for batches of (B, T): the
-    flat parameters (and, training, their gradients and AdamW's two
-    moments), each block's saved activations (the T x T attention
-    probabilities included), the logits and the backward's scratch. An
-    estimate for refusing what cannot fit, before anything is allocated."""
-    C, V, L, NH = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.n_head
-    params = V * C + cfg.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
-    per_block = B * T * 16 * C + B * NH * T * T
-    floats = params * (4 if train else 1) + L * per_block + B * T * (V + 4 * C)
-    if train:
-        floats += B * T * 12 * C + B * NH * T * T   # the backward's scratch (one block at a time)
-    return 4 * floats
+    """About how many bytes a GPT of cfg takes for batches of (B, T), its
+    logits included (nn/model.py's estimate)."""
+    return stack_memory_bytes(Layout(gpt_slots(cfg)).size, cfg, B, T, train, B * T * cfg.vocab_size)
 
 
 class _Acts(StackActs):

@@ -30,3 +30,18 @@ class FlatModel:
     def zero_grad(self) -> None:
         """Backward adds into the gradients: zero them before each step."""
         ops.fill(self.grads, 0)
+
+
+def memory_bytes(n_params: int, cfg, B: int, T: int, train: bool, head_floats: int = 0) -> int:
+    """About how many bytes a model of n_params parameters and cfg's stack
+    (n_layer, n_embd, n_head) takes for batches of (B, T): the parameters
+    (and, training, their gradients and AdamW's two moments), each block's
+    saved activations (the T x T attention probabilities included), the
+    backward's scratch and head_floats for the family's head. An estimate
+    for refusing what cannot fit before anything is allocated."""
+    C, L, NH = cfg.n_embd, cfg.n_layer, cfg.n_head
+    per_block = B * T * 16 * C + B * NH * T * T
+    floats = n_params * (4 if train else 1) + L * per_block + B * T * 4 * C + head_floats
+    if train:
+        floats += B * T * 12 * C + B * NH * T * T   # the backward's scratch (one block at a time)
+    return 4 * floats

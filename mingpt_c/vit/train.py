@@ -31,12 +31,14 @@ import numpy as np
 
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError, DataError
+from mingpt_c.nn.model import memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
+from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import STREAM_AUGMENT, STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.vit import checkpoint as vit_checkpoint
 from mingpt_c.vit import images as imgs
-from mingpt_c.vit.model import ViT, ViTConfig
+from mingpt_c.vit.model import ViT, ViTConfig, vit_slots
 
 
 @dataclass
@@ -145,6 +147,9 @@ def _start(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
                     num_classes=len(train_set.classes), n_layer=tc.n_layer, n_head=tc.n_head,
                     n_embd=tc.n_embd, dropout=tc.dropout, labels=list(train_set.classes),
                     image_mean=mean, image_std=std)
+    run.device.check_fits(memory_bytes(Layout(vit_slots(cfg)).size, cfg, tc.batch_size, cfg.seq_len, True),
+                          f"training this ViT ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.seq_len} tokens "
+                          f"an image) at batch {tc.batch_size}")
     model = ViT(cfg, seed=tc.seed, device=run.device)
     return model, _optimizer(tc, model), None
 
