@@ -59,6 +59,7 @@ class ViTTrainConfig(OptimConfig):
     label_smoothing: float = 0.0
     crop_pad: int = 0                # random crop after zero padding of this many pixels
     hflip: bool = False              # random horizontal flip (not for digits)
+    recipe: str | None = None        # the data set's recipe the command line started from (for the log)
     val_fraction: float = 0.1        # held out of a folder without train/ and test/
     train_limit: int | None = None   # train on the first N images only (quick runs)
     eval_limit: int | None = None    # evaluate on the first N test images only
@@ -194,6 +195,8 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
             total = min(total, tc.max_iters)
         start = state["iter"] if state else 0
         norm = imgs.Normalizer(cfg.image_mean, cfg.image_std)
+        if tc.recipe:
+            run.say(f"recipe: {tc.recipe}")
         run.say(f"model: ViT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, patch "
                 f"{cfg.patch_size} on {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} ({cfg.seq_len} "
                 f"tokens), {cfg.num_classes} classes: {model.num_params() / 1e6:.3f}M parameters")
