@@ -69,3 +69,23 @@ def one_line_error(res, *needles):
     for n in needles:
         assert n in err, err
     return err
+
+
+def tmpfs(path, options: str):
+    """A tmpfs mounted at path (a fresh folder) with the given mount options,
+    unmounted lazily after the test (a failed run may still map a file on it);
+    skips where this machine does not let the tests mount one (needs root)."""
+    import subprocess
+    from contextlib import contextmanager
+
+    @contextmanager
+    def mounted():
+        path.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root)")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)])
+    return mounted()

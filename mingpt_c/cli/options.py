@@ -349,3 +349,11 @@ def saved(out) -> str:
     if not have:
         return "no checkpoint was saved (no training step was taken)"
     return ("checkpoints in " if len(have) > 1 else "checkpoint in ") + " and ".join(have)
+
+
+def optim(d, betas: tuple = ()) -> list:
+    """The optimizer and schedule options (nn/optim.py's OptimConfig) in
+    --help's order: --lr, --min-lr, --warmup-iters, --weight-decay, the
+    betas a family exposes, --grad-clip."""
+    beta = {"beta2": beta2}
+    return [lr(d), min_lr(d), warmup_iters(d), weight_decay(d), *(beta[b](d) for b in betas), grad_clip(d)]

@@ -2,11 +2,10 @@
 checkpoint is still good, the temporary directory removed, the previous
 checkpoint loadable (a tiny tmpfs provokes it where root may mount one)."""
 import shutil
-import subprocess
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, tmpfs
 from mingpt_c.gpt import checkpoint
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession\n" * 40
@@ -14,13 +13,8 @@ TEXT = "It is a truth universally acknowledged, that a single man in possession\
 
 @pytest.fixture
 def small_disk(tmp_path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(d)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a small file system here (needs root)")
-    yield d
-    subprocess.run(["umount", "-l", str(d)])   # lazily: the failed run's token memmap may still be mapped
+    with tmpfs(tmp_path / "disk", "size=1600k") as d:
+        yield d
 
 
 def test_save_that_runs_out_of_space(tmp_path, small_disk):

@@ -1,11 +1,10 @@
 """An output nobody can write is refused before any work, with one line
 naming the path: every command that writes (a run directory, a tokenizer
 file, encoded ids, an exported or imported checkpoint, an attention map)."""
-import subprocess
 
 import pytest
 
-from conftest import invoke, one_line_error
+from conftest import invoke, one_line_error, tmpfs
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession\n" * 20
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
@@ -40,13 +39,8 @@ def test_output_under_a_file_is_one_line(files, k):
 
 @pytest.fixture
 def read_only(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip("cannot mount a read-only file system here (needs root)")
-    yield ro
-    subprocess.run(["umount", str(ro)])
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        yield ro
 
 
 @pytest.mark.parametrize("k", range(7))
