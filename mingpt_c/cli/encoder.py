@@ -105,8 +105,41 @@ def encoder_pretrain(ctx, file, mask_prob, **opts):
                f"fine-tune with: mingpt encoder train --init-from {tc.out} --train DATA.jsonl --out DIR")
 
 
+# The recipe behind the published IMDB figure (docs/experiments.md: 0.8940
+# test accuracy from scratch): a new run from scratch on IMDB starts from it,
+# any option given on the command line winning.
+RECIPES = {
+    "imdb": dict(vocab_size=32768, bigram_buckets=262144, max_len=384, truncate="head_tail", n_layer=1,
+                 n_embd=128, act="gelu_tanh", pooling="mean", token_dropout=0.1, epochs=2.0, lr=2e-3),
+}
+
+
+def _recipe(choice: str, train_file: str, init_from: str | None, resume: bool) -> str | None:
+    """The recipe a run starts from: --recipe NAME, or with auto the one whose
+    name the --train file's name or its folder's holds (IMDB: data/imdb/
+    train.jsonl.xz); none on --resume (the run keeps its configuration) or
+    with auto and --init-from (a recipe trains from scratch)."""
+    if resume or choice == "none":
+        return None
+    if choice != "auto":
+        if init_from:
+            raise options.OptionConflict(f"--recipe {choice} trains from scratch and does not apply with "
+                                         f"--init-from: leave --recipe out, or pass --recipe none")
+        return choice
+    if init_from:
+        return None
+    p = Path(train_file)
+    where = f"{p.parent.name}/{p.name}".lower()
+    return next((name for name in RECIPES if name in where), None)
+
+
 @encoder.command("train")
 @click.option("--train", "train_file", required=True, type=click.Path(), help="JSON Lines with text and label")
+@click.option("--recipe", type=click.Choice(["auto", *RECIPES, "none"]), default="auto",
+              help="start a new run from scratch from a data set's published recipe; auto: imdb when the "
+                   "--train file's name or its folder's contains 'imdb' (any case), none: the defaults; "
+                   "a flag given on the command line wins (" + "; ".join(
+                       f"{k}: {options.flags(v)}" for k, v in RECIPES.items()) + ")")
 @click.option("--val", "val_file", type=click.Path(), default=None, help="JSON Lines to validate on each epoch")
 @click.option("--pooling", type=click.Choice(["cls", "mean", "max"]), default="mean", help="classifier input")
 @click.option("--val-limit", type=options.POSITIVE_INT, default=None, help="validate on the first N examples")
@@ -114,12 +147,17 @@ def encoder_pretrain(ctx, file, mask_prob, **opts):
               help="hide this share of each training text's tokens (word dropout)")
 @_encoder_options
 @click.pass_context
-def encoder_train(ctx, **opts):
+def encoder_train(ctx, recipe, **opts):
     """Train a text classifier on JSON Lines ({"text": ..., "label": ...}; any labels)."""
     from mingpt_c.encoder.train import train_classifier
 
+    given = options.given(ctx)
+    given.pop("recipe", None)   # not a field of the run: the options it set are
+    name = _recipe(recipe, opts["train_file"], opts["init_from"], opts["resume"])
+    if name:
+        options.apply_recipe(opts, RECIPES[name], given, name)
     tc, resume = _encoder_config(opts)
-    res = train_classifier(tc, resume, log=lambda m: click.echo(m, err=True), given=options.given(ctx))
+    res = train_classifier(tc, resume, log=lambda m: click.echo(m, err=True), given=given)
     options.exit_if_interrupted(res)
     if not res["main"]:
         return

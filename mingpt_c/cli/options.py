@@ -329,6 +329,22 @@ def apply_preset(opts: dict, values: dict, given: dict, name: str) -> None:
             given[k] = f"--preset {name}"
 
 
+def flags(values: dict) -> str:
+    """Options as typed on a command line: {"patch_size": 7, "hflip": True} -> "--patch-size 7 --hflip"."""
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v:g}" if isinstance(v, float) else f" {v}")
+                    for k, v in values.items())
+
+
+def apply_recipe(opts: dict, values: dict, given: dict, name: str) -> None:
+    """A data set's published recipe for the options not given on the command
+    line (they count as given by the recipe); opts["recipe"] says, for the
+    run's first line, which flags it set (none left: no recipe)."""
+    recipe = {k: v for k, v in values.items() if k not in given}
+    if recipe:
+        opts.update(recipe, recipe=f"{name} ({flags(recipe)}; a flag given on the command line wins)")
+        given.update({k: f"the {name} recipe" for k in recipe})
+
+
 def exit_if_interrupted(res: dict) -> None:
     """A training run that SIGINT or SIGTERM stopped (its latest/ saved)
     exits with 128 + the signal's number: 130, 143."""

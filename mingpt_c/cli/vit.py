@@ -31,7 +31,7 @@ def _vit_train_options(f):
         click.option("--dataset", default=None,
                      help="KIND:PATH [default: generated shapes]; mnist: and fashion-mnist: start from the "
                           "recipes of the published figures (" + "; ".join(
-                              f"{k}: {_flags(v)}" for k, v in DATASET_RECIPES.items()) + ")"),
+                              f"{k}: {options.flags(v)}" for k, v in DATASET_RECIPES.items()) + ")"),
         options.out(d.out),
         options.preset(["tiny", "small", "base"]),
         click.option("--image-size", type=options.POSITIVE_INT, default=None, help="resize folder images to this"),
@@ -73,10 +73,6 @@ DATASET_RECIPES = {
 }
 
 
-def _flags(values: dict) -> str:
-    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in values.items())
-
-
 @vit.command(name="train")
 @_vit_train_options
 @click.pass_context
@@ -94,10 +90,7 @@ def vit_train(ctx, preset, resume, no_progress, **opts):
         options.apply_preset(opts, PRESETS[preset], given, preset)
     kind = (opts["dataset"] or "").partition(":")[0]
     if kind in DATASET_RECIPES and not resume:
-        recipe = {k: v for k, v in DATASET_RECIPES[kind].items() if k not in given}
-        if recipe:
-            opts.update(recipe, recipe=f"{kind} ({_flags(recipe)}; a flag given on the command line wins)")
-            given.update({k: f"the {kind} recipe" for k in recipe})
+        options.apply_recipe(opts, DATASET_RECIPES[kind], given, kind)
     tc = ViTTrainConfig(**opts, progress=not no_progress)
     res = run_train(tc, resume=resume, log=lambda m: click.echo(m, err=True), given=given)
     options.exit_if_interrupted(res)

@@ -73,6 +73,7 @@ class EncoderTrainConfig(OptimConfig):
     pre_ln: bool = False
     pooling: str = "mean"           # cls | mean | max
     bigram_buckets: int = 0         # hashed token-bigram embedding rows (0: none)
+    recipe: str | None = None       # the data set's recipe the command line started from (for the log)
     batch_size: int = 32            # rows per rank and micro-batch
     grad_accum: int = 1             # micro-batches per optimizer step
     epochs: float = 3.0
@@ -289,6 +290,8 @@ def _position(run: Run) -> SimpleNamespace:
 def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
     with Run(tc, resume, given, log) as run:
         tc = run.cfg
+        if tc.recipe and not resume:
+            run.say(f"recipe: {tc.recipe}")
         texts, labels = ed.read_jsonl(tc.train_file)
         if tc.limit:
             texts, labels = texts[:tc.limit], labels[:tc.limit]

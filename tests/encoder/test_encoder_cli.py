@@ -181,3 +181,60 @@ def test_interrupt_then_resume_is_bit_identical(data, tmp_path, monkeypatch, com
     a, b = load_file(str(full / "latest" / "model.safetensors")), load_file(str(cut / "latest" / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     one_line_error(invoke(*head, "--out", tmp_path / "none", *args, "--resume"), "no checkpoint to resume")
+
+
+def test_imdb_starts_from_its_recipe(data, tmp_path):
+    """A new run on a --train file named for IMDB starts from the published
+    recipe (the run's first line lists what it set); a flag given wins."""
+    from mingpt_c.cli.encoder import RECIPES
+
+    imdb = tmp_path / "IMDB-reviews.jsonl"
+    imdb.write_text((data / "train.jsonl").read_text())
+    out = tmp_path / "run"
+    res = invoke("encoder", "train", "--train", imdb, "--out", out, "--max-iters", "1", "--bigram-buckets", "0",
+                 "--lr", "1e-3", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    first = res.stderr.splitlines()[0]
+    assert first.startswith("recipe: imdb (--vocab-size 32768 --max-len 384 --truncate head_tail"), first
+    assert "--bigram-buckets" not in first and "--lr" not in first
+    cfg = json.loads((out / "run_config.json").read_text())
+    want = dict(RECIPES["imdb"], bigram_buckets=0, lr=1e-3)
+    assert {k: cfg[k] for k in want} == want
+    assert want["max_len"] == 384 and want["epochs"] == 2 and want["token_dropout"] == 0.1
+
+
+def test_recipe_option(data, tmp_path):
+    """--recipe none keeps the defaults on an IMDB file; --recipe imdb applies
+    it to any file; auto leaves other files and --init-from runs alone."""
+    imdb = tmp_path / "imdb" / "train.jsonl"   # the folder's name counts too
+    imdb.parent.mkdir()
+    imdb.write_text((data / "train.jsonl").read_text())
+    cases = [(imdb, ["--recipe", "none"], 256), (data / "train.jsonl", ["--recipe", "imdb"], 384),
+             (data / "train.jsonl", [], 256), (imdb, [], 384)]
+    for i, (train, more, max_len) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        res = invoke("encoder", "train", "--train", train, "--out", out, "--max-iters", "1",
+                     "--bigram-buckets", "0", "--vocab-size", "300", "--no-progress", *more)
+        assert res.exit_code == 0, res.stderr
+        assert json.loads((out / "run_config.json").read_text())["max_len"] == max_len, (train, more)
+        assert ("recipe: imdb" in res.stderr) == (max_len == 384)
+    res = invoke("encoder", "train", "--train", imdb, "--out", tmp_path / "ft", "--init-from", tmp_path / "run0"
+                 / "latest", "--max-iters", "1", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert "recipe:" not in res.stderr and json.loads((tmp_path / "ft" / "run_config.json").read_text())["lr"] != 2e-3
+    one_line_error(invoke("encoder", "train", "--train", imdb, "--out", tmp_path / "ft2", "--init-from",
+                          tmp_path / "run0" / "latest", "--recipe", "imdb"), "--recipe imdb", "--init-from")
+    text = " ".join(invoke("encoder", "train", "--help").output.split())   # unwrapped
+    assert "--recipe [auto|imdb|none]" in text and "imdb: --vocab-size 32768 --bigram-buckets 262144" in text
+
+
+def test_resume_does_not_apply_the_recipe(data, tmp_path):
+    imdb = tmp_path / "imdb.jsonl"
+    imdb.write_text((data / "train.jsonl").read_text())
+    out = tmp_path / "run"
+    common = ["--train", imdb, "--out", out, "--bigram-buckets", "0", "--no-progress"]
+    assert invoke("encoder", "train", *common, "--recipe", "none", "--max-iters", "1").exit_code == 0
+    res = invoke("encoder", "train", *common, "--resume", "--max-iters", "2")
+    assert res.exit_code == 0, res.stderr
+    assert "recipe:" not in res.stderr
+    assert json.loads((out / "run_config.json").read_text())["max_len"] == 256
