@@ -5,7 +5,8 @@ and SIGTERM, the non-finite policy, best/ and latest/, --resume, MPI.
 
 Run directory (--out):
     run_config.json   every resolved option
-    data/             token files (train.tokens, val.tokens) and their source
+    data/             token files (train.tokens, val.tokens) and their source;
+                      a new run that fails before its first checkpoint removes it
     latest/ best/     checkpoints (mingpt_c.checkpoint); best/ has the lowest val loss
     log.jsonl         one JSON object per evaluation (and every log interval)
     loss.png          the loss curves, drawn at the end
@@ -19,6 +20,8 @@ thread count).
 from __future__ import annotations
 
 import math
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from mingpt_c.gpt.config import GPTConfig
 from mingpt_c.gpt.model import GPT, memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, STREAM_EVAL, dropout_seed, stream_rng
+from mingpt_c.run.rundir import has_run
 from mingpt_c.run.scaffold import Run
 from mingpt_c.tokenizers.tokenfile import read_tokens
 
@@ -100,6 +104,22 @@ def _prepare_data(tc: TrainConfig, run: Path, tokenizer_override=None):
     data.require_length(train, tc.block_size, "training")
     data.require_length(val, tc.block_size, "validation")
     return tok, train, val, source
+
+
+@contextmanager
+def _data_removed_on_failure(run: Run, resume: bool):
+    """A new run that fails before its first checkpoint (an error, a refusal
+    found once the data is tokenized, Ctrl-C while preparing) removes the
+    data/ it made: nothing could resume from it. A data/ that was there
+    before (a resumed run's, one a killed run left) stays as it is."""
+    ddir = run.dir / "data"
+    made_here = run.is_main and not resume and not ddir.exists()
+    try:
+        yield
+    except BaseException:
+        if made_here and not has_run(run.dir):
+            shutil.rmtree(ddir, ignore_errors=True)
+        raise
 
 
 def _chain(*iters):
@@ -207,7 +227,7 @@ def train(tc: TrainConfig, resume: bool = False, log=print, given: dict | None =
     if not resume and not tc.init_from:  # the architecture, before the run directory exists
         GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
                   n_embd=tc.n_embd, dropout=tc.dropout)
-    with Run(tc, resume, given, log) as run:
+    with Run(tc, resume, given, log) as run, _data_removed_on_failure(run, resume):
         tc, world = run.cfg, run.world
         model, tok, train_toks, val_toks, moments, state, source = (_resume if resume else _start)(tc, run)
         cfg = model.cfg

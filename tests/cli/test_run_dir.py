@@ -2,7 +2,8 @@
 every family): an OS lock that refuses a second run on the same --out with
 its holder's PID; stale checkpoint temporaries of dead writers removed;
 SIGTERM and SIGINT save latest/ and exit 143 and 130 (a real process and
-real signals); log.jsonl without duplicates after --resume."""
+real signals); log.jsonl without duplicates after --resume; a new run that
+fails before its first checkpoint removes the data/ it prepared."""
 import json
 import signal
 import subprocess
@@ -119,3 +120,53 @@ def test_lock_is_released_when_the_holder_dies(corpus, tmp_path):
     res = invoke("train", corpus, "--out", run, *TINY, "--max-iters", "2")
     assert res.exit_code == 0, res.stderr
     assert train_iters(run) == [1, 2]
+
+
+def _refuse_with_the_vocabulary(monkeypatch, vocab: int) -> None:
+    """The machine has room for TINY's model before its vocabulary is known,
+    not for the one with it: the memory check refuses after data/ is made."""
+    from mingpt_c.device import Device
+    from mingpt_c.gpt.config import GPTConfig
+    from mingpt_c.gpt.model import memory_bytes
+
+    need = [memory_bytes(GPTConfig(vocab_size=v, block_size=16, n_layer=1, n_head=2, n_embd=16), 2, 16, True)
+            for v in (1, vocab)]
+    assert need[0] < need[1]
+    monkeypatch.setattr(Device, "available_bytes", lambda self: (need[0] + need[1]) // 2)
+
+
+@pytest.mark.parametrize("how", ["text-too-short", "memory-refused"])
+def test_failed_run_leaves_no_data(corpus, tmp_path, monkeypatch, how):
+    """A run that fails once its token files are written, before its first
+    checkpoint, takes its data/ away with it; the rest of --out stays."""
+    run = tmp_path / "run"
+    if how == "text-too-short":
+        corpus.write_text("To be.\n")
+        needle = "fewer than one block"
+    else:
+        _refuse_with_the_vocabulary(monkeypatch, 256)
+        needle = "available"
+    one_line_error(invoke("train", corpus, "--out", run, *TINY, "--tokenizer", "byte", "--max-iters", "2"), needle)
+    assert run.is_dir() and not (run / "data").exists() and not (run / "latest").exists()
+    monkeypatch.undo()
+    corpus.write_text(TEXT)   # the same --out takes the next run
+    assert invoke("train", corpus, "--out", run, *TINY, "--max-iters", "2").exit_code == 0
+    assert (run / "data" / "train.tokens").exists()
+
+
+def test_failed_run_keeps_data_it_did_not_make(corpus, tmp_path):
+    """A data/ that was there before the run (one a killed run left, a
+    resumed run's) is not the failed run's to remove."""
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "notes.txt").write_text("mine")
+    short = tmp_path / "short.txt"
+    short.write_text("To be.\n")
+    one_line_error(invoke("train", short, "--out", run, *TINY, "--max-iters", "2"), "fewer than one block")
+    assert (run / "data" / "notes.txt").read_text() == "mine"
+
+    run = tmp_path / "finished"
+    assert invoke("train", corpus, "--out", run, *TINY, "--max-iters", "2").exit_code == 0
+    (run / "latest" / "model.safetensors").write_bytes(b"not a checkpoint")
+    one_line_error(invoke("train", "--out", run, "--resume", "--max-iters", "4"), "latest")
+    assert (run / "data" / "train.tokens").exists()
