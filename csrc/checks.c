@@ -65,24 +65,26 @@ mg_status check_matmul_backward(const char* func, const float* dout, const float
 // ---------------------------------------------------------------- embedding
 // The token range is not checked here: only the CPU kernels can read the ids.
 
-static mg_status check_embedding_sizes(const char* func, int B, int T, int C, int V, int maxT) {
+static mg_status check_embedding_sizes(const char* func, float scale,
+                                       int B, int T, int C, int V, int maxT) {
+    MG_CHECK(isfinite(scale), MG_ERR_VALUE, "scale=%g is not finite", (double)scale);
     MG_CHECK_POS(B); MG_CHECK_POS(T); MG_CHECK_POS(C); MG_CHECK_POS(V);
     MG_CHECK(T <= maxT, MG_ERR_SHAPE, "T=%d exceeds the block size maxT=%d", T, maxT);
     return MG_OK;
 }
 
 mg_status check_embedding_forward(const char* func, const float* out, const int32_t* tokens,
-                                  const float* wte, const float* wpe,
+                                  const float* wte, const float* wpe, float scale,
                                   int B, int T, int C, int V, int maxT) {
     MG_CHECK_PTR(out); MG_CHECK_PTR(tokens); MG_CHECK_PTR(wte); MG_CHECK_PTR(wpe);
-    return check_embedding_sizes(func, B, T, C, V, maxT);
+    return check_embedding_sizes(func, scale, B, T, C, V, maxT);
 }
 
 /* dwte and dwpe may each be NULL (not wanted). */
 mg_status check_embedding_backward(const char* func, const float* dout, const int32_t* tokens,
-                                   int B, int T, int C, int V, int maxT) {
+                                   float scale, int B, int T, int C, int V, int maxT) {
     MG_CHECK_PTR(dout); MG_CHECK_PTR(tokens);
-    return check_embedding_sizes(func, B, T, C, V, maxT);
+    return check_embedding_sizes(func, scale, B, T, C, V, maxT);
 }
 
 // ---------------------------------------------------------------- layernorm
@@ -144,6 +146,31 @@ mg_status check_attention_decode(const char* func, const float* out, const float
              "positions %d..%d do not fit a cache of %d (reset the cache or "
              "raise maxT)", pos, pos + Tn - 1, maxT);
     return MG_OK;
+}
+
+// ---------------------------------------------------------------- cross-attention
+
+static mg_status check_cross_heads(const char* func, int B, int Tq, int Tk, int C, int NH) {
+    MG_CHECK_POS(B); MG_CHECK_POS(Tq); MG_CHECK_POS(Tk); MG_CHECK_POS(C); MG_CHECK_POS(NH);
+    MG_CHECK(C % NH == 0, MG_ERR_SHAPE, "C=%d not divisible by NH=%d", C, NH);
+    return MG_OK;
+}
+
+/* key_mask may be NULL (every key visible). */
+mg_status check_cross_attention_forward(const char* func, const float* out, const float* att,
+                                        const float* q, const float* kv,
+                                        int B, int Tq, int Tk, int C, int NH) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(att); MG_CHECK_PTR(q); MG_CHECK_PTR(kv);
+    return check_cross_heads(func, B, Tq, Tk, C, NH);
+}
+
+mg_status check_cross_attention_backward(const char* func, const float* dq, const float* dkv,
+                                         const float* scratch, const float* dout,
+                                         const float* q, const float* kv, const float* att,
+                                         int B, int Tq, int Tk, int C, int NH) {
+    MG_CHECK_PTR(dq); MG_CHECK_PTR(dkv); MG_CHECK_PTR(scratch); MG_CHECK_PTR(dout);
+    MG_CHECK_PTR(q); MG_CHECK_PTR(kv); MG_CHECK_PTR(att);
+    return check_cross_heads(func, B, Tq, Tk, C, NH);
 }
 
 // ---------------------------------------------------------------- dropout

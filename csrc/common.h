@@ -41,8 +41,8 @@ mg_status mg_fail(mg_status status, const char* func, const char* fmt, ...)
  * called first thing as MG_TRY(check_X(__func__, ...)) with the public
  * function's arguments; a failure is recorded under func. Where the twins
  * check differently (token ids are range-checked on the host only), the
- * extra check stays in the kernel file. gelu, residual and the global norm
- * check only their pointers, in one line each, and keep them in place. */
+ * extra check stays in the kernel file. gelu, relu, residual and the global
+ * norm check only their pointers, in one line each, and keep them in place. */
 mg_status check_sgemm(const char* func, int transA, int transB, int M, int N, int K,
                       const float* A, int lda, const float* B, int ldb,
                       float beta, const float* Cm, int ldc);
@@ -51,10 +51,10 @@ mg_status check_matmul_forward(const char* func, const float* out, const float* 
 mg_status check_matmul_backward(const char* func, const float* dout, const float* inp,
                                 const float* weight, int N, int C, int OC);
 mg_status check_embedding_forward(const char* func, const float* out, const int32_t* tokens,
-                                  const float* wte, const float* wpe,
+                                  const float* wte, const float* wpe, float scale,
                                   int B, int T, int C, int V, int maxT);
 mg_status check_embedding_backward(const char* func, const float* dout, const int32_t* tokens,
-                                   int B, int T, int C, int V, int maxT);
+                                   float scale, int B, int T, int C, int V, int maxT);
 mg_status check_layernorm_forward(const char* func, const float* out, const float* mean,
                                   const float* rstd, const float* inp, const float* weight,
                                   const float* bias, int N, int C, float eps);
@@ -66,6 +66,13 @@ mg_status check_attention_forward(const char* func, const float* out, const floa
 mg_status check_attention_backward(const char* func, const float* dqkv, const float* scratch,
                                    const float* dout, const float* qkv, const float* att,
                                    int B, int T, int C, int NH);
+mg_status check_cross_attention_forward(const char* func, const float* out, const float* att,
+                                        const float* q, const float* kv,
+                                        int B, int Tq, int Tk, int C, int NH);
+mg_status check_cross_attention_backward(const char* func, const float* dq, const float* dkv,
+                                         const float* scratch, const float* dout,
+                                         const float* q, const float* kv, const float* att,
+                                         int B, int Tq, int Tk, int C, int NH);
 mg_status check_attention_decode(const char* func, const float* out, const float* kcache,
                                  const float* vcache, const float* scratch, const float* qkv,
                                  int B, int Tn, int pos, int maxT, int C, int NH);

@@ -73,14 +73,28 @@ mg_status mg_matmul_backward(float* dinp, float* dweight, float* dbias,
                              int overwrite_dinp);
 
 /* ---------------------------------------------------------------- embedding */
-/* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0,V); T <= maxT. */
+/* out (B,T,C) = scale * wte[tokens] + wpe[t]; tokens (B,T) in [0,V);
+ * T <= maxT. scale is finite (1 for GPT-2; sqrt(C) for the Transformer and
+ * Marian); scale 1 gives exactly the bits of wte[tokens] + wpe[t]. */
 mg_status mg_embedding_forward(float* out, const int32_t* tokens,
-                               const float* wte, const float* wpe,
+                               const float* wte, const float* wpe, float scale,
                                int B, int T, int C, int V, int maxT);
-/* dwte (V,C) += scatter of dout by token; dwpe (maxT,C) += sum over batch. */
+/* dwte (V,C) += scale * dout scattered by token; dwpe (maxT,C) += sum of
+ * dout over the batch (no scale: it multiplies wte only). dwte or dwpe may
+ * be NULL (not wanted). */
 mg_status mg_embedding_backward(float* dwte, float* dwpe, const float* dout,
-                                const int32_t* tokens,
+                                const int32_t* tokens, float scale,
                                 int B, int T, int C, int V, int maxT);
+/* Fixed sinusoidal position table pe (maxT,C), computed in double and stored
+ * as float; angle(t, i) = t / 10000^(2i/C). CPU only (it fills a host
+ * buffer, once; upload it for the GPU).
+ *   interleaved = 1, the paper's layout (Vaswani et al. 2017; XLM):
+ *     pe[t,2i] = sin(angle(t, i)),  pe[t,2i+1] = cos(angle(t, i));
+ *   interleaved = 0, the half layout (Marian, Hugging Face's
+ *     MarianSinusoidalPositionalEmbedding): with h = ceil(C/2),
+ *     pe[t,i] = sin(angle(t, i)) for i < h,  pe[t,h+i] = cos(angle(t, i))
+ *     for i < C - h (odd C: one more sin column than cos columns). */
+mg_status mg_sinusoid_table(float* pe, int maxT, int C, int interleaved);
 
 /* ---------------------------------------------------------------- layernorm */
 /* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved.
@@ -108,6 +122,24 @@ mg_status mg_attention_backward(float* dqkv, float* scratch, const float* dout,
                                 const float* qkv, const float* att,
                                 int B, int T, int C, int NH, int causal,
                                 int accumulate);
+/* Multi-head cross-attention (encoder-decoder): queries from the decoder,
+ * keys and values from the encoder. q (B,Tq,C); kv (B,Tk,2C) = [k | v],
+ * head h uses channels h*hs..(h+1)*hs of q, of k and of v. att (B,NH,Tq,Tk)
+ * saves the softmax probabilities; out (B,Tq,C). No causal limit: every
+ * query sees every key whose key_mask (B,Tk) int32 entry is non-zero (NULL:
+ * every key). scale 1/sqrt(hs). A query that sees no key (a fully padded
+ * row) gets a zero output. Tq = 1 is a decoding step over precomputed kv. */
+mg_status mg_cross_attention_forward(float* out, float* att, const float* q,
+                                     const float* kv, const int32_t* key_mask,
+                                     int B, int Tq, int Tk, int C, int NH);
+/* dq (B,Tq,C) and dkv (B,Tk,2C) += gradient (accumulate != 0) or
+ * = gradient (accumulate 0); scratch (B,NH,Tq,Tk) is overwritten. Padded keys
+ * need no mask here: their att entries are 0, so is their gradient. */
+mg_status mg_cross_attention_backward(float* dq, float* dkv, float* scratch,
+                                      const float* dout, const float* q,
+                                      const float* kv, const float* att,
+                                      int B, int Tq, int Tk, int C, int NH,
+                                      int accumulate);
 /* One decoding step with a KV cache: qkv (B,Tn,3C) holds Tn new positions
  * starting at position pos; their k and v are written into kcache, vcache
  * (B,NH,maxT,hs) at pos..pos+Tn-1, then out (B,Tn,C) is causal attention of
@@ -127,6 +159,14 @@ mg_status mg_gelu_backward(float* dinp, const float* inp, const float* dout,
 mg_status mg_gelu_erf_forward(float* out, const float* inp, size_t N);
 mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
                                size_t N, int accumulate);
+
+/* ReLU (the Transformer's and Marian's MLP): out = x < 0 ? 0 : x (NaN and
+ * -0 pass through). out may equal inp. Backward: dinp (+)= x <= 0 ? 0 : dout,
+ * so the gradient at exactly 0 is 0 and a NaN input passes dout, as in
+ * PyTorch. */
+mg_status mg_relu_forward(float* out, const float* inp, size_t N);
+mg_status mg_relu_backward(float* dinp, const float* inp, const float* dout,
+                           size_t N, int accumulate);
 
 /* ---------------------------------------------------------------- residual */
 /* out = inp1 + inp2; backward: dinp1 += dout, dinp2 += dout. */
@@ -322,10 +362,10 @@ mg_status mg_cuda_matmul_backward(float* dinp, float* dweight, float* dbias,
                                   const float* weight, int N, int C, int OC,
                                   int overwrite_dinp);
 mg_status mg_cuda_embedding_forward(float* out, const int32_t* tokens,
-                                    const float* wte, const float* wpe,
+                                    const float* wte, const float* wpe, float scale,
                                     int B, int T, int C, int V, int maxT);
 mg_status mg_cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
-                                     const int32_t* tokens,
+                                     const int32_t* tokens, float scale,
                                      int B, int T, int C, int V, int maxT);
 mg_status mg_cuda_layernorm_forward(float* out, float* mean, float* rstd,
                                     const float* inp, const float* weight,
@@ -341,6 +381,14 @@ mg_status mg_cuda_attention_backward(float* dqkv, float* scratch, const float* d
                                      const float* qkv, const float* att,
                                      int B, int T, int C, int NH, int causal,
                                      int accumulate);
+mg_status mg_cuda_cross_attention_forward(float* out, float* att, const float* q,
+                                          const float* kv, const int32_t* key_mask,
+                                          int B, int Tq, int Tk, int C, int NH);
+mg_status mg_cuda_cross_attention_backward(float* dq, float* dkv, float* scratch,
+                                           const float* dout, const float* q,
+                                           const float* kv, const float* att,
+                                           int B, int Tq, int Tk, int C, int NH,
+                                           int accumulate);
 mg_status mg_cuda_attention_decode(float* out, float* kcache, float* vcache,
                                    float* scratch, const float* qkv,
                                    int B, int Tn, int pos, int maxT, int C, int NH);
@@ -350,6 +398,9 @@ mg_status mg_cuda_gelu_backward(float* dinp, const float* inp, const float* dout
 mg_status mg_cuda_gelu_erf_forward(float* out, const float* inp, size_t N);
 mg_status mg_cuda_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
                                     size_t N, int accumulate);
+mg_status mg_cuda_relu_forward(float* out, const float* inp, size_t N);
+mg_status mg_cuda_relu_backward(float* dinp, const float* inp, const float* dout,
+                                size_t N, int accumulate);
 mg_status mg_cuda_residual_forward(float* out, const float* inp1, const float* inp2,
                                    size_t N);
 mg_status mg_cuda_residual_backward(float* dinp1, float* dinp2, const float* dout,

@@ -1,8 +1,9 @@
 /*
- * mlp.c — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT) and
- * dropout, forward and backward.
+ * mlp.c — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT),
+ * ReLU (the Transformer, Marian) and dropout, forward and backward.
  *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
  *   gelu_erf(x) = 0.5 x (1 + erf(x / sqrt(2)))
+ *   relu(x)     = max(x, 0)
  * Computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u), so one
  * exp of a non-positive argument does the work of tanhf (the scalar libm
  * tanhf made GELU a third of a training step):
@@ -230,6 +231,33 @@ mg_status mg_gelu_erf_backward(float* dinp, const float* inp, const float* dout,
             float cdf = phi_scalar(x, &e);
             dinp[i] = (accumulate ? dinp[i] : 0.0f) + dout[i] * (cdf + x * INV_SQRT_2PI * e);
         }
+    }
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- relu */
+/* out = x < 0 ? 0 : x, written so that NaN and -0 pass through as PyTorch's
+ * relu passes them; gcc turns both loops into vector compares and blends. */
+
+mg_status mg_relu_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
+    for (size_t i = 0; i < N; i++) {   /* hot loop */
+        const float x = inp[i];
+        out[i] = x < 0.0f ? 0.0f : x;
+    }
+    return MG_OK;
+}
+
+mg_status mg_relu_backward(float* dinp, const float* inp, const float* dout, size_t N,
+                           int accumulate) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    /* out = x < 0 ? 0 : x: dout/dx = 0 for x <= 0 (0 at exactly 0, as
+     * PyTorch's threshold_backward), 1 elsewhere (NaN included) */
+    #pragma omp parallel for schedule(static) if (N >= MG_PAR_MIN)
+    for (size_t i = 0; i < N; i++) {   /* hot loop */
+        const float g = inp[i] <= 0.0f ? 0.0f : dout[i];
+        dinp[i] = (accumulate ? dinp[i] : 0.0f) + g;
     }
     return MG_OK;
 }

@@ -9,8 +9,9 @@ mg_cuda_<kernel> (same arguments, device pointers). Outputs are allocated on
 that device unless passed in (the model passes preallocated buffers);
 backward wrappers ADD into the gradient buffers they are given, and allocate
 zeroed ones otherwise. Token ids are range-checked on the host only: device
-ids are checked before their upload. The one-call decode step (DecodeStep)
-and the BPE trainer (bpe_*) have no device twin and take host arrays only.
+ids are checked before their upload. The one-call decode step (DecodeStep),
+the sinusoidal position table and the BPE trainer (bpe_*) have no device twin
+and take host arrays only.
 """
 from __future__ import annotations
 
@@ -249,8 +250,19 @@ def matmul_backward(dout, x, w, dx=None, dw=None, db=None, need_dx=True, need_db
 # ---------------------------------------------------------------- embedding
 
 
-def embedding_forward(tokens, wte, wpe, out=None):
+def _scale(scale) -> float:
+    """An embedding scale as a finite float."""
+    s = float(scale)
+    if not np.isfinite(s):
+        raise ShapeError(f"embedding scale {scale} must be finite")
+    return s
+
+
+def embedding_forward(tokens, wte, wpe, out=None, scale=1.0):
+    """out (B, T, C) = scale * wte[tokens] + wpe[:T] (scale 1: the plain sum,
+    bit for bit; sqrt(C) for the Transformer's and Marian's embeddings)."""
     dev = _device(tokens=tokens, wte=wte, wpe=wpe, out=out)
+    scale = _scale(scale)
     _i32("tokens", tokens), _f32("wte", wte), _f32("wpe", wpe)
     if tokens.ndim != 2:
         raise ShapeError(f"tokens must be (B, T), got shape {tokens.shape}")
@@ -264,14 +276,16 @@ def embedding_forward(tokens, wte, wpe, out=None):
     check_ids("tokens", tokens, V)
     out = _out("out", out, (B, T, C), dev=dev)
     check(_fn(dev, "embedding_forward")(_p(out), _p(tokens, "int32_t*"), _p(wte), _p(wpe),
-                                        B, T, C, V, maxT))
+                                        scale, B, T, C, V, maxT))
     return out
 
 
-def embedding_backward(dout, tokens, V, maxT, dwte=None, dwpe=None, need_dwpe=True):
-    """dwte += dout scattered by token id; dwpe += dout summed by position
-    (skipped, and None returned, with need_dwpe=False)."""
+def embedding_backward(dout, tokens, V, maxT, dwte=None, dwpe=None, need_dwpe=True,
+                       scale=1.0):
+    """dwte += scale * dout scattered by token id; dwpe += dout summed by
+    position (skipped, and None returned, with need_dwpe=False)."""
     dev = _device(dout=dout, tokens=tokens, dwte=dwte, dwpe=dwpe)
+    scale = _scale(scale)
     _i32("tokens", tokens)
     if tokens.ndim != 2:
         raise ShapeError(f"tokens must be (B, T), got shape {tokens.shape}")
@@ -282,8 +296,21 @@ def embedding_backward(dout, tokens, V, maxT, dwte=None, dwpe=None, need_dwpe=Tr
     dwte = _out("dwte", dwte, (V, C), zero=True, dev=dev)
     dwpe = _out("dwpe", dwpe, (maxT, C), zero=True, dev=dev) if need_dwpe else None
     check(_fn(dev, "embedding_backward")(_p(dwte), _p(dwpe), _p(dout),
-                                         _p(tokens, "int32_t*"), B, T, C, V, maxT))
+                                         _p(tokens, "int32_t*"), scale, B, T, C, V, maxT))
     return dwte, dwpe
+
+
+def sinusoid_table(maxT, C, interleaved=True) -> np.ndarray:
+    """The fixed sinusoidal position table (maxT, C) float32, angle
+    t / 10000^(2i/C): interleaved (the paper's: sin, cos, sin, ...) or not
+    (Marian's: all the sins, then all the cosines). A host array (upload it
+    for the GPU)."""
+    maxT, C = _index("maxT", maxT), _index("C", C)
+    if maxT <= 0 or C <= 0:
+        raise ShapeError(f"sinusoid table ({maxT}, {C}): both sizes must be positive")
+    pe = np.empty((maxT, C), F32)
+    check(lib.mg_sinusoid_table(_p(pe), maxT, C, int(bool(interleaved))))
+    return pe
 
 # ---------------------------------------------------------------- layernorm
 
@@ -378,6 +405,61 @@ def attention_decode(qkv, kcache, vcache, pos, n_head, out=None, scratch=None):
                                        B, Tn, int(pos), maxT, C, n_head))
     return out
 
+# ---------------------------------------------------------------- cross-attention
+
+
+def _cross_sizes(q, kv, n_head):
+    """(B, Tq, Tk, C) of decoder queries q (B, Tq, C) and encoder keys and
+    values kv (B, Tk, 2C)."""
+    if q.ndim != 3:
+        raise ShapeError(f"q must be (B, Tq, C), got shape {q.shape}")
+    B, Tq, C = q.shape
+    if kv.ndim != 3 or kv.shape[0] != B or kv.shape[2] != 2 * C:
+        raise ShapeError(f"kv has shape {kv.shape}, expected ({B}, Tk, {2 * C}) for q of "
+                         f"shape {q.shape}")
+    if n_head <= 0 or C % n_head:
+        raise ShapeError(f"C={C} not divisible by n_head={n_head}")
+    return B, Tq, kv.shape[1], C
+
+
+def cross_attention_forward(q, kv, n_head, key_mask=None, out=None, att=None):
+    """Decoder queries q (B, Tq, C) over encoder keys and values kv (B, Tk, 2C)
+    = [k | v]; key_mask (B, Tk) int32, 0 = a padded key. Returns out
+    (B, Tq, C) and the probabilities att (B, NH, Tq, Tk)."""
+    dev = _device(q=q, kv=kv, key_mask=key_mask, out=out, att=att)
+    _f32("q", q), _f32("kv", kv)
+    n_head = _index("n_head", n_head)
+    B, Tq, Tk, C = _cross_sizes(q, kv, n_head)
+    if key_mask is not None:
+        _i32("key_mask", key_mask)
+        if key_mask.shape != (B, Tk):
+            raise ShapeError(f"key_mask has shape {key_mask.shape}, expected ({B}, {Tk})")
+    out = _out("out", out, (B, Tq, C), dev=dev)
+    att = _out("att", att, (B, n_head, Tq, Tk), dev=dev)
+    check(_fn(dev, "cross_attention_forward")(_p(out), _p(att), _p(q), _p(kv),
+                                              _p(key_mask, "int32_t*"), B, Tq, Tk, C, n_head))
+    return out, att
+
+
+def cross_attention_backward(dout, q, kv, att, n_head, dq=None, dkv=None, scratch=None,
+                             accumulate=True):
+    """dq (B, Tq, C) and dkv (B, Tk, 2C) += the gradient (accumulate) or = it.
+    A buffer not given is allocated: when neither is, both are written, not
+    added to; when one is given with accumulate, the other starts at zero."""
+    dev = _device(dout=dout, q=q, kv=kv, att=att, dq=dq, dkv=dkv, scratch=scratch)
+    _f32("q", q), _f32("kv", kv)
+    n_head = _index("n_head", n_head)
+    B, Tq, Tk, C = _cross_sizes(q, kv, n_head)
+    _f32("dout", dout, (B, Tq, C)), _f32("att", att, (B, n_head, Tq, Tk))
+    accumulate = bool(accumulate) and (dq is not None or dkv is not None)
+    dq = _out("dq", dq, q.shape, zero=accumulate, dev=dev)
+    dkv = _out("dkv", dkv, kv.shape, zero=accumulate, dev=dev)
+    scratch = _out("scratch", scratch, (B, n_head, Tq, Tk), dev=dev)
+    check(_fn(dev, "cross_attention_backward")(_p(dq), _p(dkv), _p(scratch), _p(dout), _p(q),
+                                               _p(kv), _p(att), B, Tq, Tk, C, n_head,
+                                               int(accumulate)))
+    return dq, dkv
+
 # ---------------------------------------------------------------- elementwise
 
 
@@ -415,6 +497,17 @@ def gelu_erf_forward(x, out=None):
 
 def gelu_erf_backward(dout, x, dx=None, accumulate=True):
     return _unary_backward("gelu_erf_backward", dout, x, dx, accumulate)
+
+
+def relu_forward(x, out=None):
+    """max(x, 0) (NaN and -0 pass, as in PyTorch); out may be x."""
+    return _unary_forward("relu_forward", x, out)
+
+
+def relu_backward(dout, x, dx=None, accumulate=True):
+    """dx += the gradient (accumulate) or = it: dout where x > 0 (and where x
+    is NaN), 0 where x <= 0, as in PyTorch."""
+    return _unary_backward("relu_backward", dout, x, dx, accumulate)
 
 
 def residual_forward(a, b, out=None):

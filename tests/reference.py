@@ -35,18 +35,37 @@ def matmul_backward(dout, x, w):
 # ---------------------------------------------------------------- embedding
 
 
-def embedding_forward(tokens, wte, wpe):
+def embedding_forward(tokens, wte, wpe, scale=1.0):
     T = tokens.shape[1]
-    return wte[tokens] + wpe[None, :T]
+    return scale * wte[tokens] + wpe[None, :T]
 
 
-def embedding_backward(dout, tokens, V, maxT):
+def embedding_backward(dout, tokens, V, maxT, scale=1.0):
+    # out = scale * wte[tokens] + wpe[t]
     C = dout.shape[-1]
     dwte = np.zeros((V, C))
-    np.add.at(dwte, tokens.reshape(-1), dout.reshape(-1, C))
+    np.add.at(dwte, tokens.reshape(-1), scale * dout.reshape(-1, C))
     dwpe = np.zeros((maxT, C))
     dwpe[: tokens.shape[1]] = dout.sum(0)
     return dwte, dwpe
+
+
+def sinusoid_table(maxT, C, interleaved=True):
+    """(maxT, C): angle(t, i) = t / 10000^(2i/C); interleaved: sin at 2i,
+    cos at 2i+1 (the paper); else the ceil(C/2) sins, then the cosines
+    (Marian)."""
+    t = np.arange(maxT, dtype=np.float64)[:, None]
+    i = np.arange((C + 1) // 2, dtype=np.float64)[None, :]
+    ang = t / np.power(10000.0, 2.0 * i / C)            # (maxT, ceil(C/2))
+    nc = C // 2                                          # cos columns
+    pe = np.zeros((maxT, C))
+    if interleaved:
+        pe[:, 0::2] = np.sin(ang)
+        pe[:, 1::2] = np.cos(ang[:, :nc])
+    else:
+        pe[:, :ang.shape[1]] = np.sin(ang)
+        pe[:, ang.shape[1]:] = np.cos(ang[:, :nc])
+    return pe
 
 # ---------------------------------------------------------------- layernorm
 
@@ -124,6 +143,51 @@ def attention_backward(dout, qkv, n_head, causal=True, key_mask=None):
     mg = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, C)
     return np.concatenate([mg(dq), mg(dk), mg(dv)], -1)
 
+# ---------------------------------------------------------------- cross-attention
+
+
+def _cross_heads(q, kv, n_head):
+    """q (B, Tq, C), kv (B, Tk, 2C) -> q, k, v as (B, NH, T, hs), and hs."""
+    B, Tq, C = q.shape
+    Tk = kv.shape[1]
+    hs = C // n_head
+    sh = lambda a, T: a.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
+    return sh(q, Tq), sh(kv[..., :C], Tk), sh(kv[..., C:], Tk), hs
+
+
+def cross_attention_forward(q, kv, n_head, key_mask=None):
+    B, Tq, C = q.shape
+    Tk = kv.shape[1]
+    qh, kh, vh, hs = _cross_heads(q, kv, n_head)
+    s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(hs)  # (B, NH, Tq, Tk)
+    vis = np.ones((B, 1, 1, Tk), bool)
+    if key_mask is not None:
+        vis = (np.asarray(key_mask) != 0)[:, None, None, :]
+    s = np.where(vis, s, -np.inf)
+    smax = np.max(s, -1, keepdims=True)
+    smax = np.where(np.isfinite(smax), smax, 0.0)
+    e = np.where(vis, np.exp(s - smax), 0.0)
+    z = e.sum(-1, keepdims=True)
+    att = np.divide(e, z, out=np.zeros_like(e), where=z > 0)
+    y = att @ vh  # (B, NH, Tq, hs)
+    return y.transpose(0, 2, 1, 3).reshape(B, Tq, C), att
+
+
+def cross_attention_backward(dout, q, kv, n_head, key_mask=None):
+    # out = softmax(q k^T / sqrt(hs)) v, k and v from kv = [k | v]
+    B, Tq, C = q.shape
+    Tk = kv.shape[1]
+    qh, kh, vh, hs = _cross_heads(q, kv, n_head)
+    _, att = cross_attention_forward(q, kv, n_head, key_mask)
+    dy = dout.reshape(B, Tq, n_head, hs).transpose(0, 2, 1, 3)
+    datt = dy @ vh.transpose(0, 1, 3, 2)
+    dv = att.transpose(0, 1, 3, 2) @ dy
+    ds = att * (datt - (datt * att).sum(-1, keepdims=True)) / np.sqrt(hs)
+    dq = ds @ kh
+    dk = ds.transpose(0, 1, 3, 2) @ qh
+    mg = lambda a, T: a.transpose(0, 2, 1, 3).reshape(B, T, C)
+    return mg(dq, Tq), np.concatenate([mg(dk, Tk), mg(dv, Tk)], -1)
+
 # ---------------------------------------------------------------- elementwise
 
 
@@ -153,6 +217,15 @@ def gelu_erf_backward(dout, x):
     cdf = 0.5 * _erfc(-x / np.sqrt(2.0))
     pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
     return dout * (cdf + x * pdf)
+
+
+def relu_forward(x):
+    return np.where(x < 0, 0.0, x)
+
+
+def relu_backward(dout, x):
+    # out = max(x, 0); the gradient at exactly 0 is taken as 0 (PyTorch's choice)
+    return np.where(x > 0, dout, 0.0)
 
 
 def residual_forward(a, b):

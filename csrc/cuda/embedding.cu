@@ -2,9 +2,11 @@
  * embedding.cu — token + position embedding on the GPU, forward and backward;
  * the twin of embedding.c (same arguments, same checks except the token
  * range; tests/reference.py is the float64 spec).
- *   out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
- *   dwte[v,:] += sum over (b,t) with tokens[b,t] == v of dout[b,t,:]
+ *   out[b,t,:] = scale * wte[tokens[b,t],:] + wpe[t,:]
+ *   dwte[v,:] += sum over (b,t) with tokens[b,t] == v of scale * dout[b,t,:]
  *   dwpe[t,:] += sum over b of dout[b,t,:]
+ * The products are __fmul_rn (never fused into the add, as on the CPU), so
+ * the bits stay the CPU's for any scale, and scale 1 changes no bit.
  *
  * Forward: one warp per (b,t) row, lanes over channels.
  *
@@ -49,7 +51,7 @@ static const int EMB_BATCH = 8;
 
 static __global__ void embedding_forward_kernel(float* out, const int32_t* tokens,
                                                 const float* wte, const float* wpe,
-                                                size_t BT, int T, int C, int V) {
+                                                float scale, size_t BT, int T, int C, int V) {
     const int lane = threadIdx.x & 31;
     const size_t warps = blockDim.x >> 5;
     for (size_t bt = blockIdx.x * warps + (threadIdx.x >> 5); bt < BT;
@@ -59,19 +61,19 @@ static __global__ void embedding_forward_kernel(float* out, const int32_t* token
         const float* te = wte + (ok ? (size_t)tok * C : 0);
         const float* pe = wpe + (bt % (size_t)T) * C;
         float* o = out + bt * C;
-        for (int c = lane; c < C; c += 32) o[c] = ok ? te[c] + pe[c] : pe[c];
+        for (int c = lane; c < C; c += 32) o[c] = ok ? __fmul_rn(scale, te[c]) + pe[c] : pe[c];
     }
 }
 
 extern "C" mg_status mg_cuda_embedding_forward(float* out, const int32_t* tokens,
-                                               const float* wte, const float* wpe,
+                                               const float* wte, const float* wpe, float scale,
                                                int B, int T, int C, int V, int maxT) {
-    MG_TRY(check_embedding_forward(__func__, out, tokens, wte, wpe, B, T, C, V, maxT));
+    MG_TRY(check_embedding_forward(__func__, out, tokens, wte, wpe, scale, B, T, C, V, maxT));
     /* unlike embedding.c, no token range check: the ids are in device memory */
     const size_t BT = (size_t)B * T;
     unsigned grid = cuda_grid(MG_MIN(BT, (size_t)EMB_MAX_BLOCKS * EMB_WARPS), EMB_WARPS);
     embedding_forward_kernel<<<grid, EMB_THREADS, 0, cuda_stream()>>>(out, tokens, wte, wpe,
-                                                                      BT, T, C, V);
+                                                                      scale, BT, T, C, V);
     MG_LAUNCH_CHECK();
     return MG_OK;
 }
@@ -84,7 +86,7 @@ extern "C" mg_status mg_cuda_embedding_forward(float* out, const int32_t* tokens
 static __global__ void embedding_dwte_kernel(float* __restrict__ dwte,
                                              const float* __restrict__ dout,
                                              const int32_t* __restrict__ tokens,
-                                             size_t BT, int C, int V, int W) {
+                                             float scale, size_t BT, int C, int V, int W) {
     __shared__ int s_tok[EMB_THREADS];       /* this chunk's hits, in order */
     __shared__ int s_off[EMB_THREADS];       /* their offsets in the chunk */
     __shared__ int s_count[EMB_WARPS];       /* hits per warp */
@@ -126,7 +128,8 @@ static __global__ void embedding_dwte_kernel(float* __restrict__ dwte,
                 float g[EMB_BATCH];
                 #pragma unroll
                 for (int j = 0; j < EMB_BATCH; j++)
-                    g[j] = k0 + j < n ? dout[(base + s_off[k0 + j]) * C + c] : 0.0f;
+                    g[j] = k0 + j < n ? __fmul_rn(scale, dout[(base + s_off[k0 + j]) * C + c])
+                                      : 0.0f;
                 #pragma unroll
                 for (int j = 0; j < EMB_BATCH; j++) {
                     if (k0 + j < n) {
@@ -161,9 +164,9 @@ static __global__ void embedding_dwpe_kernel(float* __restrict__ dwpe,
 }
 
 extern "C" mg_status mg_cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
-                                                const int32_t* tokens,
+                                                const int32_t* tokens, float scale,
                                                 int B, int T, int C, int V, int maxT) {
-    MG_TRY(check_embedding_backward(__func__, dout, tokens, B, T, C, V, maxT));
+    MG_TRY(check_embedding_backward(__func__, dout, tokens, scale, B, T, C, V, maxT));
     /* unlike embedding.c, no token range check: the ids are in device memory */
     cudaStream_t s = cuda_stream();
     if (dwte) {
@@ -173,7 +176,7 @@ extern "C" mg_status mg_cuda_embedding_backward(float* dwte, float* dwpe, const 
         int W = (int)(((size_t)V + EMB_MAX_RANGES - 1) / EMB_MAX_RANGES);
         unsigned ranges = (unsigned)(((size_t)V + W - 1) / W);
         embedding_dwte_kernel<<<dim3(tiles, ranges), threads, 0, s>>>(
-            dwte, dout, tokens, (size_t)B * T, C, V, W);
+            dwte, dout, tokens, scale, (size_t)B * T, C, V, W);
         MG_LAUNCH_CHECK();
     }
     if (dwpe) {

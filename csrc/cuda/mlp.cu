@@ -1,10 +1,11 @@
 /*
- * mlp.cu — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT)
- * and dropout on the GPU, forward and backward; the twin of mlp.c (same
+ * mlp.cu — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT),
+ * ReLU and dropout on the GPU, forward and backward; the twin of mlp.c (same
  * arguments, same checks, same accumulate rule; tests/reference.py is the
  * float64 spec).
  *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
  *   gelu_erf(x) = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+ *   relu(x)     = x < 0 ? 0 : x  (NaN and -0 pass; the CPU's bits exactly)
  *   dropout:    out = inp * keep / (1 - p)
  *
  * All elementwise, one grid-stride loop per kernel (N is a size_t: the grid
@@ -148,6 +149,46 @@ extern "C" mg_status mg_cuda_gelu_erf_backward(float* dinp, const float* inp, co
     if (N == 0) return MG_OK;
     gelu_erf_backward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(dinp, inp, dout, N,
                                                                              accumulate);
+    MG_LAUNCH_CHECK();
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- relu */
+
+static __global__ void relu_forward_kernel(float* out, const float* inp, size_t N) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        float x = inp[i];
+        out[i] = x < 0.0f ? 0.0f : x;
+    }
+}
+
+/* out = x < 0 ? 0 : x: d out / dx = 0 for x <= 0 (0 at exactly 0, as
+ * PyTorch), 1 elsewhere (NaN included) */
+static __global__ void relu_backward_kernel(float* dinp, const float* inp, const float* dout,
+                                            size_t N, int accumulate) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        float g = inp[i] <= 0.0f ? 0.0f : dout[i];
+        float d0 = accumulate ? dinp[i] : 0.0f;
+        dinp[i] = d0 + g;
+    }
+}
+
+extern "C" mg_status mg_cuda_relu_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    if (N == 0) return MG_OK;
+    relu_forward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(out, inp, N);
+    MG_LAUNCH_CHECK();
+    return MG_OK;
+}
+
+extern "C" mg_status mg_cuda_relu_backward(float* dinp, const float* inp, const float* dout,
+                                           size_t N, int accumulate) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    if (N == 0) return MG_OK;
+    relu_backward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(dinp, inp, dout, N,
+                                                                         accumulate);
     MG_LAUNCH_CHECK();
     return MG_OK;
 }

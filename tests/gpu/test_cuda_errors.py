@@ -54,6 +54,11 @@ def test_cpu_build_stubs_report_no_cuda():
     assert lib.mg_cuda_malloc(p, 16) == lib.MG_ERR_NO_CUDA
     assert "make cuda" in ffi.string(lib.mg_last_error()).decode()
     assert lib.mg_cuda_gelu_forward(ffi.NULL, ffi.NULL, 0) == lib.MG_ERR_NO_CUDA
+    assert lib.mg_cuda_relu_forward(ffi.NULL, ffi.NULL, 0) == lib.MG_ERR_NO_CUDA
+    assert lib.mg_cuda_cross_attention_forward(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL,
+                                               1, 1, 1, 1, 1) == lib.MG_ERR_NO_CUDA
+    assert lib.mg_cuda_embedding_forward(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 1.0,
+                                         1, 1, 1, 1, 1) == lib.MG_ERR_NO_CUDA
 
 
 def test_bad_math_mode_name():

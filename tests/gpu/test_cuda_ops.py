@@ -5,7 +5,8 @@ DeviceArrays (mg_cuda_X). Outputs the op overwrites start as NaN on the
 device, so an element left unwritten shows; backward calls start from
 non-zero gradient buffers, so accumulation (+=) is tested, and accumulate=0 /
 overwrite_dx variants write over NaN. Sizes: 1, odd (7, 13, 65, 127) and
-transformer-like (B=2, T=64, C=128, NH=4; matmul N=256, C=384, OC=1152).
+transformer-like (B=2, T=64, C=128, NH=4; matmul N=256, C=384, OC=1152);
+cross-attention with Tq != Tk, Tq = 1 and Tk = 1.
 
 Tolerances: fp32 within rtol 1e-5, with atol = 1e-5 * max(1, max|want|)
 where a sum may cancel (conftest.close); purely elementwise results are held
@@ -113,6 +114,24 @@ def test_embedding(rng, B, T, C, V):
     assert none is None
     close(only_te, want[0], what="dwte without dwpe")
 
+
+@pytest.mark.parametrize("scale", [8.0, -0.37])
+@pytest.mark.parametrize("B,T,C,V", [(1, 1, 1, 1), (2, 13, 64, 7), (2, 65, 127, 50)])
+def test_embedding_scaled(rng, B, T, C, V, scale):
+    """scale * wte[tokens] + wpe[t]; the backward scales dwte only."""
+    maxT = T + 1
+    tokens = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    wte, wpe = rand(rng, V, C), rand(rng, maxT, C)
+    want = ops.embedding_forward(tokens, wte, wpe, scale=scale)
+    got = ops.embedding_forward(D(tokens), D(wte), D(wpe), out=nan_like((B, T, C)), scale=scale)
+    close(got, want, rtol=1e-6, what="out")
+    dout = rand(rng, B, T, C)
+    dwte0, dwpe0 = rand(rng, V, C), rand(rng, maxT, C)
+    want = ops.embedding_backward(dout, tokens, V, maxT, dwte0.copy(), dwpe0.copy(), scale=scale)
+    got = ops.embedding_backward(D(dout), D(tokens), V, maxT, D(dwte0), D(dwpe0), scale=scale)
+    close(got[0], want[0], what="dwte")
+    close(got[1], want[1], what="dwpe")
+
 # ---------------------------------------------------------------- layernorm
 
 
@@ -200,6 +219,45 @@ def test_attention_decode(rng, B, T, NH, hs, chunk):
     assert same_bits(gk[:, :, :T], kc[:, :, :T]) and same_bits(gv[:, :, :T], vc[:, :, :T])
     assert np.all(np.isnan(gk[:, :, T:])) and np.all(np.isnan(gv[:, :, T:]))
 
+# ---------------------------------------------------------------- cross-attention
+
+# (B, Tq, Tk, NH, hs): Tq != Tk, Tq = 1 (decoding), Tk = 1, odd head sizes
+CROSS_SHAPES = [(1, 1, 1, 1, 1), (2, 1, 13, 2, 8), (2, 7, 1, 1, 3), (2, 13, 65, 4, 8),
+                (1, 65, 7, 2, 17), (2, 64, 127, 4, 32)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("B,Tq,Tk,NH,hs", CROSS_SHAPES)
+def test_cross_attention(rng, B, Tq, Tk, NH, hs, masked):
+    C = NH * hs
+    q, kv, dout = rand(rng, B, Tq, C), rand(rng, B, Tk, 2 * C), rand(rng, B, Tq, C)
+    mask = key_mask(rng, B, Tk) if masked else None
+    if masked:
+        mask[0, 0] = 1       # no causal limit here: only the padded row sees no key
+    want_out, want_att = ops.cross_attention_forward(q, kv, NH, key_mask=mask)
+    out, att = ops.cross_attention_forward(D(q), D(kv), NH, key_mask=D(mask) if masked else None,
+                                           out=nan_like((B, Tq, C)), att=nan_like((B, NH, Tq, Tk)))
+    close(att, want_att, what="att")    # every entry, the masked zeros included
+    close(out, want_out, what="out")
+    if masked and B > 1:
+        assert np.all(out.numpy()[1] == 0.0) and np.all(att.numpy()[1] == 0.0)
+
+    # both backwards read the CPU's att
+    d0 = (rand(rng, B, Tq, C), rand(rng, B, Tk, 2 * C))
+    want = ops.cross_attention_backward(dout, q, kv, want_att, NH, dq=d0[0].copy(),
+                                        dkv=d0[1].copy())
+    got = ops.cross_attention_backward(D(dout), D(q), D(kv), D(want_att), NH, dq=D(d0[0]),
+                                       dkv=D(d0[1]), scratch=nan_like((B, NH, Tq, Tk)))
+    close(got[0], want[0], what="dq += grad")
+    close(got[1], want[1], what="dkv += grad")
+    want = ops.cross_attention_backward(dout, q, kv, want_att, NH, dq=np.full_like(q, NAN),
+                                        dkv=np.full_like(kv, NAN), accumulate=False)
+    got = ops.cross_attention_backward(D(dout), D(q), D(kv), D(want_att), NH,
+                                       dq=nan_like(q.shape), dkv=nan_like(kv.shape),
+                                       scratch=nan_like((B, NH, Tq, Tk)), accumulate=False)
+    close(got[0], want[0], what="dq = grad")
+    close(got[1], want[1], what="dkv = grad")
+
 # ---------------------------------------------------------------- elementwise
 
 SIZES = [1, 7, 13, 65, 127, 100_003]
@@ -231,6 +289,27 @@ def test_gelu_extremes(which):
     assert np.all(np.isfinite(got)) and np.all(np.isfinite(dgot))
     close(got, fwd(x), atol=1e-6, what="out")
     close(dgot, bwd(np.ones_like(x), x), atol=1e-6, what="dinp")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_relu(rng, n):
+    """No arithmetic but a compare and 0 + g: the CPU's bits exactly."""
+    x, dout, d0 = rand(rng, n, scale=4.0), rand(rng, n), rand(rng, n)
+    x[::7] = 0.0
+    assert same_bits(ops.relu_forward(D(x), out=nan_like((n,))), ops.relu_forward(x))
+    assert same_bits(ops.relu_backward(D(dout), D(x), D(d0)), ops.relu_backward(dout, x, d0.copy()))
+    assert same_bits(ops.relu_backward(D(dout), D(x), nan_like((n,)), accumulate=False),
+                     ops.relu_backward(dout, x, np.full(n, NAN, np.float32), accumulate=False))
+    y = D(x.copy())
+    assert ops.relu_forward(y, out=y) is y   # out may equal inp
+    assert same_bits(y, ops.relu_forward(x))
+
+
+def test_relu_specials():
+    x = f32([-np.inf, -1.0, -0.0, 0.0, 1e-30, 2.0, np.inf, np.nan])
+    g = f32(np.full(x.shape, 3.0))
+    assert same_bits(ops.relu_forward(D(x)), ops.relu_forward(x))
+    assert same_bits(ops.relu_backward(D(g), D(x)), ops.relu_backward(g, x))
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -422,6 +501,20 @@ def test_attention_reduced_precision(rng, math_mode, causal):
           ops.attention_backward(dout, qkv, want_att, NH, causal=causal), rtol=rtol, atol_rel=atol_rel,
           what=f"{mode} dqkv")
 
+def test_cross_attention_reduced_precision(rng, math_mode):
+    mode, rtol, atol_rel = math_mode
+    B, Tq, Tk, NH, hs = 2, 33, 64, 4, 32
+    C = NH * hs
+    q, kv, dout = rand(rng, B, Tq, C), rand(rng, B, Tk, 2 * C), rand(rng, B, Tq, C)
+    want_out, want_att = ops.cross_attention_forward(q, kv, NH)
+    out, att = ops.cross_attention_forward(D(q), D(kv), NH)
+    close(att, want_att, rtol=rtol, atol_rel=atol_rel, what=f"{mode} att")
+    close(out, want_out, rtol=rtol, atol_rel=atol_rel, what=f"{mode} out")
+    got = ops.cross_attention_backward(D(dout), D(q), D(kv), D(want_att), NH)
+    want = ops.cross_attention_backward(dout, q, kv, want_att, NH)
+    close(got[0], want[0], rtol=rtol, atol_rel=atol_rel, what=f"{mode} dq")
+    close(got[1], want[1], rtol=rtol, atol_rel=atol_rel, what=f"{mode} dkv")
+
 # ---------------------------------------------------------------- determinism
 
 
@@ -460,6 +553,14 @@ def test_fp32_repeatable_bits(rng):
     def attention_bwd(): return ops.attention_backward(da, qkv, att, NH)
     twice(attention_fwd)
     twice(attention_bwd)
+
+    xq, xkv = D(rand(rng, B, 17, 128)), D(rand(rng, B, T, 256))
+    dxq = D(rand(rng, B, 17, 128))
+    _, xatt = ops.cross_attention_forward(xq, xkv, NH)
+    def cross_attention_fwd(): return ops.cross_attention_forward(xq, xkv, NH)
+    def cross_attention_bwd(): return ops.cross_attention_backward(dxq, xq, xkv, xatt, NH)
+    twice(cross_attention_fwd)
+    twice(cross_attention_bwd)
 
     g = D(rand(rng, (1 << 20) + 3))
     norms = {ops.global_norm(g) for _ in range(3)}

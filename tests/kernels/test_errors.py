@@ -60,7 +60,7 @@ def test_token_out_of_range():
     tok = np.array([[0, 9]], np.int32)
     rc = lib.mg_embedding_forward(ffi.from_buffer("float*", out), ffi.from_buffer("int32_t*", tok),
                                   ffi.from_buffer("float*", wte), ffi.from_buffer("float*", wpe),
-                                  1, 2, 4, 5, 8)
+                                  1.0, 1, 2, 4, 5, 8)
     with pytest.raises(IndexRangeError, match="token id 9 at position 1"):
         check(rc)
 

@@ -3,8 +3,11 @@
 Inputs are random float32; shapes include 1, odd sizes and sizes that are not
 multiples of the vector width. Backward calls start from non-zero gradient
 buffers, so accumulation (+=) is tested too. Both GELUs (tanh and exact) share
-their tests; PyTorch parity is skipped without torch. Matmul and attention
-have their own files (test_matmul.py, test_attention.py).
+their tests; ReLU, the scaled embedding and the sinusoidal position table
+(both layouts, against Hugging Face's Marian and XLM tables) have theirs;
+PyTorch and transformers parity is skipped without them. Matmul, attention
+and cross-attention have their own files (test_matmul.py, test_attention.py,
+test_cross_attention.py).
 """
 import numpy as np
 import pytest
@@ -12,8 +15,8 @@ import pytest
 import reference as ref
 from conftest import assert_close, f32
 from mingpt_c import ops
-from mingpt_c._lib import get_num_threads, set_num_threads
-from mingpt_c.errors import DTypeError
+from mingpt_c._lib import check, ffi, get_num_threads, lib, set_num_threads
+from mingpt_c.errors import DTypeError, ShapeError
 
 ROWS = [1, 7, 13, 64]
 WIDTHS = [1, 7, 13, 64, 129]
@@ -40,6 +43,106 @@ def test_embedding(rng, B, T, C, V):
     assert_close(dwpe, dwpe0 + want_pe, rtol=1e-5, atol=1e-5)
     only_te, none = ops.embedding_backward(dout, tokens, V, maxT, dwte0.copy(), need_dwpe=False)
     assert none is None and np.array_equal(only_te, dwte)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 0.37, -2.5])
+@pytest.mark.parametrize("B,T,C,V", [(1, 1, 1, 1), (2, 7, 13, 11), (3, 13, 64, 5)])
+def test_embedding_scaled(rng, B, T, C, V, scale):
+    """out = scale * wte[tokens] + wpe[t] (the Transformer's sqrt(C)); the
+    backward scales dwte only. Scale 1 is the plain float32 sum, bit for bit."""
+    maxT = T + 2
+    tokens = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    wte, wpe = f32(rng.normal(size=(V, C)), rng.normal(size=(maxT, C)))
+    out = ops.embedding_forward(tokens, wte, wpe, scale=scale)
+    assert_close(out, ref.embedding_forward(tokens, wte, wpe, scale), rtol=1e-6)
+    assert np.array_equal(out, np.float32(scale) * wte[tokens] + wpe[None, :T])
+    if scale == 1.0:
+        assert np.array_equal(out, ops.embedding_forward(tokens, wte, wpe))
+    dout = f32(rng.normal(size=(B, T, C)))
+    dwte0, dwpe0 = nonzero_like(rng, wte), nonzero_like(rng, wpe)
+    dwte, dwpe = ops.embedding_backward(dout, tokens, V, maxT, dwte0.copy(), dwpe0.copy(),
+                                        scale=scale)
+    want_te, want_pe = ref.embedding_backward(dout, tokens, V, maxT, scale)
+    assert_close(dwte, dwte0 + want_te, rtol=1e-5, atol=1e-5, what="dwte")
+    assert_close(dwpe, dwpe0 + want_pe, rtol=1e-5, atol=1e-5, what="dwpe")
+    if scale == 1.0:
+        same = ops.embedding_backward(dout, tokens, V, maxT, dwte0.copy(), dwpe0.copy())
+        assert np.array_equal(same[0], dwte) and np.array_equal(same[1], dwpe)
+
+
+@pytest.mark.parametrize("scale", [np.inf, -np.inf, np.nan])
+def test_embedding_scale_must_be_finite(scale):
+    tokens = np.zeros((1, 2), np.int32)
+    wte, wpe = f32(np.ones((3, 4))), f32(np.ones((5, 4)))
+    with pytest.raises(ShapeError, match="scale"):
+        ops.embedding_forward(tokens, wte, wpe, scale=scale)
+    with pytest.raises(ShapeError, match="scale"):
+        ops.embedding_backward(f32(np.ones((1, 2, 4))), tokens, 3, 5, scale=scale)
+    # the C core checks too, before writing anything
+    out = np.zeros((1, 2, 4), np.float32)
+    p = lambda a, t="float*": ffi.from_buffer(t, a)
+    rc = lib.mg_embedding_forward(p(out), p(tokens, "int32_t*"), p(wte), p(wpe), scale,
+                                  1, 2, 4, 3, 5)
+    assert rc == lib.MG_ERR_VALUE and "not finite" in ffi.string(lib.mg_last_error()).decode()
+    rc = lib.mg_embedding_backward(p(wte), p(wpe), p(out), p(tokens, "int32_t*"), scale,
+                                   1, 2, 4, 3, 5)
+    assert rc == lib.MG_ERR_VALUE and np.all(out == 0.0) and np.all(wte == 1.0)
+
+# ---------------------------------------------------------------- sinusoid table
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("maxT,C", [(1, 1), (7, 2), (13, 7), (64, 64), (300, 512)])
+def test_sinusoid_table(maxT, C, interleaved):
+    pe = ops.sinusoid_table(maxT, C, interleaved=interleaved)
+    assert pe.shape == (maxT, C) and pe.dtype == np.float32
+    want = ref.sinusoid_table(maxT, C, interleaved)
+    np.testing.assert_array_max_ulp(pe, want.astype(np.float32), maxulp=1)
+    assert_close(pe, want, rtol=1e-7, atol=1e-7)
+
+
+def test_sinusoid_layouts_hold_the_same_columns():
+    """The half layout is a permutation of the interleaved one's columns."""
+    a, b = ops.sinusoid_table(50, 10, True), ops.sinusoid_table(50, 10, False)
+    assert np.array_equal(a[:, 0::2], b[:, :5]) and np.array_equal(a[:, 1::2], b[:, 5:])
+    assert np.all(a[0, 0::2] == 0.0) and np.all(a[0, 1::2] == 1.0)
+
+
+@pytest.mark.parametrize("C", [512, 64, 7, 1])
+def test_sinusoid_half_layout_matches_marian(C):
+    """Hugging Face's MarianSinusoidalPositionalEmbedding table, computed the
+    same way (float64 numpy, then float32): the same floats."""
+    pytest.importorskip("torch")
+    marian = pytest.importorskip("transformers.models.marian.modeling_marian")
+    want = marian.MarianSinusoidalPositionalEmbedding(512, C).create_weight().numpy()
+    got = ops.sinusoid_table(512, C, interleaved=False)
+    np.testing.assert_array_max_ulp(got, want, maxulp=1)
+
+
+@pytest.mark.parametrize("C", [512, 7])
+def test_sinusoid_interleaved_matches_xlm(C):
+    """The paper's layout as Hugging Face's XLM writes it."""
+    torch = pytest.importorskip("torch")
+    xlm = pytest.importorskip("transformers.models.xlm.modeling_xlm")
+    want = xlm.create_sinusoidal_embeddings(512, C, torch.empty(512, C)).numpy()
+    got = ops.sinusoid_table(512, C, interleaved=True)
+    np.testing.assert_array_max_ulp(got, want, maxulp=1)
+
+
+def test_sinusoid_bad_arguments():
+    for maxT, C in ((0, 4), (4, 0), (-1, 4)):
+        with pytest.raises(ShapeError, match="positive"):
+            ops.sinusoid_table(maxT, C)
+    with pytest.raises(DTypeError, match="integer"):
+        ops.sinusoid_table(4.5, 4)
+    pe = np.zeros((2, 4), np.float32)
+    with pytest.raises(ShapeError, match="interleaved=2"):
+        check(lib.mg_sinusoid_table(ffi.from_buffer("float*", pe), 2, 4, 2))
+    with pytest.raises(ShapeError, match="C=0"):
+        check(lib.mg_sinusoid_table(ffi.from_buffer("float*", pe), 2, 0, 1))
+    with pytest.raises(ShapeError, match="NULL"):
+        check(lib.mg_sinusoid_table(ffi.NULL, 2, 4, 1))
+    assert np.all(pe == 0.0)
 
 # ---------------------------------------------------------------- layernorm
 
@@ -148,6 +251,45 @@ def test_gelu_erf_tail_keeps_relative_accuracy():
     assert np.all(np.abs(dgot - dwant) <= 2e-6 * np.abs(dwant) + 1e-7)
 
 
+@pytest.mark.parametrize("n", [1, 7, 13, 64, 1000, 70_000])
+def test_relu(rng, n):
+    x = f32(rng.normal(size=n) * 4)
+    x[::5] = 0.0                       # the kink: gradient 0 there
+    y = ops.relu_forward(x)
+    assert np.array_equal(y, np.maximum(x, 0))   # exact: no arithmetic
+    assert_close(y, ref.relu_forward(x.astype(np.float64)), rtol=0, atol=0)
+    dout = f32(rng.normal(size=n))
+    d0 = nonzero_like(rng, x)
+    got = ops.relu_backward(dout, x, d0.copy())
+    assert np.array_equal(got, d0 + np.where(x > 0, dout, np.float32(0)))
+    assert_close(got, d0 + ref.relu_backward(dout.astype(np.float64), x.astype(np.float64)),
+                 rtol=1e-6, atol=1e-7)
+
+
+def test_relu_in_place_and_specials():
+    """As PyTorch: -0 and NaN pass through the forward; the gradient is 0 at
+    exactly 0 and at -0, dout at NaN."""
+    x = f32([-np.inf, -1.0, -0.0, 0.0, 1e-30, 2.0, np.inf, np.nan])
+    y = x.copy()
+    assert ops.relu_forward(y, out=y) is y
+    assert np.array_equal(y[:-1], f32([0.0, 0.0, -0.0, 0.0, 1e-30, 2.0, np.inf]))
+    assert np.signbit(y[2]) and np.isnan(y[-1])
+    d = ops.relu_backward(f32(np.full(x.shape, 3.0)), x)
+    assert np.array_equal(d, f32([0, 0, 0, 0, 3, 3, 3, 3]))
+
+
+def test_relu_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = f32(rng.normal(size=(5, 33)) * 3)
+    x[0, :7] = [0.0, -0.0, np.nan, 1.0, -1.0, np.inf, -np.inf]
+    dout = f32(rng.normal(size=x.shape))
+    t = torch.tensor(x, requires_grad=True)
+    y = torch.relu(t)
+    y.backward(torch.tensor(dout))
+    assert ops.relu_forward(x).tobytes() == y.detach().numpy().tobytes()
+    assert ops.relu_backward(dout, x).tobytes() == t.grad.numpy().tobytes()
+
+
 @pytest.mark.parametrize("n", [1, 13, 1000])
 def test_residual(rng, n):
     a, b = f32(rng.normal(size=n), rng.normal(size=n))
@@ -178,7 +320,7 @@ def test_dropout(rng):
 
 
 
-@pytest.mark.parametrize("which", ["gelu", "gelu_erf", "dropout"])
+@pytest.mark.parametrize("which", ["gelu", "gelu_erf", "relu", "dropout"])
 @pytest.mark.parametrize("n", [1, 13, 70_000])
 def test_elementwise_backward_overwrites(rng, which, n):
     """accumulate=False writes the gradient over whatever the buffer held
@@ -188,7 +330,8 @@ def test_elementwise_backward_overwrites(rng, which, n):
         _, mask = ops.dropout_forward(x, 0.3, seed=1)
         bwd = lambda dx, acc: ops.dropout_backward(dout, mask, 0.3, dx, accumulate=acc)
     else:
-        fn = ops.gelu_backward if which == "gelu" else ops.gelu_erf_backward
+        fn = {"gelu": ops.gelu_backward, "gelu_erf": ops.gelu_erf_backward,
+              "relu": ops.relu_backward}[which]
         bwd = lambda dx, acc: fn(dout, x, dx, accumulate=acc)
     want = bwd(np.zeros(n, np.float32), True)
     got = bwd(np.full(n, np.nan, np.float32), False)

@@ -48,6 +48,31 @@ def test_embedding(rng):
     check(probe, wte, dwte), check(probe, wpe, dwpe)
 
 
+def test_embedding_scaled(rng):
+    V, maxT, C, scale = 7, 6, 3, 1.7
+    tokens = rng.integers(0, V, size=(2, 4))
+    wte, wpe = rng.normal(size=(V, C)), rng.normal(size=(maxT, C))
+    dout = rng.normal(size=(2, 4, C))
+    probe = lambda: (ref.embedding_forward(tokens, wte, wpe, scale) * dout).sum()
+    dwte, dwpe = ref.embedding_backward(dout, tokens, V, maxT, scale)
+    check(probe, wte, dwte), check(probe, wpe, dwpe)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("C", [6, 7])
+def test_sinusoid_table(interleaved, C):
+    """The table against its definition, element by element."""
+    pe = ref.sinusoid_table(5, C, interleaved)
+    h = (C + 1) // 2
+    for t in range(5):
+        for i in range(h):
+            a = t / 10000 ** (2 * i / C)
+            sin_col, cos_col = (2 * i, 2 * i + 1) if interleaved else (i, h + i)
+            assert pe[t, sin_col] == pytest.approx(np.sin(a), abs=1e-15)
+            if cos_col < C:
+                assert pe[t, cos_col] == pytest.approx(np.cos(a), abs=1e-15)
+
+
 def test_layernorm(rng):
     x, w, b = rng.normal(size=(2, 3, 6)) * 2 + 1, rng.normal(size=6), rng.normal(size=6)
     dout = rng.normal(size=x.shape)
@@ -69,6 +94,29 @@ def test_attention(rng, causal, masked):
     dout = rng.normal(size=(B, T, C))
     probe = lambda: (ref.attention_forward(qkv, NH, causal, mask)[0] * dout).sum()
     check(probe, qkv, ref.attention_backward(dout, qkv, NH, causal, mask))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("B,Tq,Tk,NH,hs", [(2, 3, 5, 2, 4), (1, 1, 4, 3, 2), (2, 4, 1, 1, 3)])
+def test_cross_attention(rng, B, Tq, Tk, NH, hs, masked):
+    C = NH * hs
+    q, kv = rng.normal(size=(B, Tq, C)), rng.normal(size=(B, Tk, 2 * C))
+    mask = None
+    if masked:
+        mask = np.ones((B, Tk), np.int32)
+        mask[0, Tk - 1] = 0 if Tk > 1 else 1
+        mask[-1] = 0 if B > 1 else mask[-1]   # a fully padded source row
+    dout = rng.normal(size=(B, Tq, C))
+    probe = lambda: (ref.cross_attention_forward(q, kv, NH, mask)[0] * dout).sum()
+    dq, dkv = ref.cross_attention_backward(dout, q, kv, NH, mask)
+    check(probe, q, dq), check(probe, kv, dkv)
+
+
+def test_relu(rng):
+    x = rng.normal(size=(4, 9)) * 3   # no entry within eps of the kink
+    x[np.abs(x) < 1e-3] = 0.5
+    dout = rng.normal(size=x.shape)
+    check(lambda: (ref.relu_forward(x) * dout).sum(), x, ref.relu_backward(dout, x))
 
 
 @pytest.mark.parametrize("fwd,bwd", [(ref.gelu_forward, ref.gelu_backward),
