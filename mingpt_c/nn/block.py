@@ -9,8 +9,9 @@ Post-layernorm block (BERT, pre_ln=False):
     x2 = ln_2(x1 + drop(mlp_proj(gelu(fc(x1)))))
 The GPT, the encoder and the ViT all run this block (through the stack);
 they differ in the `causal` flag, the key padding mask, the layernorm order,
-the GELU (`act`: "gelu_tanh" as GPT-2, or "gelu", exact erf, as BERT and
-ViT), the embedding and the head.
+the activation (`act`: "gelu_tanh" as GPT-2, "gelu", exact erf, as BERT and
+ViT, or "relu" as the encoder-decoder Transformer's encoder), the embedding
+and the head.
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
 training step allocates nothing in the hot path. The buffers come from the
@@ -29,7 +30,8 @@ F32 = np.float32
 
 # act name -> (forward, backward) kernels
 ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
-        "gelu": (ops.gelu_erf_forward, ops.gelu_erf_backward)}
+        "gelu": (ops.gelu_erf_forward, ops.gelu_erf_backward),
+        "relu": (ops.relu_forward, ops.relu_backward)}
 
 
 class BlockActs:

@@ -1,5 +1,6 @@
-"""AdamW over the flat parameter buffer, with global gradient-norm clipping
-and nanoGPT's learning-rate schedule (linear warmup, cosine decay to min_lr)."""
+"""AdamW over the flat parameter buffer, with global gradient-norm clipping;
+nanoGPT's learning-rate schedule (linear warmup, cosine decay to min_lr) and
+the Transformer paper's (linear warmup, then inverse square root decay)."""
 from __future__ import annotations
 
 import math
@@ -18,6 +19,16 @@ def lr_at(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> f
         return min_lr
     ratio = (it - warmup) / max(1, decay_iters - warmup)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def inverse_sqrt_lr(it: int, lr: float, warmup: int) -> float:
+    """The paper's schedule with lr as its peak: linear warmup over warmup
+    steps, then lr * sqrt(warmup / step). (The paper writes it
+    d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), whose peak is
+    (d_model * warmup)^-0.5.)"""
+    step = it + 1
+    warmup = max(warmup, 1)
+    return lr * min(step / warmup, (warmup / step) ** 0.5)
 
 
 @dataclass

@@ -1,0 +1,360 @@
+"""The decoder block of the encoder-decoder Transformer ("Attention is all
+you need") and its stack: three residual sublayers, the middle one
+attending over the encoder's output.
+
+Post-layernorm (the paper's, pre_ln=False):
+    x1 = LN_1(x  + drop(SelfAttn(x)))            causal
+    x2 = LN_2(x1 + drop(CrossAttn(x1, mem)))     queries from x1, keys and values from mem
+    x3 = LN_3(x2 + drop(FFN(x2)))                FFN(h) = fc2(act(fc1(h)))
+Pre-layernorm (pre_ln=True):
+    x1 = x  + drop(SelfAttn(LN_1(x)))
+    x2 = x1 + drop(CrossAttn(LN_2(x1), mem))
+    x3 = x2 + drop(FFN(LN_3(x2)))
+
+mem (B, S, C) is the encoder's output; src_mask (B, S) int32 marks its real
+tokens (0: padding, never attended). Each layer projects mem once to its
+packed keys and values kv = mem @ W_kv^T + b_kv (B, S, 2C); decoding
+computes them once per source (DecodeCache) and each new token attends
+over them.
+
+One function pair runs a residual sublayer of either order (sublayer_forward
+/ sublayer_backward); the three sublayers differ only in their branch f,
+given as a forward and a backward (SelfAttention, CrossAttention, FFN). The
+decoding step (DecoderStack.step) runs the same sublayers with the self-
+attention reading and extending a KV cache, so the order of the layers is
+written once, here.
+
+The encoder side is nn/stack.py's Stack (bidirectional, with the source's
+key padding mask). Names of the layer tensors follow Hugging Face's
+MarianMT/BART decoder layers (self_attn, self_attn_layer_norm, encoder_attn,
+encoder_attn_layer_norm, fc1, fc2, final_layer_norm), with the query, key
+and value of the self-attention packed into one (3C, C) `qkv_proj` and the
+cross-attention's key and value into one (2C, C) `kv_proj`.
+
+Dropout: layer i's three sublayers draw their masks from mix_seed(seed,
+3i + 1 .. 3i + 3) (nn/seeds.py). There is no dropout on the attention
+probabilities.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mingpt_c import ops
+from mingpt_c.nn.block import ACTS
+from mingpt_c.nn.seeds import mix_seed
+
+F32 = np.float32
+
+
+def _e(*shape) -> np.ndarray:
+    return np.empty(shape, F32)
+
+# ---------------------------------------------------------------- one sublayer
+
+
+class SubActs:
+    """Saved activations of one residual sublayer for one (B, T):
+    h   the branch's input: LN(x) (pre-LN) or x itself (post-LN, not copied)
+    y   the branch's output; yd, mask its dropped-out copy and the mask
+    res x + drop(y): the output (pre-LN) or the layernorm's input (post-LN)
+    out LN(res) (post-LN only); mean, rstd the layernorm's statistics."""
+
+    def __init__(self, B: int, T: int, C: int, dropout: float, pre_ln: bool):
+        self.ln = _e(B, T, C)                  # pre: LN(x); post: LN(res), the output
+        self.mean, self.rstd = _e(B, T), _e(B, T)
+        self.y = _e(B, T, C)
+        self.res = _e(B, T, C)
+        self.yd = self.mask = None
+        if dropout > 0:
+            self.yd, self.mask = _e(B, T, C), np.empty((B, T, C), np.uint8)
+
+
+def sublayer_forward(s: SubActs, x: np.ndarray, ln: tuple, branch, pre_ln: bool, eps: float,
+                     dropout: float, seed: int) -> np.ndarray:
+    """x (B, T, C) -> the sublayer's output (a buffer of s). ln: the
+    layernorm's (weight, bias); branch.forward(h, y) writes y = f(h)."""
+    h = x
+    if pre_ln:
+        h = ops.layernorm_forward(x, ln[0], ln[1], eps, s.ln, s.mean, s.rstd)[0]
+    branch.forward(h, s.y)
+    y = s.y
+    if dropout > 0:
+        y, _ = ops.dropout_forward(s.y, dropout, seed, s.yd, s.mask)
+    ops.residual_forward(x, y, s.res)
+    if pre_ln:
+        return s.res
+    return ops.layernorm_forward(s.res, ln[0], ln[1], eps, s.ln, s.mean, s.rstd)[0]
+
+
+class SubGrads:
+    """Backward scratch of one sublayer, shared by every sublayer of a stack."""
+
+    def __init__(self, B: int, T: int, C: int):
+        self.dres, self.dy, self.dh = _e(B, T, C), _e(B, T, C), _e(B, T, C)
+
+
+def sublayer_backward(dx: np.ndarray, dout: np.ndarray, s: SubActs, x: np.ndarray, ln: tuple,
+                      dln: tuple, branch, pre_ln: bool, dropout: float, sg: SubGrads) -> None:
+    """dout = d(loss)/d(sublayer output) -> dx = d(loss)/d(x), written.
+    dln: the layernorm's gradient views; branch.backward(dy, h, dh,
+    accumulate) writes or adds d(loss)/d(h) and adds its parameters'."""
+    if pre_ln:
+        # out = x + drop(f(LN(x)))
+        ops.copy(dx, dout)
+        dy = dout if dropout == 0 else ops.dropout_backward(dout, s.mask, dropout, sg.dy, accumulate=False)
+        branch.backward(dy, s.ln, sg.dh, accumulate=False)
+        ops.layernorm_backward(sg.dh, x, ln[0], s.mean, s.rstd, dx, dln[0], dln[1])
+        return
+    # out = LN(res), res = x + drop(f(x))
+    ops.fill(sg.dres, 0)
+    ops.layernorm_backward(dout, s.res, ln[0], s.mean, s.rstd, sg.dres, dln[0], dln[1])
+    ops.copy(dx, sg.dres)
+    dy = sg.dres if dropout == 0 else ops.dropout_backward(sg.dres, s.mask, dropout, sg.dy, accumulate=False)
+    branch.backward(dy, x, dx, accumulate=True)
+
+# ---------------------------------------------------------------- the branches
+
+
+class SelfAttention:
+    """f(h) = out_proj(causal attention(qkv_proj(h))). attend(qkv, out), when
+    given, replaces the attention over the block's own positions (decoding
+    over a KV cache)."""
+
+    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, C: int):
+        self.p, self.g, self.n_head = p, g, n_head
+        self.qkv, self.atty, self.att = _e(B, T, 3 * C), _e(B, T, C), _e(B, n_head, T, T)
+        self.attend = None
+
+    def forward(self, h, y):
+        ops.matmul_forward(h, self.p["self_attn.qkv_proj.weight"], self.p["self_attn.qkv_proj.bias"], self.qkv)
+        if self.attend is not None:
+            self.attend(self.qkv, self.atty)
+        else:
+            ops.attention_forward(self.qkv, self.n_head, True, None, self.atty, self.att)
+        ops.matmul_forward(self.atty, self.p["self_attn.out_proj.weight"], self.p["self_attn.out_proj.bias"], y)
+
+    def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
+        p, g = self.p, self.g
+        ops.matmul_backward(dy, self.atty, p["self_attn.out_proj.weight"], s.datty,
+                            g["self_attn.out_proj.weight"], g["self_attn.out_proj.bias"], overwrite_dx=True)
+        ops.attention_backward(s.datty, self.qkv, self.att, self.n_head, True, s.dqkv, s.scratch,
+                               accumulate=False)
+        ops.matmul_backward(s.dqkv, h, p["self_attn.qkv_proj.weight"], dh,
+                            g["self_attn.qkv_proj.weight"], g["self_attn.qkv_proj.bias"],
+                            overwrite_dx=not accumulate)
+
+
+class CrossAttention:
+    """f(h) = out_proj(attention(q_proj(h) over kv)), kv = kv_proj(mem)
+    (B, S, 2C), set by the stack before the forward (self.kv, self.mem,
+    self.src_mask). The backward adds d(loss)/d(mem) into self.dmem."""
+
+    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, S: int, C: int):
+        self.p, self.g, self.n_head = p, g, n_head
+        self.q, self.atty, self.att = _e(B, T, C), _e(B, T, C), _e(B, n_head, T, S)
+        self.kv = _e(B, S, 2 * C)
+        self.mem = self.src_mask = self.dmem = None
+
+    def project(self, mem: np.ndarray, src_mask: np.ndarray) -> None:
+        """kv = kv_proj(mem): once per source (and training step)."""
+        self.mem, self.src_mask = mem, src_mask
+        ops.matmul_forward(mem, self.p["encoder_attn.kv_proj.weight"], self.p["encoder_attn.kv_proj.bias"],
+                           self.kv)
+
+    def forward(self, h, y):
+        p = self.p
+        ops.matmul_forward(h, p["encoder_attn.q_proj.weight"], p["encoder_attn.q_proj.bias"], self.q)
+        ops.cross_attention_forward(self.q, self.kv, self.n_head, self.src_mask, self.atty, self.att)
+        ops.matmul_forward(self.atty, p["encoder_attn.out_proj.weight"], p["encoder_attn.out_proj.bias"], y)
+
+    def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
+        p, g = self.p, self.g
+        ops.matmul_backward(dy, self.atty, p["encoder_attn.out_proj.weight"], s.datty,
+                            g["encoder_attn.out_proj.weight"], g["encoder_attn.out_proj.bias"], overwrite_dx=True)
+        ops.cross_attention_backward(s.datty, self.q, self.kv, self.att, self.n_head, s.dq, s.dkv, s.cscratch,
+                                     accumulate=False)
+        ops.matmul_backward(s.dq, h, p["encoder_attn.q_proj.weight"], dh,
+                            g["encoder_attn.q_proj.weight"], g["encoder_attn.q_proj.bias"],
+                            overwrite_dx=not accumulate)
+        # kv = kv_proj(mem): every layer adds its share of d(mem)
+        ops.matmul_backward(s.dkv, self.mem, p["encoder_attn.kv_proj.weight"], self.dmem,
+                            g["encoder_attn.kv_proj.weight"], g["encoder_attn.kv_proj.bias"])
+
+
+class FFN:
+    """f(h) = fc2(act(fc1(h))), 4C wide in the middle."""
+
+    def __init__(self, p: dict, g: dict | None, act: str, B: int, T: int, C: int):
+        self.p, self.g, self.act = p, g, ACTS[act]
+        self.fch, self.fca = _e(B, T, 4 * C), _e(B, T, 4 * C)
+
+    def forward(self, h, y):
+        p = self.p
+        ops.matmul_forward(h, p["fc1.weight"], p["fc1.bias"], self.fch)        # (B, T, 4C)
+        self.act[0](self.fch, self.fca)
+        ops.matmul_forward(self.fca, p["fc2.weight"], p["fc2.bias"], y)
+
+    def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
+        p, g = self.p, self.g
+        ops.matmul_backward(dy, self.fca, p["fc2.weight"], s.dfca, g["fc2.weight"], g["fc2.bias"],
+                            overwrite_dx=True)
+        self.act[1](s.dfca, self.fch, s.dfch, accumulate=False)
+        ops.matmul_backward(s.dfch, h, p["fc1.weight"], dh, g["fc1.weight"], g["fc1.bias"],
+                            overwrite_dx=not accumulate)
+
+
+class _Bound:
+    """A branch with the shared backward scratch bound in (the sublayer
+    functions call backward(dy, h, dh, accumulate))."""
+
+    def __init__(self, branch, s):
+        self.branch, self.s = branch, s
+
+    def forward(self, h, y):
+        self.branch.forward(h, y)
+
+    def backward(self, dy, h, dh, accumulate):
+        self.branch.backward(dy, h, dh, accumulate, self.s)
+
+# ---------------------------------------------------------------- the stack
+
+SUBLAYERS = (("self", "self_attn_layer_norm"), ("cross", "encoder_attn_layer_norm"), ("ffn", "final_layer_norm"))
+
+
+class DecoderLayerActs:
+    """One decoder layer's buffers for (B, T) targets over (B, S) sources."""
+
+    def __init__(self, p: dict, g: dict | None, B: int, T: int, S: int, C: int, NH: int, act: str,
+                 dropout: float, pre_ln: bool):
+        self.branches = {"self": SelfAttention(p, g, NH, B, T, C),
+                         "cross": CrossAttention(p, g, NH, B, T, S, C),
+                         "ffn": FFN(p, g, act, B, T, C)}
+        self.subs = {k: SubActs(B, T, C, dropout, pre_ln) for k, _ in SUBLAYERS}
+        self.ins: dict = {}    # each sublayer's input, for the backward
+
+
+class DecoderGrads:
+    """Backward scratch shared by every layer."""
+
+    def __init__(self, B: int, T: int, S: int, C: int, NH: int):
+        self.sub = SubGrads(B, T, C)
+        self.datty, self.dqkv, self.scratch = _e(B, T, C), _e(B, T, 3 * C), _e(B, NH, T, T)
+        self.dq, self.dkv, self.cscratch = _e(B, T, C), _e(B, S, 2 * C), _e(B, NH, T, S)
+        self.dfca, self.dfch = _e(B, T, 4 * C), _e(B, T, 4 * C)
+        self.dx = [_e(B, T, C), _e(B, T, C)]
+
+
+class DecoderActs:
+    """A decoder stack's buffers for one (B, T, S)."""
+
+    def __init__(self, stack: "DecoderStack", B: int, T: int, S: int, with_grads: bool):
+        C, NH = stack.n_embd, stack.n_head
+        self.B, self.T, self.S = B, T, S
+        self.layers = [DecoderLayerActs(stack.layer_p[i], stack.layer_g[i], B, T, S, C, NH, stack.act,
+                                        stack.dropout, stack.pre_ln) for i in range(stack.n_layer)]
+        self.grads = DecoderGrads(B, T, S, C, NH) if with_grads else None
+        self.x_in, self.drop = None, 0.0
+
+    def cross_attention_maps(self) -> list[np.ndarray]:
+        """Each layer's cross-attention probabilities (B, NH, T, S) of the last forward."""
+        return [la.branches["cross"].att for la in self.layers]
+
+
+class DecoderStack:
+    """n_layer decoder layers: their views, buffers and the loops over them.
+    views(buf, i): layer i's tensors under the short names above
+    (self_attn.qkv_proj.weight, ...)."""
+
+    def __init__(self, n_layer: int, n_embd: int, n_head: int, eps: float, dropout: float, params, grads,
+                 views, act: str = "relu", pre_ln: bool = False):
+        self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
+        self.eps, self.dropout, self.act, self.pre_ln = eps, dropout, act, pre_ln
+        self.layer_p = [views(params, i) for i in range(n_layer)]
+        self.layer_g = [views(grads, i) for i in range(n_layer)] if grads is not None else [None] * n_layer
+
+    def acts(self, B: int, T: int, S: int, with_grads: bool) -> DecoderActs:
+        return DecoderActs(self, B, T, S, with_grads)
+
+    def _ln(self, views: dict, name: str) -> tuple:
+        return views[name + ".weight"], views[name + ".bias"]
+
+    def project_memory(self, a: DecoderActs, mem: np.ndarray, src_mask: np.ndarray, dmem=None) -> None:
+        """Each layer's cross-attention keys and values of mem (B, S, C);
+        the backward will add d(loss)/d(mem) into dmem."""
+        for la in a.layers:
+            la.branches["cross"].project(mem, src_mask)
+            la.branches["cross"].dmem = dmem
+
+    def forward(self, a: DecoderActs, x: np.ndarray, dropout: float = 0.0, seed: int = 0) -> np.ndarray:
+        """x (B, T, C), the target embeddings -> the last layer's output;
+        project_memory first. x must stay unchanged until the backward."""
+        a.x_in, a.drop = x, dropout
+        for i, la in enumerate(a.layers):
+            p = self.layer_p[i]
+            for j, (name, ln) in enumerate(SUBLAYERS):
+                la.ins[name] = x
+                x = sublayer_forward(la.subs[name], x, self._ln(p, ln), la.branches[name], self.pre_ln,
+                                     self.eps, dropout, mix_seed(seed, 3 * i + j + 1))
+        return x
+
+    def backward(self, a: DecoderActs, dout: np.ndarray) -> np.ndarray:
+        """dout = d(loss)/d(stack output) -> d(loss)/d(x) (a buffer of a);
+        parameter gradients and d(mem) are added."""
+        s = a.grads
+        dx, dnext = s.dx
+        ops.copy(dx, dout)
+        for i in range(self.n_layer - 1, -1, -1):
+            la, p, g = a.layers[i], self.layer_p[i], self.layer_g[i]
+            for name, ln in reversed(SUBLAYERS):
+                sublayer_backward(dnext, dx, la.subs[name], la.ins[name], self._ln(p, ln), self._ln(g, ln),
+                                  _Bound(la.branches[name], s), self.pre_ln, a.drop, s.sub)
+                dx, dnext = dnext, dx
+        return dx
+
+    # ------------------------------------------------------------ decoding
+
+    def step(self, a: DecoderActs, x: np.ndarray, cache: "DecodeCache", pos: int) -> np.ndarray:
+        """One position for every row: x (B, 1, C), the embeddings of the
+        tokens at position pos -> the last layer's output (B, 1, C). The
+        self-attention appends this position's keys and values to the cache
+        and attends over positions 0..pos; the cross-attention reads the
+        keys and values the cache computed once (a: acts(B, 1, S))."""
+        for i, la in enumerate(a.layers):
+            p = self.layer_p[i]
+            sa = la.branches["self"]
+            sa.attend = lambda qkv, out, i=i: ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, self.n_head,
+                                                                   out, cache.scratch)
+            ca = la.branches["cross"]
+            ca.kv, ca.src_mask = cache.kv[i], cache.src_mask
+            for j, (name, ln) in enumerate(SUBLAYERS):
+                x = sublayer_forward(la.subs[name], x, self._ln(p, ln), la.branches[name], self.pre_ln,
+                                     self.eps, 0.0, 0)
+            sa.attend = None
+        return x
+
+
+class DecodeCache:
+    """What incremental decoding keeps per row (B rows: sources x beams):
+    each layer's self-attention keys and values so far (B, NH, maxT, hs),
+    and its cross-attention keys and values of the source (B, S, 2C),
+    computed once."""
+
+    def __init__(self, stack: DecoderStack, mem: np.ndarray, src_mask: np.ndarray, maxT: int):
+        B, S, C = mem.shape
+        NH = stack.n_head
+        self.src_mask = np.ascontiguousarray(src_mask, np.int32)
+        self.kv = [ops.matmul_forward(mem, p["encoder_attn.kv_proj.weight"], p["encoder_attn.kv_proj.bias"])
+                   for p in stack.layer_p]                                       # (B, S, 2C) each
+        self.k = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
+        self.v = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
+        self.scratch = _e(B, NH, maxT)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Row r takes what row rows[r] held (beam search keeps the
+        surviving hypotheses' caches); the source side follows."""
+        self.k = [np.ascontiguousarray(k[rows]) for k in self.k]
+        self.v = [np.ascontiguousarray(v[rows]) for v in self.v]
+        self.kv = [np.ascontiguousarray(kv[rows]) for kv in self.kv]
+        self.src_mask = np.ascontiguousarray(self.src_mask[rows])
+        if len(rows) != self.scratch.shape[0]:
+            self.scratch = _e(len(rows), *self.scratch.shape[1:])
