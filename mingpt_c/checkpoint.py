@@ -136,7 +136,12 @@ def read_hf_config(path: Path) -> dict:
 # checkpoint of another family gets
 READERS = {"gpt2": ("GPT", "`mingpt sample`, `mingpt eval`"),
            "bert": ("encoder", "`mingpt encoder eval/predict`"),
-           "vit": ("ViT", "`mingpt vit eval/predict/attention`")}
+           "vit": ("ViT", "`mingpt vit eval/predict/attention`"),
+           "seq2seq": ("encoder-decoder", "`mingpt seq2seq translate/eval/attention`")}
+
+
+def _a(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
 
 
 def load_model_config(path: Path, fmt: str, version: int, model_type: str, cls):
@@ -145,8 +150,9 @@ def load_model_config(path: Path, fmt: str, version: int, model_type: str, cls):
     hf = read_hf_config(path)
     kind = hf.get("model_type")
     if kind in READERS and kind != model_type:   # another family's checkpoint
-        raise CheckpointError(f"{path} is a {READERS[kind][0]} checkpoint (model_type {kind!r}), not a "
-                              f"{READERS[model_type][0]} one: {READERS[kind][1]} read it")
+        what, theirs = READERS[kind][0], READERS[model_type][0]
+        raise CheckpointError(f"{path} is {_a(what)} {what} checkpoint (model_type {kind!r}), not {_a(theirs)} "
+                              f"{theirs} one: {READERS[kind][1]} read it")
     try:
         ours = hf.get("mingpt")
         if ours:

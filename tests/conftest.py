@@ -50,13 +50,13 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def invoke(*args, catch_exceptions=False):
-    """Runs `mingpt ARGS...` in-process; stdout and stderr kept apart."""
+def invoke(*args, catch_exceptions=False, input=None):
+    """Runs `mingpt ARGS...` in-process (input: its stdin); stdout and stderr kept apart."""
     from click.testing import CliRunner
 
     from mingpt_c.cli import main
 
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions, input=input)
 
 
 def one_line_error(res, *needles):

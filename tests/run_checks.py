@@ -35,6 +35,7 @@ class Family:
     best_key: str | None  # the train state's best metric
     resume_head: list = field(default_factory=list)   # what --resume needs besides --out (the encoder: --train)
     longer: tuple = ("--max-iters", "40")              # a resumed run that goes on for longer
+    same: tuple = ("--n-layer", "1")                   # an option given again on --resume with its saved value
 
     def argv(self, data: Path, *more) -> list:
         return [str(a).replace("{data}", str(data)) for a in (*self.head, *self.tiny, *more)]
@@ -62,16 +63,25 @@ FAMILIES = {
                    "--epochs", "2", "--dropout", "0.1"],
                   ("mingpt_c.vit.model", "ViT", "forward"), "best_test_accuracy", ["vit", "train"],
                   ("--epochs", "10")),
+    "seq2seq": Family("seq2seq", ["seq2seq", "train", "--train", "{data}/pairs.tsv", "--val", "{data}/pairs.tsv"],
+                      ["--enc-layers", "1", "--dec-layers", "1", "--n-head", "2", "--n-embd", "16", "--log-interval",
+                       "1", "--threads", "1", "--no-progress", "--warmup-iters", "2", "--batch-size", "8",
+                       "--epochs", "2", "--dropout", "0.1", "--eval-limit", "4"],
+                      ("mingpt_c.seq2seq.model", "Seq2Seq", "loss"), "best_val_loss", ["seq2seq", "train"],
+                      ("--epochs", "10"), ("--enc-layers", "1")),
 }
 
 
 def write_data(d: Path) -> Path:
-    """The GPT's text and the encoder's JSON Lines in d (the ViT's shapes are generated)."""
+    """The GPT's text, the encoder's JSON Lines and the seq2seq's pairs
+    (words -> their letters reversed) in d (the ViT's shapes are generated)."""
     (d / "text.txt").write_text(TEXT)
     rows = [{"text": f"this film was {WORDS[lab].split()[i % 4]} really {WORDS[lab].split()[(i + 1) % 4]}",
              "label": lab} for i in range(12) for lab in WORDS]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:9]))
+    words = sorted(set(TEXT.lower().replace(",", " ").replace(".", " ").replace(":", " ").replace("?", " ").split()))
+    (d / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words))
     return d
 
 # ------------------------------------------------------------------ helpers
@@ -241,7 +251,7 @@ def check_contradicting_flag(fam: Family, data: Path, tmp: Path, monkeypatch) ->
     ok(run(*fam.argv(data, "--out", out, "--max-iters", "2")))
     one_line_error(run(*fam.resume_argv(data, out, "--lr", "0.5")), "--lr 0.5", "contradicts")
     one_line_error(run(*fam.resume_argv(data, out, "--seed", "99")), "--seed 99", "contradicts")
-    ok(run(*fam.resume_argv(data, out, "--n-layer", "1", "--max-iters", "3")))
+    ok(run(*fam.resume_argv(data, out, *fam.same, "--max-iters", "3")))
     assert json.loads((out / "latest" / "train_state.json").read_text())["iter"] == 3
 
 # ------------------------------------------------------------------ MPI

@@ -1,7 +1,7 @@
 """The `mingpt` command line: parse, validate, call mingpt_c, print.
 
-One module per command group (gpt: train, sample, eval; tokenize; encoder;
-vit; tools: env, info, import, export, bench), options shared by several
+One module per command group (gpt: train, sample, eval, attention; tokenize; encoder;
+vit; seq2seq; tools: env, info, import, export, bench), options shared by several
 commands in options.py. Errors from the package (MinGPTError) become one line
 on stderr and exit code 1; nothing here computes anything itself.
 
@@ -45,8 +45,8 @@ def main():
 # Each module declares its commands; they join the group here (--help lists
 # them sorted by name, so the order below is only for reading).
 
-from mingpt_c.cli import encoder, gpt, tokenize, tools, vit  # noqa: E402
+from mingpt_c.cli import encoder, gpt, seq2seq, tokenize, tools, vit  # noqa: E402
 
-for _command in (tools.env, tools.info, tokenize.tokenize, gpt.train, gpt.sample, gpt.eval_cmd,
-                 encoder.encoder, tools.import_cmd, tools.export_cmd, tools.bench, vit.vit):
+for _command in (tools.env, tools.info, tokenize.tokenize, gpt.train, gpt.sample, gpt.eval_cmd, gpt.attention,
+                 encoder.encoder, tools.import_cmd, tools.export_cmd, tools.bench, vit.vit, seq2seq.seq2seq):
     main.add_command(_command)

@@ -53,15 +53,17 @@ def _cuda_line(built: bool) -> str:
 def info(ckpt):
     """What a checkpoint (or run directory) holds."""
     from mingpt_c import checkpoint
-    from mingpt_c.cli import encoder, gpt, vit
+    from mingpt_c.cli import encoder, gpt, seq2seq, vit
     from mingpt_c.encoder import checkpoint as encoder_checkpoint
     from mingpt_c.gpt import checkpoint as gpt_checkpoint
+    from mingpt_c.seq2seq import checkpoint as seq2seq_checkpoint
     from mingpt_c.vit import checkpoint as vit_checkpoint
 
     path = checkpoint.resolve(ckpt)
     kind = json.loads((path / "config.json").read_text()).get("model_type")
     load, describe = {"vit": (vit_checkpoint.load, vit.describe),
-                      "bert": (encoder_checkpoint.load, encoder.describe)}.get(
+                      "bert": (encoder_checkpoint.load, encoder.describe),
+                      "seq2seq": (seq2seq_checkpoint.load, seq2seq.describe)}.get(
                           kind, (gpt_checkpoint.load, gpt.describe))
     for key, value in [("checkpoint", str(path)), *describe(load(path), path)]:
         click.echo(f"{key:<11} {value}")

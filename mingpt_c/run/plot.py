@@ -1,7 +1,8 @@
-"""The curves of a run, drawn from its log.jsonl at the end: the training
-loss of every log point, each evaluation's losses (keys ending in _loss),
-and its accuracies (keys ending in accuracy) in percent on a second axis.
-One picture for every family."""
+"""Pictures: the curves of a run, drawn from its log.jsonl at the end (the
+training loss of every log point, each evaluation's losses (keys ending in
+_loss), and its accuracies (keys ending in accuracy) in percent on a second
+axis; one picture for every family), and attention heatmaps with token
+labels (a GPT's self-attention, an encoder-decoder's alignment)."""
 from __future__ import annotations
 
 import json
@@ -55,3 +56,36 @@ def plot_log(log_path: Path, png: Path) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(png)
+
+
+def heatmap(A, col_labels: list[str], row_labels: list[str], path, title: str = "", xlabel: str = "",
+            ylabel: str = "") -> None:
+    """A (rows, cols) as a grey heatmap, darker = larger, each row and
+    column labelled (a space shown as a visible mark); the extension of
+    path picks the format."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = A.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * cols + 1.8), max(3.0, 0.45 * rows + 1.4)))
+    im = ax.imshow(A, cmap="Greys", vmin=0.0, vmax=max(float(A.max()), 1e-9), aspect="auto")
+    wide = max((len(s) for s in col_labels), default=1) > 3
+    ax.set_xticks(range(cols), [_shown(s) for s in col_labels], rotation=90 if wide else 0)
+    ax.set_yticks(range(rows), [_shown(s) for s in row_labels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    if title:
+        ax.set_title(title, fontsize=9, pad=30)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _shown(s: str) -> str:
+    """A label as matplotlib should show it: spaces and newlines visible,
+    $ not starting mathtext."""
+    return s.replace(" ", "\u2423").replace("\n", "\u21b5").replace("$", r"\$") or "\u2205"

@@ -1,0 +1,186 @@
+"""Decoding a trained encoder-decoder: greedy and beam search, batched.
+
+Both encode each source once and then extend every hypothesis one token a
+step through the decoder's KV cache (Seq2Seq.step: the self-attention keys
+and values so far, the cross-attention keys and values of the source
+computed once). `cached=False` recomputes the whole prefix every step
+instead (Seq2Seq.logprobs), the reference the cache is tested against.
+
+Lengths: a hypothesis is the tokens after <s> up to and including </s>; its
+length |Y| counts </s>. A source of n tokens gets at most
+max_len(n) = min(len_a * n + len_b, the model's target positions) of them;
+at the last one only </s> may follow (the hypothesis is closed there).
+<pad> and <s> are never generated.
+
+Beam search keeps `beam` open hypotheses per source. Each step scores every
+one-token extension (sum of log-probabilities), walks the 2 x beam best in
+order: an extension by </s> is a finished hypothesis, scored by its length-
+normalised score, the others fill the beams. Normalisation:
+    gnmt   score / ((5 + |Y|) / 6)^alpha      (Wu et al., 2016; alpha 0: none)
+    hf     score / |Y|^alpha                  (Hugging Face generate)
+A source is done when no open hypothesis can still beat its best finished
+one: log-probabilities only lower a score, and the largest normaliser is
+that of max_len, so an open hypothesis of score s can reach at most
+s / norm(max_len). With a beam wide enough to keep every prefix the result
+is the exhaustive search's best (tests/seq2seq/test_seq2seq_decode.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mingpt_c.errors import ShapeError
+from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 1                  # 1: greedy
+    length_penalty: float = 1.0    # alpha of the length normalisation (beam search)
+    norm: str = "gnmt"             # gnmt | hf
+    len_a: float = 2.0             # max output length = len_a * source length + len_b
+    len_b: int = 10
+    batch_size: int = 64           # sources per batch
+
+
+def length_norm(length: np.ndarray | int, alpha: float, kind: str = "gnmt"):
+    """The normaliser a hypothesis of `length` tokens divides its score by."""
+    length = np.asarray(length, np.float64)
+    if kind == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    if kind == "hf":
+        return length ** alpha
+    raise ShapeError(f"length normalisation {kind!r}: use gnmt or hf")
+
+
+def max_lengths(model: Seq2Seq, src_lens: np.ndarray, dc: DecodeConfig) -> np.ndarray:
+    cap = model.cfg.max_tgt_len
+    return np.clip((dc.len_a * np.asarray(src_lens) + dc.len_b).astype(np.int64), 1, cap)
+
+
+def _pad(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    S = max(1, max(len(s) for s in seqs))
+    ids = np.full((len(seqs), S), PAD, np.int32)
+    mask = np.zeros((len(seqs), S), np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], mask[i, :len(s)] = s, 1
+    return ids, mask
+
+
+class _Scorer:
+    """Next-token log-probabilities of R rows of hypotheses, through the KV
+    cache (cached) or by re-running the whole prefix (not cached)."""
+
+    def __init__(self, model: Seq2Seq, src: np.ndarray, mask: np.ndarray, max_len: int, cached: bool):
+        self.model, self.cached = model, cached
+        self.src, self.mask = src, mask
+        self.cache = model.start(src, mask, max_len) if cached else None
+
+    def next(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (R, t+1), <s> first -> log-probabilities (R, V) of token t+1."""
+        t = tokens.shape[1] - 1
+        if self.cached:
+            lp = self.model.step(self.cache, tokens[:, -1], t)
+        else:
+            lp = self.model.logprobs(self.src, self.mask, tokens)[:, -1]
+        lp[:, PAD] = lp[:, BOS] = -np.inf
+        return lp
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.src, self.mask = self.src[rows], self.mask[rows]
+        if self.cached:
+            self.cache.reorder(rows)
+
+
+def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
+    """The most likely next token each step, until </s> or max_len."""
+    out: list[list[int]] = []
+    for i in range(0, len(srcs), dc.batch_size):
+        batch = srcs[i:i + dc.batch_size]
+        src, mask = _pad(batch)
+        limit = max_lengths(model, [len(s) for s in batch], dc)
+        sc = _Scorer(model, src, mask, int(limit.max()) + 1, cached)
+        tokens = np.full((len(batch), 1), BOS, np.int32)
+        done = np.zeros(len(batch), bool)
+        for t in range(int(limit.max())):
+            lp = sc.next(tokens)
+            lp[t == limit - 1, :EOS] = -np.inf          # the last position: </s> only
+            lp[t == limit - 1, EOS + 1:] = -np.inf
+            nxt = np.where(done, PAD, lp.argmax(1)).astype(np.int32)
+            tokens = np.concatenate([tokens, nxt[:, None]], 1)
+            done |= nxt == EOS
+            if done.all():
+                break
+        for row in tokens[:, 1:]:
+            row = list(row)
+            out.append(row[:row.index(EOS)] if EOS in row else row)
+    return out
+
+
+def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
+                nbest: int = 1) -> list[list[tuple[float, list[int]]]]:
+    """Per source its nbest finished hypotheses, best first, as
+    (normalised score, tokens without </s>)."""
+    out = []
+    for i in range(0, len(srcs), dc.batch_size):
+        out += _beam_batch(model, srcs[i:i + dc.batch_size], dc, cached, nbest)
+    return out
+
+
+def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
+    N, K = len(batch), dc.beam
+    src, mask = _pad(batch)
+    limit = max_lengths(model, [len(s) for s in batch], dc)
+    rows = np.repeat(np.arange(N), K)                                     # row n*K + k: source n, beam k
+    sc = _Scorer(model, src[rows], mask[rows], int(limit.max()) + 1, cached)
+    tokens = np.full((N * K, 1), BOS, np.int32)
+    scores = np.full((N, K), -np.inf)
+    scores[:, 0] = 0.0                                                     # one open hypothesis to start
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
+    done = np.zeros(N, bool)
+    best_bound = length_norm(limit, dc.length_penalty, dc.norm)            # the largest normaliser per source
+    for t in range(int(limit.max())):
+        lp = sc.next(tokens)                                               # (N*K, V)
+        V = lp.shape[1]
+        last = np.repeat(t == limit - 1, K)
+        lp[last, :EOS] = -np.inf
+        lp[last, EOS + 1:] = -np.inf
+        cand = (scores.reshape(-1, 1) + lp).reshape(N, K * V)
+        order = np.argsort(-cand, axis=1, kind="stable")[:, :2 * K]
+        keep_rows = np.arange(N * K)                                       # done sources keep their rows
+        new_tok = np.full(N * K, PAD, np.int32)
+        new_scores = np.full((N, K), -np.inf)
+        for n in range(N):
+            if done[n]:
+                continue
+            k = 0
+            for j in order[n]:
+                s = cand[n, j]
+                if not np.isfinite(s):
+                    break
+                beam, tok = divmod(int(j), V)
+                if tok == EOS:
+                    hyp = [int(x) for x in tokens[n * K + beam, 1:]]
+                    finished[n].append((float(s / length_norm(t + 1, dc.length_penalty, dc.norm)), hyp))
+                elif k < K:
+                    keep_rows[n * K + k], new_tok[n * K + k], new_scores[n, k] = n * K + beam, tok, s
+                    k += 1
+            best = max((f[0] for f in finished[n]), default=-np.inf)
+            reach = new_scores[n].max() / best_bound[n] if k else -np.inf
+            done[n] = k == 0 or best >= reach
+        if done.all():
+            break
+        sc.reorder(keep_rows)
+        tokens = np.concatenate([tokens[keep_rows], new_tok[:, None]], 1)
+        scores = new_scores
+    return [sorted(f, key=lambda h: -h[0])[:nbest] for f in finished]
+
+
+def decode(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
+    """The best output of each source: greedy with beam 1, else beam search."""
+    if dc.beam < 1:
+        raise ShapeError(f"beam {dc.beam} must be at least 1")
+    if dc.beam == 1:
+        return greedy(model, srcs, dc, cached)
+    return [h[0][1] if h else [] for h in beam_search(model, srcs, dc, cached)]

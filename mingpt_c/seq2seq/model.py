@@ -1,0 +1,403 @@
+"""The encoder-decoder Transformer ("Attention is all you need", 2017) on
+the C core.
+
+    src (B, S), tgt_in = [<s>] + target (B, T), tgt_out = target + [</s>]
+    e = drop(sqrt(C) * E_src[src] + P[:S])             sinusoidal (or learned) positions
+    mem = Encoder(e, src_mask)                          nn/stack.py: bidirectional blocks
+          [+ LN_enc with pre-LN]
+    d = drop(sqrt(C) * E_tgt[tgt_in] + P[:T])
+    h = Decoder(d, mem, src_mask)                       nn/decoder.py: self, cross, FFN sublayers
+          [+ LN_dec with pre-LN]
+    logits = h @ E_tgt^T                                 (B, T, V), tied to the target embedding
+    loss = mean over target tokens (tgt_out != pad) of the label-smoothed
+           cross-entropy (nn/loss.py)
+
+Vocabularies: one shared (`shared_vocab`, the paper's three-way tying: the
+source embedding, the target embedding and the output projection are one
+matrix), or a source and a target one (the decoder's input and output tied).
+Post-layernorm blocks (the paper's) by default, pre-LN as an option; ReLU
+(the paper's) or GELU in the feed-forward.
+
+Parameters live in one flat buffer (nn/params.py) under Hugging Face
+MarianMTModel names, except that the self-attention's q, k, v are packed
+into `qkv_proj` and the cross-attention's k, v into `kv_proj` (checkpoints
+split them again). The sinusoidal table is not a parameter: the C core
+computes it (the paper's interleaved sin/cos layout).
+
+This family runs on the CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from mingpt_c import ops
+from mingpt_c.errors import ShapeError
+from mingpt_c.nn.config import ConfigBase
+from mingpt_c.nn.decoder import DecodeCache, DecoderStack
+from mingpt_c.nn.loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from mingpt_c.nn.model import FlatModel
+from mingpt_c.nn.params import Layout
+from mingpt_c.nn.seeds import mix_seed
+from mingpt_c.nn.stack import Stack, StackActs
+
+F32 = np.float32
+PAD, BOS, EOS = 0, 1, 2       # the special ids of every seq2seq vocabulary (seq2seq/vocab.py)
+
+ENC = "model.encoder."
+DEC = "model.decoder."
+
+# block.py's short names -> the encoder layer's tensor names
+ENC_NAMES = {
+    "attn.c_attn.weight": "self_attn.qkv_proj.weight", "attn.c_attn.bias": "self_attn.qkv_proj.bias",
+    "attn.c_proj.weight": "self_attn.out_proj.weight", "attn.c_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "self_attn_layer_norm.weight", "ln_1.bias": "self_attn_layer_norm.bias",
+    "mlp.c_fc.weight": "fc1.weight", "mlp.c_fc.bias": "fc1.bias",
+    "mlp.c_proj.weight": "fc2.weight", "mlp.c_proj.bias": "fc2.bias",
+    "ln_2.weight": "final_layer_norm.weight", "ln_2.bias": "final_layer_norm.bias",
+}
+
+
+@dataclass
+class Seq2SeqConfig(ConfigBase):
+    src_vocab_size: int = 64       # source tokens, specials included
+    tgt_vocab_size: int = 64       # target tokens (= src_vocab_size with shared_vocab)
+    shared_vocab: bool = False     # one embedding for source, target and output (three-way tying)
+    max_src_len: int = 64          # longest source in tokens (positions)
+    max_tgt_len: int = 64          # longest target in tokens, </s> included
+    enc_layers: int = 3
+    dec_layers: int = 3
+    n_head: int = 4                # attention heads; n_embd % n_head == 0
+    n_embd: int = 256              # d_model (the feed-forward is 4 * n_embd wide)
+    dropout: float = 0.1           # embeddings and every residual branch
+    layer_norm_eps: float = 1e-5
+    act: str = "relu"              # feed-forward activation: relu (the paper's), gelu, gelu_tanh
+    pre_ln: bool = False           # False: the paper's post-layernorm sublayers
+    positions: str = "sinusoidal"  # sinusoidal (the paper's) | learned
+    scale_embeddings: bool = True  # multiply token embeddings by sqrt(n_embd)
+    extra: dict = field(default_factory=dict)   # vocabularies, data description: kept verbatim
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        self.check_sizes(("src_vocab_size", "tgt_vocab_size", "max_src_len", "max_tgt_len", "enc_layers",
+                          "dec_layers", "n_head", "n_embd"))
+        if self.act not in ("relu", "gelu", "gelu_tanh"):
+            raise ShapeError(f"act={self.act!r}: use relu, gelu or gelu_tanh")
+        if self.positions not in ("sinusoidal", "learned"):
+            raise ShapeError(f"positions={self.positions!r}: use sinusoidal or learned")
+        if self.positions == "sinusoidal" and self.n_embd % 2:
+            raise ShapeError(f"n-embd={self.n_embd}: sinusoidal positions need an even width")
+        if self.shared_vocab and self.src_vocab_size != self.tgt_vocab_size:
+            raise ShapeError("a shared vocabulary has one size: src_vocab_size must equal tgt_vocab_size")
+
+    @property
+    def n_layer(self) -> int:   # what Layout.init and the memory estimate read: the deeper side
+        return max(self.enc_layers, self.dec_layers)
+
+
+def seq2seq_slots(cfg: Seq2SeqConfig) -> list[tuple[str, tuple, str]]:
+    C = cfg.n_embd
+    if cfg.shared_vocab:
+        s = [("model.shared.weight", (cfg.src_vocab_size, C), "embed")]
+    else:
+        s = [(ENC + "embed_tokens.weight", (cfg.src_vocab_size, C), "embed"),
+             (DEC + "embed_tokens.weight", (cfg.tgt_vocab_size, C), "embed")]
+    if cfg.positions == "learned":
+        s += [(ENC + "embed_positions.weight", (cfg.max_src_len, C), "embed"),
+              (DEC + "embed_positions.weight", (cfg.max_tgt_len + 1, C), "embed")]
+
+    def linear(prefix, out_features, in_features):
+        return [(prefix + ".weight", (out_features, in_features), "weight"), (prefix + ".bias", (out_features,), "bias")]
+
+    def norm(prefix):
+        return [(prefix + ".weight", (C,), "ln_w"), (prefix + ".bias", (C,), "ln_b")]
+
+    for i in range(cfg.enc_layers):
+        p = f"{ENC}layers.{i}."
+        s += (linear(p + "self_attn.qkv_proj", 3 * C, C) + linear(p + "self_attn.out_proj", C, C)
+              + norm(p + "self_attn_layer_norm") + linear(p + "fc1", 4 * C, C) + linear(p + "fc2", C, 4 * C)
+              + norm(p + "final_layer_norm"))
+    for i in range(cfg.dec_layers):
+        p = f"{DEC}layers.{i}."
+        s += (linear(p + "self_attn.qkv_proj", 3 * C, C) + linear(p + "self_attn.out_proj", C, C)
+              + norm(p + "self_attn_layer_norm")
+              + linear(p + "encoder_attn.q_proj", C, C) + linear(p + "encoder_attn.kv_proj", 2 * C, C)
+              + linear(p + "encoder_attn.out_proj", C, C) + norm(p + "encoder_attn_layer_norm")
+              + linear(p + "fc1", 4 * C, C) + linear(p + "fc2", C, 4 * C) + norm(p + "final_layer_norm"))
+    if cfg.pre_ln:
+        s += norm(ENC + "layer_norm") + norm(DEC + "layer_norm")
+    return s
+
+
+def _embeddings(cfg: Seq2SeqConfig, views: dict) -> tuple:
+    """(source embedding, target embedding) views: one matrix twice when shared."""
+    if cfg.shared_vocab:
+        return views["model.shared.weight"], views["model.shared.weight"]
+    return views[ENC + "embed_tokens.weight"], views[DEC + "embed_tokens.weight"]
+
+
+def _e(*shape) -> np.ndarray:
+    return np.empty(shape, F32)
+
+
+class _EmbActs:
+    """One side's embedding buffers: out = drop(scale * E[ids] + P[:T])."""
+
+    def __init__(self, B: int, T: int, C: int, dropout: float):
+        self.x = _e(B, T, C)
+        self.xd = _e(B, T, C) if dropout > 0 else None
+        self.mask = np.empty((B, T, C), np.uint8) if dropout > 0 else None
+
+
+class Seq2Seq(FlatModel):
+    def __init__(self, cfg: Seq2SeqConfig, params: np.ndarray | None = None, seed: int = 0):
+        """A fresh initialisation (params None) draws from seed: N(0, 0.02)
+        matrices, N(0, C^-1/2) embeddings (they are scaled by sqrt(C))."""
+        C = cfg.n_embd
+        emb_std = C ** -0.5 if cfg.scale_embeddings else 0.02
+        super().__init__(cfg, seq2seq_slots(cfg), params,
+                         lambda: self.layout.init(cfg, np.random.default_rng(seed), emb_std))
+        self.scale = math.sqrt(C) if cfg.scale_embeddings else 1.0
+        enc = SimpleNamespace(n_layer=cfg.enc_layers, n_embd=C, n_head=cfg.n_head,
+                              layer_norm_eps=cfg.layer_norm_eps, dropout=cfg.dropout)
+        self.encoder = Stack(enc, self.p, self.g, self._enc_views, causal=False, act=cfg.act, pre_ln=cfg.pre_ln)
+        self.decoder = DecoderStack(cfg.dec_layers, C, cfg.n_head, cfg.layer_norm_eps, cfg.dropout, self.p, self.g,
+                                    self._dec_views, cfg.act, cfg.pre_ln)
+        maxT = max(cfg.max_src_len, cfg.max_tgt_len + 1)
+        self.pe = ops.sinusoid_table(maxT, C) if cfg.positions == "sinusoidal" else None
+        self._acts = None
+        self._step_acts = None
+        self._last = None
+
+    @staticmethod
+    def _enc_views(views: dict, i: int) -> dict:
+        return {short: views[f"{ENC}layers.{i}.{name}"] for short, name in ENC_NAMES.items()}
+
+    @staticmethod
+    def _dec_views(views: dict, i: int) -> dict:
+        pre = f"{DEC}layers.{i}."
+        return {k[len(pre):]: v for k, v in views.items() if k.startswith(pre)}
+
+    def num_params(self) -> int:
+        return self.layout.size
+
+    # ------------------------------------------------------------ pieces
+
+    def _positions(self, views: dict, side: str, T: int) -> np.ndarray:
+        if self.pe is not None:
+            return self.pe[:T]
+        return views[(ENC if side == "src" else DEC) + "embed_positions.weight"][:T]
+
+    def _embed(self, ea: _EmbActs, ids: np.ndarray, side: str, dropout: float, seed: int) -> np.ndarray:
+        """drop(scale * E[ids] + P[:T]) -> (B, T, C)."""
+        T = ids.shape[1]
+        table = _embeddings(self.cfg, self.p)[0 if side == "src" else 1]
+        ops.embedding_forward(ids, table, self._positions(self.p, side, T), ea.x, scale=self.scale)
+        if dropout > 0:
+            return ops.dropout_forward(ea.x, dropout, seed, ea.xd, ea.mask)[0]
+        return ea.x
+
+    def _embed_backward(self, ea: _EmbActs, dx: np.ndarray, ids: np.ndarray, side: str, dropout: float):
+        if dropout > 0:
+            dx = ops.dropout_backward(dx, ea.mask, dropout, ea.x, accumulate=False)   # ea.x is free now
+        B, T = ids.shape
+        table = _embeddings(self.cfg, self.g)[0 if side == "src" else 1]
+        learned = self.pe is None
+        maxT = self.cfg.max_src_len if side == "src" else self.cfg.max_tgt_len + 1
+        dwpe = self.g[(ENC if side == "src" else DEC) + "embed_positions.weight"] if learned else None
+        ops.embedding_backward(dx, ids, table.shape[0], maxT if learned else T, table, dwpe,
+                               need_dwpe=learned, scale=self.scale)
+
+    def _check(self, name: str, ids: np.ndarray, V: int, max_len: int) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, np.int32)
+        if ids.ndim != 2:
+            raise ShapeError(f"{name} must be (B, T), got shape {ids.shape}")
+        if ids.shape[1] > max_len:
+            raise ShapeError(f"{name} has {ids.shape[1]} positions, the model at most {max_len}")
+        ops.check_ids(name, ids, V)
+        return ids
+
+    def _buffers(self, B: int, S: int, T: int, with_grads: bool) -> SimpleNamespace:
+        a = self._acts
+        if a is None or (a.B, a.S, a.T) != (B, S, T) or (with_grads and a.enc.grads is None):
+            self._acts = None
+            cfg, C = self.cfg, self.cfg.n_embd
+            V = cfg.tgt_vocab_size
+            a = SimpleNamespace(B=B, S=S, T=T, src_emb=_EmbActs(B, S, C, cfg.dropout),
+                                tgt_emb=_EmbActs(B, T, C, cfg.dropout),
+                                enc=StackActs(self.encoder, B, S, with_grads),
+                                dec=self.decoder.acts(B, T, S, with_grads),
+                                logits=_e(B * T, V), losses=_e(B * T),
+                                dmem=np.zeros((B, S, C), F32) if with_grads else None,
+                                dh=_e(B, T, C) if with_grads else None)
+            if cfg.pre_ln:
+                a.enc_ln, a.enc_mean, a.enc_rstd = _e(B, S, C), _e(B, S), _e(B, S)
+                a.dec_ln, a.dec_mean, a.dec_rstd = _e(B, T, C), _e(B, T), _e(B, T)
+            self._acts = a
+        return a
+
+    # ------------------------------------------------------------ forward
+
+    def encode(self, a, src: np.ndarray, src_mask: np.ndarray, dropout: float, seed: int) -> np.ndarray:
+        """The encoder's output mem (B, S, C) (a buffer of a)."""
+        x = self._embed(a.src_emb, src, "src", dropout, mix_seed(seed, 0))
+        mem = self.encoder.forward(a.enc, x, dropout, mix_seed(seed, 1 << 20), src_mask)
+        if self.cfg.pre_ln:
+            mem = ops.layernorm_forward(mem, self.p[ENC + "layer_norm.weight"], self.p[ENC + "layer_norm.bias"],
+                                        self.cfg.layer_norm_eps, a.enc_ln, a.enc_mean, a.enc_rstd)[0]
+        return mem
+
+    def _decode_logits(self, a, tgt_in: np.ndarray, mem: np.ndarray, src_mask: np.ndarray, dropout: float,
+                       seed: int) -> np.ndarray:
+        """Teacher-forced decoder over tgt_in -> logits (B*T, V), a buffer of a."""
+        cfg = self.cfg
+        self.decoder.project_memory(a.dec, mem, src_mask, a.dmem)
+        y = self._embed(a.tgt_emb, tgt_in, "tgt", dropout, mix_seed(seed, 1 << 21))
+        h = self.decoder.forward(a.dec, y, dropout, mix_seed(seed, 1 << 22))
+        if cfg.pre_ln:
+            h = ops.layernorm_forward(h, self.p[DEC + "layer_norm.weight"], self.p[DEC + "layer_norm.bias"],
+                                      cfg.layer_norm_eps, a.dec_ln, a.dec_mean, a.dec_rstd)[0]
+        a.h = h
+        B, T, C = h.shape
+        return ops.matmul_forward(h.reshape(B * T, C), _embeddings(cfg, self.p)[1], None, a.logits)
+
+    def forward(self, src, src_mask, tgt_in, train: bool = False, seed: int = 0, with_grads: bool = False):
+        """Logits (B*T, V) of the teacher-forced decoder (a buffer, valid
+        until the next call)."""
+        cfg = self.cfg
+        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
+        tgt_in = self._check("tgt_in", tgt_in, cfg.tgt_vocab_size, cfg.max_tgt_len + 1)
+        src_mask = np.ascontiguousarray(src_mask, np.int32)
+        if src_mask.shape != src.shape or tgt_in.shape[0] != src.shape[0]:
+            raise ShapeError(f"src {src.shape}, src_mask {src_mask.shape} and tgt_in {tgt_in.shape} "
+                             f"must share the batch (and src_mask src's shape)")
+        (B, S), T = src.shape, tgt_in.shape[1]
+        a = self._buffers(B, S, T, with_grads)
+        drop = cfg.dropout if train else 0.0
+        mem = self.encode(a, src, src_mask, drop, seed)
+        logits = self._decode_logits(a, tgt_in, mem, src_mask, drop, seed)
+        a.src, a.src_mask, a.tgt_in, a.mem, a.drop = src, src_mask, tgt_in, mem, drop
+        return logits
+
+    def loss(self, src, src_mask, tgt_in, tgt_out, train: bool = False, seed: int = 0,
+             label_smoothing: float = 0.0) -> float:
+        """Mean label-smoothed cross-entropy over the target tokens (tgt_out
+        != PAD); keeps what backward() needs."""
+        logits = self.forward(src, src_mask, tgt_in, train, seed, with_grads=train)
+        a = self._acts
+        tgt_out = np.ascontiguousarray(tgt_out, np.int32)
+        if tgt_out.shape != tgt_in.shape:
+            raise ShapeError(f"tgt_out {tgt_out.shape} must have tgt_in's shape {np.shape(tgt_in)}")
+        targets = np.where(tgt_out == PAD, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
+        loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits)
+        self._last = (targets, label_smoothing)
+        return loss
+
+    def backward(self, loss_scale: float = 1.0) -> None:
+        """Adds d(loss * loss_scale)/d(params) into self.grads (zero_grad first)."""
+        a, cfg = self._acts, self.cfg
+        if self._last is None or a.enc.grads is None:
+            raise ShapeError("backward() needs a loss(..., train=True) first")
+        targets, eps = self._last
+        self._last = None
+        B, T, C = a.B, a.T, cfg.n_embd
+        dlogits = smoothed_crossentropy_backward(a.logits, targets, eps, loss_scale)       # (B*T, V), in place
+        _, wte_g = _embeddings(cfg, self.g)
+        # logits = h @ E_tgt^T
+        ops.matmul_backward(dlogits, a.h.reshape(B * T, C), _embeddings(cfg, self.p)[1],
+                            a.dh.reshape(B * T, C), wte_g, None, need_db=False, overwrite_dx=True)
+        dh = a.dh
+        if cfg.pre_ln:   # h = LN_dec(decoder output)
+            d = a.dec.grads.sub.dh
+            ops.fill(d, 0)
+            ops.layernorm_backward(dh, a.dec.layers[-1].subs["ffn"].res, self.p[DEC + "layer_norm.weight"],
+                                   a.dec_mean, a.dec_rstd, d, self.g[DEC + "layer_norm.weight"],
+                                   self.g[DEC + "layer_norm.bias"])
+            ops.copy(dh, d)
+        ops.fill(a.dmem, 0)
+        dy = self.decoder.backward(a.dec, dh)                 # adds d(mem) into a.dmem
+        self._embed_backward(a.tgt_emb, dy, a.tgt_in, "tgt", a.drop)
+        dout = a.enc.dout
+        if cfg.pre_ln:   # mem = LN_enc(encoder stack output)
+            ops.fill(dout, 0)
+            ops.layernorm_backward(a.dmem, a.enc.stack_out, self.p[ENC + "layer_norm.weight"], a.enc_mean,
+                                   a.enc_rstd, dout, self.g[ENC + "layer_norm.weight"], self.g[ENC + "layer_norm.bias"])
+        else:
+            ops.copy(dout, a.dmem)
+        dx, _ = self.encoder.backward(a.enc)
+        self._embed_backward(a.src_emb, dx, a.src, "src", a.drop)
+
+    def cross_attention(self) -> list[np.ndarray]:
+        """Each decoder layer's cross-attention probabilities (B, NH, T, S)
+        from the last forward."""
+        return self._acts.dec.cross_attention_maps()
+
+    # ------------------------------------------------------------ decoding
+
+    def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int) -> DecodeCache:
+        """Encodes the sources once; the cache holds what step() needs for
+        up to max_len decoder positions."""
+        cfg = self.cfg
+        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
+        B, S = src.shape
+        a = self._buffers(B, S, 1, False)
+        mem = self.encode(a, src, src_mask, 0.0, 0)
+        if max_len > cfg.max_tgt_len + 1:
+            raise ShapeError(f"{max_len} decoder positions: the model has {cfg.max_tgt_len + 1}")
+        return DecodeCache(self.decoder, mem, src_mask, max_len)
+
+    def step(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
+        """Log-probabilities (B, V) of the next token after tokens (B,) at
+        position pos; appends to the cache."""
+        cfg, C = self.cfg, self.cfg.n_embd
+        B = len(tokens)
+        S = cache.kv[0].shape[1]
+        sa = self._step_acts
+        if sa is None or (sa.B, sa.S) != (B, S):
+            sa = self._step_acts = SimpleNamespace(B=B, S=S, emb=_EmbActs(B, 1, C, 0.0),
+                                                   dec=self.decoder.acts(B, 1, S, False),
+                                                   ln=_e(B, 1, C), mean=_e(B, 1), rstd=_e(B, 1), logits=_e(B, cfg.tgt_vocab_size))
+        ids = np.ascontiguousarray(np.asarray(tokens, np.int32).reshape(B, 1))
+        table = _embeddings(cfg, self.p)[1]
+        pe = self._positions(self.p, "tgt", pos + 1)[pos:pos + 1]
+        x = ops.embedding_forward(ids, table, np.ascontiguousarray(pe), sa.emb.x, scale=self.scale)
+        h = self.decoder.step(sa.dec, x, cache, pos)
+        if cfg.pre_ln:
+            h = ops.layernorm_forward(h, self.p[DEC + "layer_norm.weight"], self.p[DEC + "layer_norm.bias"],
+                                      cfg.layer_norm_eps, sa.ln, sa.mean, sa.rstd)[0]
+        logits = ops.matmul_forward(h.reshape(B, C), table, None, sa.logits)
+        return log_softmax(logits)
+
+    def step_cross_attention(self) -> list[np.ndarray]:
+        """Each decoder layer's cross-attention (B, NH, 1, S) of the last step."""
+        return self._step_acts.dec.cross_attention_maps()
+
+    def logprobs(self, src, src_mask, tgt_in) -> np.ndarray:
+        """Uncached: log-probabilities (B, T, V) of every next token of the
+        teacher-forced decoder (the reference decoding is tested against)."""
+        B, T = np.shape(tgt_in)
+        return log_softmax(self.forward(src, src_mask, tgt_in)).reshape(B, T, -1)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (decoding scores sum many of them)."""
+    z = z.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def memory_bytes(cfg: Seq2SeqConfig, B: int, S: int, T: int, train: bool) -> int:
+    """About how many bytes training (or running) cfg at batches of B
+    sources of S tokens and targets of T takes: parameters (and gradients
+    and moments), each layer's saved activations, the logits."""
+    C, NH = cfg.n_embd, cfg.n_head
+    n = Layout(seq2seq_slots(cfg)).size
+    enc = cfg.enc_layers * (B * S * 16 * C + B * NH * S * S)
+    dec = cfg.dec_layers * (B * T * 22 * C + B * NH * T * (T + S) + B * S * 2 * C)
+    floats = n * (4 if train else 1) + enc + dec + 2 * B * T * cfg.tgt_vocab_size
+    return 4 * floats

@@ -1,0 +1,375 @@
+"""Encoder-decoder training on pairs of sequences (TSV or JSON Lines; by
+default English grapheme-to-phoneme conversion on the CMU Pronouncing
+Dictionary), evaluation and translation. The loop runs on the run scaffold
+(mingpt_c.run.scaffold), which owns the run directory, logging, signals,
+the non-finite policy, checkpoints, --resume and MPI.
+
+Run directory (--out), as every family's:
+    run_config.json   every resolved option
+    latest/ best/     seq2seq checkpoints (seq2seq/checkpoint.py); best/ has
+                      the lowest validation loss (no validation: the last)
+    log.jsonl         train records every log interval, one eval per epoch
+                      (validation loss, and the error rates or BLEU of
+                      greedy decoding on --eval-limit validation sources)
+    loss.png
+
+Batches: pairs sorted by (source, target) length and cut into batches of
+batch_size rows per rank (seq2seq/data.py), so little compute goes to
+padding; the batch order is shuffled each epoch from (seed, epoch). A step
+takes grad_accum global batches; every rank takes its rows of each, and a
+micro-batch counts by its target tokens, so the step's gradient is the
+mean over the global batch's target tokens on any number of ranks.
+Schedules: linear warmup then cosine decay (nn/optim.py lr_at), or the
+paper's inverse square root (inverse_sqrt_lr). Adam's beta2 0.98 and eps
+1e-9 are the paper's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from mingpt_c.errors import CheckpointError, DataError, MinGPTError
+from mingpt_c.nn.optim import AdamW, OptimConfig, inverse_sqrt_lr, lr_at
+from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
+from mingpt_c.run.scaffold import Run
+from mingpt_c.seq2seq import checkpoint as ckpt
+from mingpt_c.seq2seq import data as sd
+from mingpt_c.seq2seq.decode import DecodeConfig, decode
+from mingpt_c.seq2seq.metrics import score
+from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig, memory_bytes
+from mingpt_c.seq2seq.vocab import Vocab
+
+G2P = "cmudict g2p"    # what --train names when none is given
+
+
+@dataclass
+class Seq2SeqTrainConfig(OptimConfig):
+    out: str = "seq2seq-out"        # run directory
+    train_file: str | None = None   # TSV (source<TAB>target) or JSON Lines; None: G2P on CMUdict
+    val_file: str | None = None     # the same format; the G2P default has its own validation words
+    init_from: str | None = None    # start from this seq2seq checkpoint (its weights and vocabularies)
+    src_vocab: str = "char"         # source tokens: char | symbols (whitespace-separated) | bpe
+    tgt_vocab: str | None = None    # target tokens: char | symbols | bpe; default symbols for G2P, else char
+    shared_vocab: bool = False      # one vocabulary for both sides, one tied embedding (three-way tying)
+    vocab_size: int = 8000          # a trained BPE's size
+    max_len: int = 256              # longest source or target in tokens; longer training pairs are left out
+    enc_layers: int = 3
+    dec_layers: int = 3
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.1
+    act: str = "relu"               # relu (the paper's) | gelu | gelu_tanh
+    pre_ln: bool = False            # pre-layernorm sublayers instead of the paper's post-LN
+    positions: str = "sinusoidal"   # sinusoidal (the paper's) | learned
+    label_smoothing: float = 0.1
+    batch_size: int = 64            # pairs per rank and micro-batch
+    grad_accum: int = 1
+    epochs: float = 20.0
+    max_iters: int | None = None    # overrides epochs when given
+    schedule: str = "cosine"        # cosine (warmup, cosine decay) | inverse-sqrt (the paper's)
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_iters: int = 1000
+    weight_decay: float = 0.01
+    beta2: float = 0.98
+    adam_eps: float = 1e-9
+    limit: int | None = None        # use the first N training pairs
+    eval_limit: int | None = 500    # greedy-decode the first N validation sources each epoch (None: all)
+    log_interval: int = 50
+    seed: int = 1337
+    threads: int | None = None
+    max_nan_steps: int = 5
+    progress: bool = True
+    dist_timeout: float = 300.0
+    device: str = "cpu"
+    dtype: str | None = None
+
+# ------------------------------------------------------------------ data
+
+
+def load_pairs(tc: Seq2SeqTrainConfig) -> tuple[list, list | None, str]:
+    """(training pairs, validation sources with their references or None,
+    what the data is)."""
+    if tc.train_file:
+        train = sd.read_pairs(tc.train_file)
+        val = sd.group_references(sd.read_pairs(tc.val_file)) if tc.val_file else None
+        what = tc.train_file
+    else:
+        split = sd.g2p_split()
+        train = sd.g2p_pairs(split["train"])
+        val = sd.group_references(sd.read_pairs(tc.val_file)) if tc.val_file else split["val"]
+        what = "CMUdict grapheme-to-phoneme (the cmudict package)"
+    if tc.limit:
+        train = train[:tc.limit]
+    return train, val, what
+
+
+def target_kind(tc: Seq2SeqTrainConfig) -> str:
+    return tc.tgt_vocab or ("char" if tc.train_file else "symbols")
+
+
+def build_vocabs(tc: Seq2SeqTrainConfig, pairs: list) -> dict:
+    srcs, tgts = [p[0] for p in pairs], [p[1] for p in pairs]
+    tgt_kind = target_kind(tc)
+    if tc.shared_vocab:
+        if tc.src_vocab != tgt_kind:
+            raise MinGPTError(f"--shared-vocab needs one kind of tokens on both sides, not --src-vocab "
+                              f"{tc.src_vocab} and --tgt-vocab {tgt_kind}")
+        v = Vocab.build(srcs + tgts, tc.src_vocab, tc.vocab_size)
+        return {"src": v, "tgt": v}
+    return {"src": Vocab.build(srcs, tc.src_vocab, tc.vocab_size),
+            "tgt": Vocab.build(tgts, tgt_kind, tc.vocab_size)}
+
+
+def encode_pairs(vocabs: dict, pairs: list, max_src: int, max_tgt: int) -> tuple[list, list, int]:
+    """(source ids, target ids, pairs left out for length): targets get
+    </s> appended later (max_tgt counts it)."""
+    src, tgt, cut = [], [], 0
+    for s, t in pairs:
+        a, b = vocabs["src"].encode(s), vocabs["tgt"].encode(t)
+        if len(a) > max_src or len(b) + 1 > max_tgt or not a:
+            cut += 1
+            continue
+        src.append(a)
+        tgt.append(b)
+    return src, tgt, cut
+
+
+def make_batch(src: list, tgt: list) -> tuple[np.ndarray, ...]:
+    """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>), padded."""
+    s, m = sd.pad(src, PAD)
+    tin, _ = sd.pad(tgt, PAD, bos=BOS)
+    tout, _ = sd.pad(tgt, PAD, eos=EOS)
+    return s, m, tin, tout
+
+
+def mean_loss(model: Seq2Seq, src: list, tgt: list, batch_size: int = 128) -> float:
+    """Teacher-forced mean cross-entropy per target token (no smoothing)."""
+    order = np.argsort([len(s) for s in src], kind="stable")
+    total = count = 0.0
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        s, m, tin, tout = make_batch([src[j] for j in idx], [tgt[j] for j in idx])
+        n = int((tout != PAD).sum())
+        total += model.loss(s, m, tin, tout) * n
+        count += n
+    return total / max(count, 1)
+
+
+def evaluate_outputs(vocabs: dict, hyps: list[list[int]], refs: list[list[str]]) -> dict:
+    tv = vocabs["tgt"]
+    return score([tv.decode(h) for h in hyps], refs, tokens_of=tv.tokens_of, symbols=tv.kind != "bpe")
+
+# ------------------------------------------------------------------ the loop
+
+
+def _model(tc: Seq2SeqTrainConfig, vocabs: dict, max_src: int, max_tgt: int, say):
+    if tc.init_from:
+        init = ckpt.load(tc.init_from)
+        cfg = init["cfg"]
+        cfg.dropout = tc.dropout
+        say(f"init: weights and vocabularies from {init['path']}")
+        return Seq2Seq(cfg, init["params"]), init["vocabs"]
+    cfg = Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
+                        shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
+                        enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd,
+                        dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions)
+    return Seq2Seq(cfg, seed=tc.seed), vocabs
+
+
+def _check_memory(tc: Seq2SeqTrainConfig, run: Run, cfg: Seq2SeqConfig) -> None:
+    run.device.check_fits(memory_bytes(cfg, tc.batch_size, cfg.max_src_len, cfg.max_tgt_len, True),
+                          f"training this model ({cfg.enc_layers}+{cfg.dec_layers} layers, width {cfg.n_embd}) "
+                          f"at batch {tc.batch_size}")
+
+
+def _resumed(run: Run):
+    path = run.dir / "latest"
+    try:
+        loaded = ckpt.load(path, with_optimizer=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    return Seq2Seq(loaded["cfg"], loaded["params"]), loaded["vocabs"], loaded["optimizer"]
+
+
+def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
+    if tc.schedule == "inverse-sqrt":
+        return inverse_sqrt_lr(it, tc.lr, tc.warmup_iters)
+    return lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, total)
+
+
+def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
+    if tc.device != "cpu":
+        raise MinGPTError("seq2seq trains on the CPU in this version (run without --device cuda)")
+    if tc.schedule not in ("cosine", "inverse-sqrt"):
+        raise MinGPTError(f"--schedule {tc.schedule}: use cosine or inverse-sqrt")
+    with Run(tc, resume, given, log) as run:
+        tc = run.cfg
+        pairs, val, what = load_pairs(tc)
+        moments = None
+        if resume:
+            model, vocabs, moments = _resumed(run)
+        elif tc.init_from:
+            model, vocabs = _model(tc, None, 0, 0, run.say)
+        else:
+            vocabs = build_vocabs(tc, pairs)
+            lens = [(len(vocabs["src"].encode(s)), len(vocabs["tgt"].encode(t)) + 1) for s, t in pairs]
+            max_src = min(tc.max_len, max(a for a, _ in lens))
+            max_tgt = min(tc.max_len, max(b for _, b in lens))
+            cfg0 = Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
+                                 shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
+                                 enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head,
+                                 n_embd=tc.n_embd, dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln,
+                                 positions=tc.positions)
+            _check_memory(tc, run, cfg0)
+            model, vocabs = _model(tc, vocabs, max_src, max_tgt, run.say)
+        cfg = model.cfg
+        cfg.extra = {"data": what}
+        src, tgt, cut = encode_pairs(vocabs, pairs, cfg.max_src_len, cfg.max_tgt_len)
+        if cut:
+            run.say(f"note: {cut:,} of {len(pairs):,} training pairs are empty or longer than the model's "
+                    f"{cfg.max_src_len} source / {cfg.max_tgt_len} target tokens and were left out")
+        if not src:
+            raise DataError(f"{what}: no training pair fits the model")
+        vsrc = vtgt = None
+        if val:
+            vpairs = [(s, r) for s, refs in val for r in refs]
+            vsrc, vtgt, _ = encode_pairs(vocabs, vpairs, cfg.max_src_len, cfg.max_tgt_len)
+        opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay,
+                    tc.grad_clip)
+        if moments is not None:
+            opt.load_moments(moments[0], moments[1])
+            opt.t = moments[2]
+        W = run.world.size
+        GB = tc.batch_size * W
+        nb = -(-len(src) // GB)
+        per_epoch = -(-nb // tc.grad_accum)
+        total = tc.max_iters if tc.max_iters is not None else max(1, int(round(tc.epochs * per_epoch)))
+        run.say(f"model: seq2seq, {cfg.enc_layers}+{cfg.dec_layers} layers, {cfg.n_head} heads, width "
+                f"{cfg.n_embd}, {'pre' if cfg.pre_ln else 'post'}-LN, {cfg.act}, vocab {cfg.src_vocab_size}/"
+                f"{cfg.tgt_vocab_size}{' (shared)' if cfg.shared_vocab else ''}: "
+                f"{model.num_params() / 1e6:.2f}M parameters")
+        run.say(f"data: {what}: {len(src):,} pairs, {total:,} iterations of {GB * tc.grad_accum} pairs"
+                + (f"; {len(val):,} validation sources" if val else ""))
+        st = run.resumed_state
+        pos = SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
+        result: dict = {}
+        run.begin(int(st.get("iter", 0)), total,
+                  save=lambda path, state: ckpt.save(path, cfg, model.params, vocabs, opt, state),
+                  state=lambda it: {"epoch": pos.epoch, "batch": pos.batch, "val_loss": result.get("val_loss")},
+                  best_key="best_val_loss", best_mode="min",
+                  command=f"mingpt seq2seq train --out {run.dir}"
+                          + (f" --train {tc.train_file}" if tc.train_file else ""))
+        src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
+        rows = slice(run.world.rank * tc.batch_size, (run.world.rank + 1) * tc.batch_size)
+
+        def evaluate(it: int, epoch: float) -> None:
+            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0}
+            if val:
+                rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
+                sub = val[:tc.eval_limit] if tc.eval_limit else val
+                hyps = decode(model, [vocabs["src"].encode(s)[:cfg.max_src_len] for s, _ in sub],
+                              DecodeConfig(batch_size=256))
+                m = evaluate_outputs(vocabs, hyps, [r for _, r in sub])
+                rec.update({f"val_{k}": v for k, v in m.items() if k != "n"})
+                shown = (f"WER {m['wer']:.2%}, PER {m['per']:.2%}" if "wer" in m
+                         else f"BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}")
+                run.say(f"epoch {epoch:g} (iter {it}): val loss {rec['val_loss']:.4f}, greedy {shown} "
+                        f"on {len(sub):,} sources")
+                run.save_best(it, rec["val_loss"])
+            run.record(rec)
+            run.save_latest(it)
+
+        it, order, order_epoch = run.start, None, -1
+        while it < total and not run.should_stop():
+            if order_epoch != pos.epoch:
+                order = sd.batches_by_rows(src_lens, tgt_lens, GB, stream_rng(tc.seed, STREAM_BATCHES, pos.epoch))
+                order_epoch = pos.epoch
+            micro = []
+            for b in range(pos.batch, min(pos.batch + tc.grad_accum, nb)):
+                idx = order[b]
+                mine = idx[rows]
+                n_all = int(tgt_lens[idx].sum() + len(idx))          # target tokens, </s> included
+                micro.append((mine, int(tgt_lens[mine].sum() + len(mine)), n_all))
+            n_step = sum(mb[2] for mb in micro)
+            lr = _lr(tc, it, total)
+            model.zero_grad()
+            loss = 0.0
+            for j, (mine, n, _) in enumerate(micro):
+                if len(mine):
+                    scale, w = run.weights(n, n_step)
+                    s, m, tin, tout = make_batch([src[i] for i in mine], [tgt[i] for i in mine])
+                    loss += w * model.loss(s, m, tin, tout, train=True, seed=dropout_seed(tc.seed, it, j, run.world.rank),
+                                           label_smoothing=tc.label_smoothing)
+                    model.backward(scale)
+            loss = run.all_reduce(model.grads, loss)
+            norm = run.step(opt, model.grads, loss, lr, it)
+            it, pos.batch = it + 1, pos.batch + len(micro)
+            run.tick(it, loss, lr, norm, n_step)
+            if pos.batch >= nb:
+                pos.epoch, pos.batch = pos.epoch + 1, 0
+            if pos.batch == 0 or it == total:
+                evaluate(it, pos.epoch + pos.batch / nb if pos.batch else pos.epoch)
+        if not val and not run.stopped:
+            run.save_best(it)
+        return run.finish(it, dict(result, best_val_loss=run.best if val else None))
+
+# ------------------------------------------------------------------ using a model
+
+
+def load_model(path) -> tuple[Seq2Seq, dict]:
+    loaded = ckpt.load(path)
+    return Seq2Seq(loaded["cfg"], loaded["params"]), loaded["vocabs"]
+
+
+def encode_sources(model: Seq2Seq, vocabs: dict, texts: list[str], say=None) -> list[list[int]]:
+    """Source ids; an unknown symbol is an error naming it, a source longer
+    than the model's maximum is cut (with a note)."""
+    out, cut = [], 0
+    limit = model.cfg.max_src_len
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise DataError(f"source {i + 1} is empty: nothing to translate")
+        unknown = vocabs["src"].unknown(t)
+        if unknown:
+            raise DataError(f"source {i + 1} ({t[:40]!r}) has symbols the model's vocabulary lacks: "
+                            + ", ".join(repr(u) for u in unknown[:10]))
+        ids = vocabs["src"].encode(t)
+        if len(ids) > limit:
+            ids, cut = ids[:limit], cut + 1
+        out.append(ids)
+    if cut and say:
+        say(f"note: {cut} source(s) longer than the model's {limit} tokens were cut to their first {limit}")
+    return out
+
+
+def translate(path, texts: list[str], dc: DecodeConfig, say=None) -> list[str]:
+    model, vocabs = load_model(path)
+    hyps = decode(model, encode_sources(model, vocabs, texts, say), dc)
+    return [vocabs["tgt"].decode(h) for h in hyps]
+
+
+def read_references(data: str) -> list:
+    """(source, [targets]) of a TSV / JSON Lines file, or of the G2P
+    default's held-out words: cmudict:test, cmudict:val."""
+    kind, _, split = str(data).partition(":")
+    if kind == "cmudict" and split:
+        if split not in ("test", "val", "train"):
+            raise DataError(f"{data}: the CMUdict splits are cmudict:train, cmudict:val and cmudict:test")
+        return sd.g2p_split()[split]
+    return sd.group_references(sd.read_pairs(data))
+
+
+def evaluate_file(path, data_file, dc: DecodeConfig, limit: int | None = None, say=None) -> dict:
+    """BLEU, chrF (and for symbol outputs WER, PER, exact match) of the
+    model's outputs for the sources of data_file against all their targets."""
+    model, vocabs = load_model(path)
+    refs = read_references(data_file)
+    if limit:
+        refs = refs[:limit]
+    hyps = decode(model, encode_sources(model, vocabs, [s for s, _ in refs], say), dc)
+    res = evaluate_outputs(vocabs, hyps, [r for _, r in refs])
+    return res

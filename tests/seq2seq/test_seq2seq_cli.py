@@ -1,0 +1,135 @@
+"""`mingpt seq2seq` through the CLI: a word-reversal task learned to BLEU
+>= 95 through translate -> detokenize -> sacrebleu; translate from
+arguments and stdin; checkpoints of this family and of others; the
+alignment map (a small G2P model puts each letter's phoneme over that
+letter); bad input as one line each."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import invoke, one_line_error
+
+WORDS = "red blue green black white pink gray gold cyan teal lime navy".split()
+
+
+def reversal_pairs(n: int, rng) -> list[tuple[str, str]]:
+    out = []
+    for _ in range(n):
+        w = list(rng.choice(WORDS, rng.integers(4, 9)))
+        out.append((" ".join(w), " ".join(reversed(w))))
+    return out
+
+
+def write_tsv(path, pairs):
+    path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    return path
+
+
+def ok(res):
+    assert res.exit_code == 0, res.stderr
+    return res
+
+
+@pytest.fixture(scope="module")
+def reverser(tmp_path_factory):
+    """A model trained to reverse sequences of words (symbols on both sides)."""
+    d = tmp_path_factory.mktemp("reverse")
+    rng = np.random.default_rng(0)
+    train = write_tsv(d / "train.tsv", reversal_pairs(3000, rng))
+    write_tsv(d / "test.tsv", reversal_pairs(100, rng))
+    ok(invoke("seq2seq", "train", "--train", train, "--out", d / "run", "--src-vocab", "symbols",
+              "--tgt-vocab", "symbols", "--shared-vocab", "--enc-layers", "2", "--dec-layers", "2",
+              "--n-embd", "64", "--n-head", "4", "--dropout", "0", "--label-smoothing", "0",
+              "--batch-size", "32", "--max-iters", "1000", "--lr", "1e-3", "--warmup-iters", "50",
+              "--threads", "2", "--no-progress"))
+    return d
+
+
+def test_reversal_reaches_bleu_95(reverser):
+    res = ok(invoke("seq2seq", "eval", reverser / "run", reverser / "test.tsv", "--json"))
+    r = json.loads(res.output)
+    assert r["n"] == 100
+    assert r["bleu"] >= 95, r
+    assert r["exact"] >= 0.9, r
+
+
+def test_translate_arguments_and_stdin(reverser):
+    res = ok(invoke("seq2seq", "translate", reverser / "run", "red blue green gold", "navy lime teal pink",
+                    "--beam", "4"))
+    assert res.stdout.splitlines() == ["gold green blue red", "pink teal lime navy"]
+    res = ok(invoke("seq2seq", "translate", reverser / "run", input="red blue green gold\nnavy lime teal pink\n"))
+    assert res.stdout.splitlines() == ["gold green blue red", "pink teal lime navy"]
+
+
+def test_unknown_symbol_is_one_line(reverser):
+    one_line_error(invoke("seq2seq", "translate", reverser / "run", "red purple blue"), "'purple'", "vocabulary")
+
+
+def test_long_source_is_cut_with_a_note(reverser):
+    res = ok(invoke("seq2seq", "translate", reverser / "run", " ".join(["red"] * 40)))
+    assert "cut to their first" in res.stderr
+
+
+def test_attention_map_png(reverser, tmp_path):
+    out = tmp_path / "map.png"
+    res = ok(invoke("seq2seq", "attention", reverser / "run", "red blue green gold", "--out", out))
+    assert res.stdout.strip() == "gold green blue red"
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_another_kind_of_checkpoint_is_one_line(tmp_path):
+    ok(invoke("train", "--max-iters", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+              "--block-size", "16", "--batch-size", "2", "--eval-iters", "1", "--out", tmp_path / "gpt",
+              "--no-progress", "--threads", "1"))
+    one_line_error(invoke("seq2seq", "translate", tmp_path / "gpt", "hello"), "GPT checkpoint", "mingpt sample")
+
+
+@pytest.mark.parametrize("content,needles", [
+    ("red blue\tblue red\nno tab here\n", ["line 2", "tab"]),
+    ("red blue\tblue red\n\tblue\n", ["line 2", "source"]),
+    ("red blue\t\n", ["line 1", "target"]),
+])
+def test_bad_training_file_names_the_line(tmp_path, content, needles):
+    f = tmp_path / "bad.tsv"
+    f.write_text(content)
+    one_line_error(invoke("seq2seq", "train", "--train", f, "--out", tmp_path / "run", "--no-progress"), *needles)
+    assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_g2p_alignment_follows_the_letters(tmp_path):
+    """A small model trained on short CMUdict words: for words whose
+    letters map one to one onto phonemes, each output phoneme's strongest
+    source position is its own letter (or a neighbour)."""
+    from mingpt_c.seq2seq.data import g2p_pairs, g2p_split
+
+    short = [(w, p) for w, p in g2p_pairs(g2p_split()["train"]) if len(w) <= 5 and "'" not in w]
+    train = write_tsv(tmp_path / "short.tsv", short[::2])
+    out = tmp_path / "g2p"
+    ok(invoke("seq2seq", "train", "--train", train, "--tgt-vocab", "symbols", "--out", out,
+              "--enc-layers", "1", "--dec-layers", "1",
+              "--n-embd", "64", "--n-head", "2", "--dropout", "0", "--batch-size", "64", "--max-iters", "700",
+              "--lr", "1e-3", "--warmup-iters", "50", "--eval-limit", "50", "--threads", "2", "--no-progress"))
+    from mingpt_c.seq2seq.attention import alignment
+    from mingpt_c.seq2seq.train import load_model
+
+    model, vocabs = load_model(out)
+    near = total = 0
+    for word in ("bat", "dog", "pet", "sit", "map", "fun", "cat", "ten", "hid", "rub"):
+        src = vocabs["src"].encode(word)
+        phones = vocabs["tgt"].encode(" ".join(word_phones[word]))
+        A = alignment(model, src, phones)[:len(phones)]       # the </s> row left out
+        for t, row in enumerate(A):
+            near += abs(int(row.argmax()) - t) <= 1
+            total += 1
+    assert near / total >= 0.8, (near, total)
+    res = ok(invoke("seq2seq", "attention", out, "dog", "--out", tmp_path / "dog.png"))
+    assert res.stdout.split()[0] == "D" and (tmp_path / "dog.png").stat().st_size > 1000
+
+
+word_phones = {"bat": "B AE T", "dog": "D AO G", "pet": "P EH T", "sit": "S IH T", "map": "M AE P",
+               "fun": "F AH N", "cat": "K AE T", "ten": "T EH N", "hid": "HH IH D", "rub": "R AH B"}
+word_phones = {k: v.split() for k, v in word_phones.items()}

@@ -1,0 +1,91 @@
+"""Decoding: beam search equals an exhaustive search when its beam holds
+every prefix (length penalty included, both normalisations); cached and
+uncached decoding give the same outputs; greedy is beam search of width 1
+without a length penalty."""
+import itertools
+
+import numpy as np
+import pytest
+
+from mingpt_c.seq2seq.decode import DecodeConfig, beam_search, decode, greedy, length_norm
+from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig
+
+SYMBOLS = [3, 4, 5, 6]        # what may be generated besides </s> (<unk> included)
+MAX_OUT = 4                   # tokens per output, </s> included
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = Seq2SeqConfig(src_vocab_size=9, tgt_vocab_size=7, max_src_len=8, max_tgt_len=8, enc_layers=2,
+                        dec_layers=2, n_head=2, n_embd=16, dropout=0.0)
+    m = Seq2Seq(cfg, seed=11)
+    m.p["model.decoder.embed_tokens.weight"][...] *= 4.0   # sharper next-token distributions
+    return m
+
+
+SOURCES = [[4, 5, 6], [7, 8, 4, 5, 6, 7], [8]]
+
+
+def exhaustive(model, src, alpha, norm):
+    """(best normalised score, tokens) over every output of at most MAX_OUT
+    tokens (</s> closing each; at the last position only </s>)."""
+    best = (-np.inf, None)
+    s = np.array([src], np.int32)
+    m = np.ones_like(s)
+    for L in range(1, MAX_OUT + 1):
+        for prefix in itertools.product(SYMBOLS, repeat=L - 1):
+            tin = np.array([[BOS, *prefix]], np.int32)
+            lp = model.logprobs(s, m, tin)[0]                     # (L, V)
+            ys = [*prefix, EOS]
+            score = sum(lp[t, y] for t, y in enumerate(ys))
+            score /= length_norm(L, alpha, norm)
+            if score > best[0]:
+                best = (score, list(prefix))
+    return best
+
+
+@pytest.mark.parametrize("alpha,norm", [(0.0, "gnmt"), (1.0, "gnmt"), (0.6, "hf")])
+def test_wide_beam_is_the_exhaustive_best(model, alpha, norm):
+    dc = DecodeConfig(beam=len(SYMBOLS) ** (MAX_OUT - 1), length_penalty=alpha, norm=norm, len_a=0.0,
+                      len_b=MAX_OUT)
+    got = beam_search(model, SOURCES, dc)
+    for src, hyps in zip(SOURCES, got):
+        score, tokens = exhaustive(model, src, alpha, norm)
+        assert hyps[0][1] == tokens
+        assert hyps[0][0] == pytest.approx(score, abs=1e-5)   # float32 logits, cached vs not
+
+
+def test_narrow_beam_never_beats_the_exhaustive_best(model):
+    dc = DecodeConfig(beam=2, length_penalty=1.0, len_a=0.0, len_b=MAX_OUT)
+    for src, hyps in zip(SOURCES, beam_search(model, SOURCES, dc)):
+        assert hyps[0][0] <= exhaustive(model, src, 1.0, "gnmt")[0] + 1e-5
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_cached_and_uncached_decoding_agree(model, beam):
+    dc = DecodeConfig(beam=beam, len_a=1.0, len_b=2, batch_size=2)   # two batches, several lengths
+    assert decode(model, SOURCES, dc, cached=True) == decode(model, SOURCES, dc, cached=False)
+
+
+def test_greedy_is_the_argmax_chain(model):
+    dc = DecodeConfig(len_a=0.0, len_b=MAX_OUT)
+    for src, out in zip(SOURCES, greedy(model, SOURCES, dc)):
+        s = np.array([src], np.int32)
+        tin = [BOS]
+        for _ in range(MAX_OUT):
+            lp = model.logprobs(s, np.ones_like(s), np.array([tin], np.int32))[0, -1]
+            lp[[PAD, BOS]] = -np.inf
+            if len(tin) == MAX_OUT:
+                break
+            tin.append(int(lp.argmax()))
+            if tin[-1] == EOS:
+                break
+        want = tin[1:]
+        assert out == (want[:want.index(EOS)] if EOS in want else want)
+
+
+def test_batched_decoding_equals_one_by_one(model):
+    dc = DecodeConfig(beam=3, len_a=1.0, len_b=3, batch_size=8)
+    together = decode(model, SOURCES, dc)
+    alone = [decode(model, [s], dc)[0] for s in SOURCES]
+    assert together == alone
