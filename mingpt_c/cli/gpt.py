@@ -170,6 +170,34 @@ def eval_cmd(ckpt, file, batch_size, max_batches, threads, device, dtype):
                f"({res['tokens']:,} tokens in {res['blocks']} blocks of {res['block_size']})")
 
 
+@click.command(name="attention")
+@click.argument("ckpt", type=click.Path())
+@click.option("--prompt", required=True, help="the text whose tokens attend to each other")
+@click.option("--out", required=True, type=options.ImageFile(), help="image to write (PNG, SVG, PDF...)")
+@click.option("--layer", type=options.POSITIVE_INT, default=None, help="layer, from 1 [default: the last]")
+@click.option("--head", type=options.POSITIVE_INT, default=None, help="one head, from 1 [default: their mean]")
+@options.threads()
+def attention(ckpt, prompt, out, layer, head, threads):
+    """Draw a GPT's self-attention over --prompt as a token x token heatmap."""
+    from mingpt_c.gpt import checkpoint
+    from mingpt_c.gpt.attention import self_attention
+    from mingpt_c.gpt.model import GPT
+    from mingpt_c.run.plot import heatmap
+
+    options.use_threads(threads)
+    loaded = checkpoint.load(ckpt)
+    tok = loaded["tokenizer"]
+    if tok is None:
+        raise click.ClickException(f"{loaded['path']} has no tokenizer.json: cannot turn text into tokens")
+    model = GPT(loaded["cfg"], loaded["params"])
+    ids = tok.encode(prompt)
+    A = self_attention(model, ids, None if layer is None else layer - 1, None if head is None else head - 1)
+    labels = [tok.decode([i]) for i in ids]
+    which = f"layer {layer or model.cfg.n_layer}" + (f", head {head}" if head else ", mean of the heads")
+    heatmap(A, labels, labels, out, title=f"self-attention, {which}", xlabel="attended token", ylabel="token")
+    click.echo(f"wrote {out} ({len(ids)} tokens)")
+
+
 # ------------------------------------------------------------------ info
 
 

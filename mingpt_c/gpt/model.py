@@ -141,6 +141,11 @@ class GPT(FlatModel):
         self._last = (tok_in, tgt_in, n_valid, seed) if train else None
         return loss
 
+    def attention_maps(self) -> list:
+        """Each layer's attention probabilities (B, NH, T, T) from the last
+        forward, on the model's device."""
+        return self._acts.attention_maps()
+
     # ------------------------------------------------------------ backward
 
     def backward(self, loss_scale: float = 1.0) -> None:

@@ -3,8 +3,8 @@ rule between two options, first thing in the command), as one line on
 stderr naming the option(s) and the allowed range, a non-zero exit, no
 traceback, and every existing file left byte-identical.
 
-One module fixture builds a tiny world once: a trained GPT, encoder and ViT
-run, their inputs, and an image; each case hashes all of it before and after.
+One module fixture builds a tiny world once: a trained GPT, encoder, ViT and
+encoder-decoder run, their inputs, and an image; each case hashes all of it before and after.
 """
 import hashlib
 import json
@@ -19,6 +19,8 @@ GPT_TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size",
             "--eval-interval", "5", "--eval-iters", "1", "--no-progress"]
 ENC_TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "300", "--batch-size", "4",
             "--warmup-iters", "2", "--max-len", "16", "--no-progress"]
+S2S_TINY = ["--enc-layers", "1", "--dec-layers", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "4",
+            "--warmup-iters", "1", "--eval-limit", "2", "--no-progress"]
 VIT_TINY = ["--patch-size", "7", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "32",
             "--train-limit", "64", "--eval-limit", "32", "--warmup-iters", "1", "--no-progress"]
 
@@ -30,7 +32,9 @@ def world(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("world")
     w = {"root": d, "new": d / "new-run", "corpus": d / "corpus.txt", "jsonl": d / "train.jsonl",
-         "gpt": d / "gpt", "enc": d / "enc", "vit": d / "vit", "image": d / "digit.png"}
+         "gpt": d / "gpt", "enc": d / "enc", "vit": d / "vit", "image": d / "digit.png",
+         "pairs": d / "pairs.tsv", "s2s": d / "s2s"}
+    w["pairs"].write_text("".join(f"{a}\t{a[::-1]}\n" for a in TEXT.split()[:10]))
     w["corpus"].write_text(TEXT)
     words = {"pos": "good great fine lovely", "neg": "bad awful poor dull"}
     w["jsonl"].write_text("".join(json.dumps({"text": f"this was {words[lab].split()[i % 4]}", "label": lab}) + "\n"
@@ -38,7 +42,9 @@ def world(tmp_path_factory):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(w["image"])
     for args in (["train", w["corpus"], "--out", w["gpt"], "--max-iters", "5", *GPT_TINY],
                  ["encoder", "train", "--train", w["jsonl"], "--out", w["enc"], "--max-iters", "2", *ENC_TINY],
-                 ["vit", "train", "--out", w["vit"], "--max-iters", "2", "--epochs", "1", *VIT_TINY]):
+                 ["vit", "train", "--out", w["vit"], "--max-iters", "2", "--epochs", "1", *VIT_TINY],
+                 ["seq2seq", "train", "--train", w["pairs"], "--val", w["pairs"], "--out", w["s2s"], "--max-iters", "2",
+                  *S2S_TINY]):
         res = invoke(*args)
         assert res.exit_code == 0, res.stderr
     return w
@@ -62,6 +68,11 @@ VIT_EVAL = ["vit", "eval", "{vit}"]
 VIT_PREDICT = ["vit", "predict", "{vit}", "{image}"]
 VIT_ATTENTION = ["vit", "attention", "{vit}", "{image}"]
 TOK_TRAIN = ["tokenize", "train", "{corpus}", "--out", "{root}/tok.json"]
+GPT_ATTENTION = ["attention", "{gpt}", "--prompt", "To be", "--out", "{root}/map.png"]
+S2S_TRAIN = ["seq2seq", "train", "--train", "{pairs}", "--out", "{new}"]
+S2S_TRANSLATE = ["seq2seq", "translate", "{s2s}", "ot"]
+S2S_EVAL = ["seq2seq", "eval", "{s2s}", "{pairs}"]
+S2S_ATTENTION = ["seq2seq", "attention", "{s2s}", "ot", "--out", "{root}/align.png"]
 
 POS_INT, NONNEG_INT = "[1, inf)", "[0, inf)"
 
@@ -174,6 +185,33 @@ CASES = [
                  id="vit attention --out map.xyz"),
     pytest.param([*VIT_ATTENTION, "--out", "{root}/map"], ["'--out'", "no extension", ".png"],
                  id="vit attention --out without extension"),
+    # ---- attention (GPT), seq2seq
+    bad(GPT_ATTENTION, "--layer", "0", POS_INT),
+    bad(GPT_ATTENTION, "--head", "-1", POS_INT),
+    pytest.param(["attention", "{gpt}", "--prompt", "To be", "--out", "{root}/map.xyz"], ["'--out'", ".xyz", ".png"],
+                 id="attention --out map.xyz"),
+    pytest.param([*GPT_ATTENTION, "--layer", "9"], ["layer 9", "1 layers"], id="attention --layer 9"),
+    bad(S2S_TRAIN, "--lr", "nan", "(0, inf)"),
+    bad(S2S_TRAIN, "--enc-layers", "0", POS_INT),
+    bad(S2S_TRAIN, "--dec-layers", "-2", POS_INT),
+    bad(S2S_TRAIN, "--label-smoothing", "1", "[0, 1)"),
+    bad(S2S_TRAIN, "--dropout", "-0.1", "[0, 1)"),
+    bad(S2S_TRAIN, "--vocab-size", "100", "[260, inf)"),
+    bad(S2S_TRAIN, "--adam-eps", "0", "(0, inf)"),
+    bad(S2S_TRAIN, "--beta2", "1", "[0, 1)"),
+    bad(S2S_TRAIN, "--epochs", "0", "(0, inf)"),
+    pytest.param([*S2S_TRAIN, "--min-lr", "0.1"], ["--min-lr 0.1", "--lr"], id="seq2seq train --min-lr above --lr"),
+    bad(S2S_TRANSLATE, "--beam", "0", POS_INT),
+    bad(S2S_TRANSLATE, "--length-penalty", "-1", "[0, inf)"),
+    bad(S2S_TRANSLATE, "--len-a", "nan", "[0, inf)"),
+    bad(S2S_EVAL, "--limit", "0", POS_INT),
+    bad(S2S_EVAL, "--batch-size", "0", POS_INT),
+    bad(S2S_ATTENTION, "--head", "0", POS_INT),
+    pytest.param([*S2S_ATTENTION, "--layer", "4"], ["layer 4", "1 layers"], id="seq2seq attention --layer 4"),
+    pytest.param(["seq2seq", "translate", "{s2s}", "ot?"], ["'?'", "vocabulary"], id="seq2seq translate unknown"),
+    pytest.param(["seq2seq", "eval", "{s2s}", "cmudict:dev"], ["cmudict:test"], id="seq2seq eval cmudict:dev"),
+    pytest.param(["seq2seq", "translate", "{gpt}", "ot"], ["GPT checkpoint", "mingpt sample"],
+                 id="seq2seq translate a GPT"),
     # ---- tokenize train, bench
     bad(TOK_TRAIN, "--vocab-size", "-1", POS_INT),
     bad(TOK_TRAIN, "--min-frequency", "-1", NONNEG_INT),
@@ -196,12 +234,13 @@ def test_bad_value_is_one_line_and_touches_nothing(world, args, needles):
 def test_enough_cases():
     def command(args):
         words = [a for a in args[:2] if a[0] not in "{-"]
-        return " ".join(words[:len(words) if words[0] in ("encoder", "vit", "tokenize") else 1])
+        return " ".join(words[:len(words) if words[0] in ("encoder", "vit", "tokenize", "seq2seq") else 1])
 
     commands = {command(p.values[0]) for p in CASES}
     assert len(CASES) >= 60
     assert {"train", "sample", "eval", "encoder pretrain", "encoder train", "encoder eval", "encoder predict",
-            "vit train", "vit eval", "vit predict", "vit attention", "tokenize train", "bench"} <= commands
+            "vit train", "vit eval", "vit predict", "vit attention", "tokenize train", "bench", "attention",
+            "seq2seq train", "seq2seq translate", "seq2seq eval", "seq2seq attention"} <= commands
 
 
 def test_range_ends_still_accepted(world, tmp_path):
