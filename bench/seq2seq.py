@@ -176,7 +176,7 @@ def main() -> None:
     model = Seq2Seq(cfg, seed=tc.seed)
     tm = from_ours(model, dtype=torch.float32)                 # before any step: the same initial weights
     tm.train()
-    src, tgt, _ = encode_pairs(vocabs, pairs, max_src, max_tgt)
+    src, tgt, _ = encode_pairs(vocabs, pairs, cfg)
     src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
     B = tc.batch_size
     nb = -(-len(src) // B)
@@ -215,7 +215,7 @@ def main() -> None:
         if pos == 0:
             order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
         idx = order[pos]
-        s, m, tin, tout = make_batch([src[i] for i in idx], [tgt[i] for i in idx])
+        s, m, tin, tout = make_batch([src[i] for i in idx], [tgt[i] for i in idx], cfg)
         tsrc, tmask, ttin, ttout = (torch.from_numpy(x).long() for x in (s, m, tin, tout))
         lr = lr_of(it)
 

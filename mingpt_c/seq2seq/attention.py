@@ -15,7 +15,7 @@ import numpy as np
 from mingpt_c.errors import ShapeError
 from mingpt_c.run.plot import heatmap
 from mingpt_c.seq2seq.decode import DecodeConfig, decode
-from mingpt_c.seq2seq.model import BOS, Seq2Seq
+from mingpt_c.seq2seq.model import Seq2Seq
 
 
 def alignment(model: Seq2Seq, src_ids: list[int], out_ids: list[int], layer: int | None = None,
@@ -30,7 +30,7 @@ def alignment(model: Seq2Seq, src_ids: list[int], out_ids: list[int], layer: int
     if head is not None and not 0 <= head < cfg.n_head:
         raise ShapeError(f"head {head + 1} does not exist: each layer has {cfg.n_head} heads")
     src = np.array([src_ids], np.int32)
-    tin = np.array([[BOS] + list(out_ids)], np.int32)
+    tin = np.array([[cfg.bos_id] + list(out_ids)], np.int32)
     model.forward(src, np.ones_like(src), tin)
     att = model.cross_attention()[L - 1 if layer is None else layer][0]          # (NH, T, S)
     return (att.mean(0) if head is None else att[head]).astype(np.float64)

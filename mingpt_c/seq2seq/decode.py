@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mingpt_c.errors import ShapeError
-from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq
+from mingpt_c.seq2seq.model import Seq2Seq
 
 
 @dataclass
@@ -59,9 +59,9 @@ def max_lengths(model: Seq2Seq, src_lens: np.ndarray, dc: DecodeConfig) -> np.nd
     return np.clip((dc.len_a * np.asarray(src_lens) + dc.len_b).astype(np.int64), 1, cap)
 
 
-def _pad(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _pad(seqs: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
     S = max(1, max(len(s) for s in seqs))
-    ids = np.full((len(seqs), S), PAD, np.int32)
+    ids = np.full((len(seqs), S), pad, np.int32)
     mask = np.zeros((len(seqs), S), np.int32)
     for i, s in enumerate(seqs):
         ids[i, :len(s)], mask[i, :len(s)] = s, 1
@@ -84,7 +84,8 @@ class _Scorer:
             lp = self.model.step(self.cache, tokens[:, -1], t)
         else:
             lp = self.model.logprobs(self.src, self.mask, tokens)[:, -1]
-        lp[:, PAD] = lp[:, BOS] = -np.inf
+        cfg = self.model.cfg
+        lp[:, cfg.pad_id] = lp[:, cfg.bos_id] = -np.inf
         return lp
 
     def reorder(self, rows: np.ndarray) -> None:
@@ -93,28 +94,40 @@ class _Scorer:
             self.cache.reorder(rows)
 
 
+def _only_eos(lp: np.ndarray, rows: np.ndarray, eos: int) -> None:
+    """At a hypothesis' last position only </s> may follow."""
+    keep = lp[rows, eos]
+    lp[rows] = -np.inf
+    lp[rows, eos] = keep
+
+
+def _source_pad(model: Seq2Seq) -> int:
+    cfg = model.cfg
+    return cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0
+
+
 def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
     """The most likely next token each step, until </s> or max_len."""
+    cfg = model.cfg
     out: list[list[int]] = []
     for i in range(0, len(srcs), dc.batch_size):
         batch = srcs[i:i + dc.batch_size]
-        src, mask = _pad(batch)
+        src, mask = _pad(batch, _source_pad(model))
         limit = max_lengths(model, [len(s) for s in batch], dc)
         sc = _Scorer(model, src, mask, int(limit.max()) + 1, cached)
-        tokens = np.full((len(batch), 1), BOS, np.int32)
+        tokens = np.full((len(batch), 1), cfg.bos_id, np.int32)
         done = np.zeros(len(batch), bool)
         for t in range(int(limit.max())):
             lp = sc.next(tokens)
-            lp[t == limit - 1, :EOS] = -np.inf          # the last position: </s> only
-            lp[t == limit - 1, EOS + 1:] = -np.inf
-            nxt = np.where(done, PAD, lp.argmax(1)).astype(np.int32)
+            _only_eos(lp, t == limit - 1, cfg.eos_id)
+            nxt = np.where(done, cfg.pad_id, lp.argmax(1)).astype(np.int32)
             tokens = np.concatenate([tokens, nxt[:, None]], 1)
-            done |= nxt == EOS
+            done |= nxt == cfg.eos_id
             if done.all():
                 break
         for row in tokens[:, 1:]:
             row = list(row)
-            out.append(row[:row.index(EOS)] if EOS in row else row)
+            out.append(row[:row.index(cfg.eos_id)] if cfg.eos_id in row else row)
     return out
 
 
@@ -129,12 +142,13 @@ def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached:
 
 
 def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
+    cfg = model.cfg
     N, K = len(batch), dc.beam
-    src, mask = _pad(batch)
+    src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
     rows = np.repeat(np.arange(N), K)                                     # row n*K + k: source n, beam k
     sc = _Scorer(model, src[rows], mask[rows], int(limit.max()) + 1, cached)
-    tokens = np.full((N * K, 1), BOS, np.int32)
+    tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
     scores = np.full((N, K), -np.inf)
     scores[:, 0] = 0.0                                                     # one open hypothesis to start
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
@@ -143,13 +157,11 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     for t in range(int(limit.max())):
         lp = sc.next(tokens)                                               # (N*K, V)
         V = lp.shape[1]
-        last = np.repeat(t == limit - 1, K)
-        lp[last, :EOS] = -np.inf
-        lp[last, EOS + 1:] = -np.inf
+        _only_eos(lp, np.repeat(t == limit - 1, K), cfg.eos_id)
         cand = (scores.reshape(-1, 1) + lp).reshape(N, K * V)
         order = np.argsort(-cand, axis=1, kind="stable")[:, :2 * K]
         keep_rows = np.arange(N * K)                                       # done sources keep their rows
-        new_tok = np.full(N * K, PAD, np.int32)
+        new_tok = np.full(N * K, cfg.pad_id, np.int32)
         new_scores = np.full((N, K), -np.inf)
         for n in range(N):
             if done[n]:
@@ -160,7 +172,7 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
                 if not np.isfinite(s):
                     break
                 beam, tok = divmod(int(j), V)
-                if tok == EOS:
+                if tok == cfg.eos_id:
                     hyp = [int(x) for x in tokens[n * K + beam, 1:]]
                     finished[n].append((float(s / length_norm(t + 1, dc.length_penalty, dc.norm)), hyp))
                 elif k < K:

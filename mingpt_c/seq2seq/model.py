@@ -1,14 +1,14 @@
 """The encoder-decoder Transformer ("Attention is all you need", 2017) on
 the C core.
 
-    src (B, S), tgt_in = [<s>] + target (B, T), tgt_out = target + [</s>]
+    src (B, S) [+ </s> with src_eos], tgt_in = [<s>] + target (B, T), tgt_out = target + [</s>]
     e = drop(sqrt(C) * E_src[src] + P[:S])             sinusoidal (or learned) positions
     mem = Encoder(e, src_mask)                          nn/stack.py: bidirectional blocks
           [+ LN_enc with pre-LN]
     d = drop(sqrt(C) * E_tgt[tgt_in] + P[:T])
     h = Decoder(d, mem, src_mask)                       nn/decoder.py: self, cross, FFN sublayers
           [+ LN_dec with pre-LN]
-    logits = h @ E_tgt^T                                 (B, T, V), tied to the target embedding
+    logits = h @ E_tgt^T [+ b]                           (B, T, V), tied to the target embedding
     loss = mean over target tokens (tgt_out != pad) of the label-smoothed
            cross-entropy (nn/loss.py)
 
@@ -16,7 +16,12 @@ Vocabularies: one shared (`shared_vocab`, the paper's three-way tying: the
 source embedding, the target embedding and the output projection are one
 matrix), or a source and a target one (the decoder's input and output tied).
 Post-layernorm blocks (the paper's) by default, pre-LN as an option; ReLU
-(the paper's) or GELU in the feed-forward.
+(the paper's), GELU or SiLU in the feed-forward. The special ids (padding,
+the decoder's start, the end) come from the config: ours are 0, 1, 2
+(seq2seq/vocab.py); an imported MarianMT model starts its decoder from its
+pad id, ends its sources with </s>, adds a final logits bias and lays its
+sinusoids out in halves (positions "sinusoidal_half": sin over the first
+C/2 channels, cos over the rest) rather than interleaved.
 
 Parameters live in one flat buffer (nn/params.py) under Hugging Face
 MarianMTModel names, except that the self-attention's q, k, v are packed
@@ -45,7 +50,8 @@ from mingpt_c.nn.seeds import mix_seed
 from mingpt_c.nn.stack import Stack, StackActs
 
 F32 = np.float32
-PAD, BOS, EOS = 0, 1, 2       # the special ids of every seq2seq vocabulary (seq2seq/vocab.py)
+PAD, BOS, EOS = 0, 1, 2       # the special ids of the vocabularies trained here (seq2seq/vocab.py)
+POSITIONS = ("sinusoidal", "sinusoidal_half", "learned")
 
 ENC = "model.encoder."
 DEC = "model.decoder."
@@ -74,10 +80,15 @@ class Seq2SeqConfig(ConfigBase):
     n_embd: int = 256              # d_model (the feed-forward is 4 * n_embd wide)
     dropout: float = 0.1           # embeddings and every residual branch
     layer_norm_eps: float = 1e-5
-    act: str = "relu"              # feed-forward activation: relu (the paper's), gelu, gelu_tanh
+    act: str = "relu"              # feed-forward activation: relu (the paper's), gelu, gelu_tanh, silu
     pre_ln: bool = False           # False: the paper's post-layernorm sublayers
-    positions: str = "sinusoidal"  # sinusoidal (the paper's) | learned
+    positions: str = "sinusoidal"  # sinusoidal (the paper's, interleaved) | sinusoidal_half (Marian's) | learned
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(n_embd)
+    logits_bias: bool = False      # a bias on the output logits (Marian's final_logits_bias)
+    pad_id: int = PAD              # padding: ignored by the loss, never generated
+    bos_id: int = BOS              # the decoder's first input (Marian: its pad id)
+    eos_id: int = EOS              # ends every target (and every source with src_eos)
+    src_eos: bool = False          # sources end with eos_id (Marian)
     extra: dict = field(default_factory=dict)   # vocabularies, data description: kept verbatim
 
     def __post_init__(self):
@@ -86,12 +97,15 @@ class Seq2SeqConfig(ConfigBase):
     def validate(self) -> None:
         self.check_sizes(("src_vocab_size", "tgt_vocab_size", "max_src_len", "max_tgt_len", "enc_layers",
                           "dec_layers", "n_head", "n_embd"))
-        if self.act not in ("relu", "gelu", "gelu_tanh"):
-            raise ShapeError(f"act={self.act!r}: use relu, gelu or gelu_tanh")
-        if self.positions not in ("sinusoidal", "learned"):
-            raise ShapeError(f"positions={self.positions!r}: use sinusoidal or learned")
-        if self.positions == "sinusoidal" and self.n_embd % 2:
+        if self.act not in ("relu", "gelu", "gelu_tanh", "silu"):
+            raise ShapeError(f"act={self.act!r}: use relu, gelu, gelu_tanh or silu")
+        if self.positions not in POSITIONS:
+            raise ShapeError(f"positions={self.positions!r}: use {', '.join(POSITIONS)}")
+        if self.positions != "learned" and self.n_embd % 2:
             raise ShapeError(f"n-embd={self.n_embd}: sinusoidal positions need an even width")
+        for name in ("pad_id", "bos_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.tgt_vocab_size:
+                raise ShapeError(f"{name}={getattr(self, name)} is outside the target vocabulary")
         if self.shared_vocab and self.src_vocab_size != self.tgt_vocab_size:
             raise ShapeError("a shared vocabulary has one size: src_vocab_size must equal tgt_vocab_size")
 
@@ -131,6 +145,8 @@ def seq2seq_slots(cfg: Seq2SeqConfig) -> list[tuple[str, tuple, str]]:
               + linear(p + "fc1", 4 * C, C) + linear(p + "fc2", C, 4 * C) + norm(p + "final_layer_norm"))
     if cfg.pre_ln:
         s += norm(ENC + "layer_norm") + norm(DEC + "layer_norm")
+    if cfg.logits_bias:
+        s.append(("final_logits_bias", (cfg.tgt_vocab_size,), "bias"))
     return s
 
 
@@ -169,7 +185,8 @@ class Seq2Seq(FlatModel):
         self.decoder = DecoderStack(cfg.dec_layers, C, cfg.n_head, cfg.layer_norm_eps, cfg.dropout, self.p, self.g,
                                     self._dec_views, cfg.act, cfg.pre_ln)
         maxT = max(cfg.max_src_len, cfg.max_tgt_len + 1)
-        self.pe = ops.sinusoid_table(maxT, C) if cfg.positions == "sinusoidal" else None
+        self.pe = (None if cfg.positions == "learned" else
+                   ops.sinusoid_table(maxT, C, interleaved=cfg.positions == "sinusoidal"))
         self._acts = None
         self._step_acts = None
         self._last = None
@@ -185,6 +202,9 @@ class Seq2Seq(FlatModel):
 
     def num_params(self) -> int:
         return self.layout.size
+
+    def _bias(self, views: dict):
+        return views["final_logits_bias"] if self.cfg.logits_bias else None
 
     # ------------------------------------------------------------ pieces
 
@@ -264,7 +284,7 @@ class Seq2Seq(FlatModel):
                                       cfg.layer_norm_eps, a.dec_ln, a.dec_mean, a.dec_rstd)[0]
         a.h = h
         B, T, C = h.shape
-        return ops.matmul_forward(h.reshape(B * T, C), _embeddings(cfg, self.p)[1], None, a.logits)
+        return ops.matmul_forward(h.reshape(B * T, C), _embeddings(cfg, self.p)[1], self._bias(self.p), a.logits)
 
     def forward(self, src, src_mask, tgt_in, train: bool = False, seed: int = 0, with_grads: bool = False):
         """Logits (B*T, V) of the teacher-forced decoder (a buffer, valid
@@ -293,7 +313,7 @@ class Seq2Seq(FlatModel):
         tgt_out = np.ascontiguousarray(tgt_out, np.int32)
         if tgt_out.shape != tgt_in.shape:
             raise ShapeError(f"tgt_out {tgt_out.shape} must have tgt_in's shape {np.shape(tgt_in)}")
-        targets = np.where(tgt_out == PAD, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
+        targets = np.where(tgt_out == self.cfg.pad_id, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
         loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits)
         self._last = (targets, label_smoothing)
         return loss
@@ -308,9 +328,10 @@ class Seq2Seq(FlatModel):
         B, T, C = a.B, a.T, cfg.n_embd
         dlogits = smoothed_crossentropy_backward(a.logits, targets, eps, loss_scale)       # (B*T, V), in place
         _, wte_g = _embeddings(cfg, self.g)
-        # logits = h @ E_tgt^T
+        # logits = h @ E_tgt^T [+ b]
         ops.matmul_backward(dlogits, a.h.reshape(B * T, C), _embeddings(cfg, self.p)[1],
-                            a.dh.reshape(B * T, C), wte_g, None, need_db=False, overwrite_dx=True)
+                            a.dh.reshape(B * T, C), wte_g, self._bias(self.g), need_db=cfg.logits_bias,
+                            overwrite_dx=True)
         dh = a.dh
         if cfg.pre_ln:   # h = LN_dec(decoder output)
             d = a.dec.grads.sub.dh
@@ -370,7 +391,7 @@ class Seq2Seq(FlatModel):
         if cfg.pre_ln:
             h = ops.layernorm_forward(h, self.p[DEC + "layer_norm.weight"], self.p[DEC + "layer_norm.bias"],
                                       cfg.layer_norm_eps, sa.ln, sa.mean, sa.rstd)[0]
-        logits = ops.matmul_forward(h.reshape(B, C), table, None, sa.logits)
+        logits = ops.matmul_forward(h.reshape(B, C), table, self._bias(self.p), sa.logits)
         return log_softmax(logits)
 
     def step_cross_attention(self) -> list[np.ndarray]:

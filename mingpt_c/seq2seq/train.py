@@ -39,7 +39,7 @@ from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd
 from mingpt_c.seq2seq.decode import DecodeConfig, decode
 from mingpt_c.seq2seq.metrics import score
-from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig, memory_bytes
+from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig, memory_bytes
 from mingpt_c.seq2seq.vocab import Vocab
 
 G2P = "cmudict g2p"    # what --train names when none is given
@@ -124,12 +124,19 @@ def build_vocabs(tc: Seq2SeqTrainConfig, pairs: list) -> dict:
             "tgt": Vocab.build(tgts, tgt_kind, tc.vocab_size)}
 
 
-def encode_pairs(vocabs: dict, pairs: list, max_src: int, max_tgt: int) -> tuple[list, list, int]:
+def source_ids(vocab, text: str, cfg: Seq2SeqConfig) -> list[int]:
+    """A source's ids, ending with </s> for a model trained that way (Marian)."""
+    ids = vocab.encode(text)
+    return ids + [cfg.eos_id] if cfg.src_eos else ids
+
+
+def encode_pairs(vocabs: dict, pairs: list, cfg: Seq2SeqConfig) -> tuple[list, list, int]:
     """(source ids, target ids, pairs left out for length): targets get
-    </s> appended later (max_tgt counts it)."""
+    </s> appended later (max_tgt_len counts it)."""
     src, tgt, cut = [], [], 0
+    max_src, max_tgt = cfg.max_src_len, cfg.max_tgt_len
     for s, t in pairs:
-        a, b = vocabs["src"].encode(s), vocabs["tgt"].encode(t)
+        a, b = source_ids(vocabs["src"], s, cfg), vocabs["tgt"].encode(t)
         if len(a) > max_src or len(b) + 1 > max_tgt or not a:
             cut += 1
             continue
@@ -138,11 +145,11 @@ def encode_pairs(vocabs: dict, pairs: list, max_src: int, max_tgt: int) -> tuple
     return src, tgt, cut
 
 
-def make_batch(src: list, tgt: list) -> tuple[np.ndarray, ...]:
+def make_batch(src: list, tgt: list, cfg: Seq2SeqConfig) -> tuple[np.ndarray, ...]:
     """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>), padded."""
-    s, m = sd.pad(src, PAD)
-    tin, _ = sd.pad(tgt, PAD, bos=BOS)
-    tout, _ = sd.pad(tgt, PAD, eos=EOS)
+    s, m = sd.pad(src, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0)
+    tin, _ = sd.pad(tgt, cfg.pad_id, bos=cfg.bos_id)
+    tout, _ = sd.pad(tgt, cfg.pad_id, eos=cfg.eos_id)
     return s, m, tin, tout
 
 
@@ -152,8 +159,8 @@ def mean_loss(model: Seq2Seq, src: list, tgt: list, batch_size: int = 128) -> fl
     total = count = 0.0
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        s, m, tin, tout = make_batch([src[j] for j in idx], [tgt[j] for j in idx])
-        n = int((tout != PAD).sum())
+        s, m, tin, tout = make_batch([src[j] for j in idx], [tgt[j] for j in idx], model.cfg)
+        n = int((tout != model.cfg.pad_id).sum())
         total += model.loss(s, m, tin, tout) * n
         count += n
     return total / max(count, 1)
@@ -228,7 +235,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             model, vocabs = _model(tc, vocabs, max_src, max_tgt, run.say)
         cfg = model.cfg
         cfg.extra = {"data": what}
-        src, tgt, cut = encode_pairs(vocabs, pairs, cfg.max_src_len, cfg.max_tgt_len)
+        src, tgt, cut = encode_pairs(vocabs, pairs, cfg)
         if cut:
             run.say(f"note: {cut:,} of {len(pairs):,} training pairs are empty or longer than the model's "
                     f"{cfg.max_src_len} source / {cfg.max_tgt_len} target tokens and were left out")
@@ -237,7 +244,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         vsrc = vtgt = None
         if val:
             vpairs = [(s, r) for s, refs in val for r in refs]
-            vsrc, vtgt, _ = encode_pairs(vocabs, vpairs, cfg.max_src_len, cfg.max_tgt_len)
+            vsrc, vtgt, _ = encode_pairs(vocabs, vpairs, cfg)
         opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay,
                     tc.grad_clip)
         if moments is not None:
@@ -271,7 +278,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             if val:
                 rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
                 sub = val[:tc.eval_limit] if tc.eval_limit else val
-                hyps = decode(model, [vocabs["src"].encode(s)[:cfg.max_src_len] for s, _ in sub],
+                hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in sub],
                               DecodeConfig(batch_size=256))
                 m = evaluate_outputs(vocabs, hyps, [r for _, r in sub])
                 rec.update({f"val_{k}": v for k, v in m.items() if k != "n"})
@@ -301,7 +308,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             for j, (mine, n, _) in enumerate(micro):
                 if len(mine):
                     scale, w = run.weights(n, n_step)
-                    s, m, tin, tout = make_batch([src[i] for i in mine], [tgt[i] for i in mine])
+                    s, m, tin, tout = make_batch([src[i] for i in mine], [tgt[i] for i in mine], cfg)
                     loss += w * model.loss(s, m, tin, tout, train=True, seed=dropout_seed(tc.seed, it, j, run.world.rank),
                                            label_smoothing=tc.label_smoothing)
                     model.backward(scale)
@@ -337,9 +344,9 @@ def encode_sources(model: Seq2Seq, vocabs: dict, texts: list[str], say=None) -> 
         if unknown:
             raise DataError(f"source {i + 1} ({t[:40]!r}) has symbols the model's vocabulary lacks: "
                             + ", ".join(repr(u) for u in unknown[:10]))
-        ids = vocabs["src"].encode(t)
+        ids = source_ids(vocabs["src"], t, model.cfg)
         if len(ids) > limit:
-            ids, cut = ids[:limit], cut + 1
+            ids, cut = ids[:limit - 1] + ids[-1:] if model.cfg.src_eos else ids[:limit], cut + 1
         out.append(ids)
     if cut and say:
         say(f"note: {cut} source(s) longer than the model's {limit} tokens were cut to their first {limit}")
