@@ -25,6 +25,10 @@ def _decode_options(f):
         click.option("--norm", type=click.Choice(["gnmt", "hf"]), default=d.norm,
                      help="length normalisation: gnmt, score / ((5 + len) / 6)^alpha (Wu et al. 2016), "
                           "or hf, score / len^alpha (Hugging Face generate)"),
+        click.option("--search", type=click.Choice(["exact", "hf"]), default=d.search,
+                     help="beam search's rules: exact (stops only when no open hypothesis can win) or hf "
+                          "(transformers' generate: reproduces an imported Marian model's outputs; use with "
+                          "--norm hf)"),
         click.option("--len-a", type=options.NON_NEGATIVE, default=d.len_a,
                      help="longest output: len-a x source tokens + len-b (and the model's maximum)"),
         click.option("--len-b", type=options.NON_NEGATIVE_INT, default=d.len_b, help="see --len-a"),
@@ -38,7 +42,7 @@ def _decode_config(opts: dict):
     from mingpt_c.seq2seq.decode import DecodeConfig
 
     options.use_threads(opts.pop("threads"))
-    return DecodeConfig(**{k: opts.pop(k) for k in ("beam", "length_penalty", "norm", "len_a", "len_b",
+    return DecodeConfig(**{k: opts.pop(k) for k in ("beam", "length_penalty", "norm", "search", "len_a", "len_b",
                                                     "batch_size")})
 
 

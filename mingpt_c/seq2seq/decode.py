@@ -23,6 +23,16 @@ one: log-probabilities only lower a score, and the largest normaliser is
 that of max_len, so an open hypothesis of score s can reach at most
 s / norm(max_len). With a beam wide enough to keep every prefix the result
 is the exhaustive search's best (tests/seq2seq/test_seq2seq_decode.py).
+
+search="hf" runs Hugging Face generate()'s beam search instead (its
+defaults: early_stopping False, forced </s> at the last position), so an
+imported Marian model gives transformers' outputs token for token: of the
+2 x beam best extensions only those ranked within the first `beam` may
+finish; at most `beam` finished hypotheses are kept, scored by
+score / |Y|^alpha; at the last position </s> is forced with log-probability
+0 (its ForcedEOSTokenLogitsProcessor); a source stops once all `beam`
+finished slots are full and the best open hypothesis, normalised by its
+current length, cannot beat the worst of them.
 """
 from __future__ import annotations
 
@@ -42,6 +52,7 @@ class DecodeConfig:
     len_a: float = 2.0             # max output length = len_a * source length + len_b
     len_b: int = 10
     batch_size: int = 64           # sources per batch
+    search: str = "exact"          # beam search's rules: exact (ours) | hf (transformers' generate)
 
 
 def length_norm(length: np.ndarray | int, alpha: float, kind: str = "gnmt"):
@@ -135,9 +146,12 @@ def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached:
                 nbest: int = 1) -> list[list[tuple[float, list[int]]]]:
     """Per source its nbest finished hypotheses, best first, as
     (normalised score, tokens without </s>)."""
+    if dc.search not in ("exact", "hf"):
+        raise ShapeError(f"search {dc.search!r}: use exact or hf")
+    run = _beam_batch if dc.search == "exact" else _beam_batch_hf
     out = []
     for i in range(0, len(srcs), dc.batch_size):
-        out += _beam_batch(model, srcs[i:i + dc.batch_size], dc, cached, nbest)
+        out += run(model, srcs[i:i + dc.batch_size], dc, cached, nbest)
     return out
 
 
@@ -187,6 +201,58 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
         tokens = np.concatenate([tokens[keep_rows], new_tok[:, None]], 1)
         scores = new_scores
     return [sorted(f, key=lambda h: -h[0])[:nbest] for f in finished]
+
+
+def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
+    """transformers' beam search (generation/utils.py _beam_search, with
+    early_stopping False and a forced </s> at the last position)."""
+    cfg = model.cfg
+    N, K = len(batch), dc.beam
+    src, mask = _pad(batch, _source_pad(model))
+    limit = max_lengths(model, [len(s) for s in batch], dc)
+    sc = _Scorer(model, src[np.repeat(np.arange(N), K)], mask[np.repeat(np.arange(N), K)],
+                 int(limit.max()) + 1, cached)
+    tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
+    running = np.full((N, K), -1e9)
+    running[:, 0] = 0.0
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
+    open_ = np.ones(N, bool)                    # an open hypothesis may still beat a finished one
+    alpha = dc.length_penalty
+    for t in range(int(limit.max())):
+        lp = sc.next(tokens)                                              # (N*K, V)
+        V = lp.shape[1]
+        last = np.repeat(t == limit - 1, K)
+        lp[last] = -np.inf                                               # forced </s>, log-probability 0
+        lp[last, cfg.eos_id] = 0.0
+        cand = (running.reshape(-1, 1) + lp).reshape(N, K * V)
+        top = np.argsort(-cand, axis=1, kind="stable")[:, :2 * K]
+        keep_rows = np.arange(N * K)
+        new_tok = np.full(N * K, cfg.pad_id, np.int32)
+        new_running = np.full((N, K), -1e9)
+        for n in range(N):
+            scores = cand[n, top[n]]
+            beam, tok = top[n] // V, top[n] % V
+            hits = (tok == cfg.eos_id) | (t == limit[n] - 1)
+            for k, j in enumerate(np.argsort(-np.where(hits, scores - 1e9, scores), kind="stable")[:K]):
+                keep_rows[n * K + k], new_tok[n * K + k] = n * K + beam[j], tok[j]
+                new_running[n, k] = scores[j] - (1e9 if hits[j] else 0.0)
+            if open_[n]:
+                for j in range(K):                                      # only the first K ranks may finish
+                    if hits[j] and np.isfinite(scores[j]):
+                        hyp = [int(x) for x in tokens[n * K + beam[j], 1:]]
+                        if tok[j] != cfg.eos_id:
+                            hyp.append(int(tok[j]))
+                        finished[n].append((float(scores[j] / (t + 1) ** alpha), hyp))
+                finished[n] = sorted(finished[n], key=lambda h: -h[0])[:K]
+            full = len(finished[n]) == K
+            worst = finished[n][-1][0] if full else -1e9
+            open_[n] &= bool(new_running[n, 0] / (t + 1) ** alpha > worst)
+        if not open_.any() or bool((t == limit - 1).all()):
+            break
+        sc.reorder(keep_rows)
+        tokens = np.concatenate([tokens[keep_rows], new_tok[:, None]], 1)
+        running = new_running
+    return [f[:nbest] for f in finished]
 
 
 def decode(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
