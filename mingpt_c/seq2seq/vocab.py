@@ -13,6 +13,13 @@ Kinds
   bpe      a byte-level BPE trained by mingpt_c.tokenizers.bpe_train on the
            texts (GPT-2 pre-split by default), its ids shifted up by the four
            specials. Every text encodes (bytes are tokens): no <unk>.
+  marian   a Marian (opus-mt) sentencepiece tokenizer with its own special ids:
+           seq2seq/marian_vocab.py. Vocab.load and Vocab.from_json return one
+           when the file says kind "marian".
+
+Model code reads the special ids from the vocabulary (pad_id, bos_id, eos_id,
+unk_id, and src_eos: whether encoded sources end with </s>) rather than
+assuming 0..3, since a Marian vocabulary numbers them differently.
 
 char and symbols ids: the symbols seen at least min_count times, sorted by
 count (most frequent first) then by the symbol itself, so the same texts
@@ -26,6 +33,7 @@ File: UTF-8 JSON, written atomically (temporary file, then rename):
    "specials": ["<pad>", "<s>", "</s>", "<unk>"], "symbols": [<id 4>, <id 5>, ...]}
   {"format": "mingpt-seq2seq-vocab", "version": 1, "kind": "bpe",
    "specials": [...], "bpe": <a mingpt-bpe object (tokenizers/tokenizer.py)>}
+  {"format": "mingpt-seq2seq-vocab", "version": 1, "kind": "marian", ...}
 """
 from __future__ import annotations
 
@@ -116,6 +124,32 @@ class Vocab:
                             f"{min_count} time(s): nothing to build a vocabulary from")
         return cls(kind, symbols=ranked[:vocab_size - _N])
 
+    # ------------------------------------------------------------------ special ids
+
+    @property
+    def pad_id(self) -> int:
+        """Padding: never a target."""
+        return PAD
+
+    @property
+    def bos_id(self) -> int:
+        """The decoder's first input."""
+        return BOS
+
+    @property
+    def eos_id(self) -> int:
+        """The decoder's last target; decoding stops there."""
+        return EOS
+
+    @property
+    def unk_id(self) -> int:
+        return UNK
+
+    @property
+    def src_eos(self) -> bool:
+        """Whether encoded sources end with </s> (they do not here)."""
+        return False
+
     # ------------------------------------------------------------------ text <-> ids
 
     def tokens_of(self, text: str) -> list[str]:
@@ -183,16 +217,24 @@ class Vocab:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Vocab":
+        """A Vocab, or a MarianVocab when obj's kind is "marian"."""
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             fmt = obj.get("format") if isinstance(obj, dict) else None
             raise CheckpointError(f"not a seq2seq vocabulary (format {fmt!r}, expected {FORMAT!r})")
         if obj.get("version") != 1:
             raise CheckpointError(f"{FORMAT} version {obj.get('version')!r} is not supported (this build reads 1)")
+        if obj.get("kind") == "marian":
+            try:    # lazily: only Marian vocabularies need sentencepiece
+                from mingpt_c.seq2seq.marian_vocab import MarianVocab
+            except ImportError as e:
+                raise CheckpointError(f"a marian vocabulary needs sentencepiece ({e}): "
+                                      f"pip install sentencepiece") from None
+            return MarianVocab.from_json(obj)
         if obj.get("specials", list(SPECIALS)) != list(SPECIALS):
             raise CheckpointError(f"the vocabulary's specials {obj.get('specials')} are not {list(SPECIALS)}")
         kind = obj.get("kind")
         if kind not in KINDS:
-            raise CheckpointError(f"unknown vocabulary kind {kind!r} (expected char, symbols or bpe)")
+            raise CheckpointError(f"unknown vocabulary kind {kind!r} (expected char, symbols, bpe or marian)")
         if kind == "bpe":
             bpe = Tokenizer.from_json(obj.get("bpe"))
             if type(bpe) is not BPETokenizer:   # not a reference to GPT-2's
@@ -209,18 +251,24 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise CheckpointError(f"cannot read vocabulary file {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError:
-            raise CheckpointError(f"vocabulary file {path} is not UTF-8 JSON") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"vocabulary file {path} is not valid JSON: {e}") from None
-        try:
-            return cls.from_json(obj)
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        """The vocabulary in path: a Vocab, or a MarianVocab for kind "marian"."""
+        return load_file(path, Vocab.from_json)
 
     def __repr__(self) -> str:
         return f"Vocab(kind={self.kind!r}, size={self.size})"
+
+
+def load_file(path: str | os.PathLike, from_json):
+    """from_json(the JSON object in path), errors naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"cannot read vocabulary file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"vocabulary file {path} is not UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"vocabulary file {path} is not valid JSON: {e}") from None
+    try:
+        return from_json(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
