@@ -168,6 +168,15 @@ mg_status mg_relu_forward(float* out, const float* inp, size_t N);
 mg_status mg_relu_backward(float* dinp, const float* inp, const float* dout,
                            size_t N, int accumulate);
 
+/* SiLU, "swish" (MarianMT; Hugging Face "silu" and "swish"):
+ * out = x sigmoid(x) = x / (1 + exp(-x)), with sigmoid taken from exp(-|x|)
+ * so no exp overflows. out may equal inp. Backward:
+ * dinp (+)= dout s (1 + x (1 - s)), s = sigmoid(x). NaN propagates, and
+ * -inf (forward) or +-inf (backward) give NaN, as in PyTorch. */
+mg_status mg_silu_forward(float* out, const float* inp, size_t N);
+mg_status mg_silu_backward(float* dinp, const float* inp, const float* dout,
+                           size_t N, int accumulate);
+
 /* ---------------------------------------------------------------- residual */
 /* out = inp1 + inp2; backward: dinp1 += dout, dinp2 += dout. */
 mg_status mg_residual_forward(float* out, const float* inp1, const float* inp2,
@@ -400,6 +409,9 @@ mg_status mg_cuda_gelu_erf_backward(float* dinp, const float* inp, const float* 
                                     size_t N, int accumulate);
 mg_status mg_cuda_relu_forward(float* out, const float* inp, size_t N);
 mg_status mg_cuda_relu_backward(float* dinp, const float* inp, const float* dout,
+                                size_t N, int accumulate);
+mg_status mg_cuda_silu_forward(float* out, const float* inp, size_t N);
+mg_status mg_cuda_silu_backward(float* dinp, const float* inp, const float* dout,
                                 size_t N, int accumulate);
 mg_status mg_cuda_residual_forward(float* out, const float* inp1, const float* inp2,
                                    size_t N);

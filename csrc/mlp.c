@@ -1,9 +1,11 @@
 /*
  * mlp.c — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT),
- * ReLU (the Transformer, Marian) and dropout, forward and backward.
+ * ReLU (the Transformer, Marian), SiLU (MarianMT's "swish") and dropout,
+ * forward and backward.
  *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
  *   gelu_erf(x) = 0.5 x (1 + erf(x / sqrt(2)))
  *   relu(x)     = max(x, 0)
+ *   silu(x)     = x sigmoid(x) = x / (1 + exp(-x))
  * Computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u), so one
  * exp of a non-positive argument does the work of tanhf (the scalar libm
  * tanhf made GELU a third of a training step):
@@ -14,6 +16,23 @@
  * a very negative argument flushes to 0, so saturation needs no special case.
  * The exact GELU goes through erfc with one more exp, vectorised the same way
  * (see its section).
+ * SiLU takes sigmoid(x) from the same one-exp form, never exponentiating a
+ * positive argument (1 / (1 + exp(-x)) overflows exp for x < -88.7 and
+ * leans on 1 / inf = 0; exp(x) / (1 + exp(x)) is inf / inf = NaN for
+ * x > 88.7):
+ *   e = exp(-|x|) in (0, 1],  r = 1 / (1 + e)
+ *   s = sigmoid(x) = r (x >= 0), e r (x < 0);  1 - s = e r (x >= 0), r (x < 0)
+ *   silu(x) = x s;   silu'(x) = s + x s (1 - s) = s (1 + x (1 - s))
+ * so both s and 1 - s keep full relative accuracy (1 - s is never formed
+ * by a subtraction). silu' has a root at x = -1.2785 where 1 + x (1 - s)
+ * cancels: near it the gradient's error is ~1e-7 absolute, not relative
+ * (the rounding of s and 1 - s, scaled by |x|). Saturation: silu -> -0 on
+ * the left (exp of a very negative argument flushes to 0: the vector exp
+ * below about float32's smallest normal, x < -87.7, where |silu| < 1e-36;
+ * libm's expf in the scalar tail goes through the subnormals) and -> x on
+ * the right.
+ * NaN propagates; -inf gives NaN in the forward (-inf * 0) and both
+ * infinities NaN in the backward (inf * 0), as PyTorch's x / (1 + exp(-x)).
  * Dropout draws its keep mask from a counter-based hash of (seed, index)
  * (splitmix64), so the mask does not depend on the thread count.
  */
@@ -258,6 +277,106 @@ mg_status mg_relu_backward(float* dinp, const float* inp, const float* dout, siz
     for (size_t i = 0; i < N; i++) {   /* hot loop */
         const float g = inp[i] <= 0.0f ? 0.0f : dout[i];
         dinp[i] = (accumulate ? dinp[i] : 0.0f) + g;
+    }
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- silu */
+/* sigmoid(x) and 1 - sigmoid(x) from one exp of -|x| (the header's form).
+ * out = x s; backward g = s (1 + x (1 - s)). Elementwise in blocks of
+ * GELU_GRAIN, so the bits do not depend on the thread count. */
+
+/* s = sigmoid(x); *c = 1 - s */
+static inline float sigmoid_scalar(float x, float* c) {
+    float e = expf(-fabsf(x));  /* in (0, 1] */
+    float r = 1.0f / (1.0f + e), er = e * r;
+    *c = x >= 0.0f ? er : r;
+    return x >= 0.0f ? r : er;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* the same for 8 lanes */
+static inline __m256 sigmoid8(__m256 x, __m256* c) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 e = exp_neg(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)));  /* exp(-|x|) */
+    __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    __m256 er = _mm256_mul_ps(e, r);
+    __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    *c = _mm256_blendv_ps(er, r, neg);
+    return _mm256_blendv_ps(r, er, neg);
+}
+#endif
+
+#if defined(__AVX512F__)
+/* the same for 16 lanes, the same bits per lane as sigmoid8 */
+static inline __m512 sigmoid16(__m512 x, __m512* c) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_neg16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+    __m512 r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    __m512 er = _mm512_mul_ps(e, r);
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    *c = _mm512_mask_blend_ps(neg, er, r);
+    return _mm512_mask_blend_ps(neg, r, er);
+}
+#endif
+
+mg_status mg_silu_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
+    #pragma omp parallel for schedule(static) if (nblk > 1)
+    for (size_t blk = 0; blk < nblk; blk++) {
+        size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
+#if defined(__AVX512F__)
+        for (; i + 16 <= end; i += 16) {  /* hot loop */
+            __m512 x = _mm512_loadu_ps(inp + i), c;
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(x, sigmoid16(x, &c)));
+        }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= end; i += 8) {
+            __m256 x = _mm256_loadu_ps(inp + i), c;
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(x, sigmoid8(x, &c)));
+        }
+#endif
+        for (; i < end; i++) {
+            float x = inp[i], c;
+            out[i] = x * sigmoid_scalar(x, &c);
+        }
+    }
+    return MG_OK;
+}
+
+mg_status mg_silu_backward(float* dinp, const float* inp, const float* dout, size_t N,
+                           int accumulate) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    size_t nblk = (N + GELU_GRAIN - 1) / GELU_GRAIN;
+    #pragma omp parallel for schedule(static) if (nblk > 1)
+    for (size_t blk = 0; blk < nblk; blk++) {
+        size_t i = blk * GELU_GRAIN, end = MG_MIN(N, i + GELU_GRAIN);
+        /* out = x s(x): dout/dx = s + x s (1 - s) = s (1 + x c), c = 1 - s */
+#if defined(__AVX512F__)
+        for (; i + 16 <= end; i += 16) {  /* hot loop */
+            __m512 x = _mm512_loadu_ps(inp + i), c;
+            __m512 s = sigmoid16(x, &c);
+            __m512 g = _mm512_mul_ps(s, _mm512_fmadd_ps(x, c, _mm512_set1_ps(1.0f)));
+            __m512 d0 = accumulate ? _mm512_loadu_ps(dinp + i) : _mm512_setzero_ps();
+            _mm512_storeu_ps(dinp + i, _mm512_fmadd_ps(_mm512_loadu_ps(dout + i), g, d0));
+        }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= end; i += 8) {
+            __m256 x = _mm256_loadu_ps(inp + i), c;
+            __m256 s = sigmoid8(x, &c);
+            __m256 g = _mm256_mul_ps(s, _mm256_fmadd_ps(x, c, _mm256_set1_ps(1.0f)));
+            __m256 d0 = accumulate ? _mm256_loadu_ps(dinp + i) : _mm256_setzero_ps();
+            _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g, d0));
+        }
+#endif
+        for (; i < end; i++) {
+            float x = inp[i], c;
+            float s = sigmoid_scalar(x, &c);
+            dinp[i] = (accumulate ? dinp[i] : 0.0f) + dout[i] * (s * (1.0f + x * c));
+        }
     }
     return MG_OK;
 }

@@ -510,6 +510,18 @@ def relu_backward(dout, x, dx=None, accumulate=True):
     return _unary_backward("relu_backward", dout, x, dx, accumulate)
 
 
+def silu_forward(x, out=None):
+    """SiLU ("swish", MarianMT): x * sigmoid(x); out may be x. NaN propagates
+    and -inf gives NaN, as in PyTorch's F.silu."""
+    return _unary_forward("silu_forward", x, out)
+
+
+def silu_backward(dout, x, dx=None, accumulate=True):
+    """dx += the gradient (accumulate) or = it: dout * s * (1 + x * (1 - s)),
+    s = sigmoid(x) (NaN at x = +-inf, as in PyTorch)."""
+    return _unary_backward("silu_backward", dout, x, dx, accumulate)
+
+
 def residual_forward(a, b, out=None):
     dev = _device(inp1=a, inp2=b, out=out)
     _f32("inp1", a), _f32("inp2", b, a.shape)

@@ -228,6 +228,23 @@ def relu_backward(dout, x):
     return np.where(x > 0, dout, 0.0)
 
 
+def _sigmoid_pair(x):
+    # sigmoid(x) and 1 - sigmoid(x) from exp(-|x|): no overflow, no cancellation
+    e = np.exp(-np.abs(x))
+    r = 1.0 / (1.0 + e)
+    return np.where(x >= 0, r, e * r), np.where(x >= 0, e * r, r)
+
+
+def silu_forward(x):
+    return x * _sigmoid_pair(x)[0]
+
+
+def silu_backward(dout, x):
+    # out = x s, s = sigmoid(x): dout/dx = s + x s (1 - s)
+    s, c = _sigmoid_pair(x)
+    return dout * s * (1.0 + x * c)
+
+
 def residual_forward(a, b):
     return a + b
 

@@ -1,11 +1,12 @@
 /*
  * mlp.cu — GELU (tanh approximation, as GPT-2; and exact, as BERT and ViT),
- * ReLU and dropout on the GPU, forward and backward; the twin of mlp.c (same
- * arguments, same checks, same accumulate rule; tests/reference.py is the
- * float64 spec).
+ * ReLU, SiLU and dropout on the GPU, forward and backward; the twin of mlp.c
+ * (same arguments, same checks, same accumulate rule; tests/reference.py is
+ * the float64 spec).
  *   gelu(x)     = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
  *   gelu_erf(x) = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt 2))
  *   relu(x)     = x < 0 ? 0 : x  (NaN and -0 pass; the CPU's bits exactly)
+ *   silu(x)     = x sigmoid(x)  ("swish", MarianMT)
  *   dropout:    out = inp * keep / (1 - p)
  *
  * All elementwise, one grid-stride loop per kernel (N is a size_t: the grid
@@ -22,6 +23,13 @@
  *    ulp): 1 + erff(x / sqrt 2) would cancel in the negative tail (at x = -5
  *    it keeps one significant digit), where the CPU's own erfc-based form and
  *    the reference keep full relative accuracy.
+ *  - SiLU takes sigmoid from the same exp(-|x|) (never exp of a large
+ *    positive number) and gets 1 - sigmoid without a subtraction, as mlp.c:
+ *      s = r (x >= 0), e r (x < 0);  1 - s = e r (x >= 0), r (x < 0)
+ *      r = 1 / (1 + e),  e = exp(-|x|)
+ *      silu(x) = x s;  silu'(x) = s (1 + x (1 - s))
+ *    NaN propagates, -inf gives a NaN forward and +-inf a NaN gradient
+ *    (inf * 0), as on the CPU and in PyTorch.
  *  - nvcc contracts a*b + c into fma here; the CPU's vector paths use fma
  *    too. The two agree to fp32 rounding (1e-5 relative), not bit for bit.
  *
@@ -188,6 +196,55 @@ extern "C" mg_status mg_cuda_relu_backward(float* dinp, const float* inp, const 
     MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
     if (N == 0) return MG_OK;
     relu_backward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(dinp, inp, dout, N,
+                                                                         accumulate);
+    MG_LAUNCH_CHECK();
+    return MG_OK;
+}
+
+/* ---------------------------------------------------------------- silu */
+
+/* s = sigmoid(x); *c = 1 - s; both from one exp of -|x| */
+static __device__ __forceinline__ float sigmoid_pair(float x, float* c) {
+    float e = expf(-fabsf(x));  /* in (0, 1] */
+    float r = 1.0f / (1.0f + e), er = e * r;
+    *c = x >= 0.0f ? er : r;
+    return x >= 0.0f ? r : er;
+}
+
+static __global__ void silu_forward_kernel(float* out, const float* inp, size_t N) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        float x = inp[i], c;
+        out[i] = x * sigmoid_pair(x, &c);
+    }
+}
+
+/* out = x s(x): d out / dx = s + x s (1 - s) = s (1 + x c),  c = 1 - s */
+static __global__ void silu_backward_kernel(float* dinp, const float* inp, const float* dout,
+                                            size_t N, int accumulate) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        float x = inp[i], c;
+        float s = sigmoid_pair(x, &c);
+        float g = s * (1.0f + x * c);
+        float d0 = accumulate ? dinp[i] : 0.0f;
+        dinp[i] = d0 + dout[i] * g;
+    }
+}
+
+extern "C" mg_status mg_cuda_silu_forward(float* out, const float* inp, size_t N) {
+    MG_CHECK_PTR(out); MG_CHECK_PTR(inp);
+    if (N == 0) return MG_OK;
+    silu_forward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(out, inp, N);
+    MG_LAUNCH_CHECK();
+    return MG_OK;
+}
+
+extern "C" mg_status mg_cuda_silu_backward(float* dinp, const float* inp, const float* dout,
+                                           size_t N, int accumulate) {
+    MG_CHECK_PTR(dinp); MG_CHECK_PTR(inp); MG_CHECK_PTR(dout);
+    if (N == 0) return MG_OK;
+    silu_backward_kernel<<<mlp_grid(N), MLP_THREADS, 0, cuda_stream()>>>(dinp, inp, dout, N,
                                                                          accumulate);
     MG_LAUNCH_CHECK();
     return MG_OK;

@@ -10,8 +10,8 @@ Post-layernorm block (BERT, pre_ln=False):
 The GPT, the encoder and the ViT all run this block (through the stack);
 they differ in the `causal` flag, the key padding mask, the layernorm order,
 the activation (`act`: "gelu_tanh" as GPT-2, "gelu", exact erf, as BERT and
-ViT, or "relu" as the encoder-decoder Transformer's encoder), the embedding
-and the head.
+ViT, "relu" as the encoder-decoder Transformer's encoder, or "silu" (swish)
+as MarianMT), the embedding and the head.
 
 Activations live in preallocated buffers (BlockActs) sized for one (B, T), so a
 training step allocates nothing in the hot path. The buffers come from the
@@ -31,7 +31,8 @@ F32 = np.float32
 # act name -> (forward, backward) kernels
 ACTS = {"gelu_tanh": (ops.gelu_forward, ops.gelu_backward),
         "gelu": (ops.gelu_erf_forward, ops.gelu_erf_backward),
-        "relu": (ops.relu_forward, ops.relu_backward)}
+        "relu": (ops.relu_forward, ops.relu_backward),
+        "silu": (ops.silu_forward, ops.silu_backward)}
 
 
 class BlockActs:

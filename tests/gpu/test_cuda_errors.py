@@ -55,6 +55,7 @@ def test_cpu_build_stubs_report_no_cuda():
     assert "make cuda" in ffi.string(lib.mg_last_error()).decode()
     assert lib.mg_cuda_gelu_forward(ffi.NULL, ffi.NULL, 0) == lib.MG_ERR_NO_CUDA
     assert lib.mg_cuda_relu_forward(ffi.NULL, ffi.NULL, 0) == lib.MG_ERR_NO_CUDA
+    assert lib.mg_cuda_silu_backward(ffi.NULL, ffi.NULL, ffi.NULL, 0, 0) == lib.MG_ERR_NO_CUDA
     assert lib.mg_cuda_cross_attention_forward(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL,
                                                1, 1, 1, 1, 1) == lib.MG_ERR_NO_CUDA
     assert lib.mg_cuda_embedding_forward(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 1.0,

@@ -313,6 +313,36 @@ def test_relu_specials():
 
 
 @pytest.mark.parametrize("n", SIZES)
+def test_silu(rng, n):
+    """Elementwise exp and divide: a few ulp apart (expf against the CPU's
+    vector exp), ~1e-7 absolute near the gradient's root."""
+    x, dout, d0 = rand(rng, n, scale=4.0), rand(rng, n), rand(rng, n)
+    x[:min(n, 6)] = f32([100.0, -100.0, 1e4, -1e4, 0.0, -1.2785])[:min(n, 6)]
+    close(ops.silu_forward(D(x), out=nan_like((n,))), ops.silu_forward(x), rtol=1e-6, atol=1e-6,
+          what="out")
+    close(ops.silu_backward(D(dout), D(x), D(d0)), ops.silu_backward(dout, x, d0.copy()),
+          atol=1e-6, what="dinp += grad")
+    close(ops.silu_backward(D(dout), D(x), nan_like((n,)), accumulate=False),
+          ops.silu_backward(dout, x, np.full(n, NAN, np.float32), accumulate=False), atol=1e-6,
+          what="dinp = grad")
+    y = D(x.copy())
+    assert ops.silu_forward(y, out=y) is y   # out may equal inp
+    close(y, ops.silu_forward(x), rtol=1e-6, atol=1e-6, what="in place")
+
+
+def test_silu_specials():
+    """NaN where the CPU (and PyTorch) has NaN: NaN in, -inf forward, +-inf
+    gradient; saturated values exact."""
+    x = f32([np.nan, -np.inf, np.inf, -3e38, -1e4, -0.0, 0.0, 1e4, 3e38])
+    g = f32(np.full(x.shape, 3.0))
+    got, dgot = ops.silu_forward(D(x)).numpy(), ops.silu_backward(D(g), D(x)).numpy()
+    want, dwant = ops.silu_forward(x), ops.silu_backward(g, x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isnan(dgot), np.isnan(dwant))
+    assert np.array_equal(got[3:], want[3:]) and np.array_equal(dgot[3:], dwant[3:])
+
+
+@pytest.mark.parametrize("n", SIZES)
 def test_residual(rng, n):
     a, b, dout = rand(rng, n), rand(rng, n), rand(rng, n)
     close(ops.residual_forward(D(a), D(b), out=nan_like((n,))), ops.residual_forward(a, b),

@@ -5,9 +5,9 @@ multiples of the vector width. Backward calls start from non-zero gradient
 buffers, so accumulation (+=) is tested too. Both GELUs (tanh and exact) share
 their tests; ReLU, the scaled embedding and the sinusoidal position table
 (both layouts, against Hugging Face's Marian and XLM tables) have theirs;
-PyTorch and transformers parity is skipped without them. Matmul, attention
-and cross-attention have their own files (test_matmul.py, test_attention.py,
-test_cross_attention.py).
+PyTorch and transformers parity is skipped without them. Matmul, attention,
+cross-attention and SiLU have their own files (test_matmul.py,
+test_attention.py, test_cross_attention.py, test_silu.py).
 """
 import numpy as np
 import pytest
@@ -320,7 +320,7 @@ def test_dropout(rng):
 
 
 
-@pytest.mark.parametrize("which", ["gelu", "gelu_erf", "relu", "dropout"])
+@pytest.mark.parametrize("which", ["gelu", "gelu_erf", "relu", "silu", "dropout"])
 @pytest.mark.parametrize("n", [1, 13, 70_000])
 def test_elementwise_backward_overwrites(rng, which, n):
     """accumulate=False writes the gradient over whatever the buffer held
@@ -331,7 +331,7 @@ def test_elementwise_backward_overwrites(rng, which, n):
         bwd = lambda dx, acc: ops.dropout_backward(dout, mask, 0.3, dx, accumulate=acc)
     else:
         fn = {"gelu": ops.gelu_backward, "gelu_erf": ops.gelu_erf_backward,
-              "relu": ops.relu_backward}[which]
+              "relu": ops.relu_backward, "silu": ops.silu_backward}[which]
         bwd = lambda dx, acc: fn(dout, x, dx, accumulate=acc)
     want = bwd(np.zeros(n, np.float32), True)
     got = bwd(np.full(n, np.nan, np.float32), False)

@@ -119,6 +119,13 @@ def test_relu(rng):
     check(lambda: (ref.relu_forward(x) * dout).sum(), x, ref.relu_backward(dout, x))
 
 
+def test_silu(rng):
+    x = rng.normal(size=(4, 9)) * 4
+    x[0, :6] = [-30.0, -1.2785, 0.0, 1e-3, 30.0, -5.0]   # saturated, the gradient's root, 0
+    dout = rng.normal(size=x.shape)
+    check(lambda: (ref.silu_forward(x) * dout).sum(), x, ref.silu_backward(dout, x))
+
+
 @pytest.mark.parametrize("fwd,bwd", [(ref.gelu_forward, ref.gelu_backward),
                                      (ref.gelu_erf_forward, ref.gelu_erf_backward)],
                          ids=["gelu", "gelu_erf"])
