@@ -1,7 +1,8 @@
 """Hugging Face interop for `mingpt import` and `mingpt export`: dispatch
 on config.json's model_type to the family that reads or writes it
 (gpt/hf.py: GPT2LMHeadModel; vit/hf.py: ViTForImageClassification;
-encoder/checkpoint.py and encoder/hf.py: BERT family)."""
+encoder/checkpoint.py and encoder/hf.py: BERT family; seq2seq/hf.py:
+MarianMTModel)."""
 from __future__ import annotations
 
 import json
@@ -31,11 +32,14 @@ def import_hf(hf_dir, out, tokenizer: str = "gpt2") -> Path:
     if kind == "gpt2":
         from mingpt_c.gpt.hf import import_gpt2
         return import_gpt2(hf_dir, out, tokenizer)
-    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is not supported (gpt2, vit, bert)")
+    if kind == "marian":
+        from mingpt_c.seq2seq.hf import import_marian
+        return import_marian(hf_dir, out)
+    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is not supported (gpt2, vit, bert, marian)")
 
 
 def export_hf(ckpt, out) -> Path:
-    """Our checkpoint (GPT, ViT or encoder) -> a Hugging Face directory."""
+    """Our checkpoint (GPT, ViT, encoder or a Marian-shaped seq2seq) -> a Hugging Face directory."""
     kind = _model_type(checkpoint.resolve(ckpt))
     if kind == "vit":
         from mingpt_c.vit.hf import export_vit
@@ -43,5 +47,8 @@ def export_hf(ckpt, out) -> Path:
     if kind == "bert":
         from mingpt_c.encoder.hf import export_encoder
         return export_encoder(ckpt, out)
+    if kind == "seq2seq":
+        from mingpt_c.seq2seq.hf import export_marian
+        return export_marian(ckpt, out)
     from mingpt_c.gpt.hf import export_gpt2
     return export_gpt2(ckpt, out)
