@@ -295,7 +295,12 @@ def check_mpi_equals_double_batch(fam: Family, data: Path, tmp: Path, batch: int
     assert_close([l2[k] for k in sorted(l2)], [l1[k] for k in sorted(l1)], rtol=1e-5, atol=0)
     w1, w2 = weights(one / "latest"), weights(two / "latest")
     scale = max(np.abs(w).max() for w in w1.values())
-    for k in w1:   # (a key bias has no gradient: there rounding is all there is)
+    for k in w1:
+        if k.endswith(("k_proj.bias", "key.bias")):
+            # a key's bias shifts a query's scores alike, which the softmax
+            # cancels: its true gradient is 0 and only float rounding (which
+            # Adam scales up to lr-sized steps) moves it; 1 and 2 ranks round apart
+            continue
         assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5 * scale, what=k)
     st = json.loads((two / "latest" / "train_state.json").read_text())
     assert st["world_size"] == 2 and st["global_batch"] == 2 * batch

@@ -84,6 +84,7 @@ class Seq2SeqConfig(ConfigBase):
     pre_ln: bool = False           # False: the paper's post-layernorm sublayers
     positions: str = "sinusoidal"  # sinusoidal (the paper's, interleaved) | sinusoidal_half (Marian's) | learned
     scale_embeddings: bool = True  # multiply token embeddings by sqrt(n_embd)
+    init: str = "xavier"           # fresh weights: xavier (the paper's, fairseq's) | gpt2 (N(0, 0.02))
     logits_bias: bool = False      # a bias on the output logits (Marian's final_logits_bias)
     pad_id: int = PAD              # padding: ignored by the loss, never generated
     bos_id: int = BOS              # the decoder's first input (Marian: its pad id)
@@ -99,6 +100,8 @@ class Seq2SeqConfig(ConfigBase):
                           "dec_layers", "n_head", "n_embd"))
         if self.act not in ("relu", "gelu", "gelu_tanh", "silu"):
             raise ShapeError(f"act={self.act!r}: use relu, gelu, gelu_tanh or silu")
+        if self.init not in ("xavier", "gpt2"):
+            raise ShapeError(f"init={self.init!r}: use xavier or gpt2")
         if self.positions not in POSITIONS:
             raise ShapeError(f"positions={self.positions!r}: use {', '.join(POSITIONS)}")
         if self.positions != "learned" and self.n_embd % 2:
@@ -161,6 +164,34 @@ def _e(*shape) -> np.ndarray:
     return np.empty(shape, F32)
 
 
+def init_params(layout: Layout, cfg: Seq2SeqConfig, seed: int) -> np.ndarray:
+    """The paper's and fairseq's initialisation: every projection Xavier-
+    uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), each of q, k
+    and v (and the cross-attention's k and v) as its own (C, C) matrix;
+    embeddings N(0, C^-1/2) (they are scaled by sqrt(C) on the way in);
+    biases 0, layernorms 1 (cfg.init "gpt2": N(0, 0.02) matrices instead).
+    With GPT-2's small matrices every sublayer starts near zero, the
+    residual stream carries each input embedding to the tied output almost
+    unchanged, and a fresh model predicts its own input token with a
+    logit near sqrt(C) (a loss of 13.5 on CMUdict at width 256); Xavier
+    sublayers mix it away from the first step."""
+    rng = np.random.default_rng(seed)
+    emb_std = cfg.n_embd ** -0.5 if cfg.scale_embeddings else 0.02
+    buf = layout.init(cfg, rng, emb_std)
+    if cfg.init == "gpt2":
+        return buf
+    views = layout.views(buf)
+    C = cfg.n_embd
+    for name, slot in layout.slots.items():
+        if slot.kind in ("weight", "proj"):
+            out_f, in_f = slot.shape
+            parts = out_f // C if name.endswith(("qkv_proj.weight", "kv_proj.weight")) else 1
+            rows = out_f // parts
+            a = math.sqrt(6.0 / (in_f + rows))
+            views[name][...] = rng.uniform(-a, a, slot.shape)
+    return buf
+
+
 class _EmbActs:
     """One side's embedding buffers: out = drop(scale * E[ids] + P[:T])."""
 
@@ -172,12 +203,9 @@ class _EmbActs:
 
 class Seq2Seq(FlatModel):
     def __init__(self, cfg: Seq2SeqConfig, params: np.ndarray | None = None, seed: int = 0):
-        """A fresh initialisation (params None) draws from seed: N(0, 0.02)
-        matrices, N(0, C^-1/2) embeddings (they are scaled by sqrt(C))."""
+        """A fresh initialisation (params None) draws from seed (see init_params)."""
         C = cfg.n_embd
-        emb_std = C ** -0.5 if cfg.scale_embeddings else 0.02
-        super().__init__(cfg, seq2seq_slots(cfg), params,
-                         lambda: self.layout.init(cfg, np.random.default_rng(seed), emb_std))
+        super().__init__(cfg, seq2seq_slots(cfg), params, lambda: init_params(self.layout, cfg, seed))
         self.scale = math.sqrt(C) if cfg.scale_embeddings else 1.0
         enc = SimpleNamespace(n_layer=cfg.enc_layers, n_embd=C, n_head=cfg.n_head,
                               layer_norm_eps=cfg.layer_norm_eps, dropout=cfg.dropout)

@@ -83,8 +83,17 @@ def test_ten_adamw_steps_match_torch():
         tm.loss(*torch_batch(src, mask, tin, tout), label_smoothing=0.1).backward()
         torch.nn.utils.clip_grad_norm_(tm.parameters(), 1.0)
         topt.step()
+    C = cfg.n_embd
     for n, w in ts.as_ours(model, tm, "data").items():
-        np.testing.assert_allclose(model.p[n], w, atol=1e-4, err_msg=n)
+        got, w = model.p[n].copy(), w.copy()
+        # A key's bias shifts every score of a query alike, which the softmax
+        # cancels: its true gradient is 0, and Adam turns the float32 rounding
+        # left in it (about 1e-9) into lr-sized steps. Only there are the two
+        # sides free to differ.
+        key = slice(C, 2 * C) if n.endswith("qkv_proj.bias") else slice(0, C) if n.endswith("kv_proj.bias") else None
+        if key is not None:
+            got[key] = w[key] = 0
+        np.testing.assert_allclose(got, w, atol=1e-4, err_msg=n)
 
 
 def test_pad_rows_do_not_change_the_real_rows():
