@@ -168,7 +168,7 @@ def mean_loss(model: Seq2Seq, src: list, tgt: list, batch_size: int = 128) -> fl
 
 def evaluate_outputs(vocabs: dict, hyps: list[list[int]], refs: list[list[str]]) -> dict:
     tv = vocabs["tgt"]
-    return score([tv.decode(h) for h in hyps], refs, tokens_of=tv.tokens_of, symbols=tv.kind != "bpe")
+    return score([tv.decode(h) for h in hyps], refs, tokens_of=tv.tokens_of, symbols=tv.kind == "symbols")
 
 # ------------------------------------------------------------------ the loop
 
