@@ -15,7 +15,8 @@ mem (B, S, C) is the encoder's output; src_mask (B, S) int32 marks its real
 tokens (0: padding, never attended). Each layer projects mem once to its
 packed keys and values kv = mem @ W_kv^T + b_kv (B, S, 2C); decoding
 computes them once per source (DecodeCache) and each new token attends
-over them.
+over them: the beam rows of a source share them, a decoding step running
+a source's rows as that many queries of one cross-attention call.
 
 One function pair runs a residual sublayer of either order (sublayer_forward
 / sublayer_backward); the three sublayers differ only in their branch f,
@@ -40,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from mingpt_c import ops
+from mingpt_c.errors import ShapeError
 from mingpt_c.nn.block import ACTS
 from mingpt_c.nn.seeds import mix_seed
 
@@ -147,13 +149,16 @@ class SelfAttention:
 class CrossAttention:
     """f(h) = out_proj(attention(q_proj(h) over kv)), kv = kv_proj(mem)
     (B, S, 2C), set by the stack before the forward (self.kv, self.mem,
-    self.src_mask). The backward adds d(loss)/d(mem) into self.dmem."""
+    self.src_mask). The backward adds d(loss)/d(mem) into self.dmem.
+    attend(q, out), when given, replaces the attention (decoding over the
+    cache's keys and values)."""
 
     def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, S: int, C: int):
         self.p, self.g, self.n_head = p, g, n_head
         self.q, self.atty, self.att = _e(B, T, C), _e(B, T, C), _e(B, n_head, T, S)
         self.kv = _e(B, S, 2 * C)
         self.mem = self.src_mask = self.dmem = None
+        self.attend = None
 
     def project(self, mem: np.ndarray, src_mask: np.ndarray) -> None:
         """kv = kv_proj(mem): once per source (and training step)."""
@@ -164,7 +169,10 @@ class CrossAttention:
     def forward(self, h, y):
         p = self.p
         ops.matmul_forward(h, p["encoder_attn.q_proj.weight"], p["encoder_attn.q_proj.bias"], self.q)
-        ops.cross_attention_forward(self.q, self.kv, self.n_head, self.src_mask, self.atty, self.att)
+        if self.attend is not None:
+            self.attend(self.q, self.atty)
+        else:
+            ops.cross_attention_forward(self.q, self.kv, self.n_head, self.src_mask, self.atty, self.att)
         ops.matmul_forward(self.atty, p["encoder_attn.out_proj.weight"], p["encoder_attn.out_proj.bias"], y)
 
     def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
@@ -318,43 +326,78 @@ class DecoderStack:
         tokens at position pos -> the last layer's output (B, 1, C). The
         self-attention appends this position's keys and values to the cache
         and attends over positions 0..pos; the cross-attention reads the
-        keys and values the cache computed once (a: acts(B, 1, S))."""
+        keys and values the cache computed once per source, the source's
+        beam rows as its queries: q (B, 1, C) seen as (N, beam, C) over kv
+        (N, S, 2C) (the C core gives a query the same bits alone or among
+        others). a: acts(B, 1, S); its cross-attention probabilities come
+        out laid out (N, NH, beam, S)."""
+        B, _, C = x.shape
+        N, K, NH = cache.n_sources, cache.beam, self.n_head
+        if B != N * K:
+            raise ShapeError(f"{B} rows for a cache of {N} sources x {K} beams")
         for i, la in enumerate(a.layers):
             p = self.layer_p[i]
-            sa = la.branches["self"]
-            sa.attend = lambda qkv, out, i=i: ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, self.n_head,
-                                                                   out, cache.scratch)
-            ca = la.branches["cross"]
-            ca.kv, ca.src_mask = cache.kv[i], cache.src_mask
+            sa, ca = la.branches["self"], la.branches["cross"]
+            sa.attend = lambda qkv, out, i=i: ops.attention_decode(qkv, cache.k[i], cache.v[i], pos, NH, out,
+                                                                   cache.scratch)
+            ca.attend = lambda q, out, i=i, ca=ca: ops.cross_attention_forward(
+                q.reshape(N, K, C), cache.kv[i], NH, cache.src_mask, out.reshape(N, K, C),
+                ca.att.reshape(N, NH, K, -1))
             for j, (name, ln) in enumerate(SUBLAYERS):
                 x = sublayer_forward(la.subs[name], x, self._ln(p, ln), la.branches[name], self.pre_ln,
                                      self.eps, 0.0, 0)
-            sa.attend = None
+            sa.attend = ca.attend = None
+        cache.length = pos + 1
         return x
 
 
 class DecodeCache:
-    """What incremental decoding keeps per row (B rows: sources x beams):
-    each layer's self-attention keys and values so far (B, NH, maxT, hs),
-    and its cross-attention keys and values of the source (B, S, 2C),
-    computed once."""
+    """What incremental decoding keeps for B = N x beam rows (row n * beam +
+    k: source n's hypothesis k): each layer's self-attention keys and values
+    so far (B, NH, maxT, hs) per row, and its cross-attention keys and
+    values (N, S, 2C) per source, computed once and shared by the source's
+    rows."""
 
-    def __init__(self, stack: DecoderStack, mem: np.ndarray, src_mask: np.ndarray, maxT: int):
-        B, S, C = mem.shape
-        NH = stack.n_head
-        self.src_mask = np.ascontiguousarray(src_mask, np.int32)
+    def __init__(self, stack: DecoderStack, mem: np.ndarray, src_mask: np.ndarray, maxT: int, beam: int = 1):
+        N, S, C = mem.shape
+        NH, B = stack.n_head, N * beam
+        self.beam, self.length = beam, 0                                      # length: positions written
+        self.src_mask = np.ascontiguousarray(src_mask, np.int32)              # (N, S)
         self.kv = [ops.matmul_forward(mem, p["encoder_attn.kv_proj.weight"], p["encoder_attn.kv_proj.bias"])
-                   for p in stack.layer_p]                                       # (B, S, 2C) each
+                   for p in stack.layer_p]                                       # (N, S, 2C) each
         self.k = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
         self.v = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
         self.scratch = _e(B, NH, maxT)
 
+    @property
+    def n_sources(self) -> int:
+        return self.kv[0].shape[0]
+
     def reorder(self, rows: np.ndarray) -> None:
-        """Row r takes what row rows[r] held (beam search keeps the
-        surviving hypotheses' caches); the source side follows."""
-        self.k = [np.ascontiguousarray(k[rows]) for k in self.k]
-        self.v = [np.ascontiguousarray(v[rows]) for v in self.v]
-        self.kv = [np.ascontiguousarray(kv[rows]) for kv in self.kv]
-        self.src_mask = np.ascontiguousarray(self.src_mask[rows])
-        if len(rows) != self.scratch.shape[0]:
-            self.scratch = _e(len(rows), *self.scratch.shape[1:])
+        """Row r takes what row rows[r] held: beam search keeps its surviving
+        hypotheses and drops the sources it has finished. rows come in
+        groups of beam, each group the rows of one source. Only the rows
+        that change are copied, and of them only the positions written; the
+        buffers shrink in place (their first len(rows) rows stay one
+        contiguous block)."""
+        rows = np.asarray(rows, np.int64)
+        K, B = self.beam, len(rows)
+        src = rows // K
+        if B % K or B > self.k[0].shape[0] or (src.reshape(-1, K) != src[::K, None]).any():
+            raise ShapeError(f"reorder: rows must come in groups of {K} from one source")
+        moved = np.flatnonzero(rows != np.arange(B))
+        if moved.size:
+            for buf in self.k + self.v:   # (B, NH, maxT, hs): the fancy read copies before the write
+                buf[moved, :, :self.length] = buf[rows[moved], :, :self.length]
+        keep = src[::K]
+        gone = np.flatnonzero(keep != np.arange(len(keep)))
+        if gone.size:
+            for kv in self.kv:
+                kv[gone] = kv[keep[gone]]
+            self.src_mask[gone] = self.src_mask[keep[gone]]
+        n = len(keep)
+        self.k = [k[:B] for k in self.k]
+        self.v = [v[:B] for v in self.v]
+        self.kv = [kv[:n] for kv in self.kv]
+        self.src_mask = self.src_mask[:n]
+        self.scratch = self.scratch[:B]

@@ -1,10 +1,13 @@
 """Decoding a trained encoder-decoder: greedy and beam search, batched.
 
 Both encode each source once and then extend every hypothesis one token a
-step through the decoder's KV cache (Seq2Seq.step: the self-attention keys
-and values so far, the cross-attention keys and values of the source
-computed once). `cached=False` recomputes the whole prefix every step
-instead (Seq2Seq.logprobs), the reference the cache is tested against.
+step through the decoder's KV cache (Seq2Seq.step_logits: the self-
+attention keys and values so far per hypothesis, the cross-attention keys
+and values computed once per source and shared by its beams).
+`cached=False` recomputes the whole prefix every step instead
+(Seq2Seq.forward), the reference the cache is tested against. A source
+leaves the batch as soon as it is done (its rows are dropped from the
+cache), and decode() batches the sources in order of length.
 
 Lengths: a hypothesis is the tokens after <s> up to and including </s>; its
 length |Y| counts </s>. A source of n tokens gets at most
@@ -24,6 +27,19 @@ that of max_len, so an open hypothesis of score s can reach at most
 s / norm(max_len). With a beam wide enough to keep every prefix the result
 is the exhaustive search's best (tests/seq2seq/test_seq2seq_decode.py).
 
+Cost: a step's output is the logits z (rows, V), float32. Greedy takes
+their argmax, which is the log-probabilities' (the softmax is monotone).
+Beam search needs log p = (z - m) - L with m the row maximum and L =
+log(sum exp(z - m)); L comes from the C core (Seq2Seq's log_normaliser:
+float32 exponentials summed in float64, within about 1e-6 of the float64
+log-softmax), and (z - m) - L and the hypothesis scores are float64, but
+only for the few entries that can rank: within a row the extensions rank as
+the logits do, so a source's 2 x beam best lie among the 2 x beam largest
+logits of each of its rows. A cheap lower bound of a row's (2 x beam)-th
+largest logit (the maxima of disjoint sets of 64 entries, _threshold)
+keeps a few more than that per row, and sorting the survivors by score,
+then by index, gives what a stable sort of all beam x V scores would.
+
 search="hf" runs Hugging Face generate()'s beam search instead (its
 defaults: early_stopping False, forced </s> at the last position), so an
 imported Marian model gives transformers' outputs token for token: of the
@@ -41,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mingpt_c.errors import ShapeError
-from mingpt_c.seq2seq.model import Seq2Seq
+from mingpt_c.seq2seq.model import Seq2Seq, log_normaliser
 
 
 @dataclass
@@ -80,36 +96,46 @@ def _pad(seqs: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Scorer:
-    """Next-token log-probabilities of R rows of hypotheses, through the KV
-    cache (cached) or by re-running the whole prefix (not cached)."""
+    """Next-token logits of the rows of hypotheses (row n * beam + k: source
+    n's hypothesis k), through the KV cache (cached) or by re-running the
+    whole prefix (not cached)."""
 
-    def __init__(self, model: Seq2Seq, src: np.ndarray, mask: np.ndarray, max_len: int, cached: bool):
+    def __init__(self, model: Seq2Seq, src: np.ndarray, mask: np.ndarray, beam: int, max_len: int,
+                 cached: bool):
         self.model, self.cached = model, cached
-        self.src, self.mask = src, mask
-        self.cache = model.start(src, mask, max_len) if cached else None
-
-    def next(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens (R, t+1), <s> first -> log-probabilities (R, V) of token t+1."""
-        t = tokens.shape[1] - 1
-        if self.cached:
-            lp = self.model.step(self.cache, tokens[:, -1], t)
+        if cached:
+            self.cache = model.start(src, mask, max_len, beam)
         else:
-            lp = self.model.logprobs(self.src, self.mask, tokens)[:, -1]
+            rows = np.repeat(np.arange(len(src)), beam)
+            self.src, self.mask = src[rows], mask[rows]
+        self.scratch = None
+
+    def next(self, tokens: np.ndarray, normalise: bool = True):
+        """tokens (R, t+1), <s> first -> (z, m, L): the logits z (R, V) of
+        token t+1, float32, with <pad> and <s> set to -inf (a buffer the
+        caller may change), and with normalise the row maxima m and log-sums
+        L of the logits before that (model.log_normaliser): log-probability
+        (z - m) - L."""
+        R, t = tokens.shape[0], tokens.shape[1] - 1
+        if self.cached:
+            z = self.model.step_logits(self.cache, tokens[:, -1], t)
+        else:
+            z = np.ascontiguousarray(self.model.forward(self.src, self.mask, tokens).reshape(R, t + 1, -1)[:, -1])
+        m = L = None
+        if normalise:
+            if self.scratch is None or self.scratch.shape[0] < R or self.scratch.shape[1] != z.shape[1]:
+                self.scratch = np.empty_like(z)
+            m, L = log_normaliser(z, self.scratch[:R])
         cfg = self.model.cfg
-        lp[:, cfg.pad_id] = lp[:, cfg.bos_id] = -np.inf
-        return lp
+        z[:, cfg.pad_id] = z[:, cfg.bos_id] = -np.inf
+        return z, m, L
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.src, self.mask = self.src[rows], self.mask[rows]
+        """Row r continues row rows[r] (fewer rows: finished sources left)."""
         if self.cached:
             self.cache.reorder(rows)
-
-
-def _only_eos(lp: np.ndarray, rows: np.ndarray, eos: int) -> None:
-    """At a hypothesis' last position only </s> may follow."""
-    keep = lp[rows, eos]
-    lp[rows] = -np.inf
-    lp[rows, eos] = keep
+        else:
+            self.src, self.mask = self.src[rows], self.mask[rows]
 
 
 def _source_pad(model: Seq2Seq) -> int:
@@ -118,28 +144,128 @@ def _source_pad(model: Seq2Seq) -> int:
 
 
 def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
-    """The most likely next token each step, until </s> or max_len."""
+    """The most likely next token each step, until </s> or max_len. The
+    logits' argmax is the log-probabilities' (no softmax is needed); a
+    source leaves the batch when it ends."""
     cfg = model.cfg
     out: list[list[int]] = []
     for i in range(0, len(srcs), dc.batch_size):
         batch = srcs[i:i + dc.batch_size]
         src, mask = _pad(batch, _source_pad(model))
         limit = max_lengths(model, [len(s) for s in batch], dc)
-        sc = _Scorer(model, src, mask, int(limit.max()) + 1, cached)
-        tokens = np.full((len(batch), 1), cfg.bos_id, np.int32)
-        done = np.zeros(len(batch), bool)
+        sc = _Scorer(model, src, mask, 1, int(limit.max()) + 1, cached)
+        alive = np.arange(len(batch))                              # the batch's sources still decoding
+        tokens = np.full((len(batch), 1), cfg.bos_id, np.int32)    # (alive, t+1)
+        hyps: list[list[int]] = [[] for _ in batch]
         for t in range(int(limit.max())):
-            lp = sc.next(tokens)
-            _only_eos(lp, t == limit - 1, cfg.eos_id)
-            nxt = np.where(done, cfg.pad_id, lp.argmax(1)).astype(np.int32)
-            tokens = np.concatenate([tokens, nxt[:, None]], 1)
-            done |= nxt == cfg.eos_id
-            if done.all():
+            z, _, _ = sc.next(tokens, normalise=False)
+            last = np.flatnonzero(t == limit[alive] - 1)
+            keep = z[last, cfg.eos_id]                             # at the last position only </s>
+            z[last] = -np.inf
+            z[last, cfg.eos_id] = keep
+            nxt = z.argmax(1).astype(np.int32)
+            for n, tok in zip(alive.tolist(), nxt.tolist()):
+                if tok != cfg.eos_id:
+                    hyps[n].append(tok)
+            going = np.flatnonzero(nxt != cfg.eos_id)
+            if not going.size:
                 break
-        for row in tokens[:, 1:]:
-            row = list(row)
-            out.append(row[:row.index(cfg.eos_id)] if cfg.eos_id in row else row)
+            if going.size < len(alive):
+                sc.reorder(going)
+            alive, tokens = alive[going], np.concatenate([tokens[going], nxt[going, None]], 1)
+        out += hyps
     return out
+
+# ---------------------------------------------------------------- beam search: the best extensions
+
+BLOCK = 64   # entries per set whose maximum bounds a row's n-th best logit from below
+
+
+def _threshold(z: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per row of z (R, V) a value no higher than its n-th largest entry:
+    the n-th largest maximum of disjoint sets of entries (n distinct sets
+    hold n distinct entries). The sets are the strided columns of BLOCK
+    entries (j, j + q, ..., q = V // BLOCK) and the q * BLOCK.. tail one by
+    one; a row narrower than 4 * n * BLOCK is all singletons. -inf where a
+    row has fewer than n finite sets. Returns (threshold (R,), the sets'
+    maxima (R, q + tail), q)."""
+    R, V = z.shape
+    q = V // BLOCK if V >= 4 * n * BLOCK else 0
+    M = np.concatenate([z[:, :q * BLOCK].reshape(R, BLOCK, q).max(1), z[:, q * BLOCK:]], 1) if q else z
+    if M.shape[1] < n:
+        return np.full(R, -np.inf, z.dtype), M, q
+    return np.partition(M, M.shape[1] - n, axis=1)[:, M.shape[1] - n], M, q
+
+
+def _best(z: np.ndarray, m: np.ndarray, L: np.ndarray, base: np.ndarray, K: int, n: int,
+          forced: np.ndarray, forced_lp: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each source's n best one-token extensions, as np.argsort(-cand,
+    kind="stable")[:n] over its (K * V) candidates
+        cand[k * V + j] = base[row] + log p(j | row),  row = source * K + k,
+    would rank them (score descending, then flat index k * V + j
+    ascending), without building the (N, K * V) array: a row's extensions
+    rank in the order of its logits, so the n best of a source are among
+    the n best logits of each of its rows. Each row keeps the logits at or
+    above _threshold's bound (ties included, a few more than n); their
+    log-probabilities (z - m) - L are computed in float64 and the survivors
+    of all rows sorted. Rows at their last position (forced) have one
+    extension, </s> with log-probability forced_lp; -inf candidates (masked
+    tokens, rows of base -inf) come last in index order, as a stable sort
+    puts them. Returns flat indices (N, n) and scores (N, n) float64."""
+    R, V = z.shape
+    N = R // K
+    free = ~forced & (base > -np.inf)
+    thr, M, q = _threshold(z, n)
+    ri, ci = np.nonzero((M >= thr[:, None]) & (M > -np.inf) & free[:, None])
+    if q:                                                     # a set's entries: its BLOCK strided columns
+        inset = ci < q
+        r = np.concatenate([np.repeat(ri[inset], BLOCK), ri[~inset]])
+        j = np.concatenate([(ci[inset, None] + q * np.arange(BLOCK)).ravel(), ci[~inset] - q + q * BLOCK])
+    else:
+        r, j = ri, ci
+    v = z[r, j]
+    ok = (v >= thr[r]) & (v > -np.inf)
+    r, j, v = r[ok], j[ok], v[ok]
+    fr = np.flatnonzero(forced & (base > -np.inf) & (forced_lp > -np.inf))
+    r, j = np.concatenate([r, fr]), np.concatenate([j, np.full(len(fr), eos)])
+    lp = np.concatenate([(v.astype(np.float64) - m[r[:len(v)]]) - L[r[:len(v)]], forced_lp[fr]])
+    cand = base[r] + lp
+    flat, src = (r % K) * V + j, r // K
+    order = np.lexsort((flat, -cand, src))                   # by source, score descending, index ascending
+    flat, cand, src = flat[order], cand[order], src[order]
+    count = np.bincount(src, minlength=N)
+    start = np.cumsum(count) - count
+    if (count >= n).all():
+        at = start[:, None] + np.arange(n)
+        return flat[at], cand[at]
+    out_flat, out_cand = np.empty((N, n), np.int64), np.full((N, n), -np.inf)
+    for s in range(N):
+        c = min(int(count[s]), n)
+        out_flat[s, :c], out_cand[s, :c] = flat[start[s]:start[s] + c], cand[start[s]:start[s] + c]
+        if c < n:   # the source has fewer finite candidates: all were kept, the -inf ones follow
+            out_flat[s, c:] = _minus_inf(z, base, forced, forced_lp, s, K, n - c, eos)
+    return out_flat, out_cand
+
+
+def _minus_inf(z, base, forced, forced_lp, s: int, K: int, need: int, eos: int) -> np.ndarray:
+    """The first `need` flat indices of source s whose candidates are -inf,
+    in increasing order."""
+    V = z.shape[1]
+    got: list[int] = []
+    for k in range(K):
+        r = s * K + k
+        if base[r] == -np.inf:
+            cols = np.arange(V)
+        elif forced[r]:
+            cols = np.arange(V) if forced_lp[r] == -np.inf else np.delete(np.arange(V), eos)
+        else:
+            cols = np.flatnonzero(~(z[r] > -np.inf))
+        got += (k * V + cols[:need - len(got)]).tolist()
+        if len(got) == need:
+            break
+    return np.array(got, np.int64)
+
+# ---------------------------------------------------------------- beam search
 
 
 def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
@@ -160,46 +286,47 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    rows = np.repeat(np.arange(N), K)                                     # row n*K + k: source n, beam k
-    sc = _Scorer(model, src[rows], mask[rows], int(limit.max()) + 1, cached)
+    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached)
+    alive = np.arange(N)                                                   # row a * K + k: source alive[a]
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
-    scores = np.full((N, K), -np.inf)
-    scores[:, 0] = 0.0                                                     # one open hypothesis to start
+    scores = np.full(N * K, -np.inf)
+    scores[::K] = 0.0                                                      # one open hypothesis to start
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
-    done = np.zeros(N, bool)
     best_bound = length_norm(limit, dc.length_penalty, dc.norm)            # the largest normaliser per source
     for t in range(int(limit.max())):
-        lp = sc.next(tokens)                                               # (N*K, V)
-        V = lp.shape[1]
-        _only_eos(lp, np.repeat(t == limit - 1, K), cfg.eos_id)
-        cand = (scores.reshape(-1, 1) + lp).reshape(N, K * V)
-        order = np.argsort(-cand, axis=1, kind="stable")[:, :2 * K]
-        keep_rows = np.arange(N * K)                                       # done sources keep their rows
-        new_tok = np.full(N * K, cfg.pad_id, np.int32)
-        new_scores = np.full((N, K), -np.inf)
-        for n in range(N):
-            if done[n]:
-                continue
-            k = 0
-            for j in order[n]:
-                s = cand[n, j]
+        z, m, L = sc.next(tokens)                                          # (A*K, V)
+        V = z.shape[1]
+        forced = np.repeat(t == limit[alive] - 1, K)                       # only </s> may follow
+        forced_lp = np.where(forced, (z[:, cfg.eos_id] - m) - L, -np.inf)
+        top, cand = _best(z, m, L, scores, K, min(2 * K, K * V), forced, forced_lp, cfg.eos_id)
+        rows, toks, new_scores, going = [], [], [], []
+        for a, n in enumerate(alive.tolist()):
+            k, kept = 0, []
+            for j, s in zip(top[a].tolist(), cand[a].tolist()):
                 if not np.isfinite(s):
                     break
-                beam, tok = divmod(int(j), V)
+                beam, tok = divmod(j, V)
                 if tok == cfg.eos_id:
-                    hyp = [int(x) for x in tokens[n * K + beam, 1:]]
+                    hyp = tokens[a * K + beam, 1:].tolist()
                     finished[n].append((float(s / length_norm(t + 1, dc.length_penalty, dc.norm)), hyp))
                 elif k < K:
-                    keep_rows[n * K + k], new_tok[n * K + k], new_scores[n, k] = n * K + beam, tok, s
+                    kept.append((a * K + beam, tok, s))
                     k += 1
             best = max((f[0] for f in finished[n]), default=-np.inf)
-            reach = new_scores[n].max() / best_bound[n] if k else -np.inf
-            done[n] = k == 0 or best >= reach
-        if done.all():
+            reach = max(x[2] for x in kept) / best_bound[n] if k else -np.inf
+            if k == 0 or best >= reach:
+                continue                                                   # done: the source leaves the batch
+            kept += [(a * K + i, cfg.pad_id, -np.inf) for i in range(k, K)]  # unfilled beams stay closed
+            going.append(a)
+            rows += [x[0] for x in kept]
+            toks += [x[1] for x in kept]
+            new_scores += [x[2] for x in kept]
+        if not going:
             break
-        sc.reorder(keep_rows)
-        tokens = np.concatenate([tokens[keep_rows], new_tok[:, None]], 1)
-        scores = new_scores
+        rows = np.array(rows, np.int64)
+        sc.reorder(rows)
+        tokens = np.concatenate([tokens[rows], np.array(toks, np.int32)[:, None]], 1)
+        scores, alive = np.array(new_scores, np.float64), alive[going]
     return [sorted(f, key=lambda h: -h[0])[:nbest] for f in finished]
 
 
@@ -210,55 +337,61 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    sc = _Scorer(model, src[np.repeat(np.arange(N), K)], mask[np.repeat(np.arange(N), K)],
-                 int(limit.max()) + 1, cached)
+    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached)
+    alive = np.arange(N)                        # sources whose open hypotheses may still beat a finished one
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
-    running = np.full((N, K), -1e9)
-    running[:, 0] = 0.0
+    running = np.full(N * K, -1e9)
+    running[::K] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
-    open_ = np.ones(N, bool)                    # an open hypothesis may still beat a finished one
     alpha = dc.length_penalty
     for t in range(int(limit.max())):
-        lp = sc.next(tokens)                                              # (N*K, V)
-        V = lp.shape[1]
-        last = np.repeat(t == limit - 1, K)
-        lp[last] = -np.inf                                               # forced </s>, log-probability 0
-        lp[last, cfg.eos_id] = 0.0
-        cand = (running.reshape(-1, 1) + lp).reshape(N, K * V)
-        top = np.argsort(-cand, axis=1, kind="stable")[:, :2 * K]
-        keep_rows = np.arange(N * K)
-        new_tok = np.full(N * K, cfg.pad_id, np.int32)
-        new_running = np.full((N, K), -1e9)
-        for n in range(N):
-            scores = cand[n, top[n]]
-            beam, tok = top[n] // V, top[n] % V
-            hits = (tok == cfg.eos_id) | (t == limit[n] - 1)
-            for k, j in enumerate(np.argsort(-np.where(hits, scores - 1e9, scores), kind="stable")[:K]):
-                keep_rows[n * K + k], new_tok[n * K + k] = n * K + beam[j], tok[j]
-                new_running[n, k] = scores[j] - (1e9 if hits[j] else 0.0)
-            if open_[n]:
-                for j in range(K):                                      # only the first K ranks may finish
-                    if hits[j] and np.isfinite(scores[j]):
-                        hyp = [int(x) for x in tokens[n * K + beam[j], 1:]]
-                        if tok[j] != cfg.eos_id:
-                            hyp.append(int(tok[j]))
-                        finished[n].append((float(scores[j] / (t + 1) ** alpha), hyp))
-                finished[n] = sorted(finished[n], key=lambda h: -h[0])[:K]
-            full = len(finished[n]) == K
-            worst = finished[n][-1][0] if full else -1e9
-            open_[n] &= bool(new_running[n, 0] / (t + 1) ** alpha > worst)
-        if not open_.any() or bool((t == limit - 1).all()):
+        z, m, L = sc.next(tokens)                                         # (A*K, V)
+        A, V = len(alive), z.shape[1]
+        last = t == limit[alive] - 1
+        forced = np.repeat(last, K)                                       # forced </s>, log-probability 0
+        top, cand = _best(z, m, L, running, K, min(2 * K, K * V), forced, np.where(forced, 0.0, -np.inf),
+                          cfg.eos_id)
+        beam, tok = top // V, top % V                                     # (A, 2K)
+        hits = (tok == cfg.eos_id) | last[:, None]
+        adj = np.where(hits, cand - 1e9, cand)
+        pick = np.argsort(-adj, axis=1, kind="stable")[:, :K]            # the K best that do not finish
+        rows = np.arange(A)[:, None] * K + np.take_along_axis(beam, pick, 1)
+        new_tok = np.take_along_axis(tok, pick, 1)
+        new_running = np.take_along_axis(adj, pick, 1)                    # (A, K)
+        scale = (t + 1) ** alpha
+        for a in np.flatnonzero((hits[:, :K] & np.isfinite(cand[:, :K])).any(1)).tolist():
+            n = int(alive[a])
+            for j in range(K):                                            # only the first K ranks may finish
+                if hits[a, j] and np.isfinite(cand[a, j]):
+                    hyp = tokens[a * K + beam[a, j], 1:].tolist()
+                    if tok[a, j] != cfg.eos_id:
+                        hyp.append(int(tok[a, j]))
+                    finished[n].append((float(cand[a, j] / scale), hyp))
+            finished[n] = sorted(finished[n], key=lambda h: -h[0])[:K]
+        worst = np.array([finished[n][-1][0] if len(finished[n]) == K else -1e9 for n in alive.tolist()])
+        going = np.flatnonzero(new_running[:, 0] / scale > worst)
+        if not going.size:
             break
-        sc.reorder(keep_rows)
-        tokens = np.concatenate([tokens[keep_rows], new_tok[:, None]], 1)
-        running = new_running
+        rows = rows[going].ravel()
+        sc.reorder(rows)
+        tokens = np.concatenate([tokens[rows], new_tok[going].reshape(-1, 1).astype(np.int32)], 1)
+        running, alive = new_running[going].ravel(), alive[going]
     return [f[:nbest] for f in finished]
 
 
 def decode(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
-    """The best output of each source: greedy with beam 1, else beam search."""
+    """The best output of each source: greedy with beam 1, else beam search.
+    The sources go through in order of length (batches of like lengths pad
+    little and end together), the outputs come back in the given order."""
     if dc.beam < 1:
         raise ShapeError(f"beam {dc.beam} must be at least 1")
+    order = sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
+    ranked = [srcs[i] for i in order]
     if dc.beam == 1:
-        return greedy(model, srcs, dc, cached)
-    return [h[0][1] if h else [] for h in beam_search(model, srcs, dc, cached)]
+        hyps = greedy(model, ranked, dc, cached)
+    else:
+        hyps = [h[0][1] if h else [] for h in beam_search(model, ranked, dc, cached)]
+    out: list[list[int]] = [[] for _ in srcs]
+    for i, h in zip(order, hyps):
+        out[i] = h
+    return out

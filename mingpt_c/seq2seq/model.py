@@ -388,9 +388,10 @@ class Seq2Seq(FlatModel):
 
     # ------------------------------------------------------------ decoding
 
-    def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int) -> DecodeCache:
-        """Encodes the sources once; the cache holds what step() needs for
-        up to max_len decoder positions."""
+    def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int, beam: int = 1) -> DecodeCache:
+        """Encodes the sources (N, S) once; the cache holds what step() needs
+        for beam rows a source (row n * beam + k: source n) and up to
+        max_len decoder positions."""
         cfg = self.cfg
         src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
         B, S = src.shape
@@ -398,19 +399,23 @@ class Seq2Seq(FlatModel):
         mem = self.encode(a, src, src_mask, 0.0, 0)
         if max_len > cfg.max_tgt_len + 1:
             raise ShapeError(f"{max_len} decoder positions: the model has {cfg.max_tgt_len + 1}")
-        return DecodeCache(self.decoder, mem, src_mask, max_len)
+        return DecodeCache(self.decoder, mem, src_mask, max_len, beam)
 
-    def step(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
-        """Log-probabilities (B, V) of the next token after tokens (B,) at
-        position pos; appends to the cache."""
+    def step_logits(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
+        """Logits (B, V) of the next token after tokens (B,) at position pos,
+        float32 (a buffer, valid until the next step); appends to the cache."""
         cfg, C = self.cfg, self.cfg.n_embd
         B = len(tokens)
         S = cache.kv[0].shape[1]
         sa = self._step_acts
         if sa is None or (sa.B, sa.S) != (B, S):
+            # a shrinking batch takes the first B rows of the logits buffer (the largest of the run)
+            big = sa.big if sa is not None and sa.big.shape[0] >= B else _e(B, cfg.tgt_vocab_size)
             sa = self._step_acts = SimpleNamespace(B=B, S=S, emb=_EmbActs(B, 1, C, 0.0),
                                                    dec=self.decoder.acts(B, 1, S, False),
-                                                   ln=_e(B, 1, C), mean=_e(B, 1), rstd=_e(B, 1), logits=_e(B, cfg.tgt_vocab_size))
+                                                   ln=_e(B, 1, C), mean=_e(B, 1), rstd=_e(B, 1), big=big,
+                                                   logits=big[:B], beam=cache.beam)
+        sa.beam = cache.beam
         ids = np.ascontiguousarray(np.asarray(tokens, np.int32).reshape(B, 1))
         table = _embeddings(cfg, self.p)[1]
         pe = self._positions(self.p, "tgt", pos + 1)[pos:pos + 1]
@@ -419,12 +424,20 @@ class Seq2Seq(FlatModel):
         if cfg.pre_ln:
             h = ops.layernorm_forward(h, self.p[DEC + "layer_norm.weight"], self.p[DEC + "layer_norm.bias"],
                                       cfg.layer_norm_eps, sa.ln, sa.mean, sa.rstd)[0]
-        logits = ops.matmul_forward(h.reshape(B, C), table, self._bias(self.p), sa.logits)
-        return log_softmax(logits)
+        return ops.matmul_forward(h.reshape(B, C), table, self._bias(self.p), sa.logits)
+
+    def step(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
+        """Log-probabilities (B, V), float64, of the next token after tokens
+        (B,) at position pos; appends to the cache."""
+        return log_softmax(self.step_logits(cache, tokens, pos))
 
     def step_cross_attention(self) -> list[np.ndarray]:
         """Each decoder layer's cross-attention (B, NH, 1, S) of the last step."""
-        return self._step_acts.dec.cross_attention_maps()
+        sa = self._step_acts
+        K = sa.beam
+        N = sa.B // K
+        return [att.reshape(N, -1, K, sa.S).transpose(0, 2, 1, 3).reshape(sa.B, -1, 1, sa.S)
+                for att in sa.dec.cross_attention_maps()]
 
     def logprobs(self, src, src_mask, tgt_in) -> np.ndarray:
         """Uncached: log-probabilities (B, T, V) of every next token of the
@@ -438,6 +451,22 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def log_normaliser(z: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of log_softmax without the (R, V) float64 array: of float32
+    logits z (R, V), the row maxima m (R,) and L = log(sum_j exp(z_j - m))
+    (R,), float64, so that log_softmax(z)_j = (z_j - m) - L for the few
+    entries a search reads. L comes from the C core's cross-entropy
+    (multi-threaded, float32 exponentials summed in float64) with each row's
+    argmax as the target: its loss is then log(sum) rounded to float32
+    (half an ulp, under 5e-7 while the sum is below e^16), so L is within
+    about 1e-6 of the float64 log-softmax's. scratch (R, V) float32
+    receives the probabilities."""
+    t = z.argmax(1).astype(np.int32)
+    m = z[np.arange(len(z)), t]
+    loss, _ = ops.crossentropy_forward(z, t, probs=scratch)
+    return m, loss.astype(np.float64)
 
 
 def memory_bytes(cfg: Seq2SeqConfig, B: int, S: int, T: int, train: bool) -> int:
