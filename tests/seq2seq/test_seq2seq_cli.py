@@ -133,3 +133,9 @@ def test_g2p_alignment_follows_the_letters(tmp_path):
 word_phones = {"bat": "B AE T", "dog": "D AO G", "pet": "P EH T", "sit": "S IH T", "map": "M AE P",
                "fun": "F AH N", "cat": "K AE T", "ten": "T EH N", "hid": "HH IH D", "rub": "R AH B"}
 word_phones = {k: v.split() for k, v in word_phones.items()}
+
+
+def test_export_of_a_model_trained_here_is_one_line(reverser, tmp_path):
+    """Only a Marian-shaped model exports: ours has interleaved sinusoids and its own vocabularies."""
+    one_line_error(invoke("export", reverser / "run", "--out", tmp_path / "hf"), "MarianMTModel", "sinusoidal")
+    assert not (tmp_path / "hf").exists()
