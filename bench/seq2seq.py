@@ -150,8 +150,8 @@ def main() -> None:
     from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
     from mingpt_c.seq2seq import data as sd
     from mingpt_c.seq2seq.decode import DecodeConfig, decode
-    from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig
-    from mingpt_c.seq2seq.train import build_vocabs, encode_pairs, evaluate_outputs, make_batch
+    from mingpt_c.seq2seq.model import Seq2Seq
+    from mingpt_c.seq2seq.train import build_vocabs, encode_pairs, evaluate_outputs, make_batch, new_config
 
     import torch
 
@@ -166,13 +166,8 @@ def main() -> None:
     split = sd.g2p_split()
     pairs = sd.g2p_pairs(split["train"])
     vocabs = build_vocabs(tc, pairs)
-    lens = [(len(vocabs["src"].encode(s)), len(vocabs["tgt"].encode(t)) + 1) for s, t in pairs]
-    max_src = min(tc.max_len, max(x for x, _ in lens))
-    max_tgt = min(tc.max_len, max(y for _, y in lens))
-    cfg = Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
-                        max_src_len=max_src, max_tgt_len=max_tgt, enc_layers=tc.enc_layers,
-                        dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout,
-                        act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions)
+    cfg = new_config(tc, vocabs, pairs)
+    max_src, max_tgt = cfg.max_src_len, cfg.max_tgt_len
     model = Seq2Seq(cfg, seed=tc.seed)
     tm = from_ours(model, dtype=torch.float32)                 # before any step: the same initial weights
     tm.train()

@@ -86,38 +86,30 @@ def _pairs(model, tm: TorchSeq2Seq):
     if cfg.positions == "learned":
         out += [(tm.src_pos, ["model.encoder.embed_positions.weight"]),
                 (tm.tgt_pos, ["model.decoder.embed_positions.weight"])]
+    def linear(module, name):
+        return [(module.weight, [name + ".weight"]), (module.bias, [name + ".bias"])]
+
+    def self_attention_and_ffn(layer, p, ffn_norm):
+        """What encoder and decoder layers share: the self-attention (norm1)
+        and the feed-forward, whose layernorm is ffn_norm."""
+        return (linear(layer.self_attn.out_proj, p + "self_attn.out_proj")
+                + [(layer.self_attn.in_proj_weight, [p + "self_attn.qkv_proj.weight"]),
+                   (layer.self_attn.in_proj_bias, [p + "self_attn.qkv_proj.bias"])]
+                + linear(layer.norm1, p + "self_attn_layer_norm")
+                + linear(layer.linear1, p + "fc1") + linear(layer.linear2, p + "fc2")
+                + linear(ffn_norm, p + "final_layer_norm"))
+
     for i, layer in enumerate(tm.transformer.encoder.layers):
-        p = f"model.encoder.layers.{i}."
-        out += [(layer.self_attn.in_proj_weight, [p + "self_attn.qkv_proj.weight"]),
-                (layer.self_attn.in_proj_bias, [p + "self_attn.qkv_proj.bias"]),
-                (layer.self_attn.out_proj.weight, [p + "self_attn.out_proj.weight"]),
-                (layer.self_attn.out_proj.bias, [p + "self_attn.out_proj.bias"]),
-                (layer.norm1.weight, [p + "self_attn_layer_norm.weight"]),
-                (layer.norm1.bias, [p + "self_attn_layer_norm.bias"]),
-                (layer.linear1.weight, [p + "fc1.weight"]), (layer.linear1.bias, [p + "fc1.bias"]),
-                (layer.linear2.weight, [p + "fc2.weight"]), (layer.linear2.bias, [p + "fc2.bias"]),
-                (layer.norm2.weight, [p + "final_layer_norm.weight"]),
-                (layer.norm2.bias, [p + "final_layer_norm.bias"])]
+        out += self_attention_and_ffn(layer, f"model.encoder.layers.{i}.", layer.norm2)
     for i, layer in enumerate(tm.transformer.decoder.layers):
         p = f"model.decoder.layers.{i}."
-        out += [(layer.self_attn.in_proj_weight, [p + "self_attn.qkv_proj.weight"]),
-                (layer.self_attn.in_proj_bias, [p + "self_attn.qkv_proj.bias"]),
-                (layer.self_attn.out_proj.weight, [p + "self_attn.out_proj.weight"]),
-                (layer.self_attn.out_proj.bias, [p + "self_attn.out_proj.bias"]),
-                (layer.norm1.weight, [p + "self_attn_layer_norm.weight"]),
-                (layer.norm1.bias, [p + "self_attn_layer_norm.bias"]),
-                (layer.multihead_attn.in_proj_weight, [p + "encoder_attn.q_proj.weight",
+        out += self_attention_and_ffn(layer, p, layer.norm3)
+        out += [(layer.multihead_attn.in_proj_weight, [p + "encoder_attn.q_proj.weight",
                                                        p + "encoder_attn.kv_proj.weight"]),
                 (layer.multihead_attn.in_proj_bias, [p + "encoder_attn.q_proj.bias",
-                                                     p + "encoder_attn.kv_proj.bias"]),
-                (layer.multihead_attn.out_proj.weight, [p + "encoder_attn.out_proj.weight"]),
-                (layer.multihead_attn.out_proj.bias, [p + "encoder_attn.out_proj.bias"]),
-                (layer.norm2.weight, [p + "encoder_attn_layer_norm.weight"]),
-                (layer.norm2.bias, [p + "encoder_attn_layer_norm.bias"]),
-                (layer.linear1.weight, [p + "fc1.weight"]), (layer.linear1.bias, [p + "fc1.bias"]),
-                (layer.linear2.weight, [p + "fc2.weight"]), (layer.linear2.bias, [p + "fc2.bias"]),
-                (layer.norm3.weight, [p + "final_layer_norm.weight"]),
-                (layer.norm3.bias, [p + "final_layer_norm.bias"])]
+                                                     p + "encoder_attn.kv_proj.bias"])]
+        out += linear(layer.multihead_attn.out_proj, p + "encoder_attn.out_proj")
+        out += linear(layer.norm2, p + "encoder_attn_layer_norm")
     if cfg.pre_ln:
         for side, stack in (("encoder", tm.transformer.encoder), ("decoder", tm.transformer.decoder)):
             out += [(stack.norm.weight, [f"model.{side}.layer_norm.weight"]),

@@ -414,8 +414,7 @@ class Seq2Seq(FlatModel):
             sa = self._step_acts = SimpleNamespace(B=B, S=S, emb=_EmbActs(B, 1, C, 0.0),
                                                    dec=self.decoder.acts(B, 1, S, False),
                                                    ln=_e(B, 1, C), mean=_e(B, 1), rstd=_e(B, 1), big=big,
-                                                   logits=big[:B], beam=cache.beam)
-        sa.beam = cache.beam
+                                                   logits=big[:B])
         ids = np.ascontiguousarray(np.asarray(tokens, np.int32).reshape(B, 1))
         table = _embeddings(cfg, self.p)[1]
         pe = self._positions(self.p, "tgt", pos + 1)[pos:pos + 1]
@@ -430,14 +429,6 @@ class Seq2Seq(FlatModel):
         """Log-probabilities (B, V), float64, of the next token after tokens
         (B,) at position pos; appends to the cache."""
         return log_softmax(self.step_logits(cache, tokens, pos))
-
-    def step_cross_attention(self) -> list[np.ndarray]:
-        """Each decoder layer's cross-attention (B, NH, 1, S) of the last step."""
-        sa = self._step_acts
-        K = sa.beam
-        N = sa.B // K
-        return [att.reshape(N, -1, K, sa.S).transpose(0, 2, 1, 3).reshape(sa.B, -1, 1, sa.S)
-                for att in sa.dec.cross_attention_maps()]
 
     def logprobs(self, src, src_mask, tgt_in) -> np.ndarray:
         """Uncached: log-probabilities (B, T, V) of every next token of the

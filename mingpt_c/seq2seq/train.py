@@ -42,9 +42,6 @@ from mingpt_c.seq2seq.metrics import score
 from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig, memory_bytes
 from mingpt_c.seq2seq.vocab import Vocab
 
-G2P = "cmudict g2p"    # what --train names when none is given
-
-
 @dataclass
 class Seq2SeqTrainConfig(OptimConfig):
     out: str = "seq2seq-out"        # run directory
@@ -173,18 +170,25 @@ def evaluate_outputs(vocabs: dict, hyps: list[list[int]], refs: list[list[str]])
 # ------------------------------------------------------------------ the loop
 
 
-def _model(tc: Seq2SeqTrainConfig, vocabs: dict, max_src: int, max_tgt: int, say):
-    if tc.init_from:
-        init = ckpt.load(tc.init_from)
-        cfg = init["cfg"]
-        cfg.dropout = tc.dropout
-        say(f"init: weights and vocabularies from {init['path']}")
-        return Seq2Seq(cfg, init["params"]), init["vocabs"]
-    cfg = Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
-                        shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
-                        enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd,
-                        dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions)
-    return Seq2Seq(cfg, seed=tc.seed), vocabs
+def new_config(tc: Seq2SeqTrainConfig, vocabs: dict, pairs: list) -> Seq2SeqConfig:
+    """A fresh model's configuration: the options, the vocabularies' sizes,
+    positions for the longest source and target (</s> included) within
+    --max-len."""
+    max_src = min(tc.max_len, max(len(vocabs["src"].encode(s)) for s, _ in pairs))
+    max_tgt = min(tc.max_len, max(len(vocabs["tgt"].encode(t)) + 1 for _, t in pairs))
+    return Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
+                         shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
+                         enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd,
+                         dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions)
+
+
+def _init_from(tc: Seq2SeqTrainConfig, say) -> tuple[Seq2Seq, dict]:
+    """The --init-from checkpoint's model (at this run's dropout) and vocabularies."""
+    init = ckpt.load(tc.init_from)
+    cfg = init["cfg"]
+    cfg.dropout = tc.dropout
+    say(f"init: weights and vocabularies from {init['path']}")
+    return Seq2Seq(cfg, init["params"]), init["vocabs"]
 
 
 def _check_memory(tc: Seq2SeqTrainConfig, run: Run, cfg: Seq2SeqConfig) -> None:
@@ -220,19 +224,12 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         if resume:
             model, vocabs, moments = _resumed(run)
         elif tc.init_from:
-            model, vocabs = _model(tc, None, 0, 0, run.say)
+            model, vocabs = _init_from(tc, run.say)
         else:
             vocabs = build_vocabs(tc, pairs)
-            lens = [(len(vocabs["src"].encode(s)), len(vocabs["tgt"].encode(t)) + 1) for s, t in pairs]
-            max_src = min(tc.max_len, max(a for a, _ in lens))
-            max_tgt = min(tc.max_len, max(b for _, b in lens))
-            cfg0 = Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
-                                 shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
-                                 enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head,
-                                 n_embd=tc.n_embd, dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln,
-                                 positions=tc.positions)
-            _check_memory(tc, run, cfg0)
-            model, vocabs = _model(tc, vocabs, max_src, max_tgt, run.say)
+            cfg = new_config(tc, vocabs, pairs)
+            _check_memory(tc, run, cfg)   # before the model is allocated
+            model = Seq2Seq(cfg, seed=tc.seed)
         cfg = model.cfg
         cfg.extra = {"data": what}
         src, tgt, cut = encode_pairs(vocabs, pairs, cfg)
