@@ -36,6 +36,7 @@
  *     reference; it is never mistaken for a row with no visible key.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -725,5 +726,46 @@ mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
     #pragma omp parallel for schedule(static) if ((size_t)BH * Tn * (pos + Tn) * hs >= MG_PAR_MIN)
     for (int bh = 0; bh < BH; bh++)
         decode_head(out, kcache, vcache, scratch, qkv, bh, Tn, pos, maxT, C, NH);
+    return MG_OK;
+}
+
+/* ================================================================ beam reorder */
+
+mg_status mg_gather_rows(float* buf, float* scratch, const int32_t* src, int n, int B, int chunks,
+                         size_t row_stride, size_t chunk_stride, size_t chunk_len) {
+    MG_CHECK_PTR(buf); MG_CHECK_PTR(scratch); MG_CHECK_PTR(src);
+    MG_CHECK(n >= 0 && n <= B, MG_ERR_SHAPE, "n=%d rows for a buffer of B=%d", n, B);
+    MG_CHECK(chunks >= 0, MG_ERR_SHAPE, "chunks=%d must not be negative", chunks);
+    MG_CHECK(chunks <= 1 || chunk_stride >= chunk_len, MG_ERR_SHAPE,
+             "chunks of %zu floats overlap at a stride of %zu", chunk_len, chunk_stride);
+    MG_CHECK(chunks == 0 || (size_t)(chunks - 1) * chunk_stride + chunk_len <= row_stride,
+             MG_ERR_SHAPE, "a row's chunks overrun its stride %zu", row_stride);
+    for (int r = 0; r < n; r++)
+        MG_CHECK(src[r] >= 0 && src[r] < B, MG_ERR_INDEX, "src[%d] = %d outside [0, %d)", r, src[r], B);
+    if (n == 0 || chunks == 0 || chunk_len == 0) return MG_OK;
+    /* 1: a moved row, 2: the source of a moved row, 3: both (saved first) */
+    unsigned char* role = calloc((size_t)B, 1);
+    if (!role) return mg_fail(MG_ERR_NOMEM, __func__, "cannot allocate %d bytes", B);
+    for (int r = 0; r < n; r++)
+        if (src[r] != r) { role[r] |= 1; role[src[r]] |= 2; }
+    const size_t packed_row = (size_t)chunks * chunk_len;
+    const size_t items = (size_t)B * chunks;
+    const int par = (size_t)n * packed_row >= MG_PAR_MIN;
+    #pragma omp parallel for schedule(static) if (par)
+    for (size_t t = 0; t < items; t++) {
+        const int r = (int)(t / chunks), c = (int)(t % chunks);
+        if (role[r] == 3)
+            memcpy(scratch + r * packed_row + c * chunk_len, buf + r * row_stride + c * chunk_stride,
+                   chunk_len * sizeof(float));
+    }
+    #pragma omp parallel for schedule(static) if (par)
+    for (size_t t = 0; t < (size_t)n * chunks; t++) {
+        const int r = (int)(t / chunks), c = (int)(t % chunks), s = src[r];
+        if (s == r) continue;
+        const float* from = role[s] == 3 ? scratch + s * packed_row + c * chunk_len
+                                         : buf + s * row_stride + c * chunk_stride;
+        memcpy(buf + r * row_stride + c * chunk_stride, from, chunk_len * sizeof(float));
+    }
+    free(role);
     return MG_OK;
 }

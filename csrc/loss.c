@@ -9,13 +9,17 @@
  * time through exp_neg (about 1.4 ulp; simd_math.h), each lane's float
  * exponentials summed in double in a fixed lane order: a 50257-wide row was
  * otherwise one scalar expf and one dependent double add per entry.
+ * mg_logits_stats gives a search the row max and log-sum of logits without
+ * writing probabilities (and the maxima of strided column sets, for a
+ * top-k bound), in one read of the row from memory.
  */
 #include <math.h>
 
 #include "common.h"
 #include "simd_math.h"
 
-/* p[j] = exp(z[j] - zmax) for j < V; returns the sum (in double). */
+/* p[j] = exp(z[j] - zmax) for j < V (p NULL: not stored); returns the sum
+ * (in double). */
 static double exp_row(float* p, const float* z, int V, float zmax) {
     int j = 0;
     double sum = 0.0;
@@ -26,7 +30,7 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
         /* the tail's missing lanes read as -inf: exp gives 0 and adds 0 */
         __mmask16 m = V - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - j)) - 1);
         __m512 e = exp_neg16(_mm512_sub_ps(_mm512_mask_loadu_ps(ninf, m, z + j), vm));
-        _mm512_mask_storeu_ps(p + j, m, e);
+        if (p) _mm512_mask_storeu_ps(p + j, m, e);
         s0 = _mm512_add_pd(s0, widen_lo(e));
         s1 = _mm512_add_pd(s1, widen_hi(e));
     }
@@ -38,7 +42,7 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (; j + 8 <= V; j += 8) {
         __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(z + j), vm));
-        _mm256_storeu_ps(p + j, e);
+        if (p) _mm256_storeu_ps(p + j, e);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
     }
@@ -48,7 +52,7 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
 #endif
     for (; j < V; j++) {
         float e = expf(z[j] - zmax);
-        p[j] = e;
+        if (p) p[j] = e;
         sum += e;
     }
     return sum;
@@ -120,6 +124,41 @@ mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
             for (int j = 0; j < V; j++) d[j] += g * p[j];
         }
         d[t] -= g;
+    }
+    return MG_OK;
+}
+
+/* m[j] = max(m[j], s[j]) for j < n, NaNs in s skipped */
+static void max_into(float* m, const float* s, int n) {
+    int j = 0;
+#if defined(__AVX512F__)
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(m + j, _mm512_max_ps(_mm512_loadu_ps(s + j), _mm512_loadu_ps(m + j)));
+#endif
+    for (; j < n; j++) m[j] = s[j] > m[j] ? s[j] : m[j];
+}
+
+mg_status mg_logits_stats(float* zmax, double* lse, float* setmax, const float* z,
+                          int R, int V, int nsets, int per) {
+    MG_CHECK_PTR(zmax); MG_CHECK_PTR(lse); MG_CHECK_PTR(z);
+    MG_CHECK(R >= 0, MG_ERR_SHAPE, "R=%d must not be negative", R);
+    MG_CHECK_POS(V);
+    MG_CHECK(nsets >= 0 && per >= 0, MG_ERR_SHAPE, "nsets=%d and per=%d must not be negative", nsets, per);
+    MG_CHECK(nsets == 0 || setmax, MG_ERR_NULL, "setmax is NULL");
+    MG_CHECK((size_t)nsets * (size_t)per <= (size_t)V, MG_ERR_SHAPE,
+             "%d sets of %d entries do not fit a row of %d", nsets, per, V);
+    #pragma omp parallel for schedule(static) if ((size_t)R * V >= MG_PAR_MIN)
+    for (int i = 0; i < R; i++) {
+        const float* zi = z + (size_t)i * V;
+        float m = row_max(zi, V);
+        if (nsets > 0) {
+            float* sm = setmax + (size_t)i * nsets;
+            for (int j = 0; j < nsets; j++) sm[j] = -INFINITY;
+            for (int b = 0; b < per; b++) max_into(sm, zi + (size_t)b * nsets, nsets);
+        }
+        double sum = exp_row(NULL, zi, V, m);
+        zmax[i] = m;
+        lse[i] = log(sum);
     }
     return MG_OK;
 }

@@ -4,6 +4,8 @@
  *   mg_matmul_forward:  out (N,OC) = inp (N,C) @ weight^T (C,OC) + bias (OC)
  *   mg_matmul_backward: dinp += dout @ weight; dweight += dout^T @ inp;
  *                       dbias += column sums of dout
+ *   mg_matmul_pack, mg_matmul_forward_packed: the forward with its weight
+ *                       packed once for many calls (decoding)
  *
  * Design (the BLIS/GotoBLAS layering, with the K loop moved inside a unit):
  *   for jc in N by nc          chunk of B: K x nc packed at once (<= 16 MiB, L3);
@@ -437,9 +439,73 @@ static inline void tile(int kc, const float* a, const float* b, float* c, size_t
 
 // Cm (M,N) = beta*Cm + A' @ B' (+ bias (N) broadcast over rows, beta 0 only).
 // Sizes are validated and non-zero (K >= 1) here.
+// ---------------------------------------------------------------- chunks of B
+
+// The cut of B' (K,N) into chunks packed at once: ncb columns (a multiple of
+// NR) by kcr rows. Chunks span all of K and cut N where that leaves them
+// wide, at most about B_CAP floats, so a chunk costs two synchronisations
+// (after the packing, and the join) instead of two per K block. When K is so
+// long that they would be narrow (the head's dinp: K = 50257, N = 768), they
+// span NC_MIN columns and cut K at block boundaries instead, because every N
+// chunk packs A anew and a narrow chunk would pack all of a huge A many times
+// over. Depends on N and K alone: a weight packed ahead of time
+// (mg_matmul_pack) has the layout every call would build.
+static void b_chunks(int N, int K, int* ncb_out, int* kcr_out) {
+    const int kcb = k_block(K);
+    int kcr = K;
+    int ncb = (int)MG_MIN((size_t)N, MG_MAX((size_t)NR, B_CAP / (size_t)K));
+    if (ncb < MG_MIN(N, NC_MIN)) {
+        ncb = MG_MIN(N, NC_MIN);
+        kcr = (int)MG_MIN((size_t)K, MG_MAX((size_t)1, B_CAP / (size_t)ncb / (size_t)kcb) * (size_t)kcb);
+    }
+    int nnb = (N + ncb - 1) / ncb;
+    ncb = (N + nnb - 1) / nnb;
+    *ncb_out = ((ncb + NR - 1) / NR) * NR;
+    *kcr_out = kcr;
+}
+
+// Floats of one packed chunk: columns jc.. (nc of them) and K rows kr..kend,
+// as NR-wide zero-padded panels per K block.
+static inline size_t chunk_floats(int nc, int kr, int kend) {
+    return (size_t)(kend - kr) * (size_t)((nc + NR - 1) / NR) * NR;
+}
+
+// Packs the chunk (columns jc..jc+nc, K rows kr..kend) of B' into bpack,
+// shared among the team (orphaned worksharing loops; the end is a barrier).
+// K block pc's panels start at bpack + (pc-kr)*npan*NR (blocks before it are
+// full), panel q at + q*kc*NR.
+static void pack_b_chunk(float* bpack, const float* B, size_t ldb, int transB, int K,
+                         int jc, int nc, int kr, int kend) {
+    const int kcb = k_block(K);
+    const int npan = (nc + NR - 1) / NR;
+    const int nkb = (kend - kr + kcb - 1) / kcb;
+    if (transB) {
+        #pragma omp for schedule(dynamic, 4)
+        for (int t = 0; t < nkb * npan; t++) {
+            int pc = kr + (t / npan) * kcb, q = t % npan;
+            int kc = MG_MIN(kcb, K - pc);
+            pack_bt_panel(bpack + (size_t)(pc - kr) * npan * NR + (size_t)q * kc * NR,
+                          B, ldb, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
+        }
+    } else {
+        #pragma omp for schedule(static)
+        for (int k = kr; k < kend; k++) {
+            int pc = k / kcb * kcb;
+            pack_b_row(bpack + (size_t)(pc - kr) * npan * NR, B, ldb, k, k - pc,
+                       MG_MIN(kcb, K - pc), jc, nc);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the product
+
+// Cm (M,N) = beta*Cm + A' @ B' (+ bias on the first K block). packed: B'
+// packed ahead of time by mg_matmul_pack (every chunk, in loop order), or
+// NULL to pack it here.
 static mg_status gemm(int transA, int transB, int M, int N, int K,
                       const float* A, size_t lda, const float* B, size_t ldb,
-                      float beta, float* Cm, size_t ldc, const float* bias) {
+                      float beta, float* Cm, size_t ldc, const float* bias,
+                      const float* packed) {
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     int parallel = nt > 1 && (double)M * N * K >= SERIAL_MNK;
     if (!parallel) nt = 1;
@@ -458,7 +524,7 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
             if (r0 < r1)
                 failed |= gemm(transA, transB, r1 - r0, N, K,
                                A + (transA ? (size_t)r0 : (size_t)r0 * lda), lda, B, ldb,
-                               beta, Cm + (size_t)r0 * ldc, ldc, bias) != MG_OK;
+                               beta, Cm + (size_t)r0 * ldc, ldc, bias, packed) != MG_OK;
         }
         if (failed)   // recorded by the thread that failed
             return mg_fail(MG_ERR_NOMEM, "mg_sgemm", "cannot allocate the packing workspace");
@@ -472,22 +538,8 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     int mcb = (M + nmb - 1) / nmb;
     mcb = ((mcb + MR - 1) / MR) * MR;
     nmb = (M + mcb - 1) / mcb;
-    // Chunks of B: all K blocks of a chunk are packed at once, at most about
-    // B_CAP floats, so a chunk costs two synchronisations (after the packing,
-    // and the join) instead of two per K block. Chunks span all of K and cut
-    // N where that leaves them wide; when K is so long that they would be
-    // narrow (the head's dinp: K = 50257, N = 768), they span NC_MIN columns
-    // and cut K at block boundaries instead, because every N chunk packs A
-    // anew and a narrow chunk would pack all of a huge A many times over.
-    int kcr = K;                                        // K rows per chunk
-    int ncb = (int)MG_MIN((size_t)N, MG_MAX((size_t)NR, B_CAP / (size_t)K));
-    if (ncb < MG_MIN(N, NC_MIN)) {
-        ncb = MG_MIN(N, NC_MIN);
-        kcr = (int)MG_MIN((size_t)K, MG_MAX((size_t)1, B_CAP / (size_t)ncb / (size_t)kcb) * (size_t)kcb);
-    }
-    int nnb = (N + ncb - 1) / ncb;
-    ncb = (N + nnb - 1) / nnb;
-    ncb = ((ncb + NR - 1) / NR) * NR;
+    int ncb, kcr;                                       // chunks of B: ncb columns, kcr K rows
+    b_chunks(N, K, &ncb, &kcr);
     // Work units are (M block, column slice). Threads take them dynamically:
     // on a shared machine a thread can lose its core for a while, and the
     // other then takes its units instead of waiting for it. At least 4 units
@@ -495,7 +547,7 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     // tile never changes its bits.
     int njs = nt > 1 ? MG_MAX(1, (4 * nt + nmb - 1) / nmb) : 1;
 
-    size_t b_size = (size_t)kcr * (size_t)ncb;          // one packed chunk of B
+    size_t b_size = packed ? 0 : (size_t)kcr * (size_t)ncb;   // one packed chunk of B
     size_t a_size = (size_t)KC_MAX * (MC_MAX + MR);     // one packed A block
     float* ws = workspace(b_size + (size_t)nt * a_size);
     if (!ws) return mg_fail(MG_ERR_NOMEM, "mg_sgemm",
@@ -506,30 +558,19 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
     #pragma omp parallel num_threads(nt) if (parallel)
     {
         float* apack = ws + b_size + (size_t)omp_get_thread_num() * a_size;
+        const float* next = packed;                     // the next prepacked chunk
         for (int jc = 0; jc < N; jc += ncb)
         for (int kr = 0; kr < K; kr += kcr) {
             int nc = MG_MIN(ncb, N - jc), kend = MG_MIN(K, kr + kcr);
             int npan = (nc + NR - 1) / NR;
-            int nkb = (kend - kr + kcb - 1) / kcb;
-            // K block pc's panels start at bpack + (pc-kr)*npan*NR (blocks
-            // before it are full), panel q at + q*kc*NR.
-            if (transB) {
-                #pragma omp for schedule(dynamic, 4)
-                for (int t = 0; t < nkb * npan; t++) {
-                    int pc = kr + (t / npan) * kcb, q = t % npan;
-                    int kc = MG_MIN(kcb, K - pc);
-                    pack_bt_panel(bpack + (size_t)(pc - kr) * npan * NR + (size_t)q * kc * NR,
-                                  B, ldb, pc, jc + q * NR, MG_MIN(NR, nc - q * NR), kc);
-                }
+            const float* chunk = next;
+            if (packed) {
+                next += chunk_floats(nc, kr, kend);
             } else {
-                #pragma omp for schedule(static)
-                for (int k = kr; k < kend; k++) {
-                    int pc = k / kcb * kcb;
-                    pack_b_row(bpack + (size_t)(pc - kr) * npan * NR, B, ldb, k, k - pc,
-                               MG_MIN(kcb, K - pc), jc, nc);
-                }
+                pack_b_chunk(bpack, B, ldb, transB, K, jc, nc, kr, kend);
+                chunk = bpack;
+                // (the loops' implicit barrier: B is packed before anyone reads it)
             }
-            // (implicit barrier: B is packed before anyone reads it)
 
             // Each unit packs its own A block, so a slice keeps at least
             // SLICE_MIN panels: thinner slices would pack A more than they save.
@@ -546,7 +587,7 @@ static mg_status gemm(int transA, int transB, int M, int N, int K,
                     int kc = MG_MIN(kcb, K - pc);
                     int mode = (pc == 0 && beta == 0.0f) ? STORE_SET : STORE_ADD;
                     const float* bias_p = (mode == STORE_SET) ? bias : NULL;
-                    const float* bblk = bpack + (size_t)(pc - kr) * npan * NR;
+                    const float* bblk = chunk + (size_t)(pc - kr) * npan * NR;
                     pack_a(apack, A, lda, transA, ic, pc, mc, kc);
                     for (int q = q0; q < q1; q++) {
                         int j = q * NR;
@@ -585,14 +626,14 @@ mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
     if (M == 0 || N == 0) return MG_OK;
     if (K == 0) { scale_c(M, N, beta, Cm, (size_t)ldc, NULL); return MG_OK; }
     return gemm(transA, transB, M, N, K, A, (size_t)lda, B, (size_t)ldb,
-                beta, Cm, (size_t)ldc, NULL);
+                beta, Cm, (size_t)ldc, NULL, NULL);
 }
 
 // A few rows (token-by-token decoding): every weight row is read once, so the
 // product is bound by memory, and packing the whole weight per call would
 // triple the traffic. Dot products straight from the (OC,C) rows instead,
 // parallel over output channels.
-enum { GEMV_ROWS = 4 };
+enum { GEMV_ROWS = MG_GEMV_ROWS };
 
 static inline float dot(const float* restrict a, const float* restrict b, int n) {
     int k = 0;
@@ -704,7 +745,68 @@ mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
     if (N <= GEMV_ROWS) { gemv_rows(out, inp, weight, bias, N, C, OC); return MG_OK; }
     // out (N,OC) = inp (N,C) @ weight^T; the bias rides on the first K block's store.
     return gemm(0, 1, N, OC, C, inp, (size_t)C, weight, (size_t)C,
-                0.0f, out, (size_t)OC, bias);
+                0.0f, out, (size_t)OC, bias, NULL);
+}
+
+// ---------------------------------------------------------------- a weight packed ahead
+
+// Decoding multiplies the same weight by a few hundred rows at every step;
+// packing it (a read and a write of the whole weight) then costs as much as
+// a good part of the product: the 512 x 58,101 output projection of a
+// translation model packs 119 MB per step. Packed once, every step reads it
+// as the product would have packed it, so the bits are the same.
+mg_status mg_matmul_packed_size(size_t* n, int C, int OC) {
+    MG_CHECK_PTR(n);
+    MG_CHECK_POS(C); MG_CHECK_POS(OC);
+    int ncb, kcr;
+    b_chunks(OC, C, &ncb, &kcr);
+    size_t total = 0;
+    for (int jc = 0; jc < OC; jc += ncb)
+        for (int kr = 0; kr < C; kr += kcr)
+            total += chunk_floats(MG_MIN(ncb, OC - jc), kr, MG_MIN(C, kr + kcr));
+    *n = total;
+    return MG_OK;
+}
+
+static mg_status check_packed(const char* fn, const float* packed, size_t npacked, int C, int OC) {
+    MG_CHECK_PTR(packed);
+    MG_CHECK(((uintptr_t)packed % ALIGN) == 0, MG_ERR_VALUE,
+             "packed must be aligned to %d bytes", (int)ALIGN);
+    size_t need = 0;
+    MG_TRY(mg_matmul_packed_size(&need, C, OC));
+    MG_CHECK(npacked == need, MG_ERR_SHAPE, "packed has %zu floats, a (%d, %d) weight packs to %zu",
+             npacked, OC, C, need);
+    (void)fn;
+    return MG_OK;
+}
+
+mg_status mg_matmul_pack(float* packed, size_t npacked, const float* weight, int C, int OC) {
+    MG_CHECK_PTR(weight);
+    MG_TRY(check_packed(__func__, packed, npacked, C, OC));
+    int ncb, kcr;
+    b_chunks(OC, C, &ncb, &kcr);
+    #pragma omp parallel if ((double)OC * C >= SERIAL_MNK)
+    {
+        float* chunk = packed;
+        for (int jc = 0; jc < OC; jc += ncb)
+            for (int kr = 0; kr < C; kr += kcr) {
+                int nc = MG_MIN(ncb, OC - jc), kend = MG_MIN(C, kr + kcr);
+                pack_b_chunk(chunk, weight, (size_t)C, 1, C, jc, nc, kr, kend);
+                chunk += chunk_floats(nc, kr, kend);
+            }
+    }
+    return MG_OK;
+}
+
+mg_status mg_matmul_forward_packed(float* out, const float* inp, const float* weight,
+                                   const float* packed, size_t npacked, const float* bias,
+                                   int N, int C, int OC) {
+    MG_TRY(check_matmul_forward(__func__, out, inp, weight, N, C, OC));
+    MG_TRY(check_packed(__func__, packed, npacked, C, OC));
+    if (N == 0) return MG_OK;
+    if (N <= GEMV_ROWS) { gemv_rows(out, inp, weight, bias, N, C, OC); return MG_OK; }
+    return gemm(0, 1, N, OC, C, inp, (size_t)C, weight, (size_t)C,
+                0.0f, out, (size_t)OC, bias, packed);
 }
 
 // dbias (OC) += sum over rows of dout (N,OC). Parallel over column slices so
@@ -734,11 +836,11 @@ static mg_status backward_part(int part, float* dinp, float* dweight, float* dbi
     mg_status st = MG_OK;
     if (part != 1 && dinp)
         st = gemm(0, 0, N, C, OC, dout, (size_t)OC, weight, (size_t)C, dinp_beta, dinp,
-                  (size_t)C, NULL);
+                  (size_t)C, NULL, NULL);
     if (part != 0 && st == MG_OK) {
         if (dweight)
             st = gemm(1, 0, OC, C, N, dout, (size_t)OC, inp, (size_t)C, 1.0f, dweight,
-                      (size_t)C, NULL);
+                      (size_t)C, NULL, NULL);
         if (st == MG_OK && dbias) column_sums(dbias, dout, N, OC);
     }
     return st;

@@ -36,7 +36,9 @@ typedef enum {
 } mg_status;
 
 typedef enum {
-    MG_IGNORE_INDEX = -100  /* default ignore index of the cross-entropy */
+    MG_IGNORE_INDEX = -100, /* default ignore index of the cross-entropy */
+    MG_GEMV_ROWS = 4        /* mg_matmul_forward of up to this many rows reads the weight
+                               unpacked (dot products): a packed weight does not serve them */
 } mg_constants;
 
 /* ---------------------------------------------------------------- runtime */
@@ -63,6 +65,17 @@ mg_status mg_sgemm(int transA, int transB, int M, int N, int K,
  * weight (OC,C), bias (OC) or NULL. */
 mg_status mg_matmul_forward(float* out, const float* inp, const float* weight,
                             const float* bias, int N, int C, int OC);
+/* The same product with the weight packed once for many calls (decoding
+ * steps): mg_matmul_packed_size gives the floats of the packed form,
+ * mg_matmul_pack writes it (packed aligned to 64 bytes), and
+ * mg_matmul_forward_packed gives exactly the bits of mg_matmul_forward, for
+ * which it still needs the weight (a few rows go through it unpacked). The
+ * layout depends on the build's SIMD kernel: keep it in memory only. */
+mg_status mg_matmul_packed_size(size_t* n, int C, int OC);
+mg_status mg_matmul_pack(float* packed, size_t npacked, const float* weight, int C, int OC);
+mg_status mg_matmul_forward_packed(float* out, const float* inp, const float* weight,
+                                   const float* packed, size_t npacked, const float* bias,
+                                   int N, int C, int OC);
 /* dinp (N,C) += dout @ weight (= when overwrite_dinp: its old contents are
  * never read, the bits are those of zeroing it first); dweight (OC,C) +=
  * dout^T @ inp; dbias (OC) += sum over rows of dout. dinp, dweight or dbias
@@ -147,6 +160,15 @@ mg_status mg_cross_attention_backward(float* dq, float* dkv, float* scratch,
 mg_status mg_attention_decode(float* out, float* kcache, float* vcache,
                               float* scratch, const float* qkv,
                               int B, int Tn, int pos, int maxT, int C, int NH);
+/* Beam search's cache reorder: row r (r < n) of buf takes what row src[r]
+ * (in [0, B)) held. A row is `chunks` chunks of chunk_len floats,
+ * chunk_stride apart; rows are row_stride apart (a cache (B, NH, maxT, hs)
+ * keeping its first length positions: NH chunks of length * hs floats,
+ * maxT * hs apart). Rows with src[r] == r are not touched; a row that is
+ * read and overwritten goes through scratch (room for B rows' chunks,
+ * packed: B * chunks * chunk_len floats). */
+mg_status mg_gather_rows(float* buf, float* scratch, const int32_t* src, int n, int B, int chunks,
+                         size_t row_stride, size_t chunk_stride, size_t chunk_len);
 
 /* ---------------------------------------------------------------- mlp */
 /* GELU, tanh approximation (GPT-2):
@@ -206,6 +228,16 @@ mg_status mg_crossentropy_forward(float* losses, float* probs,
 mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
                                    const float* probs, const int32_t* targets,
                                    int N, int V, int ignore_index);
+/* What a search needs of logits z (R,V) to read a few log-probabilities
+ * log_softmax(z)_j = (z_j - zmax) - lse, in one pass over z: per row its
+ * maximum zmax (NaNs skipped) and lse = log(sum_j exp(z_j - zmax)) (float32
+ * exponentials summed in double; NaN where the row has a NaN or no finite
+ * maximum); and, when
+ * nsets > 0, setmax (R,nsets): setmax[r][j] = the max over b < per of
+ * z[r][b*nsets + j] (NaNs skipped; -inf for none), the maxima of disjoint
+ * strided sets that bound a row's n-th largest entry from below. */
+mg_status mg_logits_stats(float* zmax, double* lse, float* setmax, const float* z,
+                          int R, int V, int nsets, int per);
 
 /* ---------------------------------------------------------------- adamw */
 /* Global L2 norm of grads (n), accumulated in double in a fixed order. */

@@ -10,8 +10,8 @@ that device unless passed in (the model passes preallocated buffers);
 backward wrappers ADD into the gradient buffers they are given, and allocate
 zeroed ones otherwise. Token ids are range-checked on the host only: device
 ids are checked before their upload. The one-call decode step (DecodeStep),
-the sinusoidal position table and the BPE trainer (bpe_*) have no device twin
-and take host arrays only.
+a weight packed ahead (PackedWeight), the sinusoidal position table and the
+BPE trainer (bpe_*) have no device twin and take host arrays only.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ I32 = np.int32
 I64 = np.int64
 U8 = np.uint8
 IGNORE_INDEX = -100
+GEMV_ROWS = lib.MG_GEMV_ROWS      # products of this many rows or fewer do not use a PackedWeight
 CPU, CUDA = "cpu", "cuda"
 
 # ---------------------------------------------------------------- checks
@@ -212,8 +213,29 @@ def sgemm(a, b, trans_a=False, trans_b=False, c=None, accumulate=False):
     return c
 
 
-def matmul_forward(x, w, b=None, out=None):
-    """x (..., C) @ w.T (OC, C) + b (OC) -> (..., OC)."""
+class PackedWeight:
+    """A host weight (OC, C) packed once the way the C core's product packs
+    it on every call, for the many products of a decoding loop. A snapshot:
+    after the weight changes, pack it again. The layout belongs to this
+    build's SIMD kernel, so it is kept in memory only."""
+
+    def __init__(self, w: np.ndarray):
+        _host(weight=w)
+        _f32("weight", w)
+        if w.ndim != 2:
+            raise ShapeError(f"weight has shape {w.shape}, expected (OC, C)")
+        OC, C = w.shape
+        n = ffi.new("size_t*")
+        check(lib.mg_matmul_packed_size(n, C, OC))
+        raw = np.empty(n[0] + 16, F32)                         # 64-byte aligned within
+        start = (-raw.ctypes.data % 64) // 4
+        self.weight, self.data = w, raw[start:start + n[0]]
+        check(lib.mg_matmul_pack(_p(self.data), self.data.size, _p(w), C, OC))
+
+
+def matmul_forward(x, w, b=None, out=None, packed: PackedWeight | None = None):
+    """x (..., C) @ w.T (OC, C) + b (OC) -> (..., OC). packed: w packed
+    ahead (host arrays only), the same bits without packing w again."""
     dev = _device(inp=x, weight=w, bias=b, out=out)
     _f32("inp", x), _f32("weight", w)
     N, C = _rows(x)
@@ -223,7 +245,14 @@ def matmul_forward(x, w, b=None, out=None):
     if b is not None:
         _f32("bias", b, (OC,))
     out = _out("out", out, x.shape[:-1] + (OC,), dev=dev)
-    check(_fn(dev, "matmul_forward")(_p(out), _p(x), _p(w), _p(b), N, C, OC))
+    if packed is None:
+        check(_fn(dev, "matmul_forward")(_p(out), _p(x), _p(w), _p(b), N, C, OC))
+    else:
+        _host(inp=x, bias=b, out=out)
+        if packed.weight is not w:
+            raise ShapeError("packed holds another weight than w")
+        check(lib.mg_matmul_forward_packed(_p(out), _p(x), _p(w), _p(packed.data), packed.data.size, _p(b),
+                                           N, C, OC))
     return out
 
 
@@ -405,6 +434,25 @@ def attention_decode(qkv, kcache, vcache, pos, n_head, out=None, scratch=None):
                                        B, Tn, int(pos), maxT, C, n_head))
     return out
 
+def gather_rows(buf: np.ndarray, src, length: int, scratch: np.ndarray) -> None:
+    """Beam search's cache reorder, in place: row r < len(src) of buf (B,
+    NH, maxT, hs) takes row src[r]'s first `length` positions; scratch:
+    float32 with room for B * NH * length * hs floats (rows that are read
+    and overwritten pass through it)."""
+    _host(buf=buf, scratch=scratch)
+    _f32("buf", buf, writable=True), _f32("scratch", scratch, writable=True)
+    if buf.ndim != 4:
+        raise ShapeError(f"buf must be (B, NH, maxT, hs), got shape {buf.shape}")
+    B, NH, maxT, hs = buf.shape
+    if not 0 <= length <= maxT:
+        raise ShapeError(f"length {length} outside [0, {maxT}]")
+    if scratch.size < B * NH * length * hs:
+        raise ShapeError(f"scratch has {scratch.size} floats, needs {B * NH * length * hs}")
+    src = np.ascontiguousarray(src, I32)
+    check(lib.mg_gather_rows(_p(buf), _p(scratch), _p(src, "int32_t*"), len(src), B, NH, NH * maxT * hs,
+                             maxT * hs, length * hs))
+
+
 # ---------------------------------------------------------------- cross-attention
 
 
@@ -562,6 +610,25 @@ def dropout_backward(dout, mask, p, dx=None, accumulate=True):
     return dx
 
 # ---------------------------------------------------------------- loss
+
+
+def logits_stats(z, nsets: int = 0, per: int = 0):
+    """Of logits z (R, V) float32, host: each row's maximum zmax (R,) float32
+    and lse = log(sum_j exp(z_j - zmax)) (R,) float64, so that
+    log_softmax(z)_j = (z_j - zmax) - lse; with nsets > 0 also setmax
+    (R, nsets), the maxima of the strided sets {j, j + nsets, ..., j +
+    (per - 1) * nsets} (else None). One C pass; NaNs are skipped by the
+    maxima and make lse NaN (as a row without a finite maximum does)."""
+    _host(z=z)
+    _f32("z", z)
+    if z.ndim != 2:
+        raise ShapeError(f"z must be (R, V), got shape {z.shape}")
+    R, V = z.shape
+    zmax, lse = np.empty(R, F32), np.empty(R, np.float64)
+    setmax = np.empty((R, nsets), F32) if nsets > 0 else None
+    check(lib.mg_logits_stats(_p(zmax), _p(lse, "double*"), _p(setmax), _p(z), R, V,
+                              int(nsets), int(per)))
+    return zmax, lse, setmax
 
 
 def crossentropy_forward(logits, targets, ignore_index=IGNORE_INDEX, losses=None, probs=None):

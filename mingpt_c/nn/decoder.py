@@ -51,6 +51,14 @@ F32 = np.float32
 def _e(*shape) -> np.ndarray:
     return np.empty(shape, F32)
 
+
+def linear(p: dict, name: str, x: np.ndarray, out: np.ndarray, packed: dict | None = None) -> np.ndarray:
+    """out = x @ p[name.weight]^T + p[name.bias]; packed (name ->
+    ops.PackedWeight), given while decoding: the weight packed once for
+    every step (the same bits)."""
+    return ops.matmul_forward(x, p[name + ".weight"], p[name + ".bias"], out,
+                              packed=packed.get(name) if packed else None)
+
 # ---------------------------------------------------------------- one sublayer
 
 
@@ -125,15 +133,15 @@ class SelfAttention:
     def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, C: int):
         self.p, self.g, self.n_head = p, g, n_head
         self.qkv, self.atty, self.att = _e(B, T, 3 * C), _e(B, T, C), _e(B, n_head, T, T)
-        self.attend = None
+        self.attend = self.packed = None
 
     def forward(self, h, y):
-        ops.matmul_forward(h, self.p["self_attn.qkv_proj.weight"], self.p["self_attn.qkv_proj.bias"], self.qkv)
+        linear(self.p, "self_attn.qkv_proj", h, self.qkv, self.packed)
         if self.attend is not None:
             self.attend(self.qkv, self.atty)
         else:
             ops.attention_forward(self.qkv, self.n_head, True, None, self.atty, self.att)
-        ops.matmul_forward(self.atty, self.p["self_attn.out_proj.weight"], self.p["self_attn.out_proj.bias"], y)
+        linear(self.p, "self_attn.out_proj", self.atty, y, self.packed)
 
     def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
         p, g = self.p, self.g
@@ -158,7 +166,7 @@ class CrossAttention:
         self.q, self.atty, self.att = _e(B, T, C), _e(B, T, C), _e(B, n_head, T, S)
         self.kv = _e(B, S, 2 * C)
         self.mem = self.src_mask = self.dmem = None
-        self.attend = None
+        self.attend = self.packed = None
 
     def project(self, mem: np.ndarray, src_mask: np.ndarray) -> None:
         """kv = kv_proj(mem): once per source (and training step)."""
@@ -167,13 +175,12 @@ class CrossAttention:
                            self.kv)
 
     def forward(self, h, y):
-        p = self.p
-        ops.matmul_forward(h, p["encoder_attn.q_proj.weight"], p["encoder_attn.q_proj.bias"], self.q)
+        linear(self.p, "encoder_attn.q_proj", h, self.q, self.packed)
         if self.attend is not None:
             self.attend(self.q, self.atty)
         else:
             ops.cross_attention_forward(self.q, self.kv, self.n_head, self.src_mask, self.atty, self.att)
-        ops.matmul_forward(self.atty, p["encoder_attn.out_proj.weight"], p["encoder_attn.out_proj.bias"], y)
+        linear(self.p, "encoder_attn.out_proj", self.atty, y, self.packed)
 
     def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
         p, g = self.p, self.g
@@ -195,12 +202,12 @@ class FFN:
     def __init__(self, p: dict, g: dict | None, act: str, B: int, T: int, C: int):
         self.p, self.g, self.act = p, g, ACTS[act]
         self.fch, self.fca = _e(B, T, 4 * C), _e(B, T, 4 * C)
+        self.packed = None
 
     def forward(self, h, y):
-        p = self.p
-        ops.matmul_forward(h, p["fc1.weight"], p["fc1.bias"], self.fch)        # (B, T, 4C)
+        linear(self.p, "fc1", h, self.fch, self.packed)        # (B, T, 4C)
         self.act[0](self.fch, self.fca)
-        ops.matmul_forward(self.fca, p["fc2.weight"], p["fc2.bias"], y)
+        linear(self.p, "fc2", self.fca, y, self.packed)
 
     def backward(self, dy, h, dh, accumulate, s: "DecoderGrads"):
         p, g = self.p, self.g
@@ -227,6 +234,10 @@ class _Bound:
 # ---------------------------------------------------------------- the stack
 
 SUBLAYERS = (("self", "self_attn_layer_norm"), ("cross", "encoder_attn_layer_norm"), ("ffn", "final_layer_norm"))
+
+# The products a decoding step runs once per position (kv_proj runs once per source).
+STEP_LINEARS = ("self_attn.qkv_proj", "self_attn.out_proj", "encoder_attn.q_proj", "encoder_attn.out_proj",
+                "fc1", "fc2")
 
 
 class DecoderLayerActs:
@@ -286,6 +297,11 @@ class DecoderStack:
     def _ln(self, views: dict, name: str) -> tuple:
         return views[name + ".weight"], views[name + ".bias"]
 
+    def pack(self) -> list[dict]:
+        """Each layer's step weights packed once (name -> ops.PackedWeight),
+        for a decoding loop's many products: a snapshot of the weights."""
+        return [{name: ops.PackedWeight(p[name + ".weight"]) for name in STEP_LINEARS} for p in self.layer_p]
+
     def project_memory(self, a: DecoderActs, mem: np.ndarray, src_mask: np.ndarray, dmem=None) -> None:
         """Each layer's cross-attention keys and values of mem (B, S, C);
         the backward will add d(loss)/d(mem) into dmem."""
@@ -343,10 +359,14 @@ class DecoderStack:
             ca.attend = lambda q, out, i=i, ca=ca: ops.cross_attention_forward(
                 q.reshape(N, K, C), cache.kv[i], NH, cache.src_mask, out.reshape(N, K, C),
                 ca.att.reshape(N, NH, K, -1))
+            for br in la.branches.values():
+                br.packed = cache.packed[i] if cache.packed else None
             for j, (name, ln) in enumerate(SUBLAYERS):
                 x = sublayer_forward(la.subs[name], x, self._ln(p, ln), la.branches[name], self.pre_ln,
                                      self.eps, 0.0, 0)
             sa.attend = ca.attend = None
+            for br in la.branches.values():
+                br.packed = None
         cache.length = pos + 1
         return x
 
@@ -356,18 +376,21 @@ class DecodeCache:
     k: source n's hypothesis k): each layer's self-attention keys and values
     so far (B, NH, maxT, hs) per row, and its cross-attention keys and
     values (N, S, 2C) per source, computed once and shared by the source's
-    rows."""
+    rows. packed: stack.pack()'s weights for the steps, or None."""
 
-    def __init__(self, stack: DecoderStack, mem: np.ndarray, src_mask: np.ndarray, maxT: int, beam: int = 1):
+    def __init__(self, stack: DecoderStack, mem: np.ndarray, src_mask: np.ndarray, maxT: int, beam: int = 1,
+                 packed: list[dict] | None = None):
         N, S, C = mem.shape
         NH, B = stack.n_head, N * beam
-        self.beam, self.length = beam, 0                                      # length: positions written
+        self.beam, self.length, self.packed = beam, 0, packed                 # length: positions written
+        self.head_packed = None                            # the model's output projection, packed (or None)
         self.src_mask = np.ascontiguousarray(src_mask, np.int32)              # (N, S)
         self.kv = [ops.matmul_forward(mem, p["encoder_attn.kv_proj.weight"], p["encoder_attn.kv_proj.bias"])
                    for p in stack.layer_p]                                       # (N, S, 2C) each
         self.k = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
         self.v = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]
         self.scratch = _e(B, NH, maxT)
+        self.gather = None                                                   # reorder's scratch
 
     @property
     def n_sources(self) -> int:
@@ -385,10 +408,11 @@ class DecodeCache:
         src = rows // K
         if B % K or B > self.k[0].shape[0] or (src.reshape(-1, K) != src[::K, None]).any():
             raise ShapeError(f"reorder: rows must come in groups of {K} from one source")
-        moved = np.flatnonzero(rows != np.arange(B))
-        if moved.size:
-            for buf in self.k + self.v:   # (B, NH, maxT, hs): the fancy read copies before the write
-                buf[moved, :, :self.length] = buf[rows[moved], :, :self.length]
+        if (rows != np.arange(B)).any():
+            if self.gather is None:
+                self.gather = np.empty(self.k[0].size, F32)          # room for every row of one buffer
+            for buf in self.k + self.v:                              # (B, NH, maxT, hs)
+                ops.gather_rows(buf, rows, self.length, self.gather)
         keep = src[::K]
         gone = np.flatnonzero(keep != np.arange(len(keep)))
         if gone.size:

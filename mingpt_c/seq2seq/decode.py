@@ -30,14 +30,15 @@ is the exhaustive search's best (tests/seq2seq/test_seq2seq_decode.py).
 Cost: a step's output is the logits z (rows, V), float32. Greedy takes
 their argmax, which is the log-probabilities' (the softmax is monotone).
 Beam search needs log p = (z - m) - L with m the row maximum and L =
-log(sum exp(z - m)); L comes from the C core (Seq2Seq's log_normaliser:
-float32 exponentials summed in float64, within about 1e-6 of the float64
-log-softmax), and (z - m) - L and the hypothesis scores are float64, but
+log(sum exp(z - m)); m and L come from one pass of the C core over the
+logits (ops.logits_stats: float32 exponentials summed in float64, L in
+float64), and (z - m) - L and the hypothesis scores are float64, but
 only for the few entries that can rank: within a row the extensions rank as
 the logits do, so a source's 2 x beam best lie among the 2 x beam largest
 logits of each of its rows. A cheap lower bound of a row's (2 x beam)-th
-largest logit (the maxima of disjoint sets of 64 entries, _threshold)
-keeps a few more than that per row, and sorting the survivors by score,
+largest logit (the maxima of disjoint sets of 64 entries, from the same
+pass; _threshold) keeps a few more than that per row, and sorting the
+survivors by score,
 then by index, gives what a stable sort of all beam x V scores would.
 
 search="hf" runs Hugging Face generate()'s beam search instead (its
@@ -56,8 +57,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mingpt_c import ops
 from mingpt_c.errors import ShapeError
-from mingpt_c.seq2seq.model import Seq2Seq, log_normaliser
+from mingpt_c.seq2seq.model import Seq2Seq
 
 
 @dataclass
@@ -101,34 +103,31 @@ class _Scorer:
     whole prefix (not cached)."""
 
     def __init__(self, model: Seq2Seq, src: np.ndarray, mask: np.ndarray, beam: int, max_len: int,
-                 cached: bool):
+                 cached: bool, packed=None):
         self.model, self.cached = model, cached
         if cached:
-            self.cache = model.start(src, mask, max_len, beam)
+            self.cache = model.start(src, mask, max_len, beam, packed)
         else:
             rows = np.repeat(np.arange(len(src)), beam)
             self.src, self.mask = src[rows], mask[rows]
-        self.scratch = None
 
-    def next(self, tokens: np.ndarray, normalise: bool = True):
-        """tokens (R, t+1), <s> first -> (z, m, L): the logits z (R, V) of
-        token t+1, float32, with <pad> and <s> set to -inf (a buffer the
-        caller may change), and with normalise the row maxima m and log-sums
-        L of the logits before that (model.log_normaliser): log-probability
-        (z - m) - L."""
+    def next(self, tokens: np.ndarray, n: int = 0):
+        """tokens (R, t+1), <s> first -> (z, m, L, sets): the logits z (R, V)
+        of token t+1, float32, with <pad> and <s> set to -inf (a buffer the
+        caller may change). For a search wanting the n best of each row
+        (n > 0), also the row maxima m and log-sums L of the logits before
+        the masking (log-probability (z - m) - L) and _threshold's set
+        maxima after it (None where the rows are all singletons)."""
         R, t = tokens.shape[0], tokens.shape[1] - 1
         if self.cached:
             z = self.model.step_logits(self.cache, tokens[:, -1], t)
         else:
             z = np.ascontiguousarray(self.model.forward(self.src, self.mask, tokens).reshape(R, t + 1, -1)[:, -1])
-        m = L = None
-        if normalise:
-            if self.scratch is None or self.scratch.shape[0] < R or self.scratch.shape[1] != z.shape[1]:
-                self.scratch = np.empty_like(z)
-            m, L = log_normaliser(z, self.scratch[:R])
-        cfg = self.model.cfg
-        z[:, cfg.pad_id] = z[:, cfg.bos_id] = -np.inf
-        return z, m, L
+        masked = (self.model.cfg.pad_id, self.model.cfg.bos_id)
+        if not n:
+            z[:, masked] = -np.inf
+            return z, None, None, None
+        return (z, *_normalise(z, n, masked))
 
     def reorder(self, rows: np.ndarray) -> None:
         """Row r continues row rows[r] (fewer rows: finished sources left)."""
@@ -136,6 +135,13 @@ class _Scorer:
             self.cache.reorder(rows)
         else:
             self.src, self.mask = self.src[rows], self.mask[rows]
+
+
+def _packed(model: Seq2Seq, srcs: list, dc: DecodeConfig, cached: bool):
+    """The step weights packed once for a whole decoding call (model.pack),
+    when its batches run more rows than the C core multiplies unpacked."""
+    rows = min(len(srcs), dc.batch_size) * dc.beam
+    return model.pack() if cached and rows > ops.GEMV_ROWS else None
 
 
 def _source_pad(model: Seq2Seq) -> int:
@@ -149,16 +155,17 @@ def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool
     source leaves the batch when it ends."""
     cfg = model.cfg
     out: list[list[int]] = []
+    packed = _packed(model, srcs, dc, cached)
     for i in range(0, len(srcs), dc.batch_size):
         batch = srcs[i:i + dc.batch_size]
         src, mask = _pad(batch, _source_pad(model))
         limit = max_lengths(model, [len(s) for s in batch], dc)
-        sc = _Scorer(model, src, mask, 1, int(limit.max()) + 1, cached)
+        sc = _Scorer(model, src, mask, 1, int(limit.max()) + 1, cached, packed)
         alive = np.arange(len(batch))                              # the batch's sources still decoding
         tokens = np.full((len(batch), 1), cfg.bos_id, np.int32)    # (alive, t+1)
         hyps: list[list[int]] = [[] for _ in batch]
         for t in range(int(limit.max())):
-            z, _, _ = sc.next(tokens, normalise=False)
+            z, _, _, _ = sc.next(tokens)
             last = np.flatnonzero(t == limit[alive] - 1)
             keep = z[last, cfg.eos_id]                             # at the last position only </s>
             z[last] = -np.inf
@@ -181,24 +188,44 @@ def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool
 BLOCK = 64   # entries per set whose maximum bounds a row's n-th best logit from below
 
 
-def _threshold(z: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _set_count(V: int, n: int) -> int:
+    """q, the number of strided sets of BLOCK entries a row of V is cut
+    into when a search wants its n best; 0: a row narrower than
+    4 * n * BLOCK is all singletons."""
+    return V // BLOCK if V >= 4 * n * BLOCK else 0
+
+
+def _normalise(z: np.ndarray, n: int, masked: tuple) -> tuple:
+    """For a search wanting the n best entries of each row of logits z
+    (R, V): (m, L, sets), the row maxima and log-sums of z
+    (ops.logits_stats), then z[:, masked] = -inf (in place) and the maxima
+    of _threshold's sets (R, q) without them (None for q = 0)."""
+    q = _set_count(z.shape[1], n)
+    m, L, sets = ops.logits_stats(z, q, BLOCK)
+    z[:, masked] = -np.inf
+    for c in masked:                                          # their sets again, without them
+        if c < q * BLOCK:
+            sets[:, c % q] = z[:, c % q:q * BLOCK:q].max(1)
+    return m, L, sets
+
+
+def _threshold(z: np.ndarray, n: int, sets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per row of z (R, V) a value no higher than its n-th largest entry:
     the n-th largest maximum of disjoint sets of entries (n distinct sets
     hold n distinct entries). The sets are the strided columns of BLOCK
-    entries (j, j + q, ..., q = V // BLOCK) and the q * BLOCK.. tail one by
-    one; a row narrower than 4 * n * BLOCK is all singletons. -inf where a
-    row has fewer than n finite sets. Returns (threshold (R,), the sets'
-    maxima (R, q + tail), q)."""
-    R, V = z.shape
-    q = V // BLOCK if V >= 4 * n * BLOCK else 0
-    M = np.concatenate([z[:, :q * BLOCK].reshape(R, BLOCK, q).max(1), z[:, q * BLOCK:]], 1) if q else z
+    entries (j, j + q, ..., q = _set_count(V, n)), whose maxima are sets
+    (R, q) (or None for q = 0), and the q * BLOCK.. tail one by one. -inf
+    where a row has fewer than n finite sets. Returns (threshold (R,), the
+    sets' maxima (R, q + tail), q)."""
+    q = 0 if sets is None else sets.shape[1]
+    M = np.concatenate([sets, z[:, q * BLOCK:]], 1) if q else z
     if M.shape[1] < n:
-        return np.full(R, -np.inf, z.dtype), M, q
+        return np.full(len(z), -np.inf, z.dtype), M, q
     return np.partition(M, M.shape[1] - n, axis=1)[:, M.shape[1] - n], M, q
 
 
-def _best(z: np.ndarray, m: np.ndarray, L: np.ndarray, base: np.ndarray, K: int, n: int,
-          forced: np.ndarray, forced_lp: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
+def _best(z: np.ndarray, m: np.ndarray, L: np.ndarray, sets: np.ndarray | None, base: np.ndarray, K: int,
+          n: int, forced: np.ndarray, forced_lp: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
     """Each source's n best one-token extensions, as np.argsort(-cand,
     kind="stable")[:n] over its (K * V) candidates
         cand[k * V + j] = base[row] + log p(j | row),  row = source * K + k,
@@ -215,7 +242,7 @@ def _best(z: np.ndarray, m: np.ndarray, L: np.ndarray, base: np.ndarray, K: int,
     R, V = z.shape
     N = R // K
     free = ~forced & (base > -np.inf)
-    thr, M, q = _threshold(z, n)
+    thr, M, q = _threshold(z, n, sets)
     ri, ci = np.nonzero((M >= thr[:, None]) & (M > -np.inf) & free[:, None])
     if q:                                                     # a set's entries: its BLOCK strided columns
         inset = ci < q
@@ -275,18 +302,19 @@ def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached:
     if dc.search not in ("exact", "hf"):
         raise ShapeError(f"search {dc.search!r}: use exact or hf")
     run = _beam_batch if dc.search == "exact" else _beam_batch_hf
+    packed = _packed(model, srcs, dc, cached)
     out = []
     for i in range(0, len(srcs), dc.batch_size):
-        out += run(model, srcs[i:i + dc.batch_size], dc, cached, nbest)
+        out += run(model, srcs[i:i + dc.batch_size], dc, cached, nbest, packed)
     return out
 
 
-def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
+def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int, packed=None):
     cfg = model.cfg
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached)
+    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                                                   # row a * K + k: source alive[a]
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
     scores = np.full(N * K, -np.inf)
@@ -294,11 +322,12 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
     best_bound = length_norm(limit, dc.length_penalty, dc.norm)            # the largest normaliser per source
     for t in range(int(limit.max())):
-        z, m, L = sc.next(tokens)                                          # (A*K, V)
+        n = min(2 * K, K * model.cfg.tgt_vocab_size)
+        z, m, L, sets = sc.next(tokens, n)                                 # (A*K, V)
         V = z.shape[1]
         forced = np.repeat(t == limit[alive] - 1, K)                       # only </s> may follow
         forced_lp = np.where(forced, (z[:, cfg.eos_id] - m) - L, -np.inf)
-        top, cand = _best(z, m, L, scores, K, min(2 * K, K * V), forced, forced_lp, cfg.eos_id)
+        top, cand = _best(z, m, L, sets, scores, K, n, forced, forced_lp, cfg.eos_id)
         rows, toks, new_scores, going = [], [], [], []
         for a, n in enumerate(alive.tolist()):
             k, kept = 0, []
@@ -330,14 +359,14 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     return [sorted(f, key=lambda h: -h[0])[:nbest] for f in finished]
 
 
-def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
+def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, packed=None):
     """transformers' beam search (generation/utils.py _beam_search, with
     early_stopping False and a forced </s> at the last position)."""
     cfg = model.cfg
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached)
+    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                        # sources whose open hypotheses may still beat a finished one
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
     running = np.full(N * K, -1e9)
@@ -345,11 +374,12 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int):
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(N)]
     alpha = dc.length_penalty
     for t in range(int(limit.max())):
-        z, m, L = sc.next(tokens)                                         # (A*K, V)
+        n = min(2 * K, K * model.cfg.tgt_vocab_size)
+        z, m, L, sets = sc.next(tokens, n)                                # (A*K, V)
         A, V = len(alive), z.shape[1]
         last = t == limit[alive] - 1
         forced = np.repeat(last, K)                                       # forced </s>, log-probability 0
-        top, cand = _best(z, m, L, running, K, min(2 * K, K * V), forced, np.where(forced, 0.0, -np.inf),
+        top, cand = _best(z, m, L, sets, running, K, n, forced, np.where(forced, 0.0, -np.inf),
                           cfg.eos_id)
         beam, tok = top // V, top % V                                     # (A, 2K)
         hits = (tok == cfg.eos_id) | last[:, None]

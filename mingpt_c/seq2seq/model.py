@@ -388,10 +388,17 @@ class Seq2Seq(FlatModel):
 
     # ------------------------------------------------------------ decoding
 
-    def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int, beam: int = 1) -> DecodeCache:
+    def pack(self) -> SimpleNamespace:
+        """The weights a decoding step multiplies, packed once for many steps
+        and batches (start(packed=...)): the decoder's (layers) and the
+        output projection (head). A snapshot: pack again after training."""
+        return SimpleNamespace(layers=self.decoder.pack(), head=ops.PackedWeight(_embeddings(self.cfg, self.p)[1]))
+
+    def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int, beam: int = 1,
+              packed: SimpleNamespace | None = None) -> DecodeCache:
         """Encodes the sources (N, S) once; the cache holds what step() needs
         for beam rows a source (row n * beam + k: source n) and up to
-        max_len decoder positions."""
+        max_len decoder positions. packed: pack()'s weights, or None."""
         cfg = self.cfg
         src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
         B, S = src.shape
@@ -399,7 +406,9 @@ class Seq2Seq(FlatModel):
         mem = self.encode(a, src, src_mask, 0.0, 0)
         if max_len > cfg.max_tgt_len + 1:
             raise ShapeError(f"{max_len} decoder positions: the model has {cfg.max_tgt_len + 1}")
-        return DecodeCache(self.decoder, mem, src_mask, max_len, beam)
+        cache = DecodeCache(self.decoder, mem, src_mask, max_len, beam, packed.layers if packed else None)
+        cache.head_packed = packed.head if packed else None
+        return cache
 
     def step_logits(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
         """Logits (B, V) of the next token after tokens (B,) at position pos,
@@ -423,7 +432,7 @@ class Seq2Seq(FlatModel):
         if cfg.pre_ln:
             h = ops.layernorm_forward(h, self.p[DEC + "layer_norm.weight"], self.p[DEC + "layer_norm.bias"],
                                       cfg.layer_norm_eps, sa.ln, sa.mean, sa.rstd)[0]
-        return ops.matmul_forward(h.reshape(B, C), table, self._bias(self.p), sa.logits)
+        return ops.matmul_forward(h.reshape(B, C), table, self._bias(self.p), sa.logits, packed=cache.head_packed)
 
     def step(self, cache: DecodeCache, tokens: np.ndarray, pos: int) -> np.ndarray:
         """Log-probabilities (B, V), float64, of the next token after tokens
@@ -442,22 +451,6 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def log_normaliser(z: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The parts of log_softmax without the (R, V) float64 array: of float32
-    logits z (R, V), the row maxima m (R,) and L = log(sum_j exp(z_j - m))
-    (R,), float64, so that log_softmax(z)_j = (z_j - m) - L for the few
-    entries a search reads. L comes from the C core's cross-entropy
-    (multi-threaded, float32 exponentials summed in float64) with each row's
-    argmax as the target: its loss is then log(sum) rounded to float32
-    (half an ulp, under 5e-7 while the sum is below e^16), so L is within
-    about 1e-6 of the float64 log-softmax's. scratch (R, V) float32
-    receives the probabilities."""
-    t = z.argmax(1).astype(np.int32)
-    m = z[np.arange(len(z)), t]
-    loss, _ = ops.crossentropy_forward(z, t, probs=scratch)
-    return m, loss.astype(np.float64)
 
 
 def memory_bytes(cfg: Seq2SeqConfig, B: int, S: int, T: int, train: bool) -> int:

@@ -11,7 +11,7 @@ import reference as ref
 from conftest import assert_close, f32
 from mingpt_c import _lib, ops
 from mingpt_c._lib import ffi, lib
-from mingpt_c.errors import ShapeError
+from mingpt_c.errors import IndexRangeError, ShapeError
 
 # (B, T, NH, hs): every T in {1, 7, 13, 64}, NH in {1, 2, 4}, hs in
 # {1, 3, 8, 32, 64} appears; odd hs and ragged T exercise the tail paths.
@@ -226,3 +226,28 @@ def test_decode_position_out_of_range(rng):
                                      B, 2, pos, maxT, NH * hs, NH)
         assert rc == lib.MG_ERR_SHAPE and "cache of 6" in _err()
     assert np.all(kc == 0.0) and np.all(out == 0.0)  # validated before any work
+
+
+@pytest.mark.parametrize("src,length", [([0, 0, 1, 2], 3), ([2, 0, 1, 3, 3, 0, 6], 4), ([1, 0], 0),
+                                        ([4, 4, 5, 5], 2), ([0, 1, 2], 4)])
+def test_gather_rows(rng, src, length):
+    """Row r takes row src[r]'s first `length` positions: duplicates, a
+    cycle, sources past the kept rows; later positions and rows stay."""
+    B, NH, maxT, hs = 7, 3, 4, 5
+    buf = f32(rng.normal(size=(B, NH, maxT, hs)))
+    want = buf.copy()
+    want[:len(src), :, :length] = buf[src, :, :length]
+    scratch = np.full(B * NH * max(length, 1) * hs, np.nan, np.float32)
+    ops.gather_rows(buf, np.array(src), length, scratch)
+    assert np.array_equal(buf, want)
+
+
+def test_gather_rows_errors(rng):
+    buf = f32(rng.normal(size=(4, 2, 3, 2)))
+    scratch = np.empty(buf.size, np.float32)
+    with pytest.raises(IndexRangeError):
+        ops.gather_rows(buf, np.array([0, 4]), 2, scratch)
+    with pytest.raises(ShapeError):
+        ops.gather_rows(buf, np.array([0, 1]), 4, scratch)
+    with pytest.raises(ShapeError):
+        ops.gather_rows(buf, np.array([0, 1, 2, 3, 0]), 2, scratch)

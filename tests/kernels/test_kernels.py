@@ -391,6 +391,38 @@ def test_crossentropy_extreme_logits():
     assert np.all(np.isfinite(losses))
     assert_close(losses, [2000.0, 2e4], rtol=1e-6)
 
+@pytest.mark.parametrize("R,V,nsets,per", [(1, 1, 0, 0), (3, 17, 4, 4), (5, 1000, 15, 64), (4, 58101, 907, 64),
+                                          (2, 4097, 64, 64), (6, 33, 0, 0)])
+def test_logits_stats(rng, R, V, nsets, per):
+    """Row maxima, log-sums against float64 log_softmax, and the strided set
+    maxima, exactly, with -inf entries and a row of equal values."""
+    z = f32(rng.normal(size=(R, V)) * 4)
+    if V > 1:
+        z[0, V // 2] = -np.inf
+    if R > 2:
+        z[2] = 1.5
+    zmax, lse, setmax = ops.logits_stats(z, nsets, per)
+    z64 = z.astype(np.float64)
+    assert np.array_equal(zmax, z.max(1))
+    want = np.log(np.exp(z64 - z64.max(1, keepdims=True)).sum(1))
+    assert_close(lse, want, rtol=1e-7, atol=1e-7)
+    if nsets:
+        assert np.array_equal(setmax, z[:, :nsets * per].reshape(R, per, nsets).max(1))
+    else:
+        assert setmax is None
+
+
+def test_logits_stats_nan_and_errors():
+    z = f32(np.random.default_rng(1).normal(size=(3, 40)))
+    z[1, 7] = np.nan
+    zmax, lse, setmax = ops.logits_stats(z, 10, 4)
+    assert np.isnan(lse[1]) and np.isfinite(lse[[0, 2]]).all()
+    assert zmax[1] == np.nanmax(z[1]) and setmax[1, 7] == np.nanmax(z[1, 7:40:10])
+    with pytest.raises(ShapeError, match="do not fit"):
+        ops.logits_stats(z, 11, 4)
+    with pytest.raises(ShapeError):
+        ops.logits_stats(z[0])
+
 # ---------------------------------------------------------------- optimizer
 
 

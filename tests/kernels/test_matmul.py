@@ -20,7 +20,7 @@ import reference as ref
 from conftest import assert_close, f32
 from mingpt_c import _lib, ops
 from mingpt_c._lib import check, ffi, lib
-from mingpt_c.errors import DTypeError, ShapeError
+from mingpt_c.errors import DTypeError, MinGPTError, ShapeError
 
 U = 2.0 ** -24
 
@@ -240,6 +240,45 @@ def test_matmul_backward_optional_outputs(rng):
     # all three NULL is a valid no-op
     check(lib.mg_matmul_backward(ffi.NULL, ffi.NULL, ffi.NULL, ptr(dout), ptr(x), ptr(w),
                                  N, C, OC, 0))
+
+
+# Rows below and above the unpacked dot-product path; a chunk cut of N
+# (58101 columns), a long K cut into chunks of K (20000), odd edges.
+PACKED = [(1, 7, 5), (4, 64, 100), (5, 64, 100), (37, 100, 9000), (64, 512, 5000), (300, 129, 391),
+          (9, 20000, 300), (70, 512, 58101)]
+
+
+@pytest.mark.parametrize("N,C,OC", PACKED)
+def test_matmul_forward_packed_gives_the_same_bits(rng, N, C, OC):
+    """A weight packed once gives exactly mg_matmul_forward's result, with
+    and without a bias, and serves every row count (decoding batches
+    shrink)."""
+    w, b = rand(rng, OC, C), rand(rng, OC)
+    pw = ops.PackedWeight(w)
+    assert pw.data.ctypes.data % 64 == 0
+    for rows in sorted({N, max(1, N // 3), 1}):
+        x = rand(rng, rows, C)
+        for bias in (b, None):
+            assert np.array_equal(ops.matmul_forward(x, w, bias, packed=pw), ops.matmul_forward(x, w, bias))
+
+
+def test_matmul_packed_errors(rng):
+    w, w2 = rand(rng, 30, 16), rand(rng, 30, 16)
+    pw = ops.PackedWeight(w)
+    with pytest.raises(ShapeError, match="another weight"):
+        ops.matmul_forward(rand(rng, 8, 16), w2, packed=pw)
+    with pytest.raises(ShapeError):
+        ops.PackedWeight(rand(rng, 30))
+    n = ffi.new("size_t*")
+    check(lib.mg_matmul_packed_size(n, 16, 30))
+    buf = np.zeros(n[0] + 32, np.float32)
+    start = (-buf.ctypes.data % 64) // 4
+    x, out = rand(rng, 8, 16), np.zeros((8, 30), np.float32)
+    with pytest.raises(ShapeError, match="packs to"):      # a wrong size
+        check(lib.mg_matmul_pack(ptr(buf[start:]), n[0] + 1, ptr(w), 16, 30))
+    with pytest.raises(MinGPTError, match="aligned"):  # misaligned
+        check(lib.mg_matmul_forward_packed(ptr(out), ptr(x), ptr(w), ptr(buf[start + 1:]), n[0], ffi.NULL,
+                                           8, 16, 30))
 
 
 def test_matmul_shape_and_dtype_errors():

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from mingpt_c.seq2seq import decode as decode_mod
 from mingpt_c.seq2seq.decode import DecodeConfig, beam_search, decode, greedy, length_norm
 from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig
 
@@ -89,3 +90,37 @@ def test_batched_decoding_equals_one_by_one(model):
     together = decode(model, SOURCES, dc)
     alone = [decode(model, [s], dc)[0] for s in SOURCES]
     assert together == alone
+
+
+@pytest.mark.parametrize("V,K", [(3000, 4), (4096, 1), (300, 2)])
+def test_best_extensions_are_a_stable_sort_of_all(V, K):
+    """_best's n best extensions per source, from the logits' one-pass
+    statistics and set maxima (a vocabulary wide enough for the sets, and
+    one of singletons), are what a stable sort of every base + log-softmax
+    score gives: masked tokens, ties, -inf logits, a closed beam and a row
+    forced to </s> included."""
+    rng = np.random.default_rng(3)
+    N, n, eos, masked = 5, 2 * K, 2, (0, 1)
+    R = N * K
+    z = (rng.normal(size=(R, V)) * 3).astype(np.float32)
+    z[:, 11] = z[:, 10] = z.max(1) + 0.25                  # a tie at the top of every row
+    z[0, 50:60] = -np.inf
+    base = rng.normal(size=R)
+    base[1 % R] = -np.inf
+    forced = np.zeros(R, bool)
+    forced[R - 1] = True
+    forced_lp = np.where(forced, -0.5, -np.inf)
+    zc = z.copy()
+    m, L, sets = decode_mod._normalise(zc, n, masked)
+    assert (sets is None) == (decode_mod._set_count(V, n) == 0)
+    flat, cand = decode_mod._best(zc, m, L, sets, base, K, n, forced, forced_lp, eos)
+    z64 = z.astype(np.float64)
+    lp = z64 - z64.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lp[:, masked] = -np.inf
+    lp[forced] = -np.inf
+    lp[forced, eos] = forced_lp[forced]
+    full = (base[:, None] + lp).reshape(N, K * V)
+    want = np.argsort(-full, axis=1, kind="stable")[:, :n]
+    assert np.array_equal(flat, want)
+    np.testing.assert_allclose(cand, np.take_along_axis(full, want, 1), rtol=1e-9, atol=1e-6)
