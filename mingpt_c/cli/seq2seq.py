@@ -86,6 +86,8 @@ def _train_options(f):
         click.option("--pre-ln", is_flag=True, help="pre-layernorm sublayers instead of the paper's post-LN"),
         click.option("--positions", type=click.Choice(["sinusoidal", "learned"]), default=d.positions,
                      help="position encodings (sinusoidal: the paper's)"),
+        click.option("--init", type=click.Choice(["xavier", "gpt2"]), default=d.init,
+                     help="a fresh model's matrices: Xavier-uniform (the paper's) or N(0, 0.02) (GPT-2's)"),
         click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing,
                      help="share of each target token's probability spread over the vocabulary"),
         options.batch_size(d),

@@ -61,6 +61,7 @@ class Seq2SeqTrainConfig(OptimConfig):
     act: str = "relu"               # relu (the paper's) | gelu | gelu_tanh
     pre_ln: bool = False            # pre-layernorm sublayers instead of the paper's post-LN
     positions: str = "sinusoidal"   # sinusoidal (the paper's) | learned
+    init: str = "xavier"            # fresh weights: xavier (the paper's, fairseq's) | gpt2 (N(0, 0.02) matrices)
     label_smoothing: float = 0.1
     batch_size: int = 64            # pairs per rank and micro-batch
     grad_accum: int = 1
@@ -179,7 +180,7 @@ def new_config(tc: Seq2SeqTrainConfig, vocabs: dict, pairs: list) -> Seq2SeqConf
     return Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
                          shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
                          enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd,
-                         dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions)
+                         dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions, init=tc.init)
 
 
 def _init_from(tc: Seq2SeqTrainConfig, say) -> tuple[Seq2Seq, dict]:

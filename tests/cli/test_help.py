@@ -1,6 +1,6 @@
 """Every command's --help, against the snapshot in tests/golden/help.txt: a
 refactor must not change what users see, and an intended change (a new
-option) shows up in the snapshot's diff. `python tests/test_help.py`
+option) shows up in the snapshot's diff. `python tests/cli/test_help.py`
 records a new snapshot."""
 import sys
 from pathlib import Path
@@ -32,7 +32,7 @@ def help_texts() -> str:
 
 def test_help_unchanged():
     assert help_texts() == SNAPSHOT.read_text(), \
-        "a --help text changed: if intended, record it with `python tests/test_help.py`"
+        "a --help text changed: if intended, record it with `python tests/cli/test_help.py`"
 
 
 if __name__ == "__main__":
