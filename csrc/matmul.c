@@ -768,7 +768,10 @@ mg_status mg_matmul_packed_size(size_t* n, int C, int OC) {
     return MG_OK;
 }
 
-static mg_status check_packed(const char* fn, const float* packed, size_t npacked, int C, int OC) {
+// Failures are recorded under the public function's name (func), as in checks.c.
+#undef MG_FUNC
+#define MG_FUNC func
+static mg_status check_packed(const char* func, const float* packed, size_t npacked, int C, int OC) {
     MG_CHECK_PTR(packed);
     MG_CHECK(((uintptr_t)packed % ALIGN) == 0, MG_ERR_VALUE,
              "packed must be aligned to %d bytes", (int)ALIGN);
@@ -776,9 +779,10 @@ static mg_status check_packed(const char* fn, const float* packed, size_t npacke
     MG_TRY(mg_matmul_packed_size(&need, C, OC));
     MG_CHECK(npacked == need, MG_ERR_SHAPE, "packed has %zu floats, a (%d, %d) weight packs to %zu",
              npacked, OC, C, need);
-    (void)fn;
     return MG_OK;
 }
+#undef MG_FUNC
+#define MG_FUNC __func__
 
 mg_status mg_matmul_pack(float* packed, size_t npacked, const float* weight, int C, int OC) {
     MG_CHECK_PTR(weight);

@@ -422,6 +422,20 @@ mg_status mg_cuda_attention_backward(float* dqkv, float* scratch, const float* d
                                      const float* qkv, const float* att,
                                      int B, int T, int C, int NH, int causal,
                                      int accumulate);
+/* Fused self-attention (flash_attention.cu, the GPU only): the forward and
+ * backward of mg_cuda_attention_forward/backward without the (B,NH,T,T)
+ * probabilities; the forward saves lse (B,NH,T), each query's log-sum-exp
+ * of its visible scaled scores (-inf for a query that sees no key), and the
+ * backward recomputes the probabilities from it and the forward's out.
+ * fp32, head sizes 16, 32, 48, 64; memory linear in T. */
+mg_status mg_cuda_flash_attention_forward(float* out, float* lse, const float* qkv,
+                                          const int32_t* key_mask,
+                                          int B, int T, int C, int NH, int causal);
+mg_status mg_cuda_flash_attention_backward(float* dqkv, const float* dout,
+                                           const float* out, const float* lse,
+                                           const float* qkv, const int32_t* key_mask,
+                                           int B, int T, int C, int NH, int causal,
+                                           int accumulate);
 mg_status mg_cuda_cross_attention_forward(float* out, float* att, const float* q,
                                           const float* kv, const int32_t* key_mask,
                                           int B, int Tq, int Tk, int C, int NH);

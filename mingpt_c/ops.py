@@ -11,7 +11,8 @@ backward wrappers ADD into the gradient buffers they are given, and allocate
 zeroed ones otherwise. Token ids are range-checked on the host only: device
 ids are checked before their upload. The one-call decode step (DecodeStep),
 a weight packed ahead (PackedWeight), the sinusoidal position table and the
-BPE trainer (bpe_*) have no device twin and take host arrays only.
+BPE trainer (bpe_*) have no device twin and take host arrays only; the fused
+attention (flash_attention_*) has no host twin and takes DeviceArrays only.
 """
 from __future__ import annotations
 
@@ -411,6 +412,51 @@ def attention_backward(dout, qkv, att, n_head, causal=True, dqkv=None, scratch=N
     scratch = _out("scratch", scratch, (B, n_head, T, T), dev=dev)
     check(_fn(dev, "attention_backward")(_p(dqkv), _p(scratch), _p(dout), _p(qkv), _p(att),
                                          B, T, C, n_head, int(bool(causal)), int(accumulate)))
+    return dqkv
+
+
+FLASH_HEAD_SIZES = (16, 32, 48, 64)
+
+
+def _device_only(**arrays) -> None:
+    """Refuses host arrays for kernels that exist on the GPU only."""
+    for name, a in arrays.items():
+        if isinstance(a, np.ndarray):
+            raise DTypeError(f"{name} is a host array, but this kernel runs on the GPU only "
+                             "(move it with cuda.to_device)")
+
+
+def flash_attention_forward(qkv, n_head, causal=True, key_mask=None, out=None, lse=None):
+    """Fused self-attention on the GPU (DeviceArrays only): out (B, T, C) and
+    lse (B, NH, T), each query's log-sum-exp, instead of the (B, NH, T, T)
+    probabilities; head sizes FLASH_HEAD_SIZES."""
+    _device_only(qkv=qkv, key_mask=key_mask, out=out, lse=lse)
+    _f32("qkv", qkv)
+    B, T, C = _attn_sizes(qkv, n_head)
+    if key_mask is not None:
+        _i32("key_mask", key_mask, (B, T))
+    out = _out("out", out, (B, T, C), dev=CUDA)
+    lse = _out("lse", lse, (B, n_head, T), dev=CUDA)
+    check(lib.mg_cuda_flash_attention_forward(_p(out), _p(lse), _p(qkv), _p(key_mask, "int32_t*"),
+                                              B, T, C, n_head, int(bool(causal))))
+    return out, lse
+
+
+def flash_attention_backward(dout, qkv, out, lse, n_head, causal=True, key_mask=None, dqkv=None,
+                             accumulate=True):
+    """The fused backward from flash_attention_forward's out and lse: dqkv
+    += the gradient (accumulate) or = it; a fresh dqkv is written."""
+    _device_only(dout=dout, qkv=qkv, out=out, lse=lse, key_mask=key_mask, dqkv=dqkv)
+    _f32("qkv", qkv)
+    B, T, C = _attn_sizes(qkv, n_head)
+    _f32("dout", dout, (B, T, C)), _f32("out", out, (B, T, C)), _f32("lse", lse, (B, n_head, T))
+    if key_mask is not None:
+        _i32("key_mask", key_mask, (B, T))
+    accumulate = accumulate and dqkv is not None
+    dqkv = _out("dqkv", dqkv, qkv.shape, dev=CUDA)
+    check(lib.mg_cuda_flash_attention_backward(_p(dqkv), _p(dout), _p(out), _p(lse), _p(qkv),
+                                               _p(key_mask, "int32_t*"), B, T, C, n_head,
+                                               int(bool(causal)), int(accumulate)))
     return dqkv
 
 

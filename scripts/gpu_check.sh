@@ -5,7 +5,7 @@
 #   3. the CUDA tests (tests/gpu): every kernel against its CPU twin, the
 #      errors, training on the GPU against the CPU, across devices
 #   4. a subset under compute-sanitizer: memcheck on the kernel tests,
-#      racecheck on the attention tests
+#      racecheck on the attention tests, both on the fused attention's
 #   5. the GPU benchmark: GPT-2 124M, block 1024, batch 16, ours beside
 #      PyTorch eager bf16 and torch.compile (when torch is importable)
 # Writes one summary (gpu_check_summary.md) and a log per step into $OUT when
@@ -68,6 +68,11 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         $PY -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_ops.py -k "not bf16 and not tf32"
     step racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 3 \
         $PY -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_ops.py -k "attention and not bf16 and not tf32"
+    # the fused attention at the small shapes (T <= 257): bounds, then its shared-memory tiles
+    step flash-memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check no \
+        $PY -m pytest -q -p no:cacheprovider tests/gpu/test_flash_attention.py -k "matches and not 1024 and not 2048"
+    step flash-racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 3 \
+        $PY -m pytest -q -p no:cacheprovider tests/gpu/test_flash_attention.py -k "matches and not 1024 and not 2048"
 else
     say "- **sanitizer**: compute-sanitizer not found: skipped"
 fi

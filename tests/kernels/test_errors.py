@@ -95,3 +95,20 @@ def test_errors_share_a_base_and_process_survives():
         ops.gelu_forward(np.zeros(3, np.int64))
     # the core still works after every failure above
     assert np.allclose(ops.residual_forward(f32(np.ones(3)), f32(np.ones(3))), 2.0)
+
+
+def test_device_only_and_host_only_kernels_refuse_the_other_side():
+    """The fused attention runs on the GPU only, a packed weight and the
+    logit statistics on the CPU only: the wrong side is one clear error,
+    never a foreign pointer handed to C. Without CUDA the C entry point
+    says so."""
+    qkv = f32(np.zeros((1, 4, 96)))
+    with pytest.raises(DTypeError, match="GPU only"):
+        ops.flash_attention_forward(qkv, 1)
+    with pytest.raises(DTypeError, match="GPU only"):
+        ops.flash_attention_backward(f32(np.zeros((1, 4, 32))), qkv, f32(np.zeros((1, 4, 32))),
+                                     f32(np.zeros((1, 1, 4))), 1)
+    if not lib.mg_has_cuda():
+        with pytest.raises(MinGPTError, match="no CUDA"):
+            check(lib.mg_cuda_flash_attention_forward(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL,
+                                                      1, 4, 32, 1, 1))
