@@ -64,6 +64,7 @@ def parse_args():
     ap.add_argument("--dropout", type=float, default=d.dropout)
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--init", choices=["xavier", "gpt2"], default=d.init)
     ap.add_argument("--min-lr", type=float, default=d.min_lr)
     ap.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
     ap.add_argument("--schedule", choices=["cosine", "inverse-sqrt"], default=d.schedule)
@@ -85,7 +86,7 @@ def train_config(a, d):
     return replace(d, epochs=a.epochs, max_iters=a.iters, batch_size=a.batch_size, enc_layers=a.enc_layers,
                    dec_layers=a.dec_layers, n_embd=a.n_embd, n_head=a.n_head, dropout=a.dropout,
                    label_smoothing=a.label_smoothing, lr=a.lr, min_lr=a.min_lr, warmup_iters=a.warmup_iters,
-                   schedule=a.schedule, seed=a.seed, threads=a.threads)
+                   schedule=a.schedule, seed=a.seed, threads=a.threads, init=a.init)
 
 # ------------------------------------------------------------------ the twin's greedy decoding
 
@@ -197,7 +198,8 @@ def main() -> None:
     print(f"recipe: {total:,} steps ({total / nb:.2f} epochs), batch {B}, {tc.schedule} lr {tc.lr:g} "
           f"(warmup {tc.warmup_iters}" + (f", min {tc.min_lr:g})" if tc.schedule == "cosine" else ")")
           + f", AdamW betas ({tc.beta1}, {tc.beta2}) eps {tc.adam_eps:g} weight decay {tc.weight_decay:g}, "
-          f"clip {tc.grad_clip:g}, label smoothing {tc.label_smoothing:g}, dropout {tc.dropout:g}, seed {tc.seed}")
+          f"clip {tc.grad_clip:g}, label smoothing {tc.label_smoothing:g}, dropout {tc.dropout:g}, {tc.init} init, "
+          f"seed {tc.seed}")
     print(f"cpu: {cpu_model()}, {a.threads} threads a side; torch {torch.__version__}; "
           f"OpenMP wait policy: {WAIT_POLICY}", flush=True)
 
