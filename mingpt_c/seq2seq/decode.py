@@ -38,8 +38,9 @@ the logits do, so a source's 2 x beam best lie among the 2 x beam largest
 logits of each of its rows. A cheap lower bound of a row's (2 x beam)-th
 largest logit (the maxima of disjoint sets of 64 entries, from the same
 pass; _threshold) keeps a few more than that per row, and sorting the
-survivors by score,
-then by index, gives what a stable sort of all beam x V scores would.
+survivors by score, then by index, gives what a stable sort of all
+beam x V scores would. The step's weights are packed once per decode call
+(Seq2Seq.pack: the product skips re-packing them at every step).
 
 search="hf" runs Hugging Face generate()'s beam search instead (its
 defaults: early_stopping False, forced </s> at the last position), so an
