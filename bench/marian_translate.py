@@ -41,7 +41,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,22 +49,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mingpt_c.benchmarks import cpu_model  # after the path insert: the checkout, not an install
+
 TEXT = ROOT / "data" / "examples" / "shakespeare.txt"
 OPUS = dict(vocab=58101, d_model=512, layers=6, heads=8, ffn=2048, positions=512)
 
 # ------------------------------------------------------------------ setup
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    import platform
-    return platform.processor() or "unknown"
 
 
 def parse_args():

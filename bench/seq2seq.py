@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,19 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mingpt_c.benchmarks import cpu_model  # after the path insert: the checkout, not an install
+
 # ------------------------------------------------------------------ setup
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    import platform
-    return platform.processor() or "unknown"
 
 
 def parse_args():

@@ -82,3 +82,18 @@ def same_bits(a, b) -> bool:
 def nan_like(shape, dtype=np.float32):
     """A device buffer poisoned with NaN: whatever the op leaves unwritten shows."""
     return cuda.empty(shape, dtype).fill(np.nan)
+
+
+def rand(rng, *shape, scale=1.0):
+    """float32 normal draws of the given shape."""
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def key_mask(rng, B, T):
+    """A key padding mask (B, T) int32, 0 = padded, with a fully padded batch
+    row (B > 1) and key 0 of row 0 padded (under causal, query 0 sees nothing)."""
+    mask = (rng.random((B, T)) > 0.3).astype(np.int32)   # (B, T), 0 = padded key
+    if B > 1:
+        mask[1] = 0          # a fully padded batch row: its queries see no key
+    mask[0, 0] = 0           # causal: query 0 of row 0 sees no key either
+    return mask

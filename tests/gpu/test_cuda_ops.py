@@ -20,15 +20,12 @@ from conftest import f32
 
 from mingpt_c import cuda, ops
 
-from .conftest import close, gpu, nan_like, same_bits
+from .conftest import close, gpu, key_mask, nan_like, rand, same_bits
 
 pytestmark = gpu
 D = cuda.to_device
 NAN = np.float32(np.nan)
 
-
-def rand(rng, *shape, scale=1.0):
-    return f32(scale * rng.standard_normal(shape))
 
 # ---------------------------------------------------------------- matmul
 
@@ -159,13 +156,6 @@ def test_layernorm(rng, N, C):
 ATTENTION_SHAPES = [(1, 1, 1, 1), (2, 7, 1, 3), (2, 13, 4, 8), (1, 65, 2, 17), (2, 64, 4, 32),
                     (1, 127, 2, 64)]
 
-
-def key_mask(rng, B, T):
-    mask = (rng.random((B, T)) > 0.3).astype(np.int32)   # (B, T), 0 = padded key
-    if B > 1:
-        mask[1] = 0          # a fully padded batch row: its queries see no key
-    mask[0, 0] = 0           # causal: query 0 of row 0 sees no key either
-    return mask
 
 
 @pytest.mark.parametrize("causal", [True, False])

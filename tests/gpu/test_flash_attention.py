@@ -11,12 +11,11 @@ one (T, T) matrix of scores.
 """
 import numpy as np
 import pytest
-from conftest import f32
 
 from mingpt_c import cuda, ops
 from mingpt_c.errors import DTypeError, ShapeError
 
-from .conftest import close, gpu, nan_like, same_bits
+from .conftest import close, gpu, key_mask, nan_like, rand, same_bits
 
 pytestmark = gpu
 D = cuda.to_device
@@ -24,18 +23,6 @@ D = cuda.to_device
 # (B, T, NH, hs)
 SHAPES = [(2, 1, 2, 64), (2, 63, 2, 32), (1, 64, 3, 16), (2, 257, 2, 64), (1, 1024, 2, 48),
           (1, 2048, 1, 64)]
-
-
-def rand(rng, *shape):
-    return f32(rng.standard_normal(shape))
-
-
-def key_mask(rng, B, T):
-    mask = (rng.random((B, T)) > 0.3).astype(np.int32)
-    if B > 1:
-        mask[1] = 0          # a fully padded batch row: its queries see no key
-    mask[0, 0] = 0
-    return mask
 
 
 def lse_reference(qkv, NH, causal, mask):
