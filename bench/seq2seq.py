@@ -17,15 +17,27 @@ each step, batched) and is scored against every reference pronunciation:
 WER (wrong words), PER (phoneme edit distance), BLEU.
 
     python bench/seq2seq.py [--epochs 20 | --iters N] [--threads 2] [--quick]
+                            [--state DIR [--stop-after N]] [--sides both|torch]
 
 The default is the full run of `mingpt seq2seq train` (20 epochs of
 batch 64: about 37,600 steps a side); --quick takes 40 steps and scores
 200 test words, to check the script works.
+
+A full run takes hours. With --state DIR it keeps its progress in DIR
+(both sides' weights and optimizer state, the twin's dropout generator,
+every step's time and loss) at each epoch's end and when Ctrl-C or
+SIGTERM stops it; the same command then goes on from there and gives
+the same bits as a run without a stop. The tables list each sitting's
+steps and CPU. --sides torch trains the twin alone: its rates at a
+recipe whose own run `mingpt seq2seq train` has made (ours, step for
+step, is that run: the same batches, dropout seeds and schedule).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import signal
 import statistics
 import sys
 import time
@@ -61,6 +73,13 @@ def parse_args():
     ap.add_argument("--eval-limit", type=int, default=None, help="score the first N test words [default: all]")
     ap.add_argument("--log-interval", type=int, default=None, help="[default: about 20 lines]")
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--sides", choices=["both", "torch"], default="both",
+                    help="train both sides alternately, or the twin alone (its rates at a recipe ours has run)")
+    ap.add_argument("--state", default=None, metavar="DIR",
+                    help="keep the run's progress in DIR (every epoch, and on Ctrl-C or SIGTERM); "
+                         "the same command goes on from it")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="N",
+                    help="stop after N steps this sitting (with --state: go on later)")
     ap.add_argument("--quick", action="store_true", help="40 steps and 200 test words: checks the script works")
     a = ap.parse_args()
     if a.quick:
@@ -138,6 +157,7 @@ def main() -> None:
     from mingpt_c._lib import WAIT_POLICY, set_num_threads
     from mingpt_c.nn.optim import AdamW, inverse_sqrt_lr, lr_at
     from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
+    from mingpt_c.run.signals import StopFlag
     from mingpt_c.seq2seq import data as sd
     from mingpt_c.seq2seq.decode import DecodeConfig, decode
     from mingpt_c.seq2seq.model import Seq2Seq
@@ -193,79 +213,157 @@ def main() -> None:
           f"OpenMP wait policy: {WAIT_POLICY}", flush=True)
 
     # ---------------------------------------------------------- training, alternating
-    times = {"ours": [], "torch": []}
-    losses = {"ours": [], "torch": []}
-    epoch, pos, order = 0, 0, None
+    sides = ("ours", "torch") if a.sides == "both" else ("torch",)
+    state = Path(a.state) / "state.pt" if a.state else None
+    times = {name: [] for name in sides}
+    losses = {name: [] for name in sides}
+    sittings: list[dict] = []
+    start = 0
+    if state is not None and state.exists():
+        start = load_state(state, a, model, opt, tm, topt, times, losses, sittings)
+        print(f"resumed from {state} at step {start:,} of {total:,}", flush=True)
+    epoch, pos = divmod(start, nb)
+    order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
+    it = start
     t_start = time.perf_counter()
-    for it in range(total):
-        if pos == 0:
-            order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
-        idx = order[pos]
-        s, m, tin, tout = make_batch([src[i] for i in idx], [tgt[i] for i in idx], cfg)
-        tsrc, tmask, ttin, ttout = (torch.from_numpy(x).long() for x in (s, m, tin, tout))
-        lr = lr_of(it)
+    with StopFlag() as stop:
+        while it < total and not stop.requested and (a.stop_after is None or it - start < a.stop_after):
+            idx = order[pos]
+            s, m, tin, tout = make_batch([src[i] for i in idx], [tgt[i] for i in idx], cfg)
+            tsrc, tmask, ttin, ttout = (torch.from_numpy(x).long() for x in (s, m, tin, tout))
+            lr = lr_of(it)
 
-        t0 = time.perf_counter()
-        model.zero_grad()
-        loss = model.loss(s, m, tin, tout, train=True, seed=dropout_seed(tc.seed, it),
-                          label_smoothing=tc.label_smoothing)
-        model.backward()
-        opt.step(model.grads, lr)
-        t1 = time.perf_counter()
-        for g in topt.param_groups:
-            g["lr"] = lr
-        topt.zero_grad(set_to_none=True)
-        tl = tm.loss(tsrc, tmask, ttin, ttout, label_smoothing=tc.label_smoothing)
-        tl.backward()
-        torch.nn.utils.clip_grad_norm_(tm.parameters(), tc.grad_clip)
-        topt.step()
-        t2 = time.perf_counter()
+            if "ours" in sides:
+                t0 = time.perf_counter()
+                model.zero_grad()
+                loss = model.loss(s, m, tin, tout, train=True, seed=dropout_seed(tc.seed, it),
+                                  label_smoothing=tc.label_smoothing)
+                model.backward()
+                opt.step(model.grads, lr)
+                times["ours"].append(time.perf_counter() - t0)
+                losses["ours"].append(loss)
+            t0 = time.perf_counter()
+            for g in topt.param_groups:
+                g["lr"] = lr
+            topt.zero_grad(set_to_none=True)
+            tl = tm.loss(tsrc, tmask, ttin, ttout, label_smoothing=tc.label_smoothing)
+            tl.backward()
+            torch.nn.utils.clip_grad_norm_(tm.parameters(), tc.grad_clip)
+            topt.step()
+            times["torch"].append(time.perf_counter() - t0)
+            losses["torch"].append(tl.item())
 
-        times["ours"].append(t1 - t0)
-        times["torch"].append(t2 - t1)
-        losses["ours"].append(loss)
-        losses["torch"].append(tl.item())
-        pos += 1
-        if pos == nb:
-            epoch, pos = epoch + 1, 0
-        if (it + 1) % log_every == 0 or it + 1 == total:
-            k = min(log_every, it + 1)
-            print(f"step {it + 1:>6}/{total}  lr {lr:.2e}  loss ours {np.mean(losses['ours'][-k:]):.4f} "
-                  f"torch {np.mean(losses['torch'][-k:]):.4f}  ms/step ours "
-                  f"{1e3 * np.mean(times['ours'][-k:]):.0f} torch {1e3 * np.mean(times['torch'][-k:]):.0f}  "
-                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+            it, pos = it + 1, pos + 1
+            if pos == nb:
+                epoch, pos = epoch + 1, 0
+                order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
+            if it % log_every == 0 or it == total:
+                k = min(log_every, it)
+                print(f"step {it:>6}/{total}  lr {lr:.2e}  loss "
+                      + " ".join(f"{name} {np.mean(losses[name][-k:]):.4f}" for name in sides) + "  ms/step "
+                      + " ".join(f"{name} {1e3 * np.mean(times[name][-k:]):.0f}" for name in sides)
+                      + f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
+            if state is not None and pos == 0 and it < total:
+                save_state(state, a, it, model, opt, tm, topt, times, losses,
+                           sittings + [sitting(a, start, it, t_start)])
+    if it > start:
+        sittings.append(sitting(a, start, it, t_start))
+        if state is not None:
+            save_state(state, a, it, model, opt, tm, topt, times, losses, sittings)
+    if it < total:
+        why = f"stopped by {signal.Signals(stop.signum).name}" if stop.requested else f"--stop-after {a.stop_after}"
+        print(f"{why} at step {it:,} of {total:,}"
+              + (f"; state saved in {state}: the same command goes on from there" if state else ""))
+        sys.exit(128 + stop.signum if stop.requested else 0)
 
     # ---------------------------------------------------------- evaluation
     srcs = [vocabs["src"].encode(w)[:max_src] for w, _ in test]
     refs = [r for _, r in test]
-    t0 = time.perf_counter()
-    hyps_ours = by_length(lambda b: decode(model, b, DecodeConfig(batch_size=256)), srcs)
-    dec_ours = time.perf_counter() - t0
     tm.eval()
-    t0 = time.perf_counter()
-    hyps_torch = by_length(lambda b: torch_greedy(tm, b), srcs)
-    dec_torch = time.perf_counter() - t0
-    scores = {"ours": evaluate_outputs(vocabs, hyps_ours, refs), "torch": evaluate_outputs(vocabs, hyps_torch, refs)}
-    decode_s = {"ours": dec_ours, "torch": dec_torch}
+    greedy = {"ours": lambda b: decode(model, b, DecodeConfig(batch_size=256)), "torch": lambda b: torch_greedy(tm, b)}
+    scores, decode_s = {}, {}
+    for name in sides:
+        t0 = time.perf_counter()
+        hyps = by_length(greedy[name], srcs)
+        decode_s[name] = time.perf_counter() - t0
+        scores[name] = evaluate_outputs(vocabs, hyps, refs)
 
     # ---------------------------------------------------------- tables
+    labels = {"ours": "mingpt-c", "torch": "pytorch"}
     tail = min(100, total)
     print(f"\n{total:,} steps a side, {a.threads} threads, {cpu_model()}")
+    if len(sittings) > 1:
+        for k, st in enumerate(sittings, 1):
+            print(f"  sitting {k}: steps {st['from']:,} to {st['to']:,} in {st['seconds']:.0f} s on {st['cpu']}")
     print(f"{'':<10} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'steps/s':>8} {'train s':>8} "
           f"{'loss':>7}")
-    for name, label in (("ours", "mingpt-c"), ("torch", "pytorch")):
+    for name in sides:
         t = times[name]
-        print(f"{label:<10} {1e3 * statistics.median(t):>10.1f} {1e3 * min(t):>8.1f} {1e3 * max(t):>8.1f} "
+        print(f"{labels[name]:<10} {1e3 * statistics.median(t):>10.1f} {1e3 * min(t):>8.1f} {1e3 * max(t):>8.1f} "
               f"{len(t) / sum(t):>8.2f} {sum(t):>8.1f} {np.mean(losses[name][-tail:]):>7.4f}")
-    print(f"speed ratio ours/torch (steps/s): {sum(times['torch']) / sum(times['ours']):.2f}x "
-          f"(medians: {statistics.median(times['torch']) / statistics.median(times['ours']):.2f}x); "
-          f"loss: the mean of the last {tail} steps (label-smoothed)")
+    if "ours" in sides:
+        print(f"speed ratio ours/torch (steps/s): {sum(times['torch']) / sum(times['ours']):.2f}x "
+              f"(medians: {statistics.median(times['torch']) / statistics.median(times['ours']):.2f}x); "
+              f"loss: the mean of the last {tail} steps (label-smoothed)")
     print(f"\ngreedy decoding of {len(test):,} test words (every pronunciation a reference)")
     print(f"{'':<10} {'WER':>7} {'PER':>7} {'BLEU':>6} {'decode s':>9}")
-    for name, label in (("ours", "mingpt-c"), ("torch", "pytorch")):
+    for name in sides:
         r = scores[name]
-        print(f"{label:<10} {r['wer']:>7.2%} {r['per']:>7.2%} {r['bleu']:>6.2f} {decode_s[name]:>9.1f}")
+        print(f"{labels[name]:<10} {r['wer']:>7.2%} {r['per']:>7.2%} {r['bleu']:>6.2f} {decode_s[name]:>9.1f}")
     print("decode s: ours with the KV cache, pytorch re-running the prefix each step")
+
+# ------------------------------------------------------------------ a run over several sittings
+
+
+RECIPE = ("iters", "epochs", "batch_size", "enc_layers", "dec_layers", "n_embd", "n_head", "dropout",
+          "label_smoothing", "lr", "init", "min_lr", "warmup_iters", "schedule", "seed", "threads", "sides")
+
+
+def sitting(a, start: int, it: int, t_start: float) -> dict:
+    return {"from": start, "to": it, "seconds": time.perf_counter() - t_start, "cpu": cpu_model(),
+            "threads": a.threads}
+
+
+def save_state(path: Path, a, it: int, model, opt, tm, topt, times, losses, sittings) -> None:
+    """Both sides' weights, optimizer moments and the twin's dropout RNG,
+    with the step times and losses so far: written beside, then renamed."""
+    import torch
+    blob = {"recipe": {k: getattr(a, k) for k in RECIPE}, "step": it, "times": times, "losses": losses,
+            "sittings": sittings,
+            "torch": {"model": tm.state_dict(), "optimizer": topt.state_dict(), "rng": torch.get_rng_state()}}
+    if "ours" in times:
+        blob["ours"] = {"params": torch.from_numpy(model.params.copy()), "m": torch.from_numpy(opt.m.copy()),
+                        "v": torch.from_numpy(opt.v.copy()), "t": opt.t}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings) -> int:
+    """Restores what save_state wrote; returns the step to go on from."""
+    import torch
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
+        sys.exit(f"bench/seq2seq.py: cannot read {path}: {e}")
+    recipe = {k: getattr(a, k) for k in RECIPE}
+    if blob.get("recipe") != recipe:
+        diff = ", ".join(f"--{k.replace('_', '-')} {blob['recipe'].get(k)!r} there, {v!r} here"
+                         for k, v in recipe.items() if blob.get("recipe", {}).get(k) != v)
+        sys.exit(f"bench/seq2seq.py: {path} holds another recipe ({diff}); give the same options or another --state")
+    tm.load_state_dict(blob["torch"]["model"])
+    topt.load_state_dict(blob["torch"]["optimizer"])
+    torch.set_rng_state(blob["torch"]["rng"])
+    if "ours" in times:
+        model.params[...] = blob["ours"]["params"].numpy()
+        opt.load_moments(blob["ours"]["m"].numpy(), blob["ours"]["v"].numpy())
+        opt.t = blob["ours"]["t"]
+    for name in times:
+        times[name].extend(blob["times"][name])
+        losses[name].extend(blob["losses"][name])
+    sittings.extend(blob["sittings"])
+    return blob["step"]
 
 
 if __name__ == "__main__":
