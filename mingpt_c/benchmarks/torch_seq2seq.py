@@ -3,7 +3,10 @@ torch.nn.Transformer: the same embeddings (scaled by sqrt(d_model), the
 sinusoidal table), nn.TransformerEncoderLayer / nn.TransformerDecoderLayer
 in the same layernorm order (post-LN, or norm_first with a final layernorm
 on each side), the output tied to the target embedding, and PyTorch's
-label-smoothed cross-entropy over the non-pad target tokens.
+label-smoothed cross-entropy over the non-pad target tokens. Dropout is
+where ours has it, on the embeddings and each sublayer's output (the
+paper's residual dropout): the layers' other two sites, the attention
+probabilities and the feed-forward's hidden units, are off.
 
 from_ours() copies a Seq2Seq's weights in (and grads_as_ours() maps the
 gradients back to our flat layout), for the parity test
@@ -47,6 +50,11 @@ class TorchSeq2Seq(nn.Module):
                                     norm=nn.LayerNorm(C, eps=cfg.layer_norm_eps) if cfg.pre_ln else None)
         self.transformer = nn.Transformer(d_model=C, nhead=NH, custom_encoder=enc, custom_decoder=dec,
                                           batch_first=True)
+        for layer in [*enc.layers, *dec.layers]:   # dropout where ours has it: embeddings, sublayer outputs
+            layer.dropout.p = 0.0                  # (PyTorch also drops the FFN's hidden units
+            layer.self_attn.dropout = 0.0          # and the attention probabilities)
+            if hasattr(layer, "multihead_attn"):
+                layer.multihead_attn.dropout = 0.0
 
     def _embed(self, ids, table, pos_table):
         T = ids.shape[1]

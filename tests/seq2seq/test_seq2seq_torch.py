@@ -109,3 +109,27 @@ def test_pad_rows_do_not_change_the_real_rows():
     np.testing.assert_allclose(lp[0], lp0[0], atol=1e-5)
     assert np.isfinite(alone)
     assert (tout == PAD).any()
+
+
+def test_twin_drops_out_only_where_ours_does():
+    """With the embeddings' and sublayers' dropout off, the twin in training
+    mode computes what it computes in eval mode: no other site drops (PyTorch's
+    layers would drop attention probabilities and FFN hidden units too)."""
+    from dataclasses import replace
+    cfg = Seq2SeqConfig(src_vocab_size=19, tgt_vocab_size=23, max_src_len=9, max_tgt_len=8, enc_layers=2,
+                        dec_layers=2, n_head=2, n_embd=16, dropout=0.5)
+    tm = ts.from_ours(Seq2Seq(cfg, seed=3))
+    sublayer = [m for n, m in tm.named_modules() if n.rsplit(".", 1)[-1] in ("dropout1", "dropout2", "dropout3")]
+    assert len(sublayer) == 2 * 2 + 2 * 3 and all(m.p == 0.5 for m in sublayer)   # where ours drops
+    for m in sublayer:
+        m.p = 0.0
+    tm.cfg = replace(cfg, dropout=0.0)       # the embeddings'
+    src, mask, tin, _ = torch_batch(*batch(np.random.default_rng(0), 19, 23))
+    torch.manual_seed(0)
+    tm.train()
+    with torch.no_grad():
+        trained = tm(src, mask, tin)
+    tm.eval()
+    with torch.no_grad():
+        evaluated = tm(src, mask, tin)
+    assert torch.allclose(trained, evaluated, atol=1e-9)
