@@ -27,10 +27,11 @@ A full run takes hours. With --state DIR it keeps its progress in DIR
 (both sides' weights and optimizer state, the twin's dropout generator,
 every step's time and loss) at each epoch's end and when Ctrl-C or
 SIGTERM stops it; the same command then goes on from there and gives
-the same bits as a run without a stop. The tables list each sitting's
-steps and CPU. --sides torch trains the twin alone: its rates at a
-recipe whose own run `mingpt seq2seq train` has made (ours, step for
-step, is that run: the same batches, dropout seeds and schedule).
+the same bits as a run without a stop. After more than one sitting the
+tables list each one's steps and CPU. --sides torch trains the twin
+alone: its rates at a recipe whose own run `mingpt seq2seq train` has
+made (ours, step for step, is that run: the same batches, dropout seeds
+and schedule).
 """
 from __future__ import annotations
 
@@ -222,10 +223,13 @@ def main() -> None:
     if state is not None and state.exists():
         start = load_state(state, a, model, opt, tm, topt, times, losses, sittings)
         print(f"resumed from {state} at step {start:,} of {total:,}", flush=True)
+    def epoch_order(epoch: int) -> list:
+        return sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
+
     epoch, pos = divmod(start, nb)
-    order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
+    order = epoch_order(epoch)
     it = start
-    t_start = time.perf_counter()
+    cpu, t_start = cpu_model(), time.perf_counter()
     with StopFlag() as stop:
         while it < total and not stop.requested and (a.stop_after is None or it - start < a.stop_after):
             idx = order[pos]
@@ -256,7 +260,7 @@ def main() -> None:
             it, pos = it + 1, pos + 1
             if pos == nb:
                 epoch, pos = epoch + 1, 0
-                order = sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
+                order = epoch_order(epoch)
             if it % log_every == 0 or it == total:
                 k = min(log_every, it)
                 print(f"step {it:>6}/{total}  lr {lr:.2e}  loss "
@@ -265,9 +269,9 @@ def main() -> None:
                       + f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
             if state is not None and pos == 0 and it < total:
                 save_state(state, a, it, model, opt, tm, topt, times, losses,
-                           sittings + [sitting(a, start, it, t_start)])
+                           sittings + [sitting(start, it, t_start, cpu)])
     if it > start:
-        sittings.append(sitting(a, start, it, t_start))
+        sittings.append(sitting(start, it, t_start, cpu))
         if state is not None:
             save_state(state, a, it, model, opt, tm, topt, times, losses, sittings)
     if it < total:
@@ -291,7 +295,7 @@ def main() -> None:
     # ---------------------------------------------------------- tables
     labels = {"ours": "mingpt-c", "torch": "pytorch"}
     tail = min(100, total)
-    print(f"\n{total:,} steps a side, {a.threads} threads, {cpu_model()}")
+    print(f"\n{total:,} steps a side, {a.threads} threads, {cpu}")
     if len(sittings) > 1:
         for k, st in enumerate(sittings, 1):
             print(f"  sitting {k}: steps {st['from']:,} to {st['to']:,} in {st['seconds']:.0f} s on {st['cpu']}")
@@ -319,9 +323,8 @@ RECIPE = ("iters", "epochs", "batch_size", "enc_layers", "dec_layers", "n_embd",
           "label_smoothing", "lr", "init", "min_lr", "warmup_iters", "schedule", "seed", "threads", "sides")
 
 
-def sitting(a, start: int, it: int, t_start: float) -> dict:
-    return {"from": start, "to": it, "seconds": time.perf_counter() - t_start, "cpu": cpu_model(),
-            "threads": a.threads}
+def sitting(start: int, it: int, t_start: float, cpu: str) -> dict:
+    return {"from": start, "to": it, "seconds": time.perf_counter() - t_start, "cpu": cpu}
 
 
 def save_state(path: Path, a, it: int, model, opt, tm, topt, times, losses, sittings) -> None:
@@ -347,10 +350,10 @@ def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings) -> 
         blob = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
         sys.exit(f"bench/seq2seq.py: cannot read {path}: {e}")
-    recipe = {k: getattr(a, k) for k in RECIPE}
-    if blob.get("recipe") != recipe:
-        diff = ", ".join(f"--{k.replace('_', '-')} {blob['recipe'].get(k)!r} there, {v!r} here"
-                         for k, v in recipe.items() if blob.get("recipe", {}).get(k) != v)
+    recipe, saved = {k: getattr(a, k) for k in RECIPE}, blob.get("recipe") or {}
+    if saved != recipe:
+        diff = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} here"
+                         for k, v in recipe.items() if saved.get(k) != v)
         sys.exit(f"bench/seq2seq.py: {path} holds another recipe ({diff}); give the same options or another --state")
     tm.load_state_dict(blob["torch"]["model"])
     topt.load_state_dict(blob["torch"]["optimizer"])

@@ -8,7 +8,7 @@ where ours has it, on the embeddings and each sublayer's output (the
 paper's residual dropout): the layers' other two sites, the attention
 probabilities and the feed-forward's hidden units, are off.
 
-from_ours() copies a Seq2Seq's weights in (and grads_as_ours() maps the
+from_ours() copies a Seq2Seq's weights in (and as_ours() maps the
 gradients back to our flat layout), for the parity test
 (tests/seq2seq/test_seq2seq_torch.py) and the side-by-side benchmark
 (bench/seq2seq.py). Imports torch, so nothing else in the package imports
