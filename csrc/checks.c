@@ -192,21 +192,28 @@ mg_status check_dropout_backward(const char* func, const float* dinp, const floa
 // ---------------------------------------------------------------- cross-entropy
 // As for embedding, the target range is left to the CPU kernels.
 
+static mg_status check_smoothing(const char* func, float smoothing) {
+    MG_CHECK(smoothing >= 0.0f && smoothing < 1.0f, MG_ERR_VALUE,
+             "smoothing=%g must be in [0, 1)", (double)smoothing);
+    return MG_OK;
+}
+
 mg_status check_crossentropy_forward(const char* func, const float* losses, const float* probs,
-                                     const float* logits, const int32_t* targets, int N, int V) {
+                                     const float* logits, const int32_t* targets, int N, int V,
+                                     float smoothing) {
     MG_CHECK_PTR(losses); MG_CHECK_PTR(probs); MG_CHECK_PTR(logits); MG_CHECK_PTR(targets);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(V);
-    return MG_OK;
+    return check_smoothing(func, smoothing);
 }
 
 mg_status check_crossentropy_backward(const char* func, const float* dlogits,
                                       const float* dlosses, const float* probs,
-                                      const int32_t* targets, int N, int V) {
+                                      const int32_t* targets, int N, int V, float smoothing) {
     MG_CHECK_PTR(dlogits); MG_CHECK_PTR(dlosses); MG_CHECK_PTR(probs); MG_CHECK_PTR(targets);
     MG_CHECK(N >= 0, MG_ERR_SHAPE, "N=%d must not be negative", N);
     MG_CHECK_POS(V);
-    return MG_OK;
+    return check_smoothing(func, smoothing);
 }
 
 // ---------------------------------------------------------------- adamw

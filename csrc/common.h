@@ -81,10 +81,11 @@ mg_status check_dropout_forward(const char* func, const float* out, const uint8_
 mg_status check_dropout_backward(const char* func, const float* dinp, const float* dout,
                                  const uint8_t* mask, float p);
 mg_status check_crossentropy_forward(const char* func, const float* losses, const float* probs,
-                                     const float* logits, const int32_t* targets, int N, int V);
+                                     const float* logits, const int32_t* targets, int N, int V,
+                                     float smoothing);
 mg_status check_crossentropy_backward(const char* func, const float* dlogits,
                                       const float* dlosses, const float* probs,
-                                      const int32_t* targets, int N, int V);
+                                      const int32_t* targets, int N, int V, float smoothing);
 mg_status check_adamw_update(const char* func, const float* params, const float* m,
                              const float* v, const float* grads, float lr, float beta1,
                              float beta2, float eps, float grad_scale, int t);

@@ -1,9 +1,14 @@
 /*
- * loss.c — softmax cross-entropy with an ignore index, forward and backward.
- *   loss_i = -log softmax(logits_i)[target_i] = logsumexp(logits_i) - logits_i[t]
- * The max is subtracted before exp (stability); the log-sum is taken in
- * double, and the loss comes from logits directly rather than log(prob), so
- * a tiny probability does not underflow to log(0).
+ * loss.c — softmax cross-entropy with an ignore index and label smoothing,
+ * forward and backward. With smoothing eps over V classes the target is
+ * q = (1 - eps) onehot(t) + eps / V, and
+ *   loss_i = -sum_j q_j log p_j = (lse - z_t) + eps (z_t - mean_j z_j)
+ *   dlogits_i = dloss_i (p - q) = dloss_i (p - onehot(t)) - dloss_i eps (1/V - onehot(t))
+ * (eps 0: loss_i = -log softmax(logits_i)[t] = logsumexp(logits_i) - z_t).
+ * The max is subtracted before exp (stability); the log-sum and the mean
+ * logit are taken in double, and the loss (its smoothing term too) comes
+ * from logits directly rather than log(prob), so a tiny probability does
+ * not underflow to log(0).
  * probs may alias logits: each row is read fully before it is overwritten.
  * With AVX2 (AVX-512) the row max and the exponentials run 8 (16) lanes at a
  * time through exp_neg (about 1.4 ulp; simd_math.h), each lane's float
@@ -58,6 +63,36 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
     return sum;
 }
 
+/* sum of z[0..V) in double, in a fixed lane order (the smoothing term's
+ * mean logit) */
+static double row_sum(const float* z, int V) {
+    int j = 0;
+    double sum = 0.0;
+#if defined(__AVX512F__)
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (; j + 16 <= V; j += 16) {
+        __m512 v = _mm512_loadu_ps(z + j);
+        s0 = _mm512_add_pd(s0, widen_lo(v));
+        s1 = _mm512_add_pd(s1, widen_hi(v));
+    }
+    double lanes[8];
+    _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+#elif defined(__AVX2__)
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (; j + 8 <= V; j += 8) {
+        __m256 v = _mm256_loadu_ps(z + j);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    for (int l = 0; l < 4; l++) sum += lanes[l];
+#endif
+    for (; j < V; j++) sum += z[j];
+    return sum;
+}
+
 /* max over z[0..V), NaNs skipped (as the scalar z > m test skips them) */
 static float row_max(const float* z, int V) {
     int j = 0;
@@ -83,33 +118,40 @@ static mg_status check_targets(const int32_t* targets, int N, int V, int ignore_
 
 mg_status mg_crossentropy_forward(float* losses, float* probs,
                                   const float* logits, const int32_t* targets,
-                                  int N, int V, int ignore_index) {
-    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V));
+                                  int N, int V, int ignore_index, float smoothing) {
+    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V, smoothing));
     MG_TRY(check_targets(targets, N, V, ignore_index, __func__));   /* host only */
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float* z = logits + (size_t)i * V;
         float* p = probs + (size_t)i * V;
         int t = targets[i];
+        /* everything read of the row before exp_row may overwrite it */
         float zmax = row_max(z, V);
         float zt = (t == ignore_index) ? 0.0f : z[t];
+        double zmean = smoothing > 0.0f && t != ignore_index ? row_sum(z, V) / V : 0.0;
         double sum = exp_row(p, z, V, zmax);
         float inv = (float)(1.0 / sum);
         for (int j = 0; j < V; j++) p[j] *= inv;
-        losses[i] = (t == ignore_index) ? 0.0f : (float)(log(sum) + zmax - zt);
+        double loss = log(sum) + zmax - zt;
+        if (smoothing > 0.0f) loss += (double)smoothing * (zt - zmean);
+        losses[i] = (t == ignore_index) ? 0.0f : (float)loss;
     }
     return MG_OK;
 }
 
 mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
                                    const float* probs, const int32_t* targets,
-                                   int N, int V, int ignore_index) {
-    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V));
+                                   int N, int V, int ignore_index, float smoothing) {
+    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V, smoothing));
     MG_TRY(check_targets(targets, N, V, ignore_index, __func__));   /* host only */
     int inplace = (const float*)dlogits == probs;
     #pragma omp parallel for schedule(static) if ((size_t)N * V >= MG_PAR_MIN)
     for (int i = 0; i < N; i++) {
-        /* loss = -log p[t]:  dlogits = dloss * (p - onehot(t)) */
+        /* dlogits = dloss * (p - q), q = (1 - eps) onehot(t) + eps / V:
+         * dloss * p, then - dloss * eps / V everywhere (a second pass only
+         * when smoothing: eps 0 keeps the bits of the unsmoothed loss), then
+         * - dloss * (1 - eps) at t */
         const float* p = probs + (size_t)i * V;
         float* d = dlogits + (size_t)i * V;
         int t = targets[i];
@@ -123,7 +165,11 @@ mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
         } else {
             for (int j = 0; j < V; j++) d[j] += g * p[j];
         }
-        d[t] -= g;
+        if (smoothing > 0.0f) {
+            float gs = g * smoothing / (float)V;
+            for (int j = 0; j < V; j++) d[j] -= gs;
+        }
+        d[t] -= g * (1.0f - smoothing);
     }
     return MG_OK;
 }

@@ -217,17 +217,21 @@ mg_status mg_dropout_backward(float* dinp, const float* dout,
                               int accumulate);
 
 /* ---------------------------------------------------------------- loss */
-/* Softmax cross-entropy per row: losses (N) = -log softmax(logits)[target];
- * probs (N,V) saved (may equal logits: computed in place). Rows whose target
- * is ignore_index get loss 0 and are skipped by the backward. */
+/* Softmax cross-entropy per row against the label-smoothed target
+ * q = (1 - smoothing) onehot(target) + smoothing / V (PyTorch's
+ * cross_entropy(label_smoothing=)): losses (N) = -sum_j q_j log p_j
+ *   = (lse - z_t) + smoothing (z_t - mean_j z_j),  lse = log sum_j exp(z_j);
+ * smoothing 0: -log softmax(logits)[target]. probs (N,V) saved (may equal
+ * logits: computed in place). Rows whose target is ignore_index get loss 0
+ * and are skipped by the backward. smoothing in [0, 1). */
 mg_status mg_crossentropy_forward(float* losses, float* probs,
                                   const float* logits, const int32_t* targets,
-                                  int N, int V, int ignore_index);
-/* dlogits (N,V) += dlosses[i] * (probs[i] - onehot(target[i])).
+                                  int N, int V, int ignore_index, float smoothing);
+/* dlogits (N,V) += dlosses[i] * (probs[i] - q_i), q_i the smoothed target.
  * dlogits may equal probs (then it is overwritten, not added to). */
 mg_status mg_crossentropy_backward(float* dlogits, const float* dlosses,
                                    const float* probs, const int32_t* targets,
-                                   int N, int V, int ignore_index);
+                                   int N, int V, int ignore_index, float smoothing);
 /* What a search needs of logits z (R,V) to read a few log-probabilities
  * log_softmax(z)_j = (z_j - zmax) - lse, in one pass over z: per row its
  * maximum zmax (NaNs skipped) and lse = log(sum_j exp(z_j - zmax)) (float32
@@ -470,10 +474,10 @@ mg_status mg_cuda_dropout_backward(float* dinp, const float* dout,
                                    int accumulate);
 mg_status mg_cuda_crossentropy_forward(float* losses, float* probs,
                                        const float* logits, const int32_t* targets,
-                                       int N, int V, int ignore_index);
+                                       int N, int V, int ignore_index, float smoothing);
 mg_status mg_cuda_crossentropy_backward(float* dlogits, const float* dlosses,
                                         const float* probs, const int32_t* targets,
-                                        int N, int V, int ignore_index);
+                                        int N, int V, int ignore_index, float smoothing);
 /* *norm (a host float) = the global L2 norm (waits for the stream). */
 mg_status mg_cuda_global_norm(float* norm, const float* grads, size_t n);
 mg_status mg_cuda_adamw_update(float* params, float* m, float* v, const float* grads,

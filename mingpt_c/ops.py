@@ -677,8 +677,11 @@ def logits_stats(z, nsets: int = 0, per: int = 0):
     return zmax, lse, setmax
 
 
-def crossentropy_forward(logits, targets, ignore_index=IGNORE_INDEX, losses=None, probs=None):
-    """Per-row losses (N,) and softmax probs (N, V). probs may be logits (in place)."""
+def crossentropy_forward(logits, targets, ignore_index=IGNORE_INDEX, losses=None, probs=None,
+                         smoothing=0.0):
+    """Per-row losses (N,) and softmax probs (N, V). probs may be logits (in
+    place). smoothing: label smoothing eps in [0, 1), the target (1 - eps)
+    onehot + eps / V (PyTorch's label_smoothing); ignored rows lose 0."""
     dev = _device(logits=logits, targets=targets, losses=losses, probs=probs)
     _f32("logits", logits)
     N, V = _rows(logits)
@@ -689,11 +692,15 @@ def crossentropy_forward(logits, targets, ignore_index=IGNORE_INDEX, losses=None
     losses = _out("losses", losses, logits.shape[:-1], dev=dev)
     probs = _out("probs", probs, logits.shape, dev=dev)
     check(_fn(dev, "crossentropy_forward")(_p(losses), _p(probs), _p(logits),
-                                           _p(targets, "int32_t*"), N, V, int(ignore_index)))
+                                           _p(targets, "int32_t*"), N, V, int(ignore_index),
+                                           float(smoothing)))
     return losses, probs
 
 
-def crossentropy_backward(dlosses, probs, targets, ignore_index=IGNORE_INDEX, dlogits=None):
+def crossentropy_backward(dlosses, probs, targets, ignore_index=IGNORE_INDEX, dlogits=None,
+                          smoothing=0.0):
+    """dlogits (N, V) += dlosses * (probs - the smoothed target); in place
+    (written, not added to) when dlogits is probs."""
     dev = _device(dlosses=dlosses, probs=probs, targets=targets, dlogits=dlogits)
     _f32("probs", probs)
     N, V = _rows(probs)
@@ -703,7 +710,8 @@ def crossentropy_backward(dlosses, probs, targets, ignore_index=IGNORE_INDEX, dl
     check_ids("targets", targets, V, allow=ignore_index)
     dlogits = _out("dlogits", dlogits, probs.shape, zero=True, dev=dev)
     check(_fn(dev, "crossentropy_backward")(_p(dlogits), _p(dlosses), _p(probs),
-                                            _p(targets, "int32_t*"), N, V, int(ignore_index)))
+                                            _p(targets, "int32_t*"), N, V, int(ignore_index),
+                                            float(smoothing)))
     return dlogits
 
 # ---------------------------------------------------------------- optimizer

@@ -255,25 +255,30 @@ def residual_backward(dout):
 # ---------------------------------------------------------------- loss
 
 
-def crossentropy_forward(logits, targets, ignore_index=-100):
+def _smoothed_target(probs, targets, ignore_index, smoothing):
+    """q = (1 - eps) onehot(t) + eps / V per row, and the rows that count."""
+    t = np.asarray(targets).reshape(probs.shape[:-1])
+    keep = t != ignore_index
+    q = np.zeros_like(probs)
+    np.put_along_axis(q, np.where(keep, t, 0)[..., None], 1.0 - smoothing, -1)
+    return q + smoothing / probs.shape[-1], keep
+
+
+def crossentropy_forward(logits, targets, ignore_index=-100, smoothing=0.0):
+    """losses = -sum_j q_j log softmax(logits)_j, q the label-smoothed target
+    (smoothing 0: -log softmax(logits)[target]); 0 on ignored rows."""
     z = logits - logits.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     probs = np.exp(logp)
-    t = np.asarray(targets).reshape(logits.shape[:-1])
-    keep = t != ignore_index
-    tt = np.where(keep, t, 0)
-    losses = -np.take_along_axis(logp, tt[..., None], -1)[..., 0]
+    q, keep = _smoothed_target(probs, targets, ignore_index, smoothing)
+    losses = -(q * logp).sum(-1)
     return np.where(keep, losses, 0.0), probs
 
 
-def crossentropy_backward(dlosses, logits, targets, ignore_index=-100):
-    # losses = -log softmax(logits)[target]
-    _, probs = crossentropy_forward(logits, targets, ignore_index)
-    t = np.asarray(targets).reshape(logits.shape[:-1])
-    keep = t != ignore_index
-    onehot = np.zeros_like(probs)
-    np.put_along_axis(onehot, np.where(keep, t, 0)[..., None], 1.0, -1)
-    return np.where(keep[..., None], dlosses[..., None] * (probs - onehot), 0.0)
+def crossentropy_backward(dlosses, logits, targets, ignore_index=-100, smoothing=0.0):
+    _, probs = crossentropy_forward(logits, targets, ignore_index, smoothing)
+    q, keep = _smoothed_target(probs, targets, ignore_index, smoothing)
+    return np.where(keep[..., None], dlosses[..., None] * (probs - q), 0.0)
 
 # ---------------------------------------------------------------- optimizer
 

@@ -1,13 +1,14 @@
 /*
- * loss.cu — softmax cross-entropy with an ignore index on the GPU, forward
- * and backward; the twin of loss.c (same arguments, same results to fp32
- * rounding, tests/reference.py is the float64 spec).
- *   loss_i = -log softmax(logits_i)[t_i] = logsumexp(logits_i) - logits_i[t_i]
- *   dlogits_i += dloss_i * (probs_i - onehot(t_i))
+ * loss.cu — softmax cross-entropy with an ignore index and label smoothing
+ * on the GPU, forward and backward; the twin of loss.c (same arguments, same
+ * results to fp32 rounding, tests/reference.py is the float64 spec). With
+ * smoothing eps the target is q = (1 - eps) onehot(t) + eps / V:
+ *   loss_i = (logsumexp(logits_i) - z_t) + eps (z_t - mean_j z_j)
+ *   dlogits_i += dloss_i * (probs_i - q_i)
  *
  * One block per row (grid-stride over rows), three passes over the row as on
  * the CPU: the max (NaNs skipped, as fmaxf and the CPU's z > m test both
- * do); the sum of the float exponentials exp(z - max), in double; then
+ * do), with smoothing also the sum of the logits (in double); the sum of the float exponentials exp(z - max), in double; then
  * probs = exp(z - max) * (float)(1 / sum), the exponential recomputed rather
  * than stored and reread (one write of the row, not two). Each reduction is
  * a warp shuffle tree and then the warps' partials in warp order: the order
@@ -77,7 +78,8 @@ static __device__ double block_sum_d(double v, double* sh) {
 static __global__ void crossentropy_forward_kernel(float* losses, float* probs,
                                                    const float* logits,
                                                    const int32_t* targets,
-                                                   int N, int V, int ignore_index) {
+                                                   int N, int V, int ignore_index,
+                                                   float smoothing) {
     __shared__ float sh_max[32];
     __shared__ double sh_sum[32];
     const size_t nV = (size_t)V;
@@ -90,8 +92,13 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* probs,
         const float zt = (keep && threadIdx.x == 0) ? z[t] : 0.0f;
 
         float zmax = -INFINITY;
-        for (size_t j = threadIdx.x; j < nV; j += blockDim.x) zmax = fmaxf(zmax, z[j]);
+        double zsum = 0.0;   /* the smoothing term's mean logit */
+        for (size_t j = threadIdx.x; j < nV; j += blockDim.x) {
+            zmax = fmaxf(zmax, z[j]);
+            if (smoothing > 0.0f) zsum += (double)z[j];
+        }
         zmax = block_max(zmax, sh_max);
+        if (smoothing > 0.0f) zsum = block_sum_d(zsum, sh_sum);   /* block-uniform branch */
 
         /* hot loop: one expf per entry; float exponentials summed in double */
         double sum = 0.0;
@@ -103,33 +110,38 @@ static __global__ void crossentropy_forward_kernel(float* losses, float* probs,
             const float e = expf(z[j] - zmax);   /* the bits summed above */
             p[j] = e * inv;
         }
-        if (threadIdx.x == 0) losses[i] = keep ? (float)(log(sum) + zmax - zt) : 0.0f;
+        if (threadIdx.x == 0) {
+            double loss = log(sum) + zmax - zt;
+            if (smoothing > 0.0f) loss += (double)smoothing * (zt - zsum / V);
+            losses[i] = keep ? (float)loss : 0.0f;
+        }
     }
 }
 
 extern "C" mg_status mg_cuda_crossentropy_forward(float* losses, float* probs,
                                                   const float* logits, const int32_t* targets,
-                                                  int N, int V, int ignore_index) {
-    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V));
+                                                  int N, int V, int ignore_index,
+                                                  float smoothing) {
+    MG_TRY(check_crossentropy_forward(__func__, losses, probs, logits, targets, N, V, smoothing));
     /* targets live on the device: range-checked by the host before upload,
      * and out-of-range ones are treated as ignored by the kernel */
     if (N == 0) return MG_OK;
     unsigned grid = (unsigned)N < MAX_ROW_BLOCKS ? (unsigned)N : MAX_ROW_BLOCKS;
     crossentropy_forward_kernel<<<grid, row_threads(V), 0, cuda_stream()>>>(
-        losses, probs, logits, targets, N, V, ignore_index);
+        losses, probs, logits, targets, N, V, ignore_index, smoothing);
     MG_LAUNCH_CHECK();
     return MG_OK;
 }
 
 /* ---------------------------------------------------------------- backward */
 
-/* loss = -log p[t]:  dlogits = dloss * (p - onehot(t)).
+/* dlogits = dloss * (p - q), q = (1 - eps) onehot(t) + eps / V.
  * dlogits (N,V) += (or, in place, =) ...; dlosses (N); probs (N,V). */
 static __global__ void crossentropy_backward_kernel(float* dlogits, const float* dlosses,
                                                     const float* probs,
                                                     const int32_t* targets,
                                                     int N, int V, int ignore_index,
-                                                    int inplace) {
+                                                    float smoothing, int inplace) {
     const size_t nV = (size_t)V;
     for (size_t i = blockIdx.x; i < (size_t)N; i += gridDim.x) {
         const float* p = probs + i * nV;
@@ -142,13 +154,17 @@ static __global__ void crossentropy_backward_kernel(float* dlogits, const float*
             continue;
         }
         const float g = dlosses[i];
+        const float gs = g * smoothing / (float)V;   /* 0 without smoothing */
+        const float gt = g * (1.0f - smoothing);     /* g without smoothing */
         const size_t tt = (size_t)t;
         /* hot loop. In place, each thread reads p[j] and then writes the same
          * d[j]. fmaf is what gcc makes of the CPU's d += g * p with FMA
-         * (-march=native); d[t] -= g comes after d[t]'s add, as there. */
+         * (-march=native); then - gs (with smoothing), then - gt at t, in the
+         * CPU's order. */
         for (size_t j = threadIdx.x; j < nV; j += blockDim.x) {
-            float val = inplace ? g * p[j] : fmaf(g, p[j], d[j]);
-            if (j == tt) val -= g;
+            float val = inplace ? __fmul_rn(g, p[j]) : fmaf(g, p[j], d[j]);
+            if (smoothing > 0.0f) val -= gs;
+            if (j == tt) val -= gt;
             d[j] = val;
         }
     }
@@ -156,14 +172,15 @@ static __global__ void crossentropy_backward_kernel(float* dlogits, const float*
 
 extern "C" mg_status mg_cuda_crossentropy_backward(float* dlogits, const float* dlosses,
                                                    const float* probs, const int32_t* targets,
-                                                   int N, int V, int ignore_index) {
-    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V));
+                                                   int N, int V, int ignore_index,
+                                                   float smoothing) {
+    MG_TRY(check_crossentropy_backward(__func__, dlogits, dlosses, probs, targets, N, V, smoothing));
     /* targets are not range-checked here either (see the forward) */
     if (N == 0) return MG_OK;
     int inplace = (const float*)dlogits == probs;
     unsigned grid = (unsigned)N < MAX_ROW_BLOCKS ? (unsigned)N : MAX_ROW_BLOCKS;
     crossentropy_backward_kernel<<<grid, row_threads(V), 0, cuda_stream()>>>(
-        dlogits, dlosses, probs, targets, N, V, ignore_index, inplace);
+        dlogits, dlosses, probs, targets, N, V, ignore_index, smoothing, inplace);
     MG_LAUNCH_CHECK();
     return MG_OK;
 }

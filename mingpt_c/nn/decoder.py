@@ -25,6 +25,10 @@ decoding step (DecoderStack.step) runs the same sublayers with the self-
 attention reading and extending a KV cache, so the order of the layers is
 written once, here.
 
+Every training buffer lives on the stack's device (numpy arrays or GPU
+DeviceArrays; the ops run the kernels of their arguments' device). Decoding
+(step, pack, DecodeCache) runs on the CPU.
+
 The encoder side is nn/stack.py's Stack (bidirectional, with the source's
 key padding mask). Names of the layer tensors follow Hugging Face's
 MarianMT/BART decoder layers (self_attn, self_attn_layer_norm, encoder_attn,
@@ -41,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from mingpt_c import ops
+from mingpt_c.device import CPU, Device
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.block import ACTS
 from mingpt_c.nn.seeds import mix_seed
@@ -69,14 +74,15 @@ class SubActs:
     res x + drop(y): the output (pre-LN) or the layernorm's input (post-LN)
     out LN(res) (post-LN only); mean, rstd the layernorm's statistics."""
 
-    def __init__(self, B: int, T: int, C: int, dropout: float, pre_ln: bool):
-        self.ln = _e(B, T, C)                  # pre: LN(x); post: LN(res), the output
-        self.mean, self.rstd = _e(B, T), _e(B, T)
-        self.y = _e(B, T, C)
-        self.res = _e(B, T, C)
+    def __init__(self, B: int, T: int, C: int, dropout: float, pre_ln: bool, dev: Device = CPU):
+        e = lambda *s: dev.empty(s)
+        self.ln = e(B, T, C)                   # pre: LN(x); post: LN(res), the output
+        self.mean, self.rstd = e(B, T), e(B, T)
+        self.y = e(B, T, C)
+        self.res = e(B, T, C)
         self.yd = self.mask = None
         if dropout > 0:
-            self.yd, self.mask = _e(B, T, C), np.empty((B, T, C), np.uint8)
+            self.yd, self.mask = e(B, T, C), dev.empty((B, T, C), np.uint8)
 
 
 def sublayer_forward(s: SubActs, x: np.ndarray, ln: tuple, branch, pre_ln: bool, eps: float,
@@ -99,8 +105,8 @@ def sublayer_forward(s: SubActs, x: np.ndarray, ln: tuple, branch, pre_ln: bool,
 class SubGrads:
     """Backward scratch of one sublayer, shared by every sublayer of a stack."""
 
-    def __init__(self, B: int, T: int, C: int):
-        self.dres, self.dy, self.dh = _e(B, T, C), _e(B, T, C), _e(B, T, C)
+    def __init__(self, B: int, T: int, C: int, dev: Device = CPU):
+        self.dres, self.dy, self.dh = (dev.empty((B, T, C)) for _ in range(3))
 
 
 def sublayer_backward(dx: np.ndarray, dout: np.ndarray, s: SubActs, x: np.ndarray, ln: tuple,
@@ -130,9 +136,10 @@ class SelfAttention:
     given, replaces the attention over the block's own positions (decoding
     over a KV cache)."""
 
-    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, C: int):
+    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, C: int, dev: Device = CPU):
         self.p, self.g, self.n_head = p, g, n_head
-        self.qkv, self.atty, self.att = _e(B, T, 3 * C), _e(B, T, C), _e(B, n_head, T, T)
+        e = lambda *s: dev.empty(s)
+        self.qkv, self.atty, self.att = e(B, T, 3 * C), e(B, T, C), e(B, n_head, T, T)
         self.attend = self.packed = None
 
     def forward(self, h, y):
@@ -161,10 +168,12 @@ class CrossAttention:
     attend(q, out), when given, replaces the attention (decoding over the
     cache's keys and values)."""
 
-    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, S: int, C: int):
+    def __init__(self, p: dict, g: dict | None, n_head: int, B: int, T: int, S: int, C: int,
+                 dev: Device = CPU):
         self.p, self.g, self.n_head = p, g, n_head
-        self.q, self.atty, self.att = _e(B, T, C), _e(B, T, C), _e(B, n_head, T, S)
-        self.kv = _e(B, S, 2 * C)
+        e = lambda *s: dev.empty(s)
+        self.q, self.atty, self.att = e(B, T, C), e(B, T, C), e(B, n_head, T, S)
+        self.kv = e(B, S, 2 * C)
         self.mem = self.src_mask = self.dmem = None
         self.attend = self.packed = None
 
@@ -199,9 +208,9 @@ class CrossAttention:
 class FFN:
     """f(h) = fc2(act(fc1(h))), 4C wide in the middle."""
 
-    def __init__(self, p: dict, g: dict | None, act: str, B: int, T: int, C: int):
+    def __init__(self, p: dict, g: dict | None, act: str, B: int, T: int, C: int, dev: Device = CPU):
         self.p, self.g, self.act = p, g, ACTS[act]
-        self.fch, self.fca = _e(B, T, 4 * C), _e(B, T, 4 * C)
+        self.fch, self.fca = dev.empty((B, T, 4 * C)), dev.empty((B, T, 4 * C))
         self.packed = None
 
     def forward(self, h, y):
@@ -244,38 +253,40 @@ class DecoderLayerActs:
     """One decoder layer's buffers for (B, T) targets over (B, S) sources."""
 
     def __init__(self, p: dict, g: dict | None, B: int, T: int, S: int, C: int, NH: int, act: str,
-                 dropout: float, pre_ln: bool):
-        self.branches = {"self": SelfAttention(p, g, NH, B, T, C),
-                         "cross": CrossAttention(p, g, NH, B, T, S, C),
-                         "ffn": FFN(p, g, act, B, T, C)}
-        self.subs = {k: SubActs(B, T, C, dropout, pre_ln) for k, _ in SUBLAYERS}
+                 dropout: float, pre_ln: bool, dev: Device = CPU):
+        self.branches = {"self": SelfAttention(p, g, NH, B, T, C, dev),
+                         "cross": CrossAttention(p, g, NH, B, T, S, C, dev),
+                         "ffn": FFN(p, g, act, B, T, C, dev)}
+        self.subs = {k: SubActs(B, T, C, dropout, pre_ln, dev) for k, _ in SUBLAYERS}
         self.ins: dict = {}    # each sublayer's input, for the backward
 
 
 class DecoderGrads:
     """Backward scratch shared by every layer."""
 
-    def __init__(self, B: int, T: int, S: int, C: int, NH: int):
-        self.sub = SubGrads(B, T, C)
-        self.datty, self.dqkv, self.scratch = _e(B, T, C), _e(B, T, 3 * C), _e(B, NH, T, T)
-        self.dq, self.dkv, self.cscratch = _e(B, T, C), _e(B, S, 2 * C), _e(B, NH, T, S)
-        self.dfca, self.dfch = _e(B, T, 4 * C), _e(B, T, 4 * C)
-        self.dx = [_e(B, T, C), _e(B, T, C)]
+    def __init__(self, B: int, T: int, S: int, C: int, NH: int, dev: Device = CPU):
+        e = lambda *s: dev.empty(s)
+        self.sub = SubGrads(B, T, C, dev)
+        self.datty, self.dqkv, self.scratch = e(B, T, C), e(B, T, 3 * C), e(B, NH, T, T)
+        self.dq, self.dkv, self.cscratch = e(B, T, C), e(B, S, 2 * C), e(B, NH, T, S)
+        self.dfca, self.dfch = e(B, T, 4 * C), e(B, T, 4 * C)
+        self.dx = [e(B, T, C), e(B, T, C)]
 
 
 class DecoderActs:
     """A decoder stack's buffers for one (B, T, S)."""
 
     def __init__(self, stack: "DecoderStack", B: int, T: int, S: int, with_grads: bool):
-        C, NH = stack.n_embd, stack.n_head
+        C, NH, dev = stack.n_embd, stack.n_head, stack.device
         self.B, self.T, self.S = B, T, S
         self.layers = [DecoderLayerActs(stack.layer_p[i], stack.layer_g[i], B, T, S, C, NH, stack.act,
-                                        stack.dropout, stack.pre_ln) for i in range(stack.n_layer)]
-        self.grads = DecoderGrads(B, T, S, C, NH) if with_grads else None
+                                        stack.dropout, stack.pre_ln, dev) for i in range(stack.n_layer)]
+        self.grads = DecoderGrads(B, T, S, C, NH, dev) if with_grads else None
         self.x_in, self.drop = None, 0.0
 
-    def cross_attention_maps(self) -> list[np.ndarray]:
-        """Each layer's cross-attention probabilities (B, NH, T, S) of the last forward."""
+    def cross_attention_maps(self) -> list:
+        """Each layer's cross-attention probabilities (B, NH, T, S) of the
+        last forward, on the device."""
         return [la.branches["cross"].att for la in self.layers]
 
 
@@ -285,9 +296,10 @@ class DecoderStack:
     (self_attn.qkv_proj.weight, ...)."""
 
     def __init__(self, n_layer: int, n_embd: int, n_head: int, eps: float, dropout: float, params, grads,
-                 views, act: str = "relu", pre_ln: bool = False):
+                 views, act: str = "relu", pre_ln: bool = False, device: Device = CPU):
         self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
         self.eps, self.dropout, self.act, self.pre_ln = eps, dropout, act, pre_ln
+        self.device = device
         self.layer_p = [views(params, i) for i in range(n_layer)]
         self.layer_g = [views(grads, i) for i in range(n_layer)] if grads is not None else [None] * n_layer
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mingpt_c import checkpoint as base
+from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError
 from mingpt_c.nn.params import Layout
 from mingpt_c.seq2seq.model import Seq2SeqConfig, seq2seq_slots
@@ -78,9 +79,10 @@ def _vocab_files(cfg: Seq2SeqConfig) -> dict[str, str]:
         {"src": "src_vocab.json", "tgt": "tgt_vocab.json"}
 
 
-def save(path, cfg: Seq2SeqConfig, params: np.ndarray, vocabs: dict, optimizer=None,
+def save(path, cfg: Seq2SeqConfig, params, vocabs: dict, optimizer=None,
          train_state: dict | None = None) -> Path:
-    """vocabs: {"src": Vocab, "tgt": Vocab} (the same one when shared)."""
+    """params: the flat buffer, on either device; vocabs: {"src": Vocab,
+    "tgt": Vocab} (the same one when shared)."""
     files = _vocab_files(cfg)
     hf = {"architectures": ["Seq2Seq"], "model_type": MODEL_TYPE, "d_model": cfg.n_embd,
           "encoder_layers": cfg.enc_layers, "decoder_layers": cfg.dec_layers,
@@ -90,8 +92,8 @@ def save(path, cfg: Seq2SeqConfig, params: np.ndarray, vocabs: dict, optimizer=N
         for side in ("src", "tgt"):
             vocabs[side].save(d / files[side])
 
-    return base.write_dir(path, hf, to_tensors(Layout(seq2seq_slots(cfg)), params), optimizer, train_state,
-                          write_vocabs)
+    return base.write_dir(path, hf, to_tensors(Layout(seq2seq_slots(cfg)), to_host(params)), optimizer,
+                          train_state, write_vocabs)
 
 
 def load(path, with_optimizer: bool = False) -> dict:

@@ -153,7 +153,9 @@ def _source_pad(model: Seq2Seq) -> int:
 def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
     """The most likely next token each step, until </s> or max_len. The
     logits' argmax is the log-probabilities' (no softmax is needed); a
-    source leaves the batch when it ends."""
+    source leaves the batch when it ends. On the CPU (a model on the GPU
+    decodes through a copy of its weights)."""
+    model = model.on_cpu()
     cfg = model.cfg
     out: list[list[int]] = []
     packed = _packed(model, srcs, dc, cached)
@@ -299,7 +301,8 @@ def _minus_inf(z, base, forced, forced_lp, s: int, K: int, need: int, eos: int) 
 def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
                 nbest: int = 1) -> list[list[tuple[float, list[int]]]]:
     """Per source its nbest finished hypotheses, best first, as
-    (normalised score, tokens without </s>)."""
+    (normalised score, tokens without </s>). On the CPU, as greedy()."""
+    model = model.on_cpu()
     if dc.search not in ("exact", "hf"):
         raise ShapeError(f"search {dc.search!r}: use exact or hf")
     run = _beam_batch if dc.search == "exact" else _beam_batch_hf

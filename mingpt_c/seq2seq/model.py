@@ -29,7 +29,11 @@ into `qkv_proj` and the cross-attention's k, v into `kv_proj` (checkpoints
 split them again). The sinusoidal table is not a parameter: the C core
 computes it (the paper's interleaved sin/cos layout).
 
-This family runs on the CPU.
+Training runs on either device (the model's, chosen at construction: every
+parameter, gradient and activation lives there, and a step sends up only
+the batch's ids and brings down one loss); decoding (start, step, pack)
+runs on the CPU: a model trained on the GPU decodes through a CPU copy
+(on_cpu()).
 """
 from __future__ import annotations
 
@@ -40,10 +44,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from mingpt_c import ops
+from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.decoder import DecodeCache, DecoderStack
-from mingpt_c.nn.loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from mingpt_c.nn.loss import count_rows, smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from mingpt_c.nn.model import FlatModel
 from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import mix_seed
@@ -192,29 +197,38 @@ def init_params(layout: Layout, cfg: Seq2SeqConfig, seed: int) -> np.ndarray:
     return buf
 
 
+def _first_rows(a, T: int):
+    """a[:T] of a (rows, C) array on either device (a view)."""
+    C = a.shape[1]
+    return a.reshape(-1)[:T * C].reshape(T, C)
+
+
 class _EmbActs:
     """One side's embedding buffers: out = drop(scale * E[ids] + P[:T])."""
 
-    def __init__(self, B: int, T: int, C: int, dropout: float):
-        self.x = _e(B, T, C)
-        self.xd = _e(B, T, C) if dropout > 0 else None
-        self.mask = np.empty((B, T, C), np.uint8) if dropout > 0 else None
+    def __init__(self, B: int, T: int, C: int, dropout: float, dev: Device = CPU):
+        self.x = dev.empty((B, T, C))
+        self.xd = dev.empty((B, T, C)) if dropout > 0 else None
+        self.mask = dev.empty((B, T, C), np.uint8) if dropout > 0 else None
 
 
 class Seq2Seq(FlatModel):
-    def __init__(self, cfg: Seq2SeqConfig, params: np.ndarray | None = None, seed: int = 0):
-        """A fresh initialisation (params None) draws from seed (see init_params)."""
+    def __init__(self, cfg: Seq2SeqConfig, params: np.ndarray | None = None, seed: int = 0,
+                 device: Device = CPU):
+        """A fresh initialisation (params None) draws from seed (see
+        init_params), on the host, so every device starts from the same bits."""
         C = cfg.n_embd
-        super().__init__(cfg, seq2seq_slots(cfg), params, lambda: init_params(self.layout, cfg, seed))
+        super().__init__(cfg, seq2seq_slots(cfg), params, lambda: init_params(self.layout, cfg, seed), device)
         self.scale = math.sqrt(C) if cfg.scale_embeddings else 1.0
         enc = SimpleNamespace(n_layer=cfg.enc_layers, n_embd=C, n_head=cfg.n_head,
                               layer_norm_eps=cfg.layer_norm_eps, dropout=cfg.dropout)
-        self.encoder = Stack(enc, self.p, self.g, self._enc_views, causal=False, act=cfg.act, pre_ln=cfg.pre_ln)
+        self.encoder = Stack(enc, self.p, self.g, self._enc_views, causal=False, act=cfg.act, pre_ln=cfg.pre_ln,
+                             device=device)
         self.decoder = DecoderStack(cfg.dec_layers, C, cfg.n_head, cfg.layer_norm_eps, cfg.dropout, self.p, self.g,
-                                    self._dec_views, cfg.act, cfg.pre_ln)
+                                    self._dec_views, cfg.act, cfg.pre_ln, device)
         maxT = max(cfg.max_src_len, cfg.max_tgt_len + 1)
         self.pe = (None if cfg.positions == "learned" else
-                   ops.sinusoid_table(maxT, C, interleaved=cfg.positions == "sinusoidal"))
+                   device.put(ops.sinusoid_table(maxT, C, interleaved=cfg.positions == "sinusoidal")))
         self._acts = None
         self._step_acts = None
         self._last = None
@@ -236,10 +250,10 @@ class Seq2Seq(FlatModel):
 
     # ------------------------------------------------------------ pieces
 
-    def _positions(self, views: dict, side: str, T: int) -> np.ndarray:
+    def _positions(self, views: dict, side: str, T: int):
         if self.pe is not None:
-            return self.pe[:T]
-        return views[(ENC if side == "src" else DEC) + "embed_positions.weight"][:T]
+            return _first_rows(self.pe, T)
+        return _first_rows(views[(ENC if side == "src" else DEC) + "embed_positions.weight"], T)
 
     def _embed(self, ea: _EmbActs, ids: np.ndarray, side: str, dropout: float, seed: int) -> np.ndarray:
         """drop(scale * E[ids] + P[:T]) -> (B, T, C)."""
@@ -274,18 +288,23 @@ class Seq2Seq(FlatModel):
         a = self._acts
         if a is None or (a.B, a.S, a.T) != (B, S, T) or (with_grads and a.enc.grads is None):
             self._acts = None
-            cfg, C = self.cfg, self.cfg.n_embd
+            cfg, C, dev = self.cfg, self.cfg.n_embd, self.device
             V = cfg.tgt_vocab_size
-            a = SimpleNamespace(B=B, S=S, T=T, src_emb=_EmbActs(B, S, C, cfg.dropout),
-                                tgt_emb=_EmbActs(B, T, C, cfg.dropout),
+            e = lambda *s: dev.empty(s)
+            a = SimpleNamespace(B=B, S=S, T=T, src_emb=_EmbActs(B, S, C, cfg.dropout, dev),
+                                tgt_emb=_EmbActs(B, T, C, cfg.dropout, dev),
                                 enc=StackActs(self.encoder, B, S, with_grads),
                                 dec=self.decoder.acts(B, T, S, with_grads),
-                                logits=_e(B * T, V), losses=_e(B * T),
-                                dmem=np.zeros((B, S, C), F32) if with_grads else None,
-                                dh=_e(B, T, C) if with_grads else None)
+                                logits=e(B * T, V), losses=e(B * T),
+                                dlosses=e(B * T) if with_grads else None,
+                                dmem=dev.zeros((B, S, C)) if with_grads else None,
+                                dh=e(B, T, C) if with_grads else None, ids=None)
+            if dev.is_cuda:   # the batch goes up into these (range-checked on the host first)
+                i32 = lambda *s: dev.empty(s, np.int32)
+                a.ids = SimpleNamespace(src=i32(B, S), src_mask=i32(B, S), tgt_in=i32(B, T), targets=i32(B * T))
             if cfg.pre_ln:
-                a.enc_ln, a.enc_mean, a.enc_rstd = _e(B, S, C), _e(B, S), _e(B, S)
-                a.dec_ln, a.dec_mean, a.dec_rstd = _e(B, T, C), _e(B, T), _e(B, T)
+                a.enc_ln, a.enc_mean, a.enc_rstd = e(B, S, C), e(B, S), e(B, S)
+                a.dec_ln, a.dec_mean, a.dec_rstd = e(B, T, C), e(B, T), e(B, T)
             self._acts = a
         return a
 
@@ -326,6 +345,9 @@ class Seq2Seq(FlatModel):
                              f"must share the batch (and src_mask src's shape)")
         (B, S), T = src.shape, tgt_in.shape[1]
         a = self._buffers(B, S, T, with_grads)
+        if a.ids is not None:   # the GPU
+            src, src_mask = a.ids.src.copy_from(src), a.ids.src_mask.copy_from(src_mask)
+            tgt_in = a.ids.tgt_in.copy_from(tgt_in)
         drop = cfg.dropout if train else 0.0
         mem = self.encode(a, src, src_mask, drop, seed)
         logits = self._decode_logits(a, tgt_in, mem, src_mask, drop, seed)
@@ -342,8 +364,12 @@ class Seq2Seq(FlatModel):
         if tgt_out.shape != tgt_in.shape:
             raise ShapeError(f"tgt_out {tgt_out.shape} must have tgt_in's shape {np.shape(tgt_in)}")
         targets = np.where(tgt_out == self.cfg.pad_id, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
-        loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits)
-        self._last = (targets, label_smoothing)
+        ops.check_ids("tgt_out", targets, self.cfg.tgt_vocab_size, allow=ops.IGNORE_INDEX)
+        n = count_rows(targets)
+        if a.ids is not None:   # the GPU
+            targets = a.ids.targets.copy_from(targets)
+        loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits, n)
+        self._last = (targets, label_smoothing, n)
         return loss
 
     def backward(self, loss_scale: float = 1.0) -> None:
@@ -351,10 +377,10 @@ class Seq2Seq(FlatModel):
         a, cfg = self._acts, self.cfg
         if self._last is None or a.enc.grads is None:
             raise ShapeError("backward() needs a loss(..., train=True) first")
-        targets, eps = self._last
+        targets, eps, n = self._last
         self._last = None
         B, T, C = a.B, a.T, cfg.n_embd
-        dlogits = smoothed_crossentropy_backward(a.logits, targets, eps, loss_scale)       # (B*T, V), in place
+        dlogits = smoothed_crossentropy_backward(a.logits, targets, eps, n, a.dlosses, loss_scale)  # in place
         _, wte_g = _embeddings(cfg, self.g)
         # logits = h @ E_tgt^T [+ b]
         ops.matmul_backward(dlogits, a.h.reshape(B * T, C), _embeddings(cfg, self.p)[1],
@@ -383,8 +409,19 @@ class Seq2Seq(FlatModel):
 
     def cross_attention(self) -> list[np.ndarray]:
         """Each decoder layer's cross-attention probabilities (B, NH, T, S)
-        from the last forward."""
-        return self._acts.dec.cross_attention_maps()
+        from the last forward (host arrays: on the GPU, copies)."""
+        return [to_host(m) for m in self._acts.dec.cross_attention_maps()]
+
+    def on_cpu(self) -> "Seq2Seq":
+        """This model on the CPU: itself there, else a copy of its weights
+        (what decoding runs on)."""
+        if not self.device.is_cuda:
+            return self
+        return Seq2Seq(self.cfg, to_host(self.params))
+
+    def _cpu_only(self, what: str) -> None:
+        if self.device.is_cuda:
+            raise ShapeError(f"{what} runs on the CPU: decode with model.on_cpu()")
 
     # ------------------------------------------------------------ decoding
 
@@ -392,6 +429,7 @@ class Seq2Seq(FlatModel):
         """The weights a decoding step multiplies, packed once for many steps
         and batches (start(packed=...)): the decoder's (layers) and the
         output projection (head). A snapshot: pack again after training."""
+        self._cpu_only("pack()")
         return SimpleNamespace(layers=self.decoder.pack(), head=ops.PackedWeight(_embeddings(self.cfg, self.p)[1]))
 
     def start(self, src: np.ndarray, src_mask: np.ndarray, max_len: int, beam: int = 1,
@@ -399,6 +437,7 @@ class Seq2Seq(FlatModel):
         """Encodes the sources (N, S) once; the cache holds what step() needs
         for beam rows a source (row n * beam + k: source n) and up to
         max_len decoder positions. packed: pack()'s weights, or None."""
+        self._cpu_only("decoding")
         cfg = self.cfg
         src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
         B, S = src.shape
@@ -443,7 +482,7 @@ class Seq2Seq(FlatModel):
         """Uncached: log-probabilities (B, T, V) of every next token of the
         teacher-forced decoder (the reference decoding is tested against)."""
         B, T = np.shape(tgt_in)
-        return log_softmax(self.forward(src, src_mask, tgt_in)).reshape(B, T, -1)
+        return log_softmax(to_host(self.forward(src, src_mask, tgt_in))).reshape(B, T, -1)
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:

@@ -183,13 +183,13 @@ def new_config(tc: Seq2SeqTrainConfig, vocabs: dict, pairs: list) -> Seq2SeqConf
                          dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions, init=tc.init)
 
 
-def _init_from(tc: Seq2SeqTrainConfig, say) -> tuple[Seq2Seq, dict]:
+def _init_from(tc: Seq2SeqTrainConfig, run: Run) -> tuple[Seq2Seq, dict]:
     """The --init-from checkpoint's model (at this run's dropout) and vocabularies."""
     init = ckpt.load(tc.init_from)
     cfg = init["cfg"]
     cfg.dropout = tc.dropout
-    say(f"init: weights and vocabularies from {init['path']}")
-    return Seq2Seq(cfg, init["params"]), init["vocabs"]
+    run.say(f"init: weights and vocabularies from {init['path']}")
+    return Seq2Seq(cfg, init["params"], device=run.device), init["vocabs"]
 
 
 def _check_memory(tc: Seq2SeqTrainConfig, run: Run, cfg: Seq2SeqConfig) -> None:
@@ -204,7 +204,7 @@ def _resumed(run: Run):
         loaded = ckpt.load(path, with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    return Seq2Seq(loaded["cfg"], loaded["params"]), loaded["vocabs"], loaded["optimizer"]
+    return Seq2Seq(loaded["cfg"], loaded["params"], device=run.device), loaded["vocabs"], loaded["optimizer"]
 
 
 def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
@@ -214,8 +214,6 @@ def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
 
 
 def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
-    if tc.device != "cpu":
-        raise MinGPTError("seq2seq trains on the CPU in this version (run without --device cuda)")
     if tc.schedule not in ("cosine", "inverse-sqrt"):
         raise MinGPTError(f"--schedule {tc.schedule}: use cosine or inverse-sqrt")
     with Run(tc, resume, given, log) as run:
@@ -225,12 +223,12 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         if resume:
             model, vocabs, moments = _resumed(run)
         elif tc.init_from:
-            model, vocabs = _init_from(tc, run.say)
+            model, vocabs = _init_from(tc, run)
         else:
             vocabs = build_vocabs(tc, pairs)
             cfg = new_config(tc, vocabs, pairs)
             _check_memory(tc, run, cfg)   # before the model is allocated
-            model = Seq2Seq(cfg, seed=tc.seed)
+            model = Seq2Seq(cfg, seed=tc.seed, device=run.device)
         cfg = model.cfg
         cfg.extra = {"data": what}
         src, tgt, cut = encode_pairs(vocabs, pairs, cfg)
@@ -257,6 +255,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                 f"{cfg.n_embd}, {'pre' if cfg.pre_ln else 'post'}-LN, {cfg.act}, vocab {cfg.src_vocab_size}/"
                 f"{cfg.tgt_vocab_size}{' (shared)' if cfg.shared_vocab else ''}: "
                 f"{model.num_params() / 1e6:.2f}M parameters")
+        run.say_device()
         run.say(f"data: {what}: {len(src):,} pairs, {total:,} iterations of {GB * tc.grad_accum} pairs"
                 + (f"; {len(val):,} validation sources" if val else ""))
         st = run.resumed_state

@@ -37,7 +37,7 @@ from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.block import ACTS
 from mingpt_c.nn.seeds import mix_seed
-from mingpt_c.nn.loss import smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from mingpt_c.nn.loss import count_rows, smoothed_crossentropy_backward, smoothed_crossentropy_forward
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.model import FlatModel
 from mingpt_c.nn.params import Layout
@@ -289,11 +289,12 @@ class _Acts(StackActs):
         self.cls = e(B, C)
         self.lnf, self.lnf_mean, self.lnf_rstd = e(B, C), e(B), e(B)
         self.logits = e(B, K)
-        # the loss (with label smoothing, nn/loss.py) runs on the host
-        self.probs = np.empty((B, K), F32)
-        self.losses = np.empty(B, F32)
+        # the loss (with label smoothing, nn/loss.py), on the device: only the
+        # labels go up (into `labels` on the GPU) and one number comes down
+        self.probs, self.losses = e(B, K), e(B)
+        self.labels = dev.empty((B,), np.int32) if dev.is_cuda else None
         if with_grads:
-            self.dlogits = e(B, K) if dev.is_cuda else None   # the host's dlogits, uploaded
+            self.dlosses = e(B)
             self.dcls = dev.zeros((B, C))      # d(layernormed class token)
             self.dtable = e(1 + B * Np, C)     # zeroed each step; row 0: d(class token)
             self.dpe = self.dtable.reshape(-1)[C:].reshape(B, Np, C)
@@ -360,10 +361,12 @@ class ViT(FlatModel):
         labels = np.ascontiguousarray(labels, np.int32)
         if labels.shape != (B,):
             raise ShapeError(f"labels have shape {labels.shape}, expected ({B},)")
-        # The loss runs on the host (label smoothing is numpy): on the GPU the
-        # (B, K) logits come down here and backward sends dlogits up.
-        loss = smoothed_crossentropy_forward(to_host(a.logits), labels, label_smoothing, a.losses, a.probs)
-        self._last = (labels, label_smoothing) if train else None
+        ops.check_ids("labels", labels, cfg.num_classes, allow=ops.IGNORE_INDEX)   # before any upload
+        n = count_rows(labels)
+        if a.labels is not None:   # the GPU: the labels go up
+            labels = a.labels.copy_from(labels)
+        loss = smoothed_crossentropy_forward(a.logits, labels, label_smoothing, a.losses, a.probs, n)
+        self._last = (labels, label_smoothing, n) if train else None
         return loss
 
     def attentions(self) -> list[np.ndarray]:
@@ -378,13 +381,11 @@ class ViT(FlatModel):
         if self._last is None:
             raise RuntimeError("backward() needs a forward(images, labels, train=True) first")
         cfg = self.cfg
-        labels, eps = self._last
+        labels, eps, n = self._last
         a = self._acts
         drop = cfg.dropout
         C, T = cfg.n_embd, cfg.seq_len
-        dlogits = smoothed_crossentropy_backward(a.probs, labels, eps, loss_scale)     # (B, K), host
-        if a.dlogits is not None:   # the GPU: dlogits go up
-            dlogits = a.dlogits.copy_from(dlogits)
+        dlogits = smoothed_crossentropy_backward(a.probs, labels, eps, n, a.dlosses, loss_scale)   # (B, K)
         ops.fill(a.dcls, 0)
         ops.matmul_backward(dlogits, a.lnf, self.p["classifier.weight"], a.dcls,
                             self.g["classifier.weight"], self.g["classifier.bias"])

@@ -374,43 +374,47 @@ def targets_for(rng, N, V):
     return t
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("N,V", CE_SHAPES)
-def test_crossentropy(rng, N, V):
+def test_crossentropy(rng, N, V, smoothing):
     logits, targets = rand(rng, N, V, scale=3.0), targets_for(rng, N, V)
-    want_l, want_p = ops.crossentropy_forward(logits, targets)
+    want_l, want_p = ops.crossentropy_forward(logits, targets, smoothing=smoothing)
     got_l, got_p = ops.crossentropy_forward(D(logits), D(targets), losses=nan_like((N,)),
-                                            probs=nan_like((N, V)))
+                                            probs=nan_like((N, V)), smoothing=smoothing)
     close(got_l, want_l, what="losses")
     close(got_p, want_p, atol=1e-30, what="probs")   # relative, tiny ones included
     if N > 2:
         assert got_l.numpy()[1] == 0.0
 
     dl, d0 = rand(rng, N), rand(rng, N, V)
-    close(ops.crossentropy_backward(D(dl), D(want_p), D(targets), dlogits=D(d0)),
-          ops.crossentropy_backward(dl, want_p, targets, dlogits=d0.copy()), what="dlogits +=")
-    fresh = ops.crossentropy_backward(D(dl), D(want_p), D(targets))
+    close(ops.crossentropy_backward(D(dl), D(want_p), D(targets), dlogits=D(d0), smoothing=smoothing),
+          ops.crossentropy_backward(dl, want_p, targets, dlogits=d0.copy(), smoothing=smoothing),
+          what="dlogits +=")
+    fresh = ops.crossentropy_backward(D(dl), D(want_p), D(targets), smoothing=smoothing)
     assert isinstance(fresh, cuda.DeviceArray)
-    close(fresh, ops.crossentropy_backward(dl, want_p, targets), atol=1e-7, what="dlogits")
+    close(fresh, ops.crossentropy_backward(dl, want_p, targets, smoothing=smoothing), atol=1e-7,
+          what="dlogits")
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("V", [9, 50257])
-def test_crossentropy_in_place(rng, V):
+def test_crossentropy_in_place(rng, V, smoothing):
     """probs is logits, then dlogits is probs: one buffer the whole way
     (an ignored row's gradient is written as zeros there)."""
     N = 6
     logits, targets = rand(rng, N, V, scale=3.0), targets_for(rng, N, V)
     dl = f32(np.full(N, 0.5))
     cpu = logits.copy()
-    want_l, _ = ops.crossentropy_forward(cpu, targets, probs=cpu)
+    want_l, _ = ops.crossentropy_forward(cpu, targets, probs=cpu, smoothing=smoothing)
     want_p = cpu.copy()
-    ops.crossentropy_backward(dl, cpu, targets, dlogits=cpu)
+    ops.crossentropy_backward(dl, cpu, targets, dlogits=cpu, smoothing=smoothing)
 
     buf = D(logits)
-    losses, probs = ops.crossentropy_forward(buf, D(targets), probs=buf)
+    losses, probs = ops.crossentropy_forward(buf, D(targets), probs=buf, smoothing=smoothing)
     assert probs is buf
     close(losses, want_l, what="losses")
     close(buf, want_p, atol=1e-30, what="probs in place")
-    assert ops.crossentropy_backward(D(dl), buf, D(targets), dlogits=buf) is buf
+    assert ops.crossentropy_backward(D(dl), buf, D(targets), dlogits=buf, smoothing=smoothing) is buf
     close(buf, cpu, atol=1e-7, what="dlogits in place")
     assert np.all(buf.numpy()[1] == 0.0)
 

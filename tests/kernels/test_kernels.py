@@ -341,35 +341,47 @@ def test_elementwise_backward_overwrites(rng, which, n):
 # ---------------------------------------------------------------- loss
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("N,V", [(1, 1), (1, 7), (7, 13), (13, 64), (5, 1000), (3, 50257)])
-def test_crossentropy(rng, N, V):
+def test_crossentropy(rng, N, V, smoothing):
     logits = f32(rng.normal(size=(N, V)) * 3)
     targets = rng.integers(0, V, size=N).astype(np.int32)
     if N > 2:
         targets[1] = -100
-    losses, probs = ops.crossentropy_forward(logits, targets)
-    want_l, want_p = ref.crossentropy_forward(logits.astype(np.float64), targets)
+    losses, probs = ops.crossentropy_forward(logits, targets, smoothing=smoothing)
+    want_l, want_p = ref.crossentropy_forward(logits.astype(np.float64), targets, smoothing=smoothing)
     assert_close(losses, want_l, rtol=1e-5, atol=1e-6)
     assert_close(probs, want_p, rtol=1e-5, atol=1e-7)
     dl = f32(rng.normal(size=N))
     d0 = nonzero_like(rng, logits)
-    got = ops.crossentropy_backward(dl, probs, targets, dlogits=d0.copy())
-    want = ref.crossentropy_backward(dl.astype(np.float64), logits.astype(np.float64), targets)
+    got = ops.crossentropy_backward(dl, probs, targets, dlogits=d0.copy(), smoothing=smoothing)
+    want = ref.crossentropy_backward(dl.astype(np.float64), logits.astype(np.float64), targets,
+                                     smoothing=smoothing)
     assert_close(got, d0 + want, rtol=1e-5, atol=1e-6)
 
 
-def test_crossentropy_in_place(rng):
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_crossentropy_in_place(rng, smoothing):
     logits = f32(rng.normal(size=(6, 9)))
     targets = np.array([0, 8, -100, 3, 3, 1], np.int32)
-    want_l, want_p = ref.crossentropy_forward(logits.astype(np.float64), targets)
+    want_l, want_p = ref.crossentropy_forward(logits.astype(np.float64), targets, smoothing=smoothing)
     buf = logits.copy()
-    losses, probs = ops.crossentropy_forward(buf, targets, probs=buf)
+    losses, probs = ops.crossentropy_forward(buf, targets, probs=buf, smoothing=smoothing)
     assert probs is buf
     assert_close(losses, want_l, rtol=1e-5, atol=1e-6)
     dl = f32(np.full(6, 0.5))
-    ops.crossentropy_backward(dl, buf, targets, dlogits=buf)
+    ops.crossentropy_backward(dl, buf, targets, dlogits=buf, smoothing=smoothing)
     assert_close(buf, ref.crossentropy_backward(dl.astype(np.float64), logits.astype(np.float64),
-                                                targets), rtol=1e-5, atol=1e-6)
+                                                targets, smoothing=smoothing), rtol=1e-5, atol=1e-6)
+
+
+def test_crossentropy_smoothing_out_of_range():
+    logits, targets = f32(np.zeros((2, 3))), np.array([0, 1], np.int32)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="smoothing"):
+            ops.crossentropy_forward(logits, targets, smoothing=bad)
+        with pytest.raises(ValueError, match="smoothing"):
+            ops.crossentropy_backward(np.ones(2, np.float32), logits, targets, smoothing=bad)
 
 
 def test_crossentropy_nan_and_minus_inf_logits():

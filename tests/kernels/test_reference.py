@@ -143,14 +143,20 @@ def test_residual(rng):
     check(probe, a, da), check(probe, b, db)
 
 
-def test_crossentropy(rng):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_crossentropy(rng, smoothing):
     logits = rng.normal(size=(5, 7)) * 2
     targets = np.array([0, 6, -100, 3, 3])
     dl = rng.normal(size=5)
-    probe = lambda: (ref.crossentropy_forward(logits, targets)[0] * dl).sum()
-    check(probe, logits, ref.crossentropy_backward(dl, logits, targets))
-    losses, _ = ref.crossentropy_forward(logits, targets)
+    probe = lambda: (ref.crossentropy_forward(logits, targets, smoothing=smoothing)[0] * dl).sum()
+    check(probe, logits, ref.crossentropy_backward(dl, logits, targets, smoothing=smoothing))
+    losses, _ = ref.crossentropy_forward(logits, targets, smoothing=smoothing)
     assert losses[2] == 0.0
+    # the closed form the kernels use: (lse - z_t) + eps (z_t - mean_j z_j)
+    lse = np.log(np.exp(logits).sum(1))
+    zt = logits[[0, 1, 3, 4], targets[[0, 1, 3, 4]]]
+    want = (lse[[0, 1, 3, 4]] - zt) + smoothing * (zt - logits[[0, 1, 3, 4]].mean(1))
+    assert np.allclose(losses[[0, 1, 3, 4]], want, rtol=1e-12)
 
 
 def test_global_norm(rng):
