@@ -86,6 +86,49 @@ def _size(n: int) -> str:
 CPU = Device("cpu")
 
 
+class Arena:
+    """An allocator for a set of activation buffers that is built again
+    and again at other shapes (a seq2seq model's: bucketed batches change
+    their lengths almost every step). A build calls rewind() and then asks
+    for its buffers in its fixed order; the i-th request gets a view of the
+    i-th buffer of the previous builds, which grows (a fresh allocation on
+    the device) only when the new shape needs more. So after the largest
+    shape has been seen a build allocates nothing: no malloc and first-touch
+    page faults on the CPU, no cudaMalloc (and cudaFree's synchronisation)
+    on the GPU. rewind() makes every view of the previous build invalid:
+    only one set is alive at a time. zeros() clears its view; constants
+    (put) are allocated as the device does."""
+
+    def __init__(self, device: Device):
+        self.device = device
+        self.name, self.is_cuda = device.name, device.is_cuda
+        self._bufs: list = []
+        self._next = 0
+
+    def rewind(self) -> "Arena":
+        self._next = 0
+        return self
+
+    def empty(self, shape, dtype=F32):
+        shape, dtype = tuple(shape), np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        i, self._next = self._next, self._next + 1
+        if i == len(self._bufs):
+            self._bufs.append(None)
+        buf = self._bufs[i]
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = self._bufs[i] = self.device.empty((max(n, 1),), dtype)
+        return buf[:n].reshape(shape)
+
+    def zeros(self, shape, dtype=F32):
+        from mingpt_c import ops
+
+        return ops.fill(self.empty(shape, dtype), 0)
+
+    def put(self, a: np.ndarray):
+        return self.device.put(a)
+
+
 def to_host(a) -> np.ndarray:
     """A numpy array with a's values (a itself when it already is one)."""
     return a if isinstance(a, np.ndarray) else a.numpy()

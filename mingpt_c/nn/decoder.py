@@ -276,8 +276,8 @@ class DecoderGrads:
 class DecoderActs:
     """A decoder stack's buffers for one (B, T, S)."""
 
-    def __init__(self, stack: "DecoderStack", B: int, T: int, S: int, with_grads: bool):
-        C, NH, dev = stack.n_embd, stack.n_head, stack.device
+    def __init__(self, stack: "DecoderStack", B: int, T: int, S: int, with_grads: bool, dev=None):
+        C, NH, dev = stack.n_embd, stack.n_head, dev or stack.device
         self.B, self.T, self.S = B, T, S
         self.layers = [DecoderLayerActs(stack.layer_p[i], stack.layer_g[i], B, T, S, C, NH, stack.act,
                                         stack.dropout, stack.pre_ln, dev) for i in range(stack.n_layer)]
@@ -303,8 +303,10 @@ class DecoderStack:
         self.layer_p = [views(params, i) for i in range(n_layer)]
         self.layer_g = [views(grads, i) for i in range(n_layer)] if grads is not None else [None] * n_layer
 
-    def acts(self, B: int, T: int, S: int, with_grads: bool) -> DecoderActs:
-        return DecoderActs(self, B, T, S, with_grads)
+    def acts(self, B: int, T: int, S: int, with_grads: bool, dev=None) -> DecoderActs:
+        """Buffers for (B, T) targets over (B, S) sources, from dev (default
+        the stack's device; or a model's Arena)."""
+        return DecoderActs(self, B, T, S, with_grads, dev)
 
     def _ln(self, views: dict, name: str) -> tuple:
         return views[name + ".weight"], views[name + ".bias"]

@@ -81,8 +81,11 @@ class StackActs:
              dx[0] (B, T, C), or a (B, 1, C) buffer with cls_only
     (grads, dx and dout only with_grads.)"""
 
-    def __init__(self, stack: "Stack", B: int, T: int, with_grads: bool):
-        C, NH, dev, drop = stack.n_embd, stack.n_head, stack.device, stack.dropout
+    def __init__(self, stack: "Stack", B: int, T: int, with_grads: bool, dev=None):
+        """dev: where the buffers come from (default the stack's device;
+        a model rebuilding them at many shapes passes its Arena)."""
+        C, NH, drop = stack.n_embd, stack.n_head, stack.dropout
+        dev = dev or stack.device
         self.B, self.T = B, T
         n_full = stack.n_layer - 1 if stack.cls_only else stack.n_layer
         self.blocks = block_acts(n_full, B, T, C, NH, drop, stack.pre_ln, dev)

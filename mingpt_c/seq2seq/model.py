@@ -44,7 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from mingpt_c import ops
-from mingpt_c.device import CPU, Device, to_host
+from mingpt_c.device import CPU, Arena, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.decoder import DecodeCache, DecoderStack
@@ -230,6 +230,7 @@ class Seq2Seq(FlatModel):
         self.pe = (None if cfg.positions == "learned" else
                    device.put(ops.sinusoid_table(maxT, C, interleaved=cfg.positions == "sinusoidal")))
         self._acts = None
+        self._arena = Arena(device)   # _buffers' memory, reused from one batch shape to the next
         self._step_acts = None
         self._last = None
 
@@ -288,13 +289,14 @@ class Seq2Seq(FlatModel):
         a = self._acts
         if a is None or (a.B, a.S, a.T) != (B, S, T) or (with_grads and a.enc.grads is None):
             self._acts = None
-            cfg, C, dev = self.cfg, self.cfg.n_embd, self.device
+            cfg, C = self.cfg, self.cfg.n_embd
+            dev = self._arena.rewind()   # the previous shape's buffers are given out again
             V = cfg.tgt_vocab_size
             e = lambda *s: dev.empty(s)
             a = SimpleNamespace(B=B, S=S, T=T, src_emb=_EmbActs(B, S, C, cfg.dropout, dev),
                                 tgt_emb=_EmbActs(B, T, C, cfg.dropout, dev),
-                                enc=StackActs(self.encoder, B, S, with_grads),
-                                dec=self.decoder.acts(B, T, S, with_grads),
+                                enc=StackActs(self.encoder, B, S, with_grads, dev),
+                                dec=self.decoder.acts(B, T, S, with_grads, dev),
                                 logits=e(B * T, V), losses=e(B * T),
                                 dlosses=e(B * T) if with_grads else None,
                                 dmem=dev.zeros((B, S, C)) if with_grads else None,
