@@ -39,21 +39,17 @@ static double exp_row(float* p, const float* z, int V, float zmax) {
         s0 = _mm512_add_pd(s0, widen_lo(e));
         s1 = _mm512_add_pd(s1, widen_hi(e));
     }
-    double lanes[8];
-    _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
-    for (int l = 0; l < 8; l++) sum += lanes[l];
+    sum = sum_lanes16(s0, s1);
 #elif defined(__AVX2__) && defined(__FMA__)
     const __m256 vm = _mm256_set1_ps(zmax);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (; j + 8 <= V; j += 8) {
         __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(z + j), vm));
         if (p) _mm256_storeu_ps(p + j, e);
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        s0 = _mm256_add_pd(s0, widen4_lo(e));
+        s1 = _mm256_add_pd(s1, widen4_hi(e));
     }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
-    for (int l = 0; l < 4; l++) sum += lanes[l];
+    sum = sum_lanes8(s0, s1);
 #endif
     for (; j < V; j++) {
         float e = expf(z[j] - zmax);
@@ -75,19 +71,15 @@ static double row_sum(const float* z, int V) {
         s0 = _mm512_add_pd(s0, widen_lo(v));
         s1 = _mm512_add_pd(s1, widen_hi(v));
     }
-    double lanes[8];
-    _mm512_storeu_pd(lanes, _mm512_add_pd(s0, s1));
-    for (int l = 0; l < 8; l++) sum += lanes[l];
-#elif defined(__AVX2__)
+    sum = sum_lanes16(s0, s1);
+#elif defined(__AVX2__) && defined(__FMA__)
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (; j + 8 <= V; j += 8) {
         __m256 v = _mm256_loadu_ps(z + j);
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        s0 = _mm256_add_pd(s0, widen4_lo(v));
+        s1 = _mm256_add_pd(s1, widen4_hi(v));
     }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
-    for (int l = 0; l < 4; l++) sum += lanes[l];
+    sum = sum_lanes8(s0, s1);
 #endif
     for (; j < V; j++) sum += z[j];
     return sum;

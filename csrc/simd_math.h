@@ -7,6 +7,8 @@
  *   exp_neg(x)   exp for x <= 0, about 1.4 ulp (Cephes expf polynomial)
  *   exp_neg16(x) the same on 16 lanes (AVX-512), bit for bit
  *   widen_lo/hi  lanes 0-7 / 8-15 of 16 floats, as 8 doubles (AVX-512)
+ *   widen4_lo/hi the same for 8 floats (AVX2); sum_lanes16/8: the end of
+ *                such a widened sum, lane by lane in order
  */
 #ifndef MINGPT_SIMD_MATH_H
 #define MINGPT_SIMD_MATH_H
@@ -113,7 +115,26 @@ static inline __m512d widen_lo(__m512 x) {
 static inline __m512d widen_hi(__m512 x) {
     return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
+/* The 16 double lanes of a + b summed in lane order: the end of a float
+ * sum kept in two widened accumulators. */
+static inline double sum_lanes16(__m512d a, __m512d b) {
+    double lanes[8], s = 0.0;
+    _mm512_storeu_pd(lanes, _mm512_add_pd(a, b));
+    for (int l = 0; l < 8; l++) s += lanes[l];
+    return s;
+}
 #endif /* __AVX512F__ */
+
+/* AVX2's halves: lanes 0-3 and 4-7 of x widened to double, and the lanes of
+ * a + b summed in order. */
+static inline __m256d widen4_lo(__m256 x) { return _mm256_cvtps_pd(_mm256_castps256_ps128(x)); }
+static inline __m256d widen4_hi(__m256 x) { return _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)); }
+static inline double sum_lanes8(__m256d a, __m256d b) {
+    double lanes[4], s = 0.0;
+    _mm256_storeu_pd(lanes, _mm256_add_pd(a, b));
+    for (int l = 0; l < 4; l++) s += lanes[l];
+    return s;
+}
 
 #endif /* __AVX2__ && __FMA__ */
 #endif /* MINGPT_SIMD_MATH_H */

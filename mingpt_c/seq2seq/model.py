@@ -366,9 +366,9 @@ class Seq2Seq(FlatModel):
         if tgt_out.shape != tgt_in.shape:
             raise ShapeError(f"tgt_out {tgt_out.shape} must have tgt_in's shape {np.shape(tgt_in)}")
         targets = np.where(tgt_out == self.cfg.pad_id, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
-        ops.check_ids("tgt_out", targets, self.cfg.tgt_vocab_size, allow=ops.IGNORE_INDEX)
         n = count_rows(targets)
-        if a.ids is not None:   # the GPU
+        if a.ids is not None:   # the GPU: checked here (the CPU's kernel checks its host targets)
+            ops.check_ids("tgt_out", targets, self.cfg.tgt_vocab_size, allow=ops.IGNORE_INDEX)
             targets = a.ids.targets.copy_from(targets)
         loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits, n)
         self._last = (targets, label_smoothing, n)

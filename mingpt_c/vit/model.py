@@ -361,9 +361,9 @@ class ViT(FlatModel):
         labels = np.ascontiguousarray(labels, np.int32)
         if labels.shape != (B,):
             raise ShapeError(f"labels have shape {labels.shape}, expected ({B},)")
-        ops.check_ids("labels", labels, cfg.num_classes, allow=ops.IGNORE_INDEX)   # before any upload
         n = count_rows(labels)
-        if a.labels is not None:   # the GPU: the labels go up
+        if a.labels is not None:   # the GPU: checked, then up (the CPU's kernel checks host labels)
+            ops.check_ids("labels", labels, cfg.num_classes, allow=ops.IGNORE_INDEX)
             labels = a.labels.copy_from(labels)
         loss = smoothed_crossentropy_forward(a.logits, labels, label_smoothing, a.losses, a.probs, n)
         self._last = (labels, label_smoothing, n) if train else None
