@@ -3,6 +3,7 @@ every prefix (length penalty included, both normalisations); cached and
 uncached decoding give the same outputs; greedy is beam search of width 1
 without a length penalty."""
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def test_greedy_is_the_argmax_chain(model):
                 break
         want = tin[1:]
         assert out == (want[:want.index(EOS)] if EOS in want else want)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decoding_never_drops_out(model, beam):
+    """The training dropout rate in the config leaves decoding and the
+    uncached log-probabilities alone: the same weights decode the same."""
+    dropped = Seq2Seq(replace(model.cfg, dropout=0.5), model.params.copy())
+    dc = DecodeConfig(beam=beam, len_a=1.0, len_b=3)
+    assert decode(dropped, SOURCES, dc) == decode(model, SOURCES, dc)
+    s = np.array([SOURCES[1]], np.int32)
+    tin = np.array([[BOS, 3, 4, 5]], np.int32)
+    np.testing.assert_array_equal(dropped.logprobs(s, np.ones_like(s), tin), model.logprobs(s, np.ones_like(s), tin))
 
 
 def test_batched_decoding_equals_one_by_one(model):
