@@ -398,7 +398,7 @@ class DecodeCache:
         NH, B = stack.n_head, N * beam
         self.beam, self.length, self.packed = beam, 0, packed                 # length: positions written
         self.head_packed = None                            # the model's output projection, packed (or None)
-        self.src_mask = np.ascontiguousarray(src_mask, np.int32)              # (N, S)
+        self.src_mask = np.array(src_mask, np.int32, order="C")   # (N, S), a copy: reorder() moves rows
         self.kv = [ops.matmul_forward(mem, p["encoder_attn.kv_proj.weight"], p["encoder_attn.kv_proj.bias"])
                    for p in stack.layer_p]                                       # (N, S, 2C) each
         self.k = [np.zeros((B, NH, maxT, C // NH), F32) for _ in stack.layer_p]

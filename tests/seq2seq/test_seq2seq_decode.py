@@ -98,6 +98,28 @@ def test_decoding_never_drops_out(model, beam):
     np.testing.assert_array_equal(dropped.logprobs(s, np.ones_like(s), tin), model.logprobs(s, np.ones_like(s), tin))
 
 
+def test_caches_over_one_mask_decode_as_alone(model):
+    """A cache keeps its own copy of the source mask: two caches started
+    from the same arrays, stepped in turn and reordered (a finished source
+    dropped), each give the logits of a cache of the kept sources alone,
+    and the caller's mask is left as it was."""
+    src, mask = decode_mod._pad(SOURCES, PAD)
+    given = mask.copy()
+    caches = [model.start(src, mask, MAX_OUT) for _ in range(2)]
+    bos = np.full(len(SOURCES), BOS, np.int32)
+    for c in caches:
+        model.step(c, bos, 0)
+    keep = np.array([1, 2])                   # source 0 finished: rows 0, 1 take sources 1, 2
+    for c in caches:
+        c.reorder(keep)
+    alone = model.start(src[keep], given[keep], MAX_OUT)
+    model.step(alone, bos[keep], 0)
+    want = model.step(alone, np.array([3, 4], np.int32), 1)
+    for c in caches:
+        np.testing.assert_array_equal(model.step(c, np.array([3, 4], np.int32), 1), want)
+    np.testing.assert_array_equal(mask, given)
+
+
 def test_batched_decoding_equals_one_by_one(model):
     dc = DecodeConfig(beam=3, len_a=1.0, len_b=3, batch_size=8)
     together = decode(model, SOURCES, dc)
