@@ -1,7 +1,8 @@
 """Decoding: beam search equals an exhaustive search when its beam holds
 every prefix (length penalty included, both normalisations); cached and
 uncached decoding give the same outputs; greedy is beam search of width 1
-without a length penalty."""
+without a length penalty; decoding never drops out; each cache keeps its
+own copy of the source mask."""
 import itertools
 from dataclasses import replace
 
