@@ -5,6 +5,8 @@
  * The norm sums squares in double per thread over a static partition (in
  * LANES vector lanes, then a fixed tree), then adds the partial sums in
  * thread order: deterministic for a thread count.
+ * And the exponential moving average of the weights that evaluation may use
+ * in their place:  avg = decay avg + (1 - decay) x.
  */
 #include <math.h>
 
@@ -116,5 +118,15 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
         float p = params[i] * (decay_mask == NULL || decay_mask[i] ? shrink : 1.0f);
         params[i] = p - step * mi / (sqrtf(vi) / sbc2 + eps);
     }
+    return MG_OK;
+}
+
+mg_status mg_ema_update(float* avg, const float* x, size_t n, float decay) {
+    MG_TRY(check_ema_update(__func__, avg, x, decay));
+    const float w = 1.0f - decay;
+    /* elementwise, so the bits do not depend on the threads or the lanes */
+    #pragma omp parallel for simd schedule(static) if (n >= MG_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        avg[i] = decay * avg[i] + w * x[i];
     return MG_OK;
 }

@@ -231,3 +231,9 @@ mg_status check_adamw_update(const char* func, const float* params, const float*
     MG_CHECK(isfinite(grad_scale), MG_ERR_VALUE, "grad_scale=%g is not finite", (double)grad_scale);
     return MG_OK;
 }
+
+mg_status check_ema_update(const char* func, const float* avg, const float* x, float decay) {
+    MG_CHECK_PTR(avg); MG_CHECK_PTR(x);
+    MG_CHECK(decay >= 0.0f && decay <= 1.0f, MG_ERR_VALUE, "decay=%g must be in [0, 1]", (double)decay);
+    return MG_OK;
+}

@@ -89,6 +89,7 @@ mg_status check_crossentropy_backward(const char* func, const float* dlogits,
 mg_status check_adamw_update(const char* func, const float* params, const float* m,
                              const float* v, const float* grads, float lr, float beta1,
                              float beta2, float eps, float grad_scale, int t);
+mg_status check_ema_update(const char* func, const float* avg, const float* x, float decay);
 
 /* Work (in elements touched) below which a loop runs on one thread: a
  * parallel region costs microseconds, and far more on a busy machine where

@@ -255,6 +255,10 @@ mg_status mg_adamw_update(float* params, float* m, float* v, const float* grads,
                           const uint8_t* decay_mask, size_t n, float lr,
                           float beta1, float beta2, float eps,
                           float weight_decay, float grad_scale, int t);
+/* Exponential moving average of the weights, one step:
+ *   avg = decay * avg + (1 - decay) * x    (decay in [0, 1]; 0 copies x)
+ * avg, x (n). */
+mg_status mg_ema_update(float* avg, const float* x, size_t n, float decay);
 
 /* ---------------------------------------------------------------- decode */
 /* One GPT-2 block's weights (linear weights (out, in), as everywhere) and
@@ -484,5 +488,6 @@ mg_status mg_cuda_adamw_update(float* params, float* m, float* v, const float* g
                                const uint8_t* decay_mask, size_t n, float lr,
                                float beta1, float beta2, float eps,
                                float weight_decay, float grad_scale, int t);
+mg_status mg_cuda_ema_update(float* avg, const float* x, size_t n, float decay);
 
 #endif /* MINGPT_H */

@@ -5,7 +5,9 @@ readers of config.json and safetensors files, and the optimizer state.
                            ours under "mingpt" (format, version, our config)
     model.safetensors      the weights, under the Hugging Face tensor names
     tokenizer.json         the tokenizer (mingpt_c.tokenizers format)
-    optimizer.safetensors  AdamW moments m, v (training runs)
+    optimizer.safetensors  AdamW moments m, v (training runs); with a weight
+                           average, the training weights "params" too (the
+                           model file holds the average)
     train_state.json       iteration, step count, best metric, run options
 
 Writing is atomic at the directory level: the new checkpoint is written in
@@ -60,11 +62,12 @@ def _readable(d: Path) -> None:
 
 
 def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
-              train_state: dict | None = None, extra=None) -> Path:
+              train_state: dict | None = None, extra=None, train_params=None) -> Path:
     """Writes a checkpoint directory atomically: config.json, model.safetensors,
-    optimizer.safetensors and train_state.json when given, and whatever
-    extra(tmp_dir) adds (a tokenizer), into a temporary sibling, fsynced,
-    then swapped in by two renames. Shared by the GPT, encoder and ViT."""
+    optimizer.safetensors (with train_params, the training weights of a run
+    whose model is their average) and train_state.json when given, and
+    whatever extra(tmp_dir) adds (a tokenizer), into a temporary sibling,
+    fsynced, then swapped in by two renames. Shared by every family."""
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -80,7 +83,10 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
         if extra is not None:
             extra(tmp)
         if optimizer is not None:
-            save_file({"m": to_host(optimizer.m), "v": to_host(optimizer.v)},
+            state = {"m": to_host(optimizer.m), "v": to_host(optimizer.v)}
+            if train_params is not None:
+                state["params"] = to_host(train_params)
+            save_file(state,
                       str(tmp / "optimizer.safetensors"),
                       metadata={"t": str(optimizer.t)})
         if train_state is not None:
@@ -188,15 +194,18 @@ def load_safetensors(file: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_training_state(path: Path, n: int):
+def load_training_state(path: Path, n: int, with_params: bool = False):
     """((m, v, t), train_state) of a training checkpoint whose model has n
-    parameters; CheckpointError if either file is missing, corrupt or does
-    not match."""
+    parameters; with_params, ((m, v, t, params), train_state), params being
+    the training weights of a run whose model file holds their average (None
+    in a run without one). CheckpointError if either file is missing,
+    corrupt or does not match."""
     t, meta = load_safetensors(path / "optimizer.safetensors")
-    if set(t) != {"m", "v"} or any(t[k].shape != (n,) for k in ("m", "v")):
+    if not {"m", "v"} <= set(t) <= {"m", "v", "params"} or any(a.shape != (n,) for a in t.values()):
         raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
     try:
         state = json.loads((path / "train_state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
-    return (t["m"], t["v"], int(meta.get("t", 0))), state
+    moments = (t["m"], t["v"], int(meta.get("t", 0)))
+    return (moments + (t.get("params"),) if with_params else moments), state

@@ -739,6 +739,15 @@ def adamw_update(params, grads, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                                    float(beta2), float(eps), float(weight_decay),
                                    float(grad_scale), int(t)))
 
+
+
+def ema_update(avg, x, decay: float):
+    """avg = decay * avg + (1 - decay) * x over flat buffers, in place on avg:
+    one step of an exponential moving average of the weights."""
+    dev = _device(avg=avg, x=x)
+    _f32("avg", avg, writable=True), _f32("x", x, avg.shape)
+    check(_fn(dev, "ema_update")(_p(avg), _p(x), avg.size, float(decay)))
+
 # ---------------------------------------------------------------- decode
 
 # The fields of mg_decode_layer that hold one block's weights, in order.

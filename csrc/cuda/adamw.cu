@@ -92,3 +92,22 @@ extern "C" mg_status mg_cuda_adamw_update(float* params, float* m, float* v, con
     MG_LAUNCH_CHECK();
     return MG_OK;
 }
+
+/* ---------------------------------------------------------------- average */
+
+/* avg = decay * avg + w * x, rounded as adamw.c's loop (no contraction to fma). */
+static __global__ void ema_update_kernel(float* avg, const float* x, size_t n, float decay,
+                                         float w) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        avg[i] = __fadd_rn(__fmul_rn(decay, avg[i]), __fmul_rn(w, x[i]));
+}
+
+extern "C" mg_status mg_cuda_ema_update(float* avg, const float* x, size_t n, float decay) {
+    MG_TRY(check_ema_update(__func__, avg, x, decay));
+    if (n == 0) return MG_OK;
+    unsigned grid = cuda_grid(MG_MIN(n, (size_t)ADAMW_MAX_BLOCKS * ADAMW_THREADS), ADAMW_THREADS);
+    ema_update_kernel<<<grid, ADAMW_THREADS, 0, cuda_stream()>>>(avg, x, n, decay, 1.0f - decay);
+    MG_LAUNCH_CHECK();
+    return MG_OK;
+}

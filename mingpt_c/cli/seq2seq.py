@@ -90,6 +90,9 @@ def _train_options(f):
                      help="a fresh model's matrices: Xavier-uniform (the paper's) or N(0, 0.02) (GPT-2's)"),
         click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing,
                      help="share of each target token's probability spread over the vocabulary"),
+        click.option("--ema", type=options.FRACTION, default=d.ema,
+                     help="evaluate and save an exponential moving average of the weights with this decay "
+                          "(0.999: about the last 1,000 steps; 0: none)"),
         options.batch_size(d),
         options.grad_accum(d),
         click.option("--epochs", type=options.POSITIVE, default=d.epochs,

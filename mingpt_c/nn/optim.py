@@ -1,9 +1,11 @@
 """AdamW over the flat parameter buffer, with global gradient-norm clipping;
 nanoGPT's learning-rate schedule (linear warmup, cosine decay to min_lr) and
-the Transformer paper's (linear warmup, then inverse square root decay)."""
+the Transformer paper's (linear warmup, then inverse square root decay); an
+exponential moving average of the weights for evaluation."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,3 +89,48 @@ class AdamW:
         ops.adamw_update(self.params, grads, self.m, self.v, self.t, lr, self.beta1, self.beta2,
                          self.eps, self.weight_decay, self.decay_mask, scale)
         return norm
+
+
+class WeightAverage:
+    """An exponential moving average of the weights (Polyak and Juditsky
+    1992), the evaluated model of a run trained with one: after optimizer
+    step t,
+
+        avg = d_t avg + (1 - d_t) params,   d_t = min(decay, (1 + t) / (10 + t))
+
+    The ramp of d_t lets the first steps, far from where the run goes, fade
+    fast (TensorFlow's ExponentialMovingAverage with num_updates). With
+    decay 0.999 the average spans about the last thousand steps: late in a
+    run it smooths the noise of the last updates, as the Transformer paper's
+    averaging of its last checkpoints does. avg lives where params do."""
+
+    def __init__(self, params, decay: float, avg=None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay {decay} must be in (0, 1)")
+        self.decay = decay
+        self.avg = ops.copy(_like(params), params) if avg is None else _like(params, avg)
+
+    def update(self, params, t: int) -> None:
+        """After optimizer step t (1-based)."""
+        ops.ema_update(self.avg, params, min(self.decay, (1.0 + t) / (10.0 + t)))
+
+    @contextmanager
+    def swapped_in(self, params):
+        """params hold the average inside the block, their own values after:
+        evaluation reads the model's buffer, training goes on from its own
+        weights."""
+        own = ops.copy(_like(params), params)
+        ops.copy(params, self.avg)
+        try:
+            yield
+        finally:
+            ops.copy(params, own)
+
+
+def _like(params, host=None):
+    """A float32 buffer of params' size on params' device: empty, or a copy of host."""
+    if isinstance(params, np.ndarray):
+        return np.empty_like(params) if host is None else np.array(host, np.float32).reshape(params.shape)
+    from mingpt_c import cuda
+    return cuda.zeros(params.shape) if host is None else cuda.to_device(
+        np.ascontiguousarray(host, np.float32).reshape(params.shape))

@@ -10,7 +10,9 @@
                            and is not stored
     src_vocab.json, tgt_vocab.json   the two sides' vocabularies (seq2seq/
                            vocab.py), or one vocab.json when shared
-    optimizer.safetensors, train_state.json   training runs
+    optimizer.safetensors, train_state.json   training runs (a run with
+                           --ema keeps its training weights there and the
+                           average in model.safetensors)
 
 Written atomically like every checkpoint (mingpt_c.checkpoint.write_dir).
 """
@@ -80,9 +82,10 @@ def _vocab_files(cfg: Seq2SeqConfig) -> dict[str, str]:
 
 
 def save(path, cfg: Seq2SeqConfig, params, vocabs: dict, optimizer=None,
-         train_state: dict | None = None) -> Path:
+         train_state: dict | None = None, train_params=None) -> Path:
     """params: the flat buffer, on either device; vocabs: {"src": Vocab,
-    "tgt": Vocab} (the same one when shared)."""
+    "tgt": Vocab} (the same one when shared); train_params: the training
+    weights when params is their average."""
     files = _vocab_files(cfg)
     hf = {"architectures": ["Seq2Seq"], "model_type": MODEL_TYPE, "d_model": cfg.n_embd,
           "encoder_layers": cfg.enc_layers, "decoder_layers": cfg.dec_layers,
@@ -93,12 +96,12 @@ def save(path, cfg: Seq2SeqConfig, params, vocabs: dict, optimizer=None,
             vocabs[side].save(d / files[side])
 
     return base.write_dir(path, hf, to_tensors(Layout(seq2seq_slots(cfg)), to_host(params)), optimizer,
-                          train_state, write_vocabs)
+                          train_state, write_vocabs, train_params)
 
 
 def load(path, with_optimizer: bool = False) -> dict:
-    """dict(cfg, params, vocabs {"src", "tgt"}, optimizer (m, v, t) or None,
-    train_state or None, path)."""
+    """dict(cfg, params, vocabs {"src", "tgt"}, optimizer (m, v, t, training
+    weights or None) or None, train_state or None, path)."""
     path = base.resolve(path)
     cfg = base.load_model_config(path, FORMAT, FORMAT_VERSION, MODEL_TYPE, Seq2SeqConfig)
     hf = base.read_hf_config(path)
@@ -121,7 +124,7 @@ def load(path, with_optimizer: bool = False) -> dict:
     params = from_tensors(layout, tensors, str(path / "model.safetensors"))
     opt = state = None
     if with_optimizer:
-        opt, state = base.load_training_state(path, layout.size)
+        opt, state = base.load_training_state(path, layout.size, with_params=True)
     elif (path / "train_state.json").exists():
         try:
             state = json.loads((path / "train_state.json").read_text())

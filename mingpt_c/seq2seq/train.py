@@ -21,18 +21,23 @@ micro-batch counts by its target tokens, so the step's gradient is the
 mean over the global batch's target tokens on any number of ranks.
 Schedules: linear warmup then cosine decay (nn/optim.py lr_at), or the
 paper's inverse square root (inverse_sqrt_lr). Adam's beta2 0.98 and eps
-1e-9 are the paper's.
+1e-9 are the paper's. With --ema the model evaluated and saved is an
+exponential moving average of the weights (nn/optim.py WeightAverage), in
+the spirit of the paper's averaging of its last checkpoints; training goes
+on from its own weights, which the checkpoints keep for --resume.
 """
 from __future__ import annotations
 
+import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
-from mingpt_c.nn.optim import AdamW, OptimConfig, inverse_sqrt_lr, lr_at
+from mingpt_c.nn.optim import AdamW, OptimConfig, WeightAverage, inverse_sqrt_lr, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
@@ -63,6 +68,7 @@ class Seq2SeqTrainConfig(OptimConfig):
     positions: str = "sinusoidal"   # sinusoidal (the paper's) | learned
     init: str = "xavier"            # fresh weights: xavier (the paper's, fairseq's) | gpt2 (N(0, 0.02) matrices)
     label_smoothing: float = 0.1
+    ema: float = 0.0                # decay of the weight average that evaluation and checkpoints use (0: none)
     batch_size: int = 64            # pairs per rank and micro-batch
     grad_accum: int = 1
     epochs: float = 20.0
@@ -199,12 +205,16 @@ def _check_memory(tc: Seq2SeqTrainConfig, run: Run, cfg: Seq2SeqConfig) -> None:
 
 
 def _resumed(run: Run):
+    """(model at its training weights, vocabularies, AdamW's (m, v, t), the
+    weight average or None) of latest/."""
     path = run.dir / "latest"
     try:
         loaded = ckpt.load(path, with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    return Seq2Seq(loaded["cfg"], loaded["params"], device=run.device), loaded["vocabs"], loaded["optimizer"]
+    m, v, t, train_params = loaded["optimizer"]
+    weights, average = (loaded["params"], None) if train_params is None else (train_params, loaded["params"])
+    return Seq2Seq(loaded["cfg"], weights, device=run.device), loaded["vocabs"], (m, v, t), average
 
 
 def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
@@ -219,9 +229,9 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
     with Run(tc, resume, given, log) as run:
         tc = run.cfg
         pairs, val, what = load_pairs(tc)
-        moments = None
+        moments = average = None
         if resume:
-            model, vocabs, moments = _resumed(run)
+            model, vocabs, moments, average = _resumed(run)
         elif tc.init_from:
             model, vocabs = _init_from(tc, run)
         else:
@@ -246,6 +256,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         if moments is not None:
             opt.load_moments(moments[0], moments[1])
             opt.t = moments[2]
+        ema = WeightAverage(model.params, tc.ema, average) if tc.ema else None
         W = run.world.size
         GB = tc.batch_size * W
         nb = -(-len(src) // GB)
@@ -262,7 +273,8 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         pos = SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
         result: dict = {}
         run.begin(int(st.get("iter", 0)), total,
-                  save=lambda path, state: ckpt.save(path, cfg, model.params, vocabs, opt, state),
+                  save=lambda path, state: ckpt.save(path, cfg, ema.avg if ema else model.params, vocabs, opt,
+                                                     state, model.params if ema else None),
                   state=lambda it: {"epoch": pos.epoch, "batch": pos.batch, "val_loss": result.get("val_loss")},
                   best_key="best_val_loss", best_mode="min",
                   command=f"mingpt seq2seq train --out {run.dir}"
@@ -273,10 +285,11 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         def evaluate(it: int, epoch: float) -> None:
             rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0}
             if val:
-                rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
                 sub = val[:tc.eval_limit] if tc.eval_limit else val
-                hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in sub],
-                              DecodeConfig(batch_size=256))
+                with ema.swapped_in(model.params) if ema else nullcontext():   # the model the run saves
+                    rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
+                    hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in sub],
+                                  DecodeConfig(batch_size=256))
                 m = evaluate_outputs(vocabs, hyps, [r for _, r in sub])
                 rec.update({f"val_{k}": v for k, v in m.items() if k != "n"})
                 shown = (f"WER {m['wer']:.2%}, PER {m['per']:.2%}" if "wer" in m
@@ -311,6 +324,8 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                     model.backward(scale)
             loss = run.all_reduce(model.grads, loss)
             norm = run.step(opt, model.grads, loss, lr, it)
+            if ema and math.isfinite(norm):   # a skipped step leaves the average too
+                ema.update(model.params, opt.t)
             it, pos.batch = it + 1, pos.batch + len(micro)
             run.tick(it, loss, lr, norm, n_step)
             if pos.batch >= nb:

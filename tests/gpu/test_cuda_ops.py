@@ -441,6 +441,17 @@ def test_adamw(rng, masked):
     assert same_bits(dev[1], g)   # grads are read only
 
 
+def test_ema_update(rng):
+    """The weight average's step: the CPU's bits (both round each float op)."""
+    n = 100_003
+    avg, x = rand(rng, n), rand(rng, n)
+    davg, dx = D(avg), D(x)
+    for decay in (0.0, 0.9, 0.999):
+        ops.ema_update(avg, x, decay)
+        ops.ema_update(davg, dx, decay)
+    assert same_bits(davg, avg) and same_bits(dx, x)
+
+
 @pytest.mark.parametrize("n", [1, 7, 100_003, (1 << 20) + 3])
 def test_global_norm(rng, n):
     g = rand(rng, n)

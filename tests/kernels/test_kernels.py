@@ -480,6 +480,27 @@ def test_adamw_lane_and_tail_agree(rng, with_mask):
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
 
+
+@pytest.mark.parametrize("n", [1, 21, 100_003])
+def test_ema_update(rng, n):
+    """avg = decay avg + (1 - decay) x: the float32 expression, bit for bit at
+    any size (vector lanes, tail, threads); decay 0 copies x; x is read only."""
+    avg, x = f32(rng.normal(size=n), rng.normal(size=n))
+    x0 = x.copy()
+    for decay in (0.9, 0.999):
+        want = np.float32(decay) * avg + np.float32(1 - np.float32(decay)) * x
+        ops.ema_update(avg, x, decay)
+        assert np.array_equal(avg, want)
+    ops.ema_update(avg, x, 0.0)
+    assert np.array_equal(avg, x) and np.array_equal(x, x0)
+
+
+def test_ema_update_rejects_bad_decay():
+    a = f32(np.zeros(4))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ShapeError, match="must be in \\[0, 1\\]"):
+            ops.ema_update(a, a.copy(), bad)
+
 # ---------------------------------------------------------------- determinism
 
 
