@@ -220,8 +220,9 @@ def check_seed_reaches_dropout(fam: Family, data: Path, tmp: Path, monkeypatch) 
 def check_resume_bit_exact(fam: Family, data: Path, tmp: Path, monkeypatch) -> None:
     """A run stopped by SIGINT (exit 130, latest/ saved) and resumed with
     --out and --resume alone (its saved configuration wins) ends on the
-    uninterrupted run's weights and log, each iteration logged once; the
-    uninterrupted run has best/ and latest/."""
+    uninterrupted run's weights and log, each iteration logged once, its
+    seconds counted on from the first sitting's; the uninterrupted run has
+    best/ and latest/."""
     import mingpt_c.run.scaffold as scaffold
 
     full, cut = tmp / "full", tmp / "cut"
@@ -236,8 +237,11 @@ def check_resume_bit_exact(fam: Family, data: Path, tmp: Path, monkeypatch) -> N
         res = run(*fam.argv(data, "--out", cut))
     assert res.exit_code == 130, res.stderr
     assert "--resume" in res.stderr
-    assert json.loads((cut / "latest" / "train_state.json").read_text())["iter"] == 3
+    stopped = json.loads((cut / "latest" / "train_state.json").read_text())
+    assert stopped["iter"] == 3 and stopped["seconds"] > 0
     ok(run(*fam.resume_argv(data, cut)))
+    # the clock goes on from the checkpoint's: the run's seconds over both sittings
+    assert json.loads((cut / "latest" / "train_state.json").read_text())["seconds"] > stopped["seconds"]
     assert same_weights(full / "latest", cut / "latest")
     assert records(cut) == records(full)
     its = [r["iter"] for r in records(cut) if r["type"] == "train"]

@@ -348,7 +348,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
             return model.classify(x, m, labels, train=True, seed=seed)[1]
 
         def evaluate(it, epoch):
-            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0}
+            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()}
             if val:
                 res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
                 rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
@@ -467,7 +467,7 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
             return model.mlm(inp, m, tgt, train=True, seed=seed)
 
         def evaluate(it, epoch):
-            run.record({"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0})
+            run.record({"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()})
             run.save_latest(it)
 
         it = _fit(run, model, opt, seqs, total, pos, prepare, loss_of, evaluate)

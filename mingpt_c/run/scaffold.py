@@ -31,7 +31,10 @@ What the scaffold owns:
   skipped; --max-nan-steps of them in a row stop the run with an error;
 - best/ and latest/ through the family's save function, with the train
   state every checkpoint carries (iteration, best metric, global batch,
-  options);
+  options, seconds of training so far);
+- the run's clock, elapsed(): seconds since the run began, a resumed run
+  going on from its checkpoint's, so log.jsonl and the summary count the
+  whole run over all its sittings;
 - gradient accumulation and data parallelism: weights() makes every
   micro-batch on every rank count in proportion to its items (rows,
   tokens), so a step's gradient is the mean over the global batch whatever
@@ -82,6 +85,7 @@ class Run:
         self.resumed_state: dict = {}
         self.best = None
         self._nan_streak = 0
+        self._earlier = 0.0   # seconds the run trained before this sitting (its checkpoint's)
         self.cfg = cfg
         try:
             if resume:   # the directory first: a run in it is refused with its PID
@@ -91,6 +95,7 @@ class Run:
                 self._open_dir()
                 self.cfg = resolve_resumed(cfg, saved_config(self.dir), given, self.dir)
                 self.resumed_state = _read_state(self.dir / "latest")
+                self._earlier = float(self.resumed_state.get("seconds") or 0.0)
             for name in ("batch_size", "grad_accum", "log_interval", "max_nan_steps"):
                 if getattr(self.cfg, name) < 1:
                     raise MinGPTError(f"--{name.replace('_', '-')} {getattr(self.cfg, name)} must be at least 1")
@@ -185,6 +190,11 @@ class Run:
 
     # ------------------------------------------------------------ messages
 
+    def elapsed(self) -> float:
+        """Seconds of the run so far: this sitting's, plus those before the
+        checkpoint a resumed run started from."""
+        return self._earlier + time.perf_counter() - self.t0
+
     def say(self, msg: str) -> None:
         """A line on stderr from rank 0 (through the progress bar when there is one)."""
         if self.is_main:
@@ -276,7 +286,7 @@ class Run:
         if self.best_key:
             st[self.best_key] = self.best
         st.update(seed=getattr(self.cfg, "seed", None), global_batch=self.cfg.batch_size * W, world_size=W,
-                  options=dataclasses.asdict(self.cfg))
+                  seconds=self.elapsed(), options=dataclasses.asdict(self.cfg))
         self._save_fn(self.dir / name, st)
 
     def save_latest(self, it: int, **extra) -> None:
@@ -299,7 +309,7 @@ class Run:
 
     def finish(self, it: int, result: dict | None = None) -> dict:
         """After the loop: latest/ when a signal stopped it, the plot, the
-        summary (iter, interrupted, signal, out, main, seconds)."""
+        summary (iter, interrupted, signal, out, main, seconds: elapsed())."""
         if self.stopped:
             self.save_latest(it)
         self._close_loop()
@@ -309,7 +319,7 @@ class Run:
             self.say(f"interrupted ({_signal_name(self.signum)}) at iteration {it}: checkpoint saved in "
                      f"{self.dir / 'latest'}; continue with: {self.command} --resume")
         return dict(result or {}, iter=it, interrupted=self.stopped, signal=self.signum, out=str(self.dir),
-                    main=self.is_main, seconds=time.perf_counter() - self.t0)
+                    main=self.is_main, seconds=self.elapsed())
 
     def _close_loop(self) -> None:
         if self._progress:

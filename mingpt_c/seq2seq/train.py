@@ -29,7 +29,6 @@ on from its own weights, which the checkpoints keep for --resume.
 from __future__ import annotations
 
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -283,7 +282,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         rows = slice(run.world.rank * tc.batch_size, (run.world.rank + 1) * tc.batch_size)
 
         def evaluate(it: int, epoch: float) -> None:
-            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": time.perf_counter() - run.t0}
+            rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()}
             if val:
                 sub = val[:tc.eval_limit] if tc.eval_limit else val
                 with ema.swapped_in(model.params) if ema else nullcontext():   # the model the run saves

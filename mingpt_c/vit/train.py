@@ -24,7 +24,6 @@ resumed run goes on exactly as the uninterrupted one (same thread count).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,7 +239,7 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
             if it % per_epoch == 0 or it == total:
                 ev = evaluate(model, test_set, tc.eval_batch_size)
                 run.record({"type": "eval", "iter": it, "epoch": it / per_epoch, "test_loss": ev["loss"],
-                            "test_accuracy": ev["accuracy"], "elapsed_s": time.perf_counter() - run.t0})
+                            "test_accuracy": ev["accuracy"], "elapsed_s": run.elapsed()})
                 run.say(f"epoch {it / per_epoch:.2f} (iter {it}): test loss {ev['loss']:.4f}, "
                         f"accuracy {100 * ev['accuracy']:.2f}%")
                 result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
