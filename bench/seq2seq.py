@@ -6,7 +6,9 @@ Both sides get the same recipe: the model `mingpt seq2seq train` builds
 same initial weights (copied into the twin in float32 by from_ours), the
 same batches in the same order (batches_by_rows, shuffled per epoch from
 the seed), AdamW with our decay groups, the same learning-rate schedule,
-label smoothing and gradient clipping at 1.0, and the same thread count.
+label smoothing and gradient clipping at 1.0, the same weight average
+(--ema: its update is part of each side's step, and each side decodes
+with its average), and the same thread count.
 The sides alternate step by step (ours step i, then torch step i), so
 machine noise falls on both. Dropout masks differ between the sides.
 
@@ -65,6 +67,7 @@ def parse_args():
     ap.add_argument("--n-head", type=int, default=d.n_head)
     ap.add_argument("--dropout", type=float, default=d.dropout)
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    ap.add_argument("--ema", type=float, default=d.ema, help="decay of the weight average decoded (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--init", choices=["xavier", "gpt2"], default=d.init)
     ap.add_argument("--min-lr", type=float, default=d.min_lr)
@@ -94,7 +97,7 @@ def train_config(a, d):
     from dataclasses import replace
     return replace(d, epochs=a.epochs, max_iters=a.iters, batch_size=a.batch_size, enc_layers=a.enc_layers,
                    dec_layers=a.dec_layers, n_embd=a.n_embd, n_head=a.n_head, dropout=a.dropout,
-                   label_smoothing=a.label_smoothing, lr=a.lr, min_lr=a.min_lr, warmup_iters=a.warmup_iters,
+                   label_smoothing=a.label_smoothing, ema=a.ema, lr=a.lr, min_lr=a.min_lr, warmup_iters=a.warmup_iters,
                    schedule=a.schedule, seed=a.seed, threads=a.threads, init=a.init)
 
 # ------------------------------------------------------------------ the twin's greedy decoding
@@ -156,7 +159,7 @@ def main() -> None:
     import numpy as np
 
     from mingpt_c._lib import WAIT_POLICY, set_num_threads
-    from mingpt_c.nn.optim import AdamW, inverse_sqrt_lr, lr_at
+    from mingpt_c.nn.optim import AdamW, WeightAverage, inverse_sqrt_lr, lr_at
     from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
     from mingpt_c.run.signals import StopFlag
     from mingpt_c.seq2seq import data as sd
@@ -209,19 +212,21 @@ def main() -> None:
           f"(warmup {tc.warmup_iters}" + (f", min {tc.min_lr:g})" if tc.schedule == "cosine" else ")")
           + f", AdamW betas ({tc.beta1}, {tc.beta2}) eps {tc.adam_eps:g} weight decay {tc.weight_decay:g}, "
           f"clip {tc.grad_clip:g}, label smoothing {tc.label_smoothing:g}, dropout {tc.dropout:g}, {tc.init} init, "
-          f"seed {tc.seed}")
+          + (f"weight average {tc.ema:g}, " if tc.ema else "") + f"seed {tc.seed}")
     print(f"cpu: {cpu_model()}, {a.threads} threads a side; torch {torch.__version__}; "
           f"OpenMP wait policy: {WAIT_POLICY}", flush=True)
 
     # ---------------------------------------------------------- training, alternating
     sides = ("ours", "torch") if a.sides == "both" else ("torch",)
+    avg = WeightAverage(model.params, tc.ema) if tc.ema and "ours" in sides else None
+    tavg = [p.detach().clone() for p in tm.parameters()] if tc.ema else None
     state = Path(a.state) / "state.pt" if a.state else None
     times = {name: [] for name in sides}
     losses = {name: [] for name in sides}
     sittings: list[dict] = []
     start = 0
     if state is not None and state.exists():
-        start = load_state(state, a, model, opt, tm, topt, times, losses, sittings)
+        start = load_state(state, a, model, opt, tm, topt, times, losses, sittings, avg, tavg)
         print(f"resumed from {state} at step {start:,} of {total:,}", flush=True)
     def epoch_order(epoch: int) -> list:
         return sd.batches_by_rows(src_lens, tgt_lens, B, stream_rng(tc.seed, STREAM_BATCHES, epoch))
@@ -244,6 +249,8 @@ def main() -> None:
                                   label_smoothing=tc.label_smoothing)
                 model.backward()
                 opt.step(model.grads, lr)
+                if avg:
+                    avg.update(model.params, opt.t)
                 times["ours"].append(time.perf_counter() - t0)
                 losses["ours"].append(loss)
             t0 = time.perf_counter()
@@ -254,6 +261,8 @@ def main() -> None:
             tl.backward()
             torch.nn.utils.clip_grad_norm_(tm.parameters(), tc.grad_clip)
             topt.step()
+            if tavg:
+                torch_average(tavg, tm, tc.ema, it + 1)
             times["torch"].append(time.perf_counter() - t0)
             losses["torch"].append(tl.item())
 
@@ -269,11 +278,11 @@ def main() -> None:
                       + f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
             if state is not None and pos == 0 and it < total:
                 save_state(state, a, it, model, opt, tm, topt, times, losses,
-                           sittings + [sitting(start, it, t_start, cpu)])
+                           sittings + [sitting(start, it, t_start, cpu)], avg, tavg)
     if it > start:
         sittings.append(sitting(start, it, t_start, cpu))
         if state is not None:
-            save_state(state, a, it, model, opt, tm, topt, times, losses, sittings)
+            save_state(state, a, it, model, opt, tm, topt, times, losses, sittings, avg, tavg)
     if it < total:
         why = f"stopped by {signal.Signals(stop.signum).name}" if stop.requested else f"--stop-after {a.stop_after}"
         print(f"{why} at step {it:,} of {total:,}"
@@ -284,6 +293,12 @@ def main() -> None:
     srcs = [vocabs["src"].encode(w)[:max_src] for w, _ in test]
     refs = [r for _, r in test]
     tm.eval()
+    if avg:   # each side decodes with its average
+        model.params[...] = avg.avg
+    if tavg:
+        with torch.no_grad():
+            for p, pa in zip(tm.parameters(), tavg):
+                p.copy_(pa)
     greedy = {"ours": lambda b: decode(model, b, DecodeConfig(batch_size=256)), "torch": lambda b: torch_greedy(tm, b)}
     scores, decode_s = {}, {}
     for name in sides:
@@ -320,37 +335,51 @@ def main() -> None:
 
 
 RECIPE = ("iters", "epochs", "batch_size", "enc_layers", "dec_layers", "n_embd", "n_head", "dropout",
-          "label_smoothing", "lr", "init", "min_lr", "warmup_iters", "schedule", "seed", "threads", "sides")
+          "label_smoothing", "ema", "lr", "init", "min_lr", "warmup_iters", "schedule", "seed", "threads", "sides")
+
+
+def torch_average(tavg, tm, decay: float, t: int) -> None:
+    """The twin's weight average after step t: nn/optim.py WeightAverage's
+    recursion, avg = d avg + (1 - d) p with d = min(decay, (1 + t) / (10 + t))."""
+    import torch
+    d = min(decay, (1.0 + t) / (10.0 + t))
+    with torch.no_grad():
+        for pa, p in zip(tavg, tm.parameters()):
+            pa.mul_(d).add_(p, alpha=1.0 - d)
 
 
 def sitting(start: int, it: int, t_start: float, cpu: str) -> dict:
     return {"from": start, "to": it, "seconds": time.perf_counter() - t_start, "cpu": cpu}
 
 
-def save_state(path: Path, a, it: int, model, opt, tm, topt, times, losses, sittings) -> None:
-    """Both sides' weights, optimizer moments and the twin's dropout RNG,
-    with the step times and losses so far: written beside, then renamed."""
+def save_state(path: Path, a, it: int, model, opt, tm, topt, times, losses, sittings, avg=None,
+               tavg=None) -> None:
+    """Both sides' weights, optimizer moments, weight averages and the
+    twin's dropout RNG, with the step times and losses so far: written
+    beside, then renamed."""
     import torch
     blob = {"recipe": {k: getattr(a, k) for k in RECIPE}, "step": it, "times": times, "losses": losses,
             "sittings": sittings,
-            "torch": {"model": tm.state_dict(), "optimizer": topt.state_dict(), "rng": torch.get_rng_state()}}
+            "torch": {"model": tm.state_dict(), "optimizer": topt.state_dict(), "rng": torch.get_rng_state(),
+                      "avg": tavg}}
     if "ours" in times:
         blob["ours"] = {"params": torch.from_numpy(model.params.copy()), "m": torch.from_numpy(opt.m.copy()),
-                        "v": torch.from_numpy(opt.v.copy()), "t": opt.t}
+                        "v": torch.from_numpy(opt.v.copy()), "t": opt.t,
+                        "avg": torch.from_numpy(avg.avg.copy()) if avg else None}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
-def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings) -> int:
+def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings, avg=None, tavg=None) -> int:
     """Restores what save_state wrote; returns the step to go on from."""
     import torch
     try:
         blob = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
         sys.exit(f"bench/seq2seq.py: cannot read {path}: {e}")
-    recipe, saved = {k: getattr(a, k) for k in RECIPE}, blob.get("recipe") or {}
+    recipe, saved = {k: getattr(a, k) for k in RECIPE}, {"ema": 0.0, **(blob.get("recipe") or {})}
     if saved != recipe:
         diff = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} here"
                          for k, v in recipe.items() if saved.get(k) != v)
@@ -358,10 +387,15 @@ def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings) -> 
     tm.load_state_dict(blob["torch"]["model"])
     topt.load_state_dict(blob["torch"]["optimizer"])
     torch.set_rng_state(blob["torch"]["rng"])
+    if tavg:
+        for pa, saved_avg in zip(tavg, blob["torch"]["avg"]):
+            pa.copy_(saved_avg)
     if "ours" in times:
         model.params[...] = blob["ours"]["params"].numpy()
         opt.load_moments(blob["ours"]["m"].numpy(), blob["ours"]["v"].numpy())
         opt.t = blob["ours"]["t"]
+        if avg:
+            avg.avg[...] = blob["ours"]["avg"].numpy()
     for name in times:
         times[name].extend(blob["times"][name])
         losses[name].extend(blob["losses"][name])

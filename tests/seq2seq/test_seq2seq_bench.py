@@ -75,3 +75,35 @@ def test_another_recipe_is_refused(tmp_path):
     assert other.returncode == 1
     line = other.stderr.strip()
     assert "\n" not in line and "another recipe" in line and "--lr 0.0005 there, 0.001 here" in line
+
+
+def test_weight_average_goes_on_after_a_stop_and_matches_the_cli(tmp_path):
+    """--ema: both sides' averages come back bit for bit after a stop; ours
+    is the model `mingpt seq2seq train --ema` saves; the twin's, at dropout
+    0, stays within float rounding of ours."""
+    args = ("--ema", "0.9", "--dropout", "0")
+    straight = bench("--state", tmp_path / "a", *args)
+    assert straight.returncode == 0, straight.stderr
+    assert "weight average 0.9" in straight.stdout
+    assert bench("--state", tmp_path / "b", *args, "--stop-after", "4").returncode == 0
+    second = bench("--state", tmp_path / "b", *args)
+    assert second.returncode == 0, second.stderr
+    a, b = state(tmp_path / "a"), state(tmp_path / "b")
+    assert torch.equal(a["ours"]["avg"], b["ours"]["avg"])
+    assert all(torch.equal(x, y) for x, y in zip(a["torch"]["avg"], b["torch"]["avg"]))
+    assert score_rows(straight.stdout) == score_rows(second.stdout)
+    assert not torch.equal(a["ours"]["avg"], a["ours"]["params"])
+
+    from mingpt_c.benchmarks.torch_seq2seq import from_ours
+    from mingpt_c.seq2seq import checkpoint as ckpt
+    from mingpt_c.seq2seq.model import Seq2Seq
+    cli = invoke("seq2seq", "train", "--out", tmp_path / "cli", "--max-iters", 6, "--enc-layers", 1,
+                 "--dec-layers", 1, "--n-embd", 32, "--n-head", 2, "--threads", 1, "--eval-limit", 10,
+                 "--no-progress", *args)
+    assert cli.exit_code == 0, cli.output
+    saved = ckpt.load(tmp_path / "cli" / "latest")
+    assert np.array_equal(saved["params"], a["ours"]["avg"].numpy())
+    # the twin's average, in its own parameter order: ours mapped through the twin
+    ours_as_twin = list(from_ours(Seq2Seq(saved["cfg"], saved["params"]), dtype=torch.float32).parameters())
+    for x, y in zip(a["torch"]["avg"], ours_as_twin):
+        assert torch.allclose(x, y.detach(), rtol=1e-3, atol=1e-5)
