@@ -46,6 +46,12 @@ def _decode_config(opts: dict):
                                                     "batch_size")})
 
 
+def _ensemble_option(f):
+    return click.option("--ensemble", "ensemble", multiple=True, type=click.Path(), metavar="CKPT",
+                        help="decode together with this checkpoint too (repeatable): each step takes the mean of "
+                             "the models' log-probabilities; the vocabularies must be the same")(f)
+
+
 @click.group()
 def seq2seq() -> None:
     """The encoder-decoder Transformer: translation-style tasks (default: English grapheme-to-phoneme)."""
@@ -142,7 +148,8 @@ def seq2seq_train(ctx, **opts):
 @click.argument("ckpt", type=click.Path())
 @click.argument("texts", nargs=-1)
 @_decode_options
-def seq2seq_translate(ckpt, texts, **opts):
+@_ensemble_option
+def seq2seq_translate(ckpt, texts, ensemble, **opts):
     """Translate TEXTS (none: one source per line on stdin, one output per line on stdout)."""
     from mingpt_c.seq2seq.train import translate
 
@@ -151,7 +158,7 @@ def seq2seq_translate(ckpt, texts, **opts):
         texts = [line.rstrip("\n") for line in sys.stdin]
         if not texts:
             raise click.UsageError("nothing to translate: give TEXTS or lines on stdin")
-    for out in translate(ckpt, list(texts), dc, say=_say):
+    for out in translate(ckpt, list(texts), dc, say=_say, ensemble=ensemble):
         click.echo(out)
 
 
@@ -159,16 +166,17 @@ def seq2seq_translate(ckpt, texts, **opts):
 @click.argument("ckpt", type=click.Path())
 @click.argument("data")
 @_decode_options
+@_ensemble_option
 @click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate on the first N sources")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def seq2seq_eval(ckpt, data, limit, as_json, **opts):
+def seq2seq_eval(ckpt, data, ensemble, limit, as_json, **opts):
     """BLEU and chrF (sacrebleu) of the outputs for DATA's sources against all their targets; for symbol
     outputs also word error rate, phoneme/token error rate and exact match. DATA: a TSV or JSON Lines
     file, or cmudict:test / cmudict:val (the G2P default's held-out words)."""
     from mingpt_c.seq2seq.train import evaluate_file
 
     dc = _decode_config(opts)
-    r = evaluate_file(ckpt, data, dc, limit, say=_say)
+    r = evaluate_file(ckpt, data, dc, limit, say=_say, ensemble=ensemble)
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return

@@ -42,6 +42,12 @@ survivors by score, then by index, gives what a stable sort of all
 beam x V scores would. The step's weights are packed once per decode call
 (Seq2Seq.pack: the product skips re-packing them at every step).
 
+An Ensemble of models with one target vocabulary decodes as one model
+whose next-token logits are the mean of the models' log-probabilities (a
+product of experts, renormalised: Marian's ensembling); greedy and beam
+search then treat them as one model's logits. Each model keeps its own
+cache; the sources are encoded once per model.
+
 search="hf" runs Hugging Face generate()'s beam search instead (its
 defaults: early_stopping False, forced </s> at the last position), so an
 imported Marian model gives transformers' outputs token for token: of the
@@ -54,13 +60,13 @@ current length, cannot beat the worst of them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
-from mingpt_c.seq2seq.model import Seq2Seq
+from mingpt_c.seq2seq.model import Seq2Seq, log_softmax
 
 
 @dataclass
@@ -84,7 +90,7 @@ def length_norm(length: np.ndarray | int, alpha: float, kind: str = "gnmt"):
     raise ShapeError(f"length normalisation {kind!r}: use gnmt or hf")
 
 
-def max_lengths(model: Seq2Seq, src_lens: np.ndarray, dc: DecodeConfig) -> np.ndarray:
+def max_lengths(model: Seq2Seq | Ensemble, src_lens: np.ndarray, dc: DecodeConfig) -> np.ndarray:
     cap = model.cfg.max_tgt_len
     return np.clip((dc.len_a * np.asarray(src_lens) + dc.len_b).astype(np.int64), 1, cap)
 
@@ -96,6 +102,35 @@ def _pad(seqs: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
     for i, s in enumerate(seqs):
         ids[i, :len(s)], mask[i, :len(s)] = s, 1
     return ids, mask
+
+
+class Ensemble:
+    """Models decoded together (see the module's docstring): they must
+    share their vocabularies' sizes and special ids (the caller checks the
+    vocabularies themselves); the longest source and output are the
+    shortest of their maxima. Stands where decoding takes a model."""
+
+    def __init__(self, models: list[Seq2Seq]):
+        if not models:
+            raise ShapeError("an ensemble needs at least one model")
+        first = models[0].cfg
+        for m in models[1:]:
+            c = m.cfg
+            if (c.src_vocab_size, c.tgt_vocab_size, c.pad_id, c.bos_id, c.eos_id, c.src_eos) != \
+                    (first.src_vocab_size, first.tgt_vocab_size, first.pad_id, first.bos_id, first.eos_id,
+                     first.src_eos):
+                raise ShapeError("the models of an ensemble must share their vocabularies and special tokens: "
+                                 f"{c.src_vocab_size}/{c.tgt_vocab_size} source/target tokens against "
+                                 f"{first.src_vocab_size}/{first.tgt_vocab_size}")
+        self.models = models
+        self.cfg = replace(first, max_src_len=min(m.cfg.max_src_len for m in models),
+                           max_tgt_len=min(m.cfg.max_tgt_len for m in models))
+
+    def on_cpu(self) -> "Ensemble":
+        return Ensemble([m.on_cpu() for m in self.models])
+
+    def pack(self) -> list:
+        return [m.pack() for m in self.models]
 
 
 class _Scorer:
@@ -112,6 +147,13 @@ class _Scorer:
             rows = np.repeat(np.arange(len(src)), beam)
             self.src, self.mask = src[rows], mask[rows]
 
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (R, t+1), <s> first -> the logits (R, V) of token t+1, float32."""
+        R, t = tokens.shape[0], tokens.shape[1] - 1
+        if self.cached:
+            return self.model.step_logits(self.cache, tokens[:, -1], t)
+        return np.ascontiguousarray(self.model.forward(self.src, self.mask, tokens).reshape(R, t + 1, -1)[:, -1])
+
     def next(self, tokens: np.ndarray, n: int = 0):
         """tokens (R, t+1), <s> first -> (z, m, L, sets): the logits z (R, V)
         of token t+1, float32, with <pad> and <s> set to -inf (a buffer the
@@ -119,11 +161,7 @@ class _Scorer:
         (n > 0), also the row maxima m and log-sums L of the logits before
         the masking (log-probability (z - m) - L) and _threshold's set
         maxima after it (None where the rows are all singletons)."""
-        R, t = tokens.shape[0], tokens.shape[1] - 1
-        if self.cached:
-            z = self.model.step_logits(self.cache, tokens[:, -1], t)
-        else:
-            z = np.ascontiguousarray(self.model.forward(self.src, self.mask, tokens).reshape(R, t + 1, -1)[:, -1])
+        z = self.logits(tokens)
         masked = (self.model.cfg.pad_id, self.model.cfg.bos_id)
         if not n:
             z[:, masked] = -np.inf
@@ -138,19 +176,42 @@ class _Scorer:
             self.src, self.mask = self.src[rows], self.mask[rows]
 
 
-def _packed(model: Seq2Seq, srcs: list, dc: DecodeConfig, cached: bool):
+class _EnsembleScorer(_Scorer):
+    """An Ensemble's rows: one _Scorer per model; the logits are the mean of
+    their log-probabilities (float64, then float32 as a model's logits)."""
+
+    def __init__(self, ensemble: Ensemble, src: np.ndarray, mask: np.ndarray, beam: int, max_len: int,
+                 cached: bool, packed=None):
+        self.model = ensemble
+        self.parts = [_Scorer(m, src, mask, beam, max_len, cached, p)
+                      for m, p in zip(ensemble.models, packed or [None] * len(ensemble.models))]
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        total = sum(log_softmax(part.logits(tokens)) for part in self.parts)
+        return (total / len(self.parts)).astype(np.float32)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        for part in self.parts:
+            part.reorder(rows)
+
+
+def _scorer(model, *args) -> _Scorer:
+    return (_EnsembleScorer if isinstance(model, Ensemble) else _Scorer)(model, *args)
+
+
+def _packed(model: Seq2Seq | Ensemble, srcs: list, dc: DecodeConfig, cached: bool):
     """The step weights packed once for a whole decoding call (model.pack),
     when its batches run more rows than the C core multiplies unpacked."""
     rows = min(len(srcs), dc.batch_size) * dc.beam
     return model.pack() if cached and rows > ops.GEMV_ROWS else None
 
 
-def _source_pad(model: Seq2Seq) -> int:
+def _source_pad(model: Seq2Seq | Ensemble) -> int:
     cfg = model.cfg
     return cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0
 
 
-def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
+def greedy(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
     """The most likely next token each step, until </s> or max_len. The
     logits' argmax is the log-probabilities' (no softmax is needed); a
     source leaves the batch when it ends. On the CPU (a model on the GPU
@@ -163,7 +224,7 @@ def greedy(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool
         batch = srcs[i:i + dc.batch_size]
         src, mask = _pad(batch, _source_pad(model))
         limit = max_lengths(model, [len(s) for s in batch], dc)
-        sc = _Scorer(model, src, mask, 1, int(limit.max()) + 1, cached, packed)
+        sc = _scorer(model, src, mask, 1, int(limit.max()) + 1, cached, packed)
         alive = np.arange(len(batch))                              # the batch's sources still decoding
         tokens = np.full((len(batch), 1), cfg.bos_id, np.int32)    # (alive, t+1)
         hyps: list[list[int]] = [[] for _ in batch]
@@ -298,7 +359,7 @@ def _minus_inf(z, base, forced, forced_lp, s: int, K: int, need: int, eos: int) 
 # ---------------------------------------------------------------- beam search
 
 
-def beam_search(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
+def beam_search(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
                 nbest: int = 1) -> list[list[tuple[float, list[int]]]]:
     """Per source its nbest finished hypotheses, best first, as
     (normalised score, tokens without </s>). On the CPU, as greedy()."""
@@ -318,7 +379,7 @@ def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int, packed
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
+    sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                                                   # row a * K + k: source alive[a]
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
     scores = np.full(N * K, -np.inf)
@@ -370,7 +431,7 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, pac
     N, K = len(batch), dc.beam
     src, mask = _pad(batch, _source_pad(model))
     limit = max_lengths(model, [len(s) for s in batch], dc)
-    sc = _Scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
+    sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                        # sources whose open hypotheses may still beat a finished one
     tokens = np.full((N * K, 1), cfg.bos_id, np.int32)
     running = np.full(N * K, -1e9)
@@ -413,7 +474,7 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, pac
     return [f[:nbest] for f in finished]
 
 
-def decode(model: Seq2Seq, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
+def decode(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
     """The best output of each source: greedy with beam 1, else beam search.
     The sources go through in order of length (batches of like lengths pad
     little and end together), the outputs come back in the given order."""

@@ -41,7 +41,7 @@ from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd
-from mingpt_c.seq2seq.decode import DecodeConfig, decode
+from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, decode
 from mingpt_c.seq2seq.metrics import score
 from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig, memory_bytes
 from mingpt_c.seq2seq.vocab import Vocab
@@ -343,7 +343,22 @@ def load_model(path) -> tuple[Seq2Seq, dict]:
     return Seq2Seq(loaded["cfg"], loaded["params"]), loaded["vocabs"]
 
 
-def encode_sources(model: Seq2Seq, vocabs: dict, texts: list[str], say=None) -> list[list[int]]:
+def load_models(paths: list) -> tuple[Seq2Seq | Ensemble, dict]:
+    """One checkpoint's model, or the Ensemble of several that share their
+    vocabularies (with the vocabularies)."""
+    loaded = [load_model(p) for p in paths]
+    model, vocabs = loaded[0]
+    if len(loaded) == 1:
+        return model, vocabs
+    for p, (_, v) in zip(paths[1:], loaded[1:]):
+        for side in ("src", "tgt"):
+            if v[side].to_json() != vocabs[side].to_json():
+                raise CheckpointError(f"{p}: its {side} vocabulary is not that of {paths[0]}: the models of an "
+                                      f"ensemble must share their vocabularies")
+    return Ensemble([m for m, _ in loaded]), vocabs
+
+
+def encode_sources(model: Seq2Seq | Ensemble, vocabs: dict, texts: list[str], say=None) -> list[list[int]]:
     """Source ids; an unknown symbol is an error naming it, a source longer
     than the model's maximum is cut (with a note)."""
     out, cut = [], 0
@@ -364,8 +379,10 @@ def encode_sources(model: Seq2Seq, vocabs: dict, texts: list[str], say=None) -> 
     return out
 
 
-def translate(path, texts: list[str], dc: DecodeConfig, say=None) -> list[str]:
-    model, vocabs = load_model(path)
+def translate(path, texts: list[str], dc: DecodeConfig, say=None, ensemble=()) -> list[str]:
+    """The outputs of the checkpoint at path (decoded together with those of
+    ensemble, when given) for texts."""
+    model, vocabs = load_models([path, *ensemble])
     hyps = decode(model, encode_sources(model, vocabs, texts, say), dc)
     return [vocabs["tgt"].decode(h) for h in hyps]
 
@@ -381,10 +398,11 @@ def read_references(data: str) -> list:
     return sd.group_references(sd.read_pairs(data))
 
 
-def evaluate_file(path, data_file, dc: DecodeConfig, limit: int | None = None, say=None) -> dict:
+def evaluate_file(path, data_file, dc: DecodeConfig, limit: int | None = None, say=None, ensemble=()) -> dict:
     """BLEU, chrF (and for symbol outputs WER, PER, exact match) of the
-    model's outputs for the sources of data_file against all their targets."""
-    model, vocabs = load_model(path)
+    model's outputs (with ensemble's checkpoints, the ensemble's) for the
+    sources of data_file against all their targets."""
+    model, vocabs = load_models([path, *ensemble])
     refs = read_references(data_file)
     if limit:
         refs = refs[:limit]

@@ -1,6 +1,7 @@
 """`mingpt seq2seq` through the CLI: a word-reversal task learned to BLEU
 >= 95 through translate -> detokenize -> sacrebleu; translate from
-arguments and stdin; checkpoints of this family and of others; the
+arguments and stdin; an ensemble of checkpoints; checkpoints of this
+family and of others; the
 alignment map (a small G2P model puts each letter's phoneme over that
 letter); bad input as one line each."""
 import json
@@ -60,6 +61,25 @@ def test_translate_arguments_and_stdin(reverser):
     assert res.stdout.splitlines() == ["gold green blue red", "pink teal lime navy"]
     res = ok(invoke("seq2seq", "translate", reverser / "run", input="red blue green gold\nnavy lime teal pink\n"))
     assert res.stdout.splitlines() == ["gold green blue red", "pink teal lime navy"]
+
+
+def test_ensemble_of_a_model_with_itself_scores_as_the_model(reverser, tmp_path):
+    """--ensemble through eval and translate (the same model twice: the
+    mean of equal log-probabilities is one model's); a checkpoint of other
+    vocabularies is one line naming them."""
+    alone = json.loads(ok(invoke("seq2seq", "eval", reverser / "run", reverser / "test.tsv", "--json")).output)
+    both = json.loads(ok(invoke("seq2seq", "eval", reverser / "run", reverser / "test.tsv", "--json",
+                                "--ensemble", reverser / "run")).output)
+    assert both == alone
+    res = ok(invoke("seq2seq", "translate", reverser / "run", "red blue green gold", "--ensemble", reverser / "run",
+                    "--beam", "4"))
+    assert res.stdout.splitlines() == ["gold green blue red"]
+    other = write_tsv(tmp_path / "other.tsv", [("a b c", "c b a"), ("b c", "c b")])
+    ok(invoke("seq2seq", "train", "--train", other, "--out", tmp_path / "other", "--src-vocab", "symbols",
+              "--tgt-vocab", "symbols", "--enc-layers", "1", "--dec-layers", "1", "--n-embd", "16", "--n-head", "2",
+              "--max-iters", "1", "--threads", "1", "--no-progress"))
+    one_line_error(invoke("seq2seq", "translate", reverser / "run", "red blue", "--ensemble", tmp_path / "other"),
+                   "vocabulary", "ensemble")
 
 
 def test_unknown_symbol_is_one_line(reverser):

@@ -2,7 +2,10 @@
 every prefix (length penalty included, both normalisations); cached and
 uncached decoding give the same outputs; greedy is beam search of width 1
 without a length penalty; decoding never drops out; each cache keeps its
-own copy of the source mask."""
+own copy of the source mask. An ensemble: its beam search is the exhaustive
+best under the renormalised mean of its models' log-probabilities, cached
+and uncached agree, an ensemble of one model decodes as that model, and
+models of other vocabularies are refused."""
 import itertools
 from dataclasses import replace
 
@@ -10,7 +13,8 @@ import numpy as np
 import pytest
 
 from mingpt_c.seq2seq import decode as decode_mod
-from mingpt_c.seq2seq.decode import DecodeConfig, beam_search, decode, greedy, length_norm
+from mingpt_c.errors import ShapeError
+from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, beam_search, decode, greedy, length_norm
 from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig
 
 SYMBOLS = [3, 4, 5, 6]        # what may be generated besides </s> (<unk> included)
@@ -29,16 +33,37 @@ def model():
 SOURCES = [[4, 5, 6], [7, 8, 4, 5, 6, 7], [8]]
 
 
-def exhaustive(model, src, alpha, norm):
+@pytest.fixture(scope="module")
+def other():
+    """Another architecture over the same vocabularies, for ensembles."""
+    cfg = Seq2SeqConfig(src_vocab_size=9, tgt_vocab_size=7, max_src_len=8, max_tgt_len=8, enc_layers=1,
+                        dec_layers=1, n_head=4, n_embd=16, dropout=0.0)
+    m = Seq2Seq(cfg, seed=12)
+    m.p["model.decoder.embed_tokens.weight"][...] *= 4.0
+    return m
+
+
+def ensemble_logprobs(models):
+    """The log-probabilities an ensemble decodes with: the mean of its
+    models', renormalised."""
+    def logprobs(s, m, tin):
+        mean = np.mean([mod.logprobs(s, m, tin) for mod in models], axis=0)
+        top = mean.max(-1, keepdims=True)
+        return mean - (top + np.log(np.exp(mean - top).sum(-1, keepdims=True)))
+    return logprobs
+
+
+def exhaustive(model, src, alpha, norm, logprobs=None):
     """(best normalised score, tokens) over every output of at most MAX_OUT
-    tokens (</s> closing each; at the last position only </s>)."""
+    tokens (</s> closing each; at the last position only </s>), under
+    model's log-probabilities or the given ones."""
     best = (-np.inf, None)
     s = np.array([src], np.int32)
     m = np.ones_like(s)
     for L in range(1, MAX_OUT + 1):
         for prefix in itertools.product(SYMBOLS, repeat=L - 1):
             tin = np.array([[BOS, *prefix]], np.int32)
-            lp = model.logprobs(s, m, tin)[0]                     # (L, V)
+            lp = (logprobs or model.logprobs)(s, m, tin)[0]       # (L, V)
             ys = [*prefix, EOS]
             score = sum(lp[t, y] for t, y in enumerate(ys))
             score /= length_norm(L, alpha, norm)
@@ -160,3 +185,37 @@ def test_best_extensions_are_a_stable_sort_of_all(V, K):
     want = np.argsort(-full, axis=1, kind="stable")[:, :n]
     assert np.array_equal(flat, want)
     np.testing.assert_allclose(cand, np.take_along_axis(full, want, 1), rtol=1e-9, atol=1e-6)
+
+# ---------------------------------------------------------------- ensembles
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_ensemble_wide_beam_is_the_exhaustive_best(model, other, alpha):
+    dc = DecodeConfig(beam=len(SYMBOLS) ** (MAX_OUT - 1), length_penalty=alpha, len_a=0.0, len_b=MAX_OUT)
+    ens = Ensemble([model, other])
+    for src, hyps in zip(SOURCES, beam_search(ens, SOURCES, dc)):
+        score, tokens = exhaustive(model, src, alpha, "gnmt", ensemble_logprobs([model, other]))
+        assert hyps[0][1] == tokens
+        assert hyps[0][0] == pytest.approx(score, abs=1e-5)
+    # the two models alone disagree somewhere, or the test would prove little
+    alone = [decode(m, SOURCES, DecodeConfig(len_a=0.0, len_b=MAX_OUT)) for m in (model, other)]
+    assert alone[0] != alone[1]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_ensemble_cached_and_uncached_agree(model, other, beam):
+    dc = DecodeConfig(beam=beam, len_a=1.0, len_b=2, batch_size=2)
+    ens = Ensemble([model, other])
+    assert decode(ens, SOURCES, dc, cached=True) == decode(ens, SOURCES, dc, cached=False)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_ensemble_of_one_decodes_as_the_model(model, beam):
+    dc = DecodeConfig(beam=beam, len_a=1.0, len_b=2)
+    assert decode(Ensemble([model]), SOURCES, dc) == decode(model, SOURCES, dc)
+
+
+def test_ensemble_refuses_another_vocabulary(model):
+    cfg = replace(model.cfg, tgt_vocab_size=8)
+    with pytest.raises(ShapeError, match="share their vocabularies"):
+        Ensemble([model, Seq2Seq(cfg, seed=1)])
