@@ -3,7 +3,8 @@ loss and every gradient of one step, 30 AdamW steps in fp32 step for step
 (batches of three shapes with padding; dropout, label smoothing, pre-LN,
 learned positions, a shared vocabulary), the same dropout masks, tf32 and
 bf16 following the fp32 curve; through the CLI, a G2P-like run trained on
-the GPU and decoded on the CPU; and the one-line error of --device cuda
+the GPU and decoded on the CPU, a run with --ema following the CPU's; and
+the one-line error of --device cuda
 where there is no GPU (that one runs everywhere, CI included)."""
 import json
 
@@ -178,6 +179,26 @@ def test_resume_switches_device(tmp_path):
     assert set(want) == set(got)
     for it in want:
         assert got[it] == pytest.approx(want[it], rel=1e-4)
+
+
+@gpu
+def test_weight_average_on_gpu_follows_the_cpu(tmp_path):
+    """--ema on the GPU (the average in device memory, swapped in for
+    validation): the saved average and training weights follow the CPU
+    run's in fp32, and they differ from each other."""
+    from mingpt_c.seq2seq import checkpoint as ckpt
+
+    train, val = _reverse_data(tmp_path)
+    common = ["--train", train, "--val", val, "--tgt-vocab", "symbols", "--max-iters", "24", "--ema", "0.9",
+              *TINY]
+    assert invoke("seq2seq", "train", "--out", tmp_path / "cpu", *common).exit_code == 0
+    res = invoke("seq2seq", "train", "--out", tmp_path / "gpu", *common, *GPU_FP32)
+    assert res.exit_code == 0, res.stderr
+    a = ckpt.load(tmp_path / "cpu" / "latest", with_optimizer=True)
+    b = ckpt.load(tmp_path / "gpu" / "latest", with_optimizer=True)
+    for got, want in ((b["params"], a["params"]), (b["optimizer"][3], a["optimizer"][3])):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    assert np.abs(b["params"] - b["optimizer"][3]).max() > 1e-4
 
 
 # ------------------------------------------------------------------ no GPU (CI)
