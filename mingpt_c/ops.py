@@ -740,7 +740,6 @@ def adamw_update(params, grads, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                                    float(grad_scale), int(t)))
 
 
-
 def ema_update(avg, x, decay: float):
     """avg = decay * avg + (1 - decay) * x over flat buffers, in place on avg:
     one step of an exponential moving average of the weights."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mingpt_c import ops
+from mingpt_c.device import Device
 
 
 def lr_at(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
@@ -108,7 +109,9 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay {decay} must be in (0, 1)")
         self.decay = decay
-        self.avg = ops.copy(_like(params), params) if avg is None else _like(params, avg)
+        self._dev = Device("cpu" if isinstance(params, np.ndarray) else "cuda")
+        self.avg = (ops.copy(self._dev.empty(params.shape), params) if avg is None else
+                    self._dev.put(np.array(avg, np.float32).reshape(params.shape)))
 
     def update(self, params, t: int) -> None:
         """After optimizer step t (1-based)."""
@@ -119,18 +122,10 @@ class WeightAverage:
         """params hold the average inside the block, their own values after:
         evaluation reads the model's buffer, training goes on from its own
         weights."""
-        own = ops.copy(_like(params), params)
+        own = ops.copy(self._dev.empty(params.shape), params)
         ops.copy(params, self.avg)
         try:
             yield
         finally:
             ops.copy(params, own)
 
-
-def _like(params, host=None):
-    """A float32 buffer of params' size on params' device: empty, or a copy of host."""
-    if isinstance(params, np.ndarray):
-        return np.empty_like(params) if host is None else np.array(host, np.float32).reshape(params.shape)
-    from mingpt_c import cuda
-    return cuda.zeros(params.shape) if host is None else cuda.to_device(
-        np.ascontiguousarray(host, np.float32).reshape(params.shape))
