@@ -70,6 +70,7 @@ POSITIVE = Float("(0, inf)")           # learning rate, a spread, seconds
 NON_NEGATIVE = Float("[0, inf)")       # 0 meaning off
 FRACTION = Float("[0, 1)")             # dropout-like shares (1 would drop everything)
 OPEN_FRACTION = Float("(0, 1)")        # a held-out share: both sides non-empty
+SHARE = Float("[0, 1]")                # a mixing weight: either end allowed
 BETA = Float("[0, 1)")                 # Adam's moment decays
 
 

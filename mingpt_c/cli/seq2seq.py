@@ -70,6 +70,17 @@ def _train_options(f):
                      help="validation pairs, same format [default with no --train: the CMUdict validation words]"),
         options.out(),
         options.init_from("start from a seq2seq checkpoint (its weights and vocabularies)"),
+        click.option("--distill-from", "distill_from", multiple=True, type=click.Path(), metavar="CKPT",
+                     help="distil this trained checkpoint (repeatable: an ensemble) into the model trained "
+                          "here (see --distill)"),
+        click.option("--distill", type=click.Choice(["sequence", "token"]), default=d.distill,
+                     help="with --distill-from: sequence trains on the teachers' outputs; token keeps the "
+                          "references and mixes the teachers' next-token distributions into each target "
+                          "(the student takes their vocabularies; kept in --out/distilled.npz; the CPU)"),
+        click.option("--distill-beam", type=options.POSITIVE_INT, default=d.distill_beam,
+                     help="--distill sequence: the teachers' beam size (1: greedy)"),
+        click.option("--distill-weight", type=options.SHARE, default=d.distill_weight,
+                     help="--distill token: the teachers' share of each target token's distribution"),
         click.option("--src-vocab", type=kinds, default=d.src_vocab,
                      help="source tokens: characters, whitespace-separated symbols, or a BPE trained here"),
         click.option("--tgt-vocab", type=kinds, default=None,

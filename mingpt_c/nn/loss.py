@@ -49,3 +49,42 @@ def smoothed_crossentropy_backward(probs, labels, eps: float, n: int, dlosses, l
     _check(eps)
     ops.fill(dlosses, loss_scale / max(n, 1))
     return ops.crossentropy_backward(dlosses, probs, labels, ops.IGNORE_INDEX, probs, smoothing=eps)
+
+# ------------------------------------------------------------------ soft targets (distillation)
+#
+# A teacher's distribution t mixed into the target, q = (1 - w) q_eps + w t
+# (token-level knowledge distillation, Hinton et al. 2015; Kim & Rush 2016):
+#
+#     loss = (1 - w) loss_eps - w mean_rows sum_k t_k log p_k
+#     dloss/dz = p - q = (p - q_eps) + w (q_eps - t)
+#
+# so the kernels' smoothed loss and gradient stay as they are, and the
+# teacher adds a term to the loss and an offset, w (q_eps - t) / n on the
+# rows that count, to the gradient: the offset does not depend on the
+# student's logits, only on the labels and the teacher.
+
+TINY = 1e-30   # log(p) of a probability that underflowed (the loss's value only; the gradient needs no log)
+
+
+def soft_target_terms(probs: np.ndarray, labels: np.ndarray, eps: float, teacher: np.ndarray, w: float,
+                      n: int) -> tuple[float, np.ndarray]:
+    """Host probs (B, K) of the smoothed forward, labels (B,), teacher
+    (B, K) rows that sum to 1 -> (the teacher's cross-entropy term, a mean
+    over the n rows that count, and the gradient offset (B, K) for
+    loss_scale 1); the mixed loss is (1 - w) smoothed + w teacher's term."""
+    _check(eps)
+    if not 0.0 <= w <= 1.0:
+        raise ShapeError(f"distillation weight {w} must be in [0, 1]")
+    B, K = probs.shape
+    if teacher.shape != (B, K) or labels.shape != (B,):
+        raise ShapeError(f"teacher {teacher.shape} and labels {labels.shape} must match probs {probs.shape}")
+    keep = labels != ops.IGNORE_INDEX
+    rows = np.flatnonzero(keep)
+    t = teacher[rows].astype(np.float64)
+    logp = np.log(np.maximum(probs[rows].astype(np.float64), TINY))
+    soft = float(-(t * logp).sum()) / max(n, 1)
+    q = np.full((len(rows), K), eps / K)
+    q[np.arange(len(rows)), labels[rows]] += 1.0 - eps
+    offset = np.zeros((B, K), np.float32)
+    offset[rows] = (w / max(n, 1)) * (q - t)
+    return soft, offset

@@ -48,7 +48,8 @@ from mingpt_c.device import CPU, Arena, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.decoder import DecodeCache, DecoderStack
-from mingpt_c.nn.loss import count_rows, smoothed_crossentropy_backward, smoothed_crossentropy_forward
+from mingpt_c.nn.loss import (count_rows, smoothed_crossentropy_backward, smoothed_crossentropy_forward,
+                              soft_target_terms)
 from mingpt_c.nn.model import FlatModel
 from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import mix_seed
@@ -357,9 +358,11 @@ class Seq2Seq(FlatModel):
         return logits
 
     def loss(self, src, src_mask, tgt_in, tgt_out, train: bool = False, seed: int = 0,
-             label_smoothing: float = 0.0) -> float:
+             label_smoothing: float = 0.0, teacher: np.ndarray | None = None, teacher_weight: float = 0.0) -> float:
         """Mean label-smoothed cross-entropy over the target tokens (tgt_out
-        != PAD); keeps what backward() needs."""
+        != PAD); keeps what backward() needs. With teacher (B*T, V)
+        probabilities (the CPU only), the target is (1 - teacher_weight) x
+        the smoothed one-hot + teacher_weight x teacher (nn/loss.py)."""
         logits = self.forward(src, src_mask, tgt_in, train, seed, with_grads=train)
         a = self._acts
         tgt_out = np.ascontiguousarray(tgt_out, np.int32)
@@ -367,11 +370,18 @@ class Seq2Seq(FlatModel):
             raise ShapeError(f"tgt_out {tgt_out.shape} must have tgt_in's shape {np.shape(tgt_in)}")
         targets = np.where(tgt_out == self.cfg.pad_id, ops.IGNORE_INDEX, tgt_out).reshape(-1).astype(np.int32)
         n = count_rows(targets)
+        host_targets = targets
         if a.ids is not None:   # the GPU: checked here (the CPU's kernel checks its host targets)
+            if teacher is not None:
+                raise ShapeError("a teacher's distribution in the loss (token-level distillation) runs on the CPU")
             ops.check_ids("tgt_out", targets, self.cfg.tgt_vocab_size, allow=ops.IGNORE_INDEX)
             targets = a.ids.targets.copy_from(targets)
         loss = smoothed_crossentropy_forward(logits, targets, label_smoothing, a.losses, logits, n)
-        self._last = (targets, label_smoothing, n)
+        offset = None
+        if teacher is not None:
+            soft, offset = soft_target_terms(logits, host_targets, label_smoothing, teacher, teacher_weight, n)
+            loss = (1.0 - teacher_weight) * loss + teacher_weight * soft
+        self._last = (targets, label_smoothing, n, offset)
         return loss
 
     def backward(self, loss_scale: float = 1.0) -> None:
@@ -379,10 +389,12 @@ class Seq2Seq(FlatModel):
         a, cfg = self._acts, self.cfg
         if self._last is None or a.enc.grads is None:
             raise ShapeError("backward() needs a loss(..., train=True) first")
-        targets, eps, n = self._last
+        targets, eps, n, offset = self._last
         self._last = None
         B, T, C = a.B, a.T, cfg.n_embd
         dlogits = smoothed_crossentropy_backward(a.logits, targets, eps, n, a.dlosses, loss_scale)  # in place
+        if offset is not None:   # the teacher's part of the target (host arrays: the CPU)
+            dlogits += np.float32(loss_scale) * offset
         _, wte_g = _embeddings(cfg, self.g)
         # logits = h @ E_tgt^T [+ b]
         ops.matmul_backward(dlogits, a.h.reshape(B * T, C), _embeddings(cfg, self.p)[1],

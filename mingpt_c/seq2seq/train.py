@@ -8,6 +8,8 @@ Run directory (--out), as every family's:
     run_config.json   every resolved option
     latest/ best/     seq2seq checkpoints (seq2seq/checkpoint.py); best/ has
                       the lowest validation loss (no validation: the last)
+    distilled.jsonl   with --distill-from: the teachers' outputs it trains on
+    distilled.npz     with --distill token: the teachers' distributions
     log.jsonl         train records every log interval, one eval per epoch
                       (validation loss, and the error rates or BLEU of
                       greedy decoding on --eval-limit validation sources)
@@ -28,7 +30,10 @@ on from its own weights, which the checkpoints keep for --resume.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -42,6 +47,7 @@ from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd
 from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, decode
+from mingpt_c.seq2seq.distill import TokenTargets
 from mingpt_c.seq2seq.metrics import score
 from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig, memory_bytes
 from mingpt_c.seq2seq.vocab import Vocab
@@ -52,6 +58,10 @@ class Seq2SeqTrainConfig(OptimConfig):
     train_file: str | None = None   # TSV (source<TAB>target) or JSON Lines; None: G2P on CMUdict
     val_file: str | None = None     # the same format; the G2P default has its own validation words
     init_from: str | None = None    # start from this seq2seq checkpoint (its weights and vocabularies)
+    distill_from: tuple = ()        # teacher checkpoints (several: an ensemble) to distil (seq2seq/distill.py)
+    distill: str = "sequence"       # sequence: train on their outputs | token: mix their distributions in
+    distill_beam: int = 1           # sequence: the teachers' beam when they decode the training sources
+    distill_weight: float = 0.5     # token: the teachers' share of each target token's distribution
     src_vocab: str = "char"         # source tokens: char | symbols (whitespace-separated) | bpe
     tgt_vocab: str | None = None    # target tokens: char | symbols | bpe; default symbols for G2P, else char
     shared_vocab: bool = False      # one vocabulary for both sides, one tied embedding (three-way tying)
@@ -108,6 +118,82 @@ def load_pairs(tc: Seq2SeqTrainConfig) -> tuple[list, list | None, str]:
     if tc.limit:
         train = train[:tc.limit]
     return train, val, what
+
+
+DISTILLED = "distilled.jsonl"       # in the run directory: the pairs a sequence-distilling run trains on
+DISTILLED_TOKENS = "distilled.npz"  # the teachers' distributions of a token-distilling run
+
+
+def distill_sequences(tc: Seq2SeqTrainConfig, run: Run, pairs: list, what: str) -> tuple[list, str]:
+    """Sequence-level distillation (seq2seq/distill.py): every distinct
+    training source paired with the teachers' output for it, in place of
+    its references. A new run decodes them once, before training, and
+    keeps them in the run directory (DISTILLED), where --resume reads them
+    back. Each MPI rank decodes them itself; rank 0 writes the file."""
+    path = run.dir / DISTILLED
+    what = f"{what}, targets from {len(tc.distill_from)} teacher(s)"
+    if run.resume:
+        if not path.is_file():
+            raise DataError(f"--resume: {path} is missing: it holds the teachers' outputs this run trains on")
+        return sd.read_pairs(path), what
+    t0 = time.perf_counter()
+    sources = list(dict.fromkeys(s for s, _ in pairs))
+    model, vocabs = load_models(list(tc.distill_from))
+    hyps = decode(model, encode_sources(model, vocabs, sources, run.say),
+                  DecodeConfig(beam=tc.distill_beam, batch_size=256))
+    outs = [vocabs["tgt"].decode(h).strip() for h in hyps]
+    distilled = [(s, o) for s, o in zip(sources, outs) if o]
+    refs = {s: set(r) for s, r in sd.group_references(pairs)}
+    new = sum(o not in refs[s] for s, o in distilled)
+    run.say(f"distill: {len(sources):,} training sources decoded by {len(tc.distill_from)} teacher(s), beam "
+            f"{tc.distill_beam}, in {time.perf_counter() - t0:.0f} s; {new:,} outputs "
+            f"({new / max(len(distilled), 1):.1%}) are none of their references"
+            + (f"; {len(sources) - len(distilled):,} empty outputs left out" if len(distilled) < len(sources) else ""))
+    if not distilled:
+        raise DataError("distill: the teachers' outputs are all empty: nothing to train on")
+    if run.is_main:
+        _write_atomic(path, lambda f: f.write("".join(json.dumps({"source": s, "target": o}, ensure_ascii=False)
+                                                      + "\n" for s, o in distilled).encode()))
+    return distilled, what
+
+
+def _write_atomic(path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def distill_tokens(tc: Seq2SeqTrainConfig, run: Run, teacher, src: list, tgt: list, cfg: Seq2SeqConfig):
+    """Token-level distillation (seq2seq/distill.py): the teachers'
+    distributions along every training pair's target, computed once when
+    the run starts (teacher: their model) and kept in the run directory
+    (DISTILLED_TOKENS), where --resume reads them back."""
+    path = run.dir / DISTILLED_TOKENS
+    if run.resume:
+        if not path.is_file():
+            raise DataError(f"--resume: {path} is missing: it holds the teachers' distributions this run trains on")
+        return TokenTargets.load(path, len(src), cfg.tgt_vocab_size)
+    t0 = time.perf_counter()
+    targets = TokenTargets.compute(teacher, lambda idx: make_batch([src[i] for i in idx], [tgt[i] for i in idx], cfg),
+                                   len(src))
+    run.say(f"distill: the distributions of {len(tc.distill_from)} teacher(s) along {len(src):,} training targets "
+            f"({len(targets.ids):,} tokens) in {time.perf_counter() - t0:.0f} s; weight {tc.distill_weight:g}")
+    if run.is_main:
+        _write_atomic(path, targets.save)
+    return targets
+
+
+def _token_teachers(tc: Seq2SeqTrainConfig, vocabs: dict | None):
+    """The teachers of a new token-distilling run (on the CPU) and their
+    vocabularies, which the student shares (vocabs: the student's own,
+    from --init-from, must be theirs)."""
+    teacher, tv = load_models(list(tc.distill_from))
+    if vocabs is not None:
+        for side in ("src", "tgt"):
+            if vocabs[side].to_json() != tv[side].to_json():
+                raise CheckpointError(f"--distill token: the {side} vocabulary of --init-from is not the teachers'")
+    return teacher, tv
 
 
 def target_kind(tc: Seq2SeqTrainConfig) -> str:
@@ -225,17 +311,35 @@ def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
 def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
     if tc.schedule not in ("cosine", "inverse-sqrt"):
         raise MinGPTError(f"--schedule {tc.schedule}: use cosine or inverse-sqrt")
+    if tc.distill not in ("sequence", "token"):
+        raise MinGPTError(f"--distill {tc.distill}: use sequence or token")
+    if tc.distill_from and tc.distill == "token" and tc.device == "cuda":
+        raise MinGPTError("--distill token trains on the CPU for now: leave out --device cuda, "
+                          "or use --distill sequence")
     with Run(tc, resume, given, log) as run:
         tc = run.cfg
+        token_mode = bool(tc.distill_from) and tc.distill == "token"
         pairs, val, what = load_pairs(tc)
-        moments = average = None
+        vocab_pairs = pairs   # a distilling run's vocabularies cover the references too
+        if tc.distill_from and not token_mode:
+            pairs, what = distill_sequences(tc, run, pairs, what)
+            vocab_pairs = vocab_pairs + pairs
+        moments = average = teacher = None
         if resume:
             model, vocabs, moments, average = _resumed(run)
         elif tc.init_from:
             model, vocabs = _init_from(tc, run)
+            if token_mode:
+                teacher, _ = _token_teachers(tc, vocabs)
         else:
-            vocabs = build_vocabs(tc, pairs)
-            cfg = new_config(tc, vocabs, pairs)
+            if token_mode:
+                teacher, vocabs = _token_teachers(tc, None)
+            else:
+                vocabs = build_vocabs(tc, vocab_pairs)
+            cfg = new_config(tc, vocabs, vocab_pairs)
+            if teacher is not None:   # the targets must fit the teachers too
+                cfg.max_src_len = min(cfg.max_src_len, teacher.cfg.max_src_len)
+                cfg.max_tgt_len = min(cfg.max_tgt_len, teacher.cfg.max_tgt_len)
             _check_memory(tc, run, cfg)   # before the model is allocated
             model = Seq2Seq(cfg, seed=tc.seed, device=run.device)
         cfg = model.cfg
@@ -246,6 +350,13 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                     f"{cfg.max_src_len} source / {cfg.max_tgt_len} target tokens and were left out")
         if not src:
             raise DataError(f"{what}: no training pair fits the model")
+        soft_targets = None
+        if token_mode:
+            what = f"{what}, distributions of {len(tc.distill_from)} teacher(s) mixed in"
+            if teacher is not None and (cfg.max_src_len > teacher.cfg.max_src_len
+                                        or cfg.max_tgt_len > teacher.cfg.max_tgt_len):
+                raise DataError("--distill token: the model's longest source or target exceeds the teachers'")
+            soft_targets = distill_tokens(tc, run, teacher, src, tgt, cfg)
         vsrc = vtgt = None
         if val:
             vpairs = [(s, r) for s, refs in val for r in refs]
@@ -318,8 +429,10 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                 if len(mine):
                     scale, w = run.weights(n, n_step)
                     s, m, tin, tout = make_batch([src[i] for i in mine], [tgt[i] for i in mine], cfg)
+                    soft = None if soft_targets is None else soft_targets.dense(mine, tout.shape[1])
                     loss += w * model.loss(s, m, tin, tout, train=True, seed=dropout_seed(tc.seed, it, j, run.world.rank),
-                                           label_smoothing=tc.label_smoothing)
+                                           label_smoothing=tc.label_smoothing, teacher=soft,
+                                           teacher_weight=tc.distill_weight)
                     model.backward(scale)
             loss = run.all_reduce(model.grads, loss)
             norm = run.step(opt, model.grads, loss, lr, it)

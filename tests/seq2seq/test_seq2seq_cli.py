@@ -3,7 +3,8 @@
 arguments and stdin; an ensemble of checkpoints; checkpoints of this
 family and of others; the
 alignment map (a small G2P model puts each letter's phoneme over that
-letter); bad input as one line each."""
+letter); sequence-level distillation from the reversal model; bad input
+as one line each."""
 import json
 
 import numpy as np
@@ -80,6 +81,94 @@ def test_ensemble_of_a_model_with_itself_scores_as_the_model(reverser, tmp_path)
               "--max-iters", "1", "--threads", "1", "--no-progress"))
     one_line_error(invoke("seq2seq", "translate", reverser / "run", "red blue", "--ensemble", tmp_path / "other"),
                    "vocabulary", "ensemble")
+
+
+STUDENT = ["--src-vocab", "symbols", "--tgt-vocab", "symbols", "--enc-layers", "1", "--dec-layers", "1",
+           "--n-embd", "16", "--n-head", "2", "--batch-size", "16", "--max-iters", "3", "--threads", "1",
+           "--no-progress"]
+
+
+def test_distillation_trains_on_the_teachers_outputs(reverser, tmp_path):
+    """--distill-from: the pairs trained on are each distinct source with the
+    teacher's output for it, whatever the file's targets (here the sources
+    copied, with a symbol the teacher never writes); the vocabularies still
+    cover the references; --resume reads the pairs back without the teacher."""
+    rng = np.random.default_rng(1)
+    sources = [s for s, _ in reversal_pairs(40, rng)]
+    data = write_tsv(tmp_path / "copy.tsv", [(s, s + " zzz") for s in sources + sources[:5]])
+    out = tmp_path / "student"
+    res = ok(invoke("seq2seq", "train", "--train", data, "--out", out, "--distill-from", reverser / "run",
+                    "--distill-beam", "2", *STUDENT))
+    distinct = list(dict.fromkeys(sources))
+    want = ok(invoke("seq2seq", "translate", reverser / "run", "--beam", "2", input="\n".join(distinct))).stdout
+    got = [json.loads(line) for line in open(out / "distilled.jsonl")]
+    assert [(g["source"], g["target"]) for g in got] == list(zip(distinct, want.splitlines()))
+    assert f"{len(distinct)} outputs (100.0%) are none of their references" in res.stderr
+    from mingpt_c.seq2seq.train import load_model
+
+    _, vocabs = load_model(out / "latest")
+    assert vocabs["tgt"].unknown("zzz red") == []
+    teacher = tmp_path / "teacher"
+    (reverser / "run").rename(teacher)
+    try:
+        res = ok(invoke("seq2seq", "train", "--out", out, "--resume", "--max-iters", "5", "--no-progress"))
+    finally:
+        teacher.rename(reverser / "run")
+    assert "distill:" not in res.stderr
+    (out / "distilled.jsonl").unlink()
+    one_line_error(invoke("seq2seq", "train", "--out", out, "--resume", "--max-iters", "7", "--no-progress"),
+                   "distilled.jsonl", "missing")
+
+
+def test_token_distillation_mixes_in_the_teachers_distributions(reverser, tmp_path):
+    """--distill token: the student takes the teachers' vocabularies; the
+    saved table holds, along each reference, the mean of the two teachers'
+    next-token probabilities (its top 8, renormalised); --resume reads it
+    back without the teachers."""
+    from mingpt_c.seq2seq.distill import TokenTargets
+    from mingpt_c.seq2seq.train import load_model, make_batch
+
+    rng = np.random.default_rng(2)
+    pairs = reversal_pairs(30, rng)
+    data = write_tsv(tmp_path / "rev.tsv", pairs)
+    other = tmp_path / "other"   # a second teacher: the first, a few steps further on other pairs
+    ok(invoke("seq2seq", "train", "--train", write_tsv(tmp_path / "more.tsv", reversal_pairs(64, rng)),
+              "--out", other, "--init-from", reverser / "run", "--max-iters", "3", "--lr", "1e-2",
+              "--threads", "1", "--no-progress"))
+    out = tmp_path / "student"
+    res = ok(invoke("seq2seq", "train", "--train", data, "--out", out, "--distill-from", reverser / "run",
+                    "--distill-from", other / "latest", "--distill", "token", "--distill-weight", "0.7",
+                    *STUDENT))
+    assert "distill: the distributions of 2 teacher(s)" in res.stderr
+    student, sv = load_model(out / "latest")
+    teachers = [load_model(reverser / "run")[0], load_model(other / "latest")[0]]
+    tv = load_model(reverser / "run")[1]
+    assert sv["src"].to_json() == tv["src"].to_json() and sv["tgt"].to_json() == tv["tgt"].to_json()
+    V = student.cfg.tgt_vocab_size
+    table = TokenTargets.load(out / "distilled.npz", len(pairs), V)
+    for i in (0, 17):
+        src, tgt = [tv["src"].encode(pairs[i][0])], [tv["tgt"].encode(pairs[i][1])]
+        s, m, tin, tout = make_batch(src, tgt, student.cfg)
+        mean = np.zeros((tout.size, V))
+        for t in teachers:
+            z = np.asarray(t.forward(s, m, tin), np.float64)
+            mean += np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True) / 2
+        top = np.sort(np.argsort(-mean, axis=1)[:, :8], axis=1)
+        got = table.dense([i], tout.shape[1])
+        want = np.zeros_like(mean)
+        np.put_along_axis(want, top, np.take_along_axis(mean, top, 1), 1)
+        np.testing.assert_allclose(got, want / want.sum(1, keepdims=True), atol=1e-6)
+    ok(invoke("seq2seq", "train", "--out", out, "--resume", "--max-iters", "5", "--no-progress"))
+    one_line_error(invoke("seq2seq", "train", "--train", data, "--out", tmp_path / "gpu", "--distill-from",
+                          reverser / "run", "--distill", "token", "--device", "cuda", *STUDENT),
+                   "--distill token", "CPU")
+
+
+def test_distillation_teacher_that_cannot_read_the_sources_is_one_line(reverser, tmp_path):
+    data = write_tsv(tmp_path / "purple.tsv", [("red purple", "purple red"), ("blue red", "red blue")])
+    one_line_error(invoke("seq2seq", "train", "--train", data, "--out", tmp_path / "s", "--distill-from",
+                          reverser / "run", *STUDENT), "'purple'", "vocabulary")
+    assert not (tmp_path / "s" / "latest").exists()
 
 
 def test_unknown_symbol_is_one_line(reverser):

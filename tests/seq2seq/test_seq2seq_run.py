@@ -4,7 +4,8 @@ masks, --resume bit for bit with its saved configuration (best/ and latest/
 written), a contradicting option refused, 2 MPI ranks equal to 1 rank with
 the doubled batch; with --ema, the average is the model evaluated and saved,
 and a resumed run ends on both the average and the training weights of the
-uninterrupted one."""
+uninterrupted one; a distilling run resumes bit for bit on the pairs its
+first sitting decoded."""
 import dataclasses
 import json
 
@@ -67,3 +68,16 @@ def test_weight_average_is_the_model_evaluated_and_saved(tmp_path):
     ok(run(*FAMILIES["seq2seq"].argv(data, "--out", tmp_path / "plain")))
     assert set(load_file(str(tmp_path / "plain" / "latest" / "optimizer.safetensors"))) == {"m", "v"}
     assert weights(tmp_path / "plain" / "latest").keys() == weights(out / "latest").keys()
+
+
+@pytest.mark.parametrize("mode,kept", [("sequence", "distilled.jsonl"), ("token", "distilled.npz")])
+def test_resume_bit_exact_when_distilling(mode, kept, tmp_path, monkeypatch):
+    """--distill-from: the stopped run's resumption reads back the targets
+    its first sitting made and ends where the uninterrupted run does."""
+    data = write_data(tmp_path)
+    fam = FAMILIES["seq2seq"]
+    teacher = tmp_path / "teacher"
+    ok(run(*fam.argv(data, "--out", teacher, "--epochs", "40", "--dropout", "0", "--lr", "3e-3")))
+    student = dataclasses.replace(fam, tiny=[*fam.tiny, "--distill-from", str(teacher), "--distill", mode])
+    CHECKS["resume_bit_exact"](student, data, tmp_path, monkeypatch)
+    assert (tmp_path / "cut" / kept).read_bytes() == (tmp_path / "full" / kept).read_bytes()

@@ -1,6 +1,7 @@
 """The encoder-decoder against its PyTorch twin (nn.Transformer, float64):
 loss, every gradient, and ten AdamW steps, post-LN and pre-LN, shared and
-separate vocabularies, on a padded batch."""
+separate vocabularies, on a padded batch; the loss against a teacher's
+distribution mixed into the smoothed target (token-level distillation)."""
 import numpy as np
 import pytest
 
@@ -61,6 +62,34 @@ def test_loss_and_every_gradient_match_torch(name):
     want = ts.as_ours(model, tm)
     assert set(want) == set(model.g)
     for n, g in want.items():
+        np.testing.assert_allclose(model.g[n], g, atol=1e-4, rtol=1e-3, err_msg=n)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_teacher_mixed_target_matches_torch(w):
+    """The target (1 - w) smoothed one-hot + w teacher, written by torch
+    as one probability target (its soft-label cross-entropy): the loss and
+    every gradient; padding rows count for nothing."""
+    cfg = Seq2SeqConfig(src_vocab_size=19, tgt_vocab_size=23, max_src_len=9, max_tgt_len=8, enc_layers=1,
+                        dec_layers=2, n_head=2, n_embd=16, dropout=0.0)
+    model = Seq2Seq(cfg, seed=4)
+    rng = np.random.default_rng(2)
+    src, mask, tin, tout = batch(rng, cfg.src_vocab_size, cfg.tgt_vocab_size)
+    V, eps = cfg.tgt_vocab_size, 0.1
+    teacher = rng.dirichlet(np.full(V, 0.3), size=tout.size).astype(np.float32)
+    tm = ts.from_ours(model)
+    model.zero_grad()
+    loss = model.loss(src, mask, tin, tout, train=True, label_smoothing=eps, teacher=teacher, teacher_weight=w)
+    model.backward(2.0)
+    logits = tm.forward(*torch_batch(src, mask, tin)).reshape(-1, V)
+    y = torch.tensor(tout.reshape(-1), dtype=torch.long)
+    keep = y != PAD
+    q = (1 - w) * ((1 - eps) * torch.nn.functional.one_hot(y, V).double() + eps / V) + w * torch.tensor(
+        teacher, dtype=torch.float64)
+    tl = -(q[keep] * torch.log_softmax(logits[keep], -1)).sum(-1).mean()
+    (2.0 * tl).backward()
+    assert abs(loss - tl.item()) < 1e-4
+    for n, g in ts.as_ours(model, tm).items():
         np.testing.assert_allclose(model.g[n], g, atol=1e-4, rtol=1e-3, err_msg=n)
 
 
