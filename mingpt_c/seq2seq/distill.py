@@ -39,15 +39,18 @@ class TokenTargets:
         self.ids, self.probs, self.offsets, self.vocab_size = ids, probs, offsets, int(vocab_size)
 
     @classmethod
-    def compute(cls, teacher, batch_of, n_pairs: int, batch_size: int = 256) -> "TokenTargets":
+    def compute(cls, teacher, batch_of, lengths, batch_size: int = 256) -> "TokenTargets":
         """teacher: a Seq2Seq or an Ensemble on the CPU; batch_of(indices)
-        -> (src, src_mask, tgt_in, tgt_out) of those pairs, padded."""
+        -> (src, src_mask, tgt_in, tgt_out) of those pairs, padded;
+        lengths: a length per pair to batch them by."""
+        n_pairs = len(lengths)
         members = _members(teacher)
         V = teacher.cfg.tgt_vocab_size
         k = min(TOP_K, V)
         rows: list = [None] * n_pairs
+        order = np.argsort(lengths, kind="stable")   # batches of similar lengths: little padding
         for start in range(0, n_pairs, batch_size):
-            idx = np.arange(start, min(start + batch_size, n_pairs))
+            idx = order[start:start + batch_size]
             s, m, tin, tout = batch_of(idx)
             B, T = tout.shape
             mean = np.zeros((B * T, V), np.float64)

@@ -176,7 +176,7 @@ def distill_tokens(tc: Seq2SeqTrainConfig, run: Run, teacher, src: list, tgt: li
         return TokenTargets.load(path, len(src), cfg.tgt_vocab_size)
     t0 = time.perf_counter()
     targets = TokenTargets.compute(teacher, lambda idx: make_batch([src[i] for i in idx], [tgt[i] for i in idx], cfg),
-                                   len(src))
+                                   [len(s) + len(t) for s, t in zip(src, tgt)])
     run.say(f"distill: the distributions of {len(tc.distill_from)} teacher(s) along {len(src):,} training targets "
             f"({len(targets.ids):,} tokens) in {time.perf_counter() - t0:.0f} s; weight {tc.distill_weight:g}")
     if run.is_main:
