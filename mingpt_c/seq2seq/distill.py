@@ -22,6 +22,7 @@ import numpy as np
 
 from mingpt_c.errors import CheckpointError
 from mingpt_c.seq2seq.decode import Ensemble
+from mingpt_c.seq2seq.model import log_softmax
 
 TOP_K = 8
 
@@ -55,9 +56,7 @@ class TokenTargets:
             B, T = tout.shape
             mean = np.zeros((B * T, V), np.float64)
             for model in members:
-                z = np.asarray(model.forward(s, m, tin), np.float64).reshape(B * T, V)
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                mean += z / z.sum(axis=1, keepdims=True)
+                mean += np.exp(log_softmax(model.forward(s, m, tin).reshape(B * T, V)))
             mean /= len(members)
             top = np.argpartition(-mean, k - 1, axis=1)[:, :k]
             p = np.take_along_axis(mean, top, axis=1)

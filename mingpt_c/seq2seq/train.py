@@ -190,9 +190,9 @@ def _token_teachers(tc: Seq2SeqTrainConfig, vocabs: dict | None):
     from --init-from, must be theirs)."""
     teacher, tv = load_models(list(tc.distill_from))
     if vocabs is not None:
-        for side in ("src", "tgt"):
-            if vocabs[side].to_json() != tv[side].to_json():
-                raise CheckpointError(f"--distill token: the {side} vocabulary of --init-from is not the teachers'")
+        side = _other_side(vocabs, tv)
+        if side:
+            raise CheckpointError(f"--distill token: the {side} vocabulary of --init-from is not the teachers'")
     return teacher, tv
 
 
@@ -464,11 +464,16 @@ def load_models(paths: list) -> tuple[Seq2Seq | Ensemble, dict]:
     if len(loaded) == 1:
         return model, vocabs
     for p, (_, v) in zip(paths[1:], loaded[1:]):
-        for side in ("src", "tgt"):
-            if v[side].to_json() != vocabs[side].to_json():
-                raise CheckpointError(f"{p}: its {side} vocabulary is not that of {paths[0]}: the models of an "
-                                      f"ensemble must share their vocabularies")
+        side = _other_side(vocabs, v)
+        if side:
+            raise CheckpointError(f"{p}: its {side} vocabulary is not that of {paths[0]}: the models of an "
+                                  f"ensemble must share their vocabularies")
     return Ensemble([m for m, _ in loaded]), vocabs
+
+
+def _other_side(a: dict, b: dict) -> str | None:
+    """The first side ("src", "tgt") whose vocabularies differ in a and b."""
+    return next((side for side in ("src", "tgt") if a[side].to_json() != b[side].to_json()), None)
 
 
 def encode_sources(model: Seq2Seq | Ensemble, vocabs: dict, texts: list[str], say=None) -> list[list[int]]:
