@@ -107,6 +107,10 @@ def _train_options(f):
                      help="a fresh model's matrices: Xavier-uniform (the paper's) or N(0, 0.02) (GPT-2's)"),
         click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing,
                      help="share of each target token's probability spread over the vocabulary"),
+        click.option("--best-by", type=click.Choice(["loss", "wer", "per", "bleu", "chrf"]), default=d.best_by,
+                     help="what best/ keeps: the lowest validation loss, the lowest word or phoneme error rate "
+                          "(symbol targets), or the highest BLEU or chrF of each epoch's greedy decoding of the "
+                          "--eval-limit validation sources"),
         click.option("--ema", type=options.FRACTION, default=d.ema,
                      help="evaluate and save an exponential moving average of the weights with this decay "
                           "(0.999: about the last 1,000 steps; 0: none)"),
@@ -138,7 +142,7 @@ def _train_options(f):
 @click.pass_context
 def seq2seq_train(ctx, **opts):
     """Train an encoder-decoder on pairs (default: CMUdict grapheme-to-phoneme, offline)."""
-    from mingpt_c.seq2seq.train import Seq2SeqTrainConfig, train
+    from mingpt_c.seq2seq.train import Seq2SeqTrainConfig, best_shown, train
 
     options.check_lr(opts)
     progress = not opts.pop("no_progress")
@@ -150,8 +154,8 @@ def seq2seq_train(ctx, **opts):
     if not res["main"]:
         return
     data = f" {tc.val_file}" if tc.val_file else (" cmudict:test" if not tc.train_file else " DATA")
-    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s"
-               + (f", best val loss {res['best_val_loss']:.4f}" if res.get("best_val_loss") is not None else "")
+    best = best_shown(res)
+    click.echo(f"done: {res['iter']} iterations in {res['seconds']:.0f} s" + (f", {best}" if best else "")
                + f"; {options.saved(tc.out)}; evaluate with: mingpt seq2seq eval {tc.out}{data}")
 
 
@@ -221,6 +225,8 @@ def seq2seq_attention(ckpt, text, out, layer, head, **opts):
 
 def describe(loaded: dict, path) -> list[tuple[str, str]]:
     """`mingpt info`: the rows that describe an encoder-decoder checkpoint."""
+    from mingpt_c.seq2seq.train import best_shown
+
     cfg, v = loaded["cfg"], loaded["vocabs"]
     rows = [("model", f"encoder-decoder, {cfg.enc_layers}+{cfg.dec_layers} layers, {cfg.n_head} heads, width "
                       f"{cfg.n_embd}, {'pre' if cfg.pre_ln else 'post'}-LN, {cfg.act}, {cfg.positions} positions, "
@@ -231,6 +237,6 @@ def describe(loaded: dict, path) -> list[tuple[str, str]]:
             ("data", str(cfg.extra.get("data", "?")))]
     st = loaded.get("train_state")
     if st:
-        best = st.get("best_val_loss")
-        rows.append(("trained", f"{st.get('iter')} iterations" + (f", best val loss {best:.4f}" if best else "")))
+        best = best_shown(st)
+        rows.append(("trained", f"{st.get('iter')} iterations" + (f", {best}" if best else "")))
     return rows

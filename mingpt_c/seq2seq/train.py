@@ -7,7 +7,9 @@ the non-finite policy, checkpoints, --resume and MPI.
 Run directory (--out), as every family's:
     run_config.json   every resolved option
     latest/ best/     seq2seq checkpoints (seq2seq/checkpoint.py); best/ has
-                      the lowest validation loss (no validation: the last)
+                      the lowest validation loss, or with --best-by the
+                      best error rate, BLEU or chrF of the epochs' greedy
+                      decoding (no validation: the last model)
     distilled.jsonl   with --distill-from: the teachers' outputs it trains on
     distilled.npz     with --distill token: the teachers' distributions
     log.jsonl         train records every log interval, one eval per epoch
@@ -77,6 +79,7 @@ class Seq2SeqTrainConfig(OptimConfig):
     positions: str = "sinusoidal"   # sinusoidal (the paper's) | learned
     init: str = "xavier"            # fresh weights: xavier (the paper's, fairseq's) | gpt2 (N(0, 0.02) matrices)
     label_smoothing: float = 0.1
+    best_by: str = "loss"           # what best/ keeps: loss | wer | per (symbol targets) | bleu | chrf (BEST_BY)
     ema: float = 0.0                # decay of the weight average that evaluation and checkpoints use (0: none)
     batch_size: int = 64            # pairs per rank and micro-batch
     grad_accum: int = 1
@@ -99,6 +102,23 @@ class Seq2SeqTrainConfig(OptimConfig):
     dist_timeout: float = 300.0
     device: str = "cpu"
     dtype: str | None = None
+
+# What best/ can be chosen by: (the eval record's key, whether higher is better,
+# how the done line shows it). The error rates exist for symbol targets only.
+BEST_BY = {"loss": ("val_loss", False, "{:.4f}"), "wer": ("val_wer", False, "{:.2%}"),
+           "per": ("val_per", False, "{:.2%}"), "bleu": ("val_bleu", True, "{:.2f}"),
+           "chrf": ("val_chrf", True, "{:.2f}")}
+
+
+
+def best_shown(state: dict) -> str | None:
+    """"best val WER 24.10%" (or loss, PER, BLEU, chrF) from a run's result
+    or a checkpoint's train state; None when it has no best value."""
+    for by, (key, _, fmt) in BEST_BY.items():
+        value = state.get(f"best_{key}")
+        if value is not None:
+            return f"best val {by if by == 'loss' else {'chrf': 'chrF'}.get(by, by.upper())} {fmt.format(value)}"
+    return None
 
 # ------------------------------------------------------------------ data
 
@@ -302,6 +322,18 @@ def _resumed(run: Run):
     return Seq2Seq(loaded["cfg"], weights, device=run.device), loaded["vocabs"], (m, v, t), average
 
 
+def _check_best_by(tc: Seq2SeqTrainConfig, vocabs: dict, val) -> None:
+    """--best-by needs what it measures: validation sources, and for the
+    error rates symbol targets (phonemes, tags)."""
+    if tc.best_by == "loss":
+        return
+    if not val:
+        raise MinGPTError(f"--best-by {tc.best_by} needs validation pairs (--val FILE)")
+    if tc.best_by in ("wer", "per") and vocabs["tgt"].kind != "symbols":
+        raise MinGPTError(f"--best-by {tc.best_by}: error rates are counted on symbol targets "
+                          f"(--tgt-vocab symbols), not {vocabs['tgt'].kind}; use bleu or chrf")
+
+
 def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
     if tc.schedule == "inverse-sqrt":
         return inverse_sqrt_lr(it, tc.lr, tc.warmup_iters)
@@ -311,6 +343,8 @@ def _lr(tc: Seq2SeqTrainConfig, it: int, total: int) -> float:
 def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
     if tc.schedule not in ("cosine", "inverse-sqrt"):
         raise MinGPTError(f"--schedule {tc.schedule}: use cosine or inverse-sqrt")
+    if tc.best_by not in BEST_BY:
+        raise MinGPTError(f"--best-by {tc.best_by}: use one of {', '.join(BEST_BY)}")
     if tc.distill not in ("sequence", "token"):
         raise MinGPTError(f"--distill {tc.distill}: use sequence or token")
     if tc.distill_from and tc.distill == "token" and tc.device == "cuda":
@@ -344,6 +378,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             model = Seq2Seq(cfg, seed=tc.seed, device=run.device)
         cfg = model.cfg
         cfg.extra = {"data": what}
+        _check_best_by(tc, vocabs, val)
         src, tgt, cut = encode_pairs(vocabs, pairs, cfg)
         if cut:
             run.say(f"note: {cut:,} of {len(pairs):,} training pairs are empty or longer than the model's "
@@ -382,11 +417,12 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         st = run.resumed_state
         pos = SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
         result: dict = {}
+        best_key, higher, _ = BEST_BY[tc.best_by]
         run.begin(int(st.get("iter", 0)), total,
                   save=lambda path, state: ckpt.save(path, cfg, ema.avg if ema else model.params, vocabs, opt,
                                                      state, model.params if ema else None),
                   state=lambda it: {"epoch": pos.epoch, "batch": pos.batch, "val_loss": result.get("val_loss")},
-                  best_key="best_val_loss", best_mode="min",
+                  best_key=f"best_{best_key}", best_mode="max" if higher else "min",
                   command=f"mingpt seq2seq train --out {run.dir}"
                           + (f" --train {tc.train_file}" if tc.train_file else ""))
         src_lens, tgt_lens = np.array([len(s) for s in src]), np.array([len(t) for t in tgt])
@@ -406,7 +442,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                          else f"BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}")
                 run.say(f"epoch {epoch:g} (iter {it}): val loss {rec['val_loss']:.4f}, greedy {shown} "
                         f"on {len(sub):,} sources")
-                run.save_best(it, rec["val_loss"])
+                run.save_best(it, rec[best_key])
             run.record(rec)
             run.save_latest(it)
 
@@ -446,7 +482,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                 evaluate(it, pos.epoch + pos.batch / nb if pos.batch else pos.epoch)
         if not val and not run.stopped:
             run.save_best(it)
-        return run.finish(it, dict(result, best_val_loss=run.best if val else None))
+        return run.finish(it, dict(result, **{f"best_{best_key}": run.best if val else None}))
 
 # ------------------------------------------------------------------ using a model
 

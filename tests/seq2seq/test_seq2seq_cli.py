@@ -171,6 +171,46 @@ def test_distillation_teacher_that_cannot_read_the_sources_is_one_line(reverser,
     assert not (tmp_path / "s" / "latest").exists()
 
 
+@pytest.mark.parametrize("by,key,higher,shown", [("per", "val_per", False, "best val PER"),
+                                                  ("bleu", "val_bleu", True, "best val BLEU")])
+def test_best_checkpoint_by_a_decoding_measure(tmp_path, by, key, higher, shown):
+    """--best-by: best/ is the epoch with the best greedy error rate (or
+    BLEU) on the validation sources, not the lowest loss; its train state
+    and the done line carry that value."""
+    rng = np.random.default_rng(2)
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(96, rng))
+    val = write_tsv(tmp_path / "val.tsv", reversal_pairs(24, rng))
+    out = tmp_path / "run"
+    res = ok(invoke("seq2seq", "train", "--train", train, "--val", val, "--out", out, "--best-by", by,
+                    "--epochs", "6", "--lr", "3e-3", "--warmup-iters", "4", "--eval-limit", "0",
+                    "--src-vocab", "symbols", "--tgt-vocab", "symbols", "--enc-layers", "1", "--dec-layers", "1",
+                    "--n-embd", "32", "--n-head", "2", "--batch-size", "16", "--threads", "1", "--no-progress"))
+    assert shown in res.stdout
+    for sitting in range(2):   # the second: resumed for two more epochs, the best so far kept
+        evals = [r for r in map(json.loads, open(out / "log.jsonl")) if r["type"] == "eval"]
+        values = [r[key] for r in evals]
+        assert len(set(values)) > 1, values          # a choice to make
+        best = max(values) if higher else min(values)
+        first = evals[values.index(best)]            # a tie keeps the earlier epoch
+        state = json.loads((out / "best" / "train_state.json").read_text())
+        assert state[f"best_{key}"] == best and state["iter"] == first["iter"]
+        assert "best_val_loss" not in state
+        if not sitting:
+            ok(invoke("seq2seq", "train", "--out", out, "--resume", "--epochs", "8", "--no-progress"))
+    info = ok(invoke("info", out / "best")).stdout
+    assert shown in info
+
+
+def test_best_by_what_the_run_cannot_measure_is_one_line(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv", [("abc", "cba"), ("de", "ed")])
+    base = ["seq2seq", "train", "--train", data, "--max-iters", "1", "--enc-layers", "1", "--dec-layers", "1",
+            "--n-embd", "16", "--n-head", "2", "--threads", "1", "--no-progress"]
+    one_line_error(invoke(*base, "--val", data, "--best-by", "wer", "--out", tmp_path / "a"),
+                   "--best-by wer", "symbol targets")
+    one_line_error(invoke(*base, "--best-by", "chrf", "--out", tmp_path / "b"), "--best-by chrf", "--val")
+    assert not (tmp_path / "a" / "latest").exists() and not (tmp_path / "b" / "latest").exists()
+
+
 def test_unknown_symbol_is_one_line(reverser):
     one_line_error(invoke("seq2seq", "translate", reverser / "run", "red purple blue"), "'purple'", "vocabulary")
 
