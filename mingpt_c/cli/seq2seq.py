@@ -58,7 +58,7 @@ def seq2seq() -> None:
 
 
 def _train_options(f):
-    from mingpt_c.seq2seq.train import Seq2SeqTrainConfig
+    from mingpt_c.seq2seq.train import BEST_BY, Seq2SeqTrainConfig
 
     d = Seq2SeqTrainConfig()
     kinds = click.Choice(["char", "symbols", "bpe"])
@@ -107,7 +107,7 @@ def _train_options(f):
                      help="a fresh model's matrices: Xavier-uniform (the paper's) or N(0, 0.02) (GPT-2's)"),
         click.option("--label-smoothing", type=options.FRACTION, default=d.label_smoothing,
                      help="share of each target token's probability spread over the vocabulary"),
-        click.option("--best-by", type=click.Choice(["loss", "wer", "per", "bleu", "chrf"]), default=d.best_by,
+        click.option("--best-by", type=click.Choice(list(BEST_BY)), default=d.best_by,
                      help="what best/ keeps: the lowest validation loss, the lowest word or phoneme error rate "
                           "(symbol targets), or the highest BLEU or chrF of each epoch's greedy decoding of the "
                           "--eval-limit validation sources"),

@@ -105,20 +105,19 @@ class Seq2SeqTrainConfig(OptimConfig):
     dtype: str | None = None
 
 # What best/ can be chosen by: (the eval record's key, whether higher is better,
-# how the done line shows it). The error rates exist for symbol targets only.
-BEST_BY = {"loss": ("val_loss", False, "{:.4f}"), "wer": ("val_wer", False, "{:.2%}"),
-           "per": ("val_per", False, "{:.2%}"), "bleu": ("val_bleu", True, "{:.2f}"),
-           "chrf": ("val_chrf", True, "{:.2f}")}
-
+# its name and format in the done line). The error rates exist for symbol targets only.
+BEST_BY = {"loss": ("val_loss", False, "loss", "{:.4f}"), "wer": ("val_wer", False, "WER", "{:.2%}"),
+           "per": ("val_per", False, "PER", "{:.2%}"), "bleu": ("val_bleu", True, "BLEU", "{:.2f}"),
+           "chrf": ("val_chrf", True, "chrF", "{:.2f}")}
 
 
 def best_shown(state: dict) -> str | None:
     """"best val WER 24.10%" (or loss, PER, BLEU, chrF) from a run's result
     or a checkpoint's train state; None when it has no best value."""
-    for by, (key, _, fmt) in BEST_BY.items():
+    for key, _, name, fmt in BEST_BY.values():
         value = state.get(f"best_{key}")
         if value is not None:
-            return f"best val {by if by == 'loss' else {'chrf': 'chrF'}.get(by, by.upper())} {fmt.format(value)}"
+            return f"best val {name} {fmt.format(value)}"
     return None
 
 # ------------------------------------------------------------------ data
@@ -418,7 +417,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         st = run.resumed_state
         pos = SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
         result: dict = {}
-        best_key, higher, _ = BEST_BY[tc.best_by]
+        best_key, higher, _, _ = BEST_BY[tc.best_by]
         run.begin(int(st.get("iter", 0)), total,
                   save=lambda path, state: ckpt.save(path, cfg, ema.avg if ema else model.params, vocabs, opt,
                                                      state, model.params if ema else None),
