@@ -194,11 +194,11 @@ def load_safetensors(file: Path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def load_training_state(path: Path, n: int, with_params: bool = False):
-    """((m, v, t), train_state) of a training checkpoint whose model has n
-    parameters; with_params, ((m, v, t, params), train_state), params being
-    the training weights of a run whose model file holds their average (None
-    in a run without one). CheckpointError if either file is missing,
+def load_training_state(path: Path, n: int):
+    """((m, v, t, params), train_state) of a training checkpoint whose model
+    has n parameters: AdamW's moments and step count, and params, the
+    training weights of a run whose model file holds their average (--ema;
+    None in a run without one). CheckpointError if either file is missing,
     corrupt or does not match."""
     t, meta = load_safetensors(path / "optimizer.safetensors")
     if not {"m", "v"} <= set(t) <= {"m", "v", "params"} or any(a.shape != (n,) for a in t.values()):
@@ -207,5 +207,12 @@ def load_training_state(path: Path, n: int, with_params: bool = False):
         state = json.loads((path / "train_state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/train_state.json: unreadable ({e})") from None
-    moments = (t["m"], t["v"], int(meta.get("t", 0)))
-    return (moments + (t.get("params"),) if with_params else moments), state
+    return (t["m"], t["v"], int(meta.get("t", 0)), t.get("params")), state
+
+
+def training_weights(loaded: dict) -> tuple:
+    """(the weights training goes on from, their average or None) of a
+    checkpoint loaded with its optimizer state: a run with --ema saves the
+    average as its model and its training weights beside the moments."""
+    train = loaded["optimizer"][3]
+    return (loaded["params"], None) if train is None else (train, loaded["params"])

@@ -2,10 +2,12 @@
 (mingpt_c.run.scaffold), checked the same way for each family through the
 CLI: the non-finite policy, --seed reaching the dropout masks, --resume bit
 for bit (the saved configuration wins), a contradicting option refused,
-best/ and latest/, and 2 MPI ranks equal to 1 rank with the doubled batch.
+best/ and latest/, --ema's weight average, and 2 MPI ranks equal to 1 rank
+with the doubled batch.
 tests/<family>/test_<family>_run.py run them for their family."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -258,6 +260,33 @@ def check_contradicting_flag(fam: Family, data: Path, tmp: Path, monkeypatch) ->
     ok(run(*fam.resume_argv(data, out, *fam.same, "--max-iters", "3")))
     assert json.loads((out / "latest" / "train_state.json").read_text())["iter"] == 3
 
+def check_weight_average(fam: Family, data: Path, tmp: Path, monkeypatch) -> None:
+    """--ema: training is untouched (the same training losses, and the plain
+    run's final weights kept beside the moments), while evaluation and
+    model.safetensors see the average; a run stopped and resumed ends on
+    the uninterrupted run's average, training weights and log."""
+    import importlib
+
+    from safetensors.numpy import load_file
+
+    load = importlib.import_module(f"mingpt_c.{fam.name}.checkpoint").load
+    ok(run(*fam.argv(data, "--out", tmp / "plain")))
+    averaged = dataclasses.replace(fam, tiny=[*fam.tiny, "--ema", "0.9"])
+    check_resume_bit_exact(averaged, data, tmp, monkeypatch)
+    full, cut, plain = tmp / "full" / "latest", tmp / "cut" / "latest", tmp / "plain" / "latest"
+    trained = load_file(str(full / "optimizer.safetensors"))["params"]
+    assert np.array_equal(trained, load(plain)["params"])
+    assert np.array_equal(trained, load_file(str(cut / "optimizer.safetensors"))["params"])
+    assert np.abs(load(full)["params"] - trained).max() > 1e-6
+    assert "params" not in load_file(str(plain / "optimizer.safetensors"))
+    runs = {name: records(tmp / name) for name in ("plain", "full")}
+    assert [r for r in runs["full"] if r["type"] == "train"] == [r for r in runs["plain"] if r["type"] == "train"]
+    losses = {name: [(r["iter"], k, v) for r in recs if r["type"] == "eval" and r["iter"] > 0
+                     for k, v in r.items() if k.endswith("loss")] for name, recs in runs.items()}
+    assert len(losses["full"]) == len(losses["plain"]) > 0
+    for (it, k, v), (_, _, w) in zip(losses["full"], losses["plain"]):
+        assert v != w, (it, k)
+
 # ------------------------------------------------------------------ MPI
 
 MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -311,7 +340,8 @@ def check_mpi_equals_double_batch(fam: Family, data: Path, tmp: Path, batch: int
 
 
 CHECKS = {"non_finite": check_non_finite, "seed_reaches_dropout": check_seed_reaches_dropout,
-          "resume_bit_exact": check_resume_bit_exact, "contradicting_flag": check_contradicting_flag}
+          "resume_bit_exact": check_resume_bit_exact, "contradicting_flag": check_contradicting_flag,
+          "weight_average": check_weight_average}
 
 
 def behaviour_test(family: str):

@@ -37,6 +37,7 @@ def _train_options(f):
         click.option("--beta1", type=options.BETA, default=d.beta1, help="AdamW's first-moment decay"),
         options.beta2(d),
         options.grad_clip(d),
+        options.ema(d),
         click.option("--embd-init-std", type=options.POSITIVE, default=d.embd_init_std,
                      help="spread of fresh token and position embeddings (GPT-2: 0.02)"),
         click.option("--eval-interval", type=options.POSITIVE_INT, default=d.eval_interval,

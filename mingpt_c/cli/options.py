@@ -261,6 +261,12 @@ def grad_clip(d, help: str | None = "max gradient norm (0: off)"):
     return click.option("--grad-clip", type=NON_NEGATIVE, default=d.grad_clip, help=help)
 
 
+def ema(d):
+    return click.option("--ema", type=FRACTION, default=d.ema,
+                        help="evaluate and save an exponential moving average of the weights with this decay "
+                             "(0.999: about the last 1,000 steps; 0: none)")
+
+
 def grad_accum(d, help: str | None = "micro-batches per step"):
     return click.option("--grad-accum", type=POSITIVE_INT, default=d.grad_accum, help=help)
 
@@ -371,6 +377,6 @@ def saved(out) -> str:
 def optim(d, betas: tuple = ()) -> list:
     """The optimizer and schedule options (nn/optim.py's OptimConfig) in
     --help's order: --lr, --min-lr, --warmup-iters, --weight-decay, the
-    betas a family exposes, --grad-clip."""
+    betas a family exposes, --grad-clip, --ema."""
     beta = {"beta2": beta2}
-    return [lr(d), min_lr(d), warmup_iters(d), weight_decay(d), *(beta[b](d) for b in betas), grad_clip(d)]
+    return [lr(d), min_lr(d), warmup_iters(d), weight_decay(d), *(beta[b](d) for b in betas), grad_clip(d), ema(d)]

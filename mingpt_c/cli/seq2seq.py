@@ -111,9 +111,6 @@ def _train_options(f):
                      help="what best/ keeps: the lowest validation loss, the lowest word or phoneme error rate "
                           "(symbol targets), or the highest BLEU or chrF of each epoch's greedy decoding of the "
                           "--eval-limit validation sources"),
-        click.option("--ema", type=options.FRACTION, default=d.ema,
-                     help="evaluate and save an exponential moving average of the weights with this decay "
-                          "(0.999: about the last 1,000 steps; 0: none)"),
         options.batch_size(d),
         options.grad_accum(d),
         click.option("--epochs", type=options.POSITIVE, default=d.epochs,

@@ -76,18 +76,20 @@ def from_hf_tensors(layout: Layout, tensors: dict, where: str) -> np.ndarray:
 
 
 def save(path, cfg: EncoderConfig, params: np.ndarray, tokenizer=None, optimizer=None,
-         train_state: dict | None = None) -> Path:
+         train_state: dict | None = None, train_params=None) -> Path:
+    """train_params: the training weights when params is their average (--ema)."""
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(),
                     "tokenizer": tokenizer.describe() if tokenizer is not None else None}
     # params may be a GPU buffer: the checkpoint is written from a host copy
     return gpt_ckpt.write_dir(path, hf, to_hf_tensors(Layout(encoder_slots(cfg)), to_host(params)),
                               optimizer, train_state,
-                              tokenizer.save if tokenizer is not None else None)
+                              tokenizer.save if tokenizer is not None else None, train_params)
 
 
 def load(path, with_optimizer: bool = False) -> dict:
-    """dict(cfg, params, tokenizer, optimizer (m, v, t) or None, train_state, path)."""
+    """dict(cfg, params, tokenizer, optimizer (m, v, t, training weights or
+    None: mingpt_c.checkpoint.load_training_state) or None, train_state, path)."""
     from mingpt_c.encoder.data import load_encoder_tokenizer
 
     path = gpt_ckpt.resolve(path)
@@ -114,11 +116,8 @@ def load(path, with_optimizer: bool = False) -> dict:
         raise CheckpointError(f"{path}: the tokenizer has {tok.vocab_size} tokens, the model only {cfg.vocab_size}")
     opt = state = None
     if with_optimizer:
-        t, meta = gpt_ckpt.load_safetensors(path / "optimizer.safetensors")
-        if set(t) != {"m", "v"} or any(t[k].shape != (layout.size,) for k in ("m", "v")):
-            raise CheckpointError(f"{path}/optimizer.safetensors does not match the model")
-        opt = (t["m"], t["v"], int(meta.get("t", 0)))
-    if (path / "train_state.json").exists():
+        opt, state = gpt_ckpt.load_training_state(path, layout.size)
+    elif (path / "train_state.json").exists():
         try:
             state = json.loads((path / "train_state.json").read_text())
         except ValueError as e:

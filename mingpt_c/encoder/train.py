@@ -38,6 +38,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from mingpt_c.checkpoint import training_weights
 from mingpt_c.device import CPU, Device
 from mingpt_c.encoder import checkpoint as ckpt
 from mingpt_c.encoder import data as ed
@@ -128,6 +129,13 @@ def predict_logits(model: Encoder, seqs: list, batch_size: int = 64, bar=None) -
     return out
 
 
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of the labels y under the logits (N, K), in float64."""
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -205,15 +213,17 @@ def _check_before_tokenizer(tc: EncoderTrainConfig, num_labels: int, mlm: bool, 
 
 
 def _resumed(run: Run):
-    """(model, tokenizer, (m, v, t)) from the run's latest checkpoint."""
+    """(model at its training weights, tokenizer, AdamW's (m, v, t, ...), the
+    weight average or None) from the run's latest checkpoint."""
     path = run.dir / "latest"
     try:
         loaded = ckpt.load(path, with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    if loaded["optimizer"] is None or loaded["train_state"] is None or loaded["tokenizer"] is None:
-        raise CheckpointError(f"cannot resume from {path}: it has no optimizer state, train state or tokenizer")
-    return Encoder(loaded["cfg"], loaded["params"], device=run.device), loaded["tokenizer"], loaded["optimizer"]
+    if loaded["tokenizer"] is None:
+        raise CheckpointError(f"cannot resume from {path}: it has no tokenizer")
+    weights, average = training_weights(loaded)
+    return Encoder(loaded["cfg"], weights, device=run.device), loaded["tokenizer"], loaded["optimizer"], average
 
 
 def _optimizer(tc: EncoderTrainConfig, model: Encoder, moments=None) -> AdamW:
@@ -306,9 +316,9 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
             if tc.val_limit:
                 vt, vl = vt[:tc.val_limit], vl[:tc.val_limit]
             val = (vt, ed.label_ids(vl, names, tc.val_file))
-        moments = None
+        moments = average = None
         if resume:
-            model, tok, moments = _resumed(run)
+            model, tok, moments, average = _resumed(run)
             if model.cfg.extra.get("labels") != names:
                 raise DataError(f"{tc.train_file}: its labels differ from those of the run in {tc.out}")
         else:
@@ -318,6 +328,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
         cfg = model.cfg
         cfg.extra = {"labels": names, "max_len": tc.max_len, "truncate": tc.truncate}
         opt = _optimizer(tc, model, moments)
+        run.average_weights(opt, average)
         seqs = _tokenize(tok, texts, tc.max_len, "training", run.say, tc.truncate)
         vseqs = _tokenize(tok, val[0], tc.max_len, "validation", run.say, tc.truncate) if val else None
         _, total = _schedule(tc, run.world, len(seqs))
@@ -331,7 +342,8 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
                 f"{tc.batch_size * run.world.size * tc.grad_accum}")
         pos, result = _position(run), {}
         run.begin(int(run.resumed_state.get("iter", 0)), total,
-                  save=lambda path, st: ckpt.save(path, cfg, model.params, tok, opt, st),
+                  save=lambda path, st: ckpt.save(path, cfg, tokenizer=tok, optimizer=opt, train_state=st,
+                                                  **run.checkpoint_weights(model.params)),
                   state=lambda it: {"val_accuracy": result.get("val_accuracy"), "epoch": pos.epoch,
                                     "batch": pos.batch},
                   best_key="best_val_accuracy", best_mode="max",
@@ -350,8 +362,11 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
         def evaluate(it, epoch):
             rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()}
             if val:
-                res = metrics(val[1], predict_logits(model, vseqs).argmax(1), names)
-                rec.update(val_accuracy=res["accuracy"], val_macro_f1=res["macro_f1"])
+                with run.evaluating(model.params):
+                    logits = predict_logits(model, vseqs)
+                res = metrics(val[1], logits.argmax(1), names)
+                rec.update(val_loss=cross_entropy(logits, val[1]), val_accuracy=res["accuracy"],
+                           val_macro_f1=res["macro_f1"])
                 run.say(f"epoch {epoch:g} (iter {it}): val accuracy {res['accuracy']:.4f}")
                 result["val_accuracy"] = res["accuracy"]
                 run.save_best(it, res["accuracy"])
@@ -433,9 +448,9 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
         texts = read_pretrain_texts(tc.train_file)
         if tc.limit:
             texts = texts[:tc.limit]
-        moments = None
+        moments = average = None
         if resume:
-            model, tok, moments = _resumed(run)
+            model, tok, moments, average = _resumed(run)
         else:
             _check_before_tokenizer(tc, 0, True, run.device)
             tok = None if tc.init_from else _new_tokenizer(tc, texts, run.say)
@@ -443,6 +458,7 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
         cfg = model.cfg
         cfg.extra = {"max_len": tc.max_len}
         opt = _optimizer(tc, model, moments)
+        run.average_weights(opt, average)
         keep = tc.max_len - 2
         pieces = [ids[i:i + keep] for ids in ed.encode_texts(tok, texts) for i in range(0, max(len(ids), 1), keep)]
         pieces = [p for p in pieces if p]
@@ -453,7 +469,8 @@ def pretrain(tc: EncoderTrainConfig, resume: bool = False, log=print, given: dic
         run.say_device()
         pos = _position(run)
         run.begin(int(run.resumed_state.get("iter", 0)), total,
-                  save=lambda path, st: ckpt.save(path, cfg, model.params, tok, opt, st),
+                  save=lambda path, st: ckpt.save(path, cfg, tokenizer=tok, optimizer=opt, train_state=st,
+                                                  **run.checkpoint_weights(model.params)),
                   state=lambda it: {"epoch": pos.epoch, "batch": pos.batch},
                   command=f"mingpt encoder pretrain {tc.train_file} --out {run.dir}")
         specials = list(tok.special.values())

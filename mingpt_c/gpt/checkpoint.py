@@ -58,12 +58,13 @@ def from_hf_tensors(layout: Layout, tensors: dict, where: str) -> np.ndarray:
 
 
 def save(path: str | Path, cfg: GPTConfig, params: np.ndarray, tokenizer=None,
-         optimizer=None, train_state: dict | None = None) -> Path:
+         optimizer=None, train_state: dict | None = None, train_params=None) -> Path:
+    """train_params: the training weights when params is their average (--ema)."""
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
     extra = (lambda d: tokenizer.save(d / "tokenizer.json")) if tokenizer is not None else None
     return write_dir(path, hf, to_hf_tensors(Layout(gpt_slots(cfg)), to_host(params)), optimizer,
-                     train_state, extra)
+                     train_state, extra, train_params)
 
 
 def load_config(path: Path) -> GPTConfig:
@@ -71,7 +72,8 @@ def load_config(path: Path) -> GPTConfig:
 
 
 def load(path: str | Path, with_optimizer: bool = False):
-    """Returns dict(cfg, params, tokenizer, optimizer (m, v, t) or None,
+    """Returns dict(cfg, params, tokenizer, optimizer (m, v, t, training
+    weights or None: mingpt_c.checkpoint.load_training_state) or None,
     train_state or None, path)."""
     from mingpt_c.tokenizers.tokenizer import load_tokenizer
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mingpt_c import data
+from mingpt_c.checkpoint import training_weights
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.gpt import checkpoint
 from mingpt_c.gpt.config import GPTConfig
@@ -161,8 +162,9 @@ def _load_prepared(run: Path, tc: TrainConfig):
 
 
 def _start(tc: TrainConfig, run: Run):
-    """(model, tokenizer, train and val tokens, moments, state, source) of a
-    new run; rank 0 prepares the data, the other ranks read what it wrote."""
+    """(model, tokenizer, train and val tokens, moments, state, source,
+    weight average) of a new run (_resume: of the run in run.dir); rank 0
+    prepares the data, the other ranks read what it wrote."""
     init = checkpoint.load(tc.init_from) if tc.init_from else None
     if not init:   # before any work: the model without its vocabulary must fit already
         _check_memory(GPTConfig(vocab_size=1, block_size=tc.block_size, n_layer=tc.n_layer, n_head=tc.n_head,
@@ -196,7 +198,7 @@ def _start(tc: TrainConfig, run: Run):
                         n_head=tc.n_head, n_embd=tc.n_embd, dropout=tc.dropout)
         _check_memory(cfg, tc, run)
         model = GPT(cfg, seed=tc.seed, embd_std=tc.embd_init_std, device=run.device)
-    return model, tok, train_toks, val_toks, None, None, source
+    return model, tok, train_toks, val_toks, None, None, source, None
 
 
 def _check_memory(cfg: GPTConfig, tc: TrainConfig, run: Run) -> None:
@@ -213,9 +215,10 @@ def _resume(tc: TrainConfig, run: Run):
         raise CheckpointError(f"cannot resume from {ck}: {e}") from None
     state = loaded["train_state"]
     train_toks, val_toks = _load_prepared(run.dir, tc)
-    model = GPT(loaded["cfg"], loaded["params"], device=run.device)
+    weights, average = training_weights(loaded)
+    model = GPT(loaded["cfg"], weights, device=run.device)
     return (model, loaded["tokenizer"], train_toks, val_toks, loaded["optimizer"], state,
-            state.get("source", ""))
+            state.get("source", ""), average)
 
 # ------------------------------------------------------------------ loop
 
@@ -229,13 +232,14 @@ def train(tc: TrainConfig, resume: bool = False, log=print, given: dict | None =
                   n_embd=tc.n_embd, dropout=tc.dropout)
     with Run(tc, resume, given, log) as run, _data_removed_on_failure(run, resume):
         tc, world = run.cfg, run.world
-        model, tok, train_toks, val_toks, moments, state, source = (_resume if resume else _start)(tc, run)
+        model, tok, train_toks, val_toks, moments, state, source, average = (_resume if resume else _start)(tc, run)
         cfg = model.cfg
         cfg.extra = {"tokenizer": tok.kind, "eot_token": tok.eot_token}
         opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8,
                     tc.weight_decay, tc.grad_clip, moments[2] if moments else 0)
         if moments:
             opt.load_moments(moments[0], moments[1])
+        run.average_weights(opt, average)
         start = state["iter"] if state else 0
         splits = {"train": train_toks, "val": val_toks}
         rows = tc.batch_size * tc.block_size                      # tokens of one micro-batch on one rank
@@ -247,7 +251,8 @@ def train(tc: TrainConfig, resume: bool = False, log=print, given: dict | None =
                 f"{tokens_per_iter:,} tokens per iteration"
                 + (f" ({world.size} ranks x {tc.batch_size} rows)" if world.size > 1 else ""))
         run.begin(start, tc.max_iters,
-                  save=lambda path, st: checkpoint.save(path, cfg, model.params, tok, opt, st),
+                  save=lambda path, st: checkpoint.save(path, cfg, tokenizer=tok, optimizer=opt, train_state=st,
+                                                        **run.checkpoint_weights(model.params)),
                   state=lambda it: {"source": source, "tokens_seen": it * tokens_per_iter,
                                     "sampler": "numpy default_rng([seed, iter, micro, 0]), global batch cut by rank"},
                   best_key="best_val", command=f"mingpt train --out {run.dir}")
@@ -256,7 +261,8 @@ def train(tc: TrainConfig, resume: bool = False, log=print, given: dict | None =
         while True:
             # a resumed run does not evaluate its first iteration again: the log has it
             if (it % tc.eval_interval == 0 or it == tc.max_iters) and not (resume and it == start):
-                ev = evaluate(model, splits, tc, it, world)
+                with run.evaluating(model.params):
+                    ev = evaluate(model, splits, tc, it, world)
                 run.record({"type": "eval", "iter": it, "train_loss": ev["train"], "val_loss": ev["val"],
                             "lr": lr_at(it, tc.lr, tc.min_lr, tc.warmup_iters, tc.decay_iters())})
                 run.say(f"iter {it}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")

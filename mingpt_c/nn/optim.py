@@ -45,6 +45,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0           # max global gradient norm; 0 disables
+    ema: float = 0.0                 # decay of the weight average evaluated and saved (WeightAverage; 0: none)
 
 
 @dataclass

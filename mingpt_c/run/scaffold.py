@@ -6,6 +6,7 @@ the scaffold for the rest:
     with Run(tc, resume, given, log) as run:   # MPI world, lock, config, device, threads
         tc = run.cfg                           # a resumed run's saved configuration
         ...data, model, optimizer (from run.dir / "latest" when run.resume)...
+        run.average_weights(opt, average)      # --ema (average: a resumed run's)
         run.begin(start, total, save=..., state=..., best_key=..., command=...)
         while it < total and not run.should_stop():
             ...for each micro-batch: scale, w = run.weights(n, n_step); forward; backward(scale)...
@@ -13,7 +14,8 @@ the scaffold for the rest:
             norm = run.step(opt, model.grads, loss, lr, it)    # the non-finite policy
             it += 1
             run.tick(it, loss, lr, norm, count)                # log.jsonl, progress
-            ...evaluate: run.record(...), run.save_best(...), run.save_latest(...)
+            ...evaluate (with run.evaluating(model.params)): run.record(...), run.save_best(...),
+               run.save_latest(...), which write run.checkpoint_weights(model.params)
         return run.finish(it, result)
 
 What the scaffold owns:
@@ -29,6 +31,10 @@ What the scaffold owns:
   the result carries the signal (the CLI exits with 128 + its number);
 - the non-finite policy: a step whose loss or gradient is not finite is
   skipped; --max-nan-steps of them in a row stop the run with an error;
+- --ema D: an exponential moving average of the weights (nn/optim.py
+  WeightAverage), updated after every step taken, is the model evaluated
+  and saved; training goes on from its own weights, which checkpoints keep
+  beside AdamW's moments for --resume;
 - best/ and latest/ through the family's save function, with the train
   state every checkpoint carries (iteration, best metric, global batch,
   options, seconds of training so far);
@@ -53,6 +59,7 @@ import json
 import math
 import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +67,7 @@ import numpy as np
 from mingpt_c._lib import set_num_threads
 from mingpt_c.device import Device, default_dtype
 from mingpt_c.errors import MinGPTError
+from mingpt_c.nn.optim import WeightAverage
 from mingpt_c.run.distributed import default_threads, get_world
 from mingpt_c.run.plot import plot_log
 from mingpt_c.run.progress import Progress
@@ -84,6 +92,7 @@ class Run:
         self.stopped, self.signum = False, 0
         self.resumed_state: dict = {}
         self.best = None
+        self.average: WeightAverage | None = None
         self._nan_streak = 0
         self._earlier = 0.0   # seconds the run trained before this sitting (its checkpoint's)
         self.cfg = cfg
@@ -239,10 +248,13 @@ class Run:
     def step(self, opt, grads, loss: float, lr: float, it: int) -> float:
         """The optimizer step, unless the loss or the gradient is not finite:
         then the step is skipped (with a note), and max_nan_steps such steps
-        in a row stop the run. Returns the gradient norm (nan if skipped)."""
+        in a row stop the run; a step taken moves the weight average. Returns
+        the gradient norm (nan if skipped)."""
         norm = opt.step(grads, lr) if math.isfinite(loss) else float("nan")
         if math.isfinite(loss) and math.isfinite(norm):
             self._nan_streak = 0
+            if self.average:
+                self.average.update(opt.params, opt.t)
             return norm
         self._nan_streak += 1
         self.say(f"iter {it}: non-finite loss or gradient (loss {loss}, grad norm {norm}): step skipped")
@@ -275,6 +287,29 @@ class Run:
         self._window = (losses, seen, t)
         if self._progress:
             self._progress.update()
+
+    # ------------------------------------------------------------ the weight average (--ema)
+
+    def average_weights(self, opt, average=None) -> None:
+        """With --ema (cfg.ema > 0), keeps the average of the weights opt
+        trains, starting from average (a resumed run's, from mingpt_c.
+        checkpoint.training_weights) or from the weights as they are."""
+        decay = getattr(self.cfg, "ema", 0.0)
+        self.average = WeightAverage(opt.params, decay, average) if decay else None
+
+    def evaluating(self, params):
+        """A context in which params hold the model the run evaluates and
+        saves: the average with --ema (the training weights come back
+        after), else the weights themselves."""
+        return self.average.swapped_in(params) if self.average else nullcontext()
+
+    def checkpoint_weights(self, params) -> dict:
+        """A family checkpoint's save() arguments for its weights: params, the
+        model (the average with --ema), and train_params, the training
+        weights kept for --resume (None without --ema)."""
+        if self.average:
+            return {"params": self.average.avg, "train_params": params}
+        return {"params": params, "train_params": None}
 
     # ------------------------------------------------------------ checkpoints
 

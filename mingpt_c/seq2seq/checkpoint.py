@@ -101,7 +101,8 @@ def save(path, cfg: Seq2SeqConfig, params, vocabs: dict, optimizer=None,
 
 def load(path, with_optimizer: bool = False) -> dict:
     """dict(cfg, params, vocabs {"src", "tgt"}, optimizer (m, v, t, training
-    weights or None) or None, train_state or None, path)."""
+    weights or None: mingpt_c.checkpoint.load_training_state) or None,
+    train_state or None, path)."""
     path = base.resolve(path)
     cfg = base.load_model_config(path, FORMAT, FORMAT_VERSION, MODEL_TYPE, Seq2SeqConfig)
     hf = base.read_hf_config(path)
@@ -124,7 +125,7 @@ def load(path, with_optimizer: bool = False) -> dict:
     params = from_tensors(layout, tensors, str(path / "model.safetensors"))
     opt = state = None
     if with_optimizer:
-        opt, state = base.load_training_state(path, layout.size, with_params=True)
+        opt, state = base.load_training_state(path, layout.size)
     elif (path / "train_state.json").exists():
         try:
             state = json.loads((path / "train_state.json").read_text())

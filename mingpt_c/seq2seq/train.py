@@ -25,25 +25,23 @@ micro-batch counts by its target tokens, so the step's gradient is the
 mean over the global batch's target tokens on any number of ranks.
 Schedules: linear warmup then cosine decay (nn/optim.py lr_at), or the
 paper's inverse square root (inverse_sqrt_lr). Adam's beta2 0.98 and eps
-1e-9 are the paper's. With --ema the model evaluated and saved is an
-exponential moving average of the weights (nn/optim.py WeightAverage), in
-the spirit of the paper's averaging of its last checkpoints; training goes
-on from its own weights, which the checkpoints keep for --resume.
+1e-9 are the paper's. With --ema (the run scaffold's, as in every family)
+the model evaluated and saved is an exponential moving average of the
+weights, in the spirit of the paper's averaging of its last checkpoints.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
+from mingpt_c.checkpoint import training_weights
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
-from mingpt_c.nn.optim import AdamW, OptimConfig, WeightAverage, inverse_sqrt_lr, lr_at
+from mingpt_c.nn.optim import AdamW, OptimConfig, inverse_sqrt_lr, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
@@ -80,7 +78,6 @@ class Seq2SeqTrainConfig(OptimConfig):
     init: str = "xavier"            # fresh weights: xavier (the paper's, fairseq's) | gpt2 (N(0, 0.02) matrices)
     label_smoothing: float = 0.1
     best_by: str = "loss"           # what best/ keeps: loss | wer | per (symbol targets) | bleu | chrf (BEST_BY)
-    ema: float = 0.0                # decay of the weight average that evaluation and checkpoints use (0: none)
     batch_size: int = 64            # pairs per rank and micro-batch
     grad_accum: int = 1
     epochs: float = 20.0
@@ -317,9 +314,8 @@ def _resumed(run: Run):
         loaded = ckpt.load(path, with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    m, v, t, train_params = loaded["optimizer"]
-    weights, average = (loaded["params"], None) if train_params is None else (train_params, loaded["params"])
-    return Seq2Seq(loaded["cfg"], weights, device=run.device), loaded["vocabs"], (m, v, t), average
+    weights, average = training_weights(loaded)
+    return Seq2Seq(loaded["cfg"], weights, device=run.device), loaded["vocabs"], loaded["optimizer"], average
 
 
 def _check_best_by(tc: Seq2SeqTrainConfig, vocabs: dict, val) -> None:
@@ -401,7 +397,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         if moments is not None:
             opt.load_moments(moments[0], moments[1])
             opt.t = moments[2]
-        ema = WeightAverage(model.params, tc.ema, average) if tc.ema else None
+        run.average_weights(opt, average)
         W = run.world.size
         GB = tc.batch_size * W
         nb = -(-len(src) // GB)
@@ -419,8 +415,8 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         result: dict = {}
         best_key, higher, _, _ = BEST_BY[tc.best_by]
         run.begin(int(st.get("iter", 0)), total,
-                  save=lambda path, state: ckpt.save(path, cfg, ema.avg if ema else model.params, vocabs, opt,
-                                                     state, model.params if ema else None),
+                  save=lambda path, state: ckpt.save(path, cfg, vocabs=vocabs, optimizer=opt, train_state=state,
+                                                     **run.checkpoint_weights(model.params)),
                   state=lambda it: {"epoch": pos.epoch, "batch": pos.batch, "val_loss": result.get("val_loss")},
                   best_key=f"best_{best_key}", best_mode="max" if higher else "min",
                   command=f"mingpt seq2seq train --out {run.dir}"
@@ -432,7 +428,7 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()}
             if val:
                 sub = val[:tc.eval_limit] if tc.eval_limit else val
-                with ema.swapped_in(model.params) if ema else nullcontext():   # the model the run saves
+                with run.evaluating(model.params):   # the model the run saves
                     rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
                     hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in sub],
                                   DecodeConfig(batch_size=256))
@@ -472,8 +468,6 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                     model.backward(scale)
             loss = run.all_reduce(model.grads, loss)
             norm = run.step(opt, model.grads, loss, lr, it)
-            if ema and math.isfinite(norm):   # a skipped step leaves the average too
-                ema.update(model.params, opt.t)
             it, pos.batch = it + 1, pos.batch + len(micro)
             run.tick(it, loss, lr, norm, n_step)
             if pos.batch >= nb:

@@ -54,12 +54,13 @@ def from_hf_tensors(cfg: ViTConfig, tensors: dict, where: str, qkv_bias: bool = 
 
 
 def save(path: str | Path, cfg: ViTConfig, params: np.ndarray, optimizer=None,
-         train_state: dict | None = None) -> Path:
+         train_state: dict | None = None, train_params=None) -> Path:
+    """train_params: the training weights when params is their average (--ema)."""
     hf = cfg.to_hf()
     hf["mingpt"] = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict()}
     # params may be a GPU buffer: the checkpoint is written from a host copy
     return checkpoint.write_dir(path, hf, to_hf_tensors(Layout(vit_slots(cfg)), to_host(params)),
-                                optimizer, train_state)
+                                optimizer, train_state, train_params=train_params)
 
 
 def load_config(path: Path) -> ViTConfig:
@@ -67,7 +68,8 @@ def load_config(path: Path) -> ViTConfig:
 
 
 def load(path: str | Path, with_optimizer: bool = False) -> dict:
-    """Returns dict(cfg, params, optimizer (m, v, t) or None, train_state or None, path)."""
+    """Returns dict(cfg, params, optimizer (m, v, t, training weights or None:
+    mingpt_c.checkpoint.load_training_state) or None, train_state or None, path)."""
     path = checkpoint.resolve(path)
     cfg = load_config(path)
     tensors, _ = checkpoint.load_safetensors(path / "model.safetensors")

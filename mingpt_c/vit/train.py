@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mingpt_c.checkpoint import training_weights
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError, DataError
 from mingpt_c.nn.model import memory_bytes
@@ -128,7 +129,7 @@ def _load_data(tc: ViTTrainConfig):
 
 
 def _optimizer(tc: ViTTrainConfig, model: ViT, moments=None) -> AdamW:
-    m, v, t = moments or (None, None, 0)
+    m, v, t = moments[:3] if moments else (None, None, 0)
     opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, 1e-8, tc.weight_decay,
                 tc.grad_clip, t)
     if m is not None:
@@ -137,7 +138,7 @@ def _optimizer(tc: ViTTrainConfig, model: ViT, moments=None) -> AdamW:
 
 
 def _start(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
-    """(model, optimizer, no state) of a new run: the image size, channels,
+    """(model, optimizer, no state, no average) of a new run: the image size, channels,
     classes and normalisation from the training images."""
     H, W = train_set.size
     if H != W:
@@ -151,17 +152,19 @@ def _start(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
                           f"training this ViT ({cfg.n_layer} layers, width {cfg.n_embd}, {cfg.seq_len} tokens "
                           f"an image) at batch {tc.batch_size}")
     model = ViT(cfg, seed=tc.seed, device=run.device)
-    return model, _optimizer(tc, model), None
+    return model, _optimizer(tc, model), None, None
 
 
 def _resume(tc: ViTTrainConfig, run: Run, train_set: imgs.ImageSet):
-    """(model, optimizer, train state) from the run's latest checkpoint."""
+    """(model at its training weights, optimizer, train state, weight average
+    or None) from the run's latest checkpoint."""
     try:
         loaded = vit_checkpoint.load(run.dir / "latest", with_optimizer=True)
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume from {run.dir / 'latest'}: {e}") from None
-    model = ViT(loaded["cfg"], loaded["params"], device=run.device)
-    return model, _optimizer(tc, model, loaded["optimizer"]), loaded["train_state"]
+    weights, average = training_weights(loaded)
+    model = ViT(loaded["cfg"], weights, device=run.device)
+    return model, _optimizer(tc, model, loaded["optimizer"]), loaded["train_state"], average
 
 
 def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | None = None) -> dict:
@@ -177,7 +180,8 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
         if tc.crop_pad < 0:
             raise DataError(f"crop padding {tc.crop_pad} must be >= 0")
         train_set, test_set = _load_data(tc)
-        model, opt, state = (_resume if resume else _start)(tc, run, train_set)
+        model, opt, state, average = (_resume if resume else _start)(tc, run, train_set)
+        run.average_weights(opt, average)
         cfg = model.cfg
         check_compatible(cfg, train_set)
         check_compatible(cfg, test_set)
@@ -205,7 +209,8 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
                 + (f" ({world.size} ranks x {B} images)" if world.size > 1 else ""))
         result = {"test_accuracy": state.get("test_accuracy") if state else None}
         run.begin(start, total,
-                  save=lambda path, st: vit_checkpoint.save(path, cfg, model.params, opt, st),
+                  save=lambda path, st: vit_checkpoint.save(path, cfg, optimizer=opt, train_state=st,
+                                                            **run.checkpoint_weights(model.params)),
                   state=lambda it: {"epoch": it / per_epoch, "test_accuracy": result.get("test_accuracy"),
                                     "source": train_set.source},
                   best_key="best_test_accuracy", best_mode="max", unit="images", plot="curves.png",
@@ -237,7 +242,8 @@ def train(tc: ViTTrainConfig, resume: bool = False, log=print, given: dict | Non
             it += 1
             run.tick(it, loss, lr, gnorm, per_step, epoch=it / per_epoch)
             if it % per_epoch == 0 or it == total:
-                ev = evaluate(model, test_set, tc.eval_batch_size)
+                with run.evaluating(model.params):
+                    ev = evaluate(model, test_set, tc.eval_batch_size)
                 run.record({"type": "eval", "iter": it, "epoch": it / per_epoch, "test_loss": ev["loss"],
                             "test_accuracy": ev["accuracy"], "elapsed_s": run.elapsed()})
                 run.say(f"epoch {it / per_epoch:.2f} (iter {it}): test loss {ev['loss']:.4f}, "
