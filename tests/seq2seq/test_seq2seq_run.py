@@ -3,7 +3,7 @@
 masks, --resume bit for bit with its saved configuration (best/ and latest/
 written), a contradicting option refused, 2 MPI ranks equal to 1 rank with
 the doubled batch, --ema's average (tests/run_checks.py); with --ema, the
-validation loss is the saved average's; a distilling run resumes bit for
+non-finite policy holds and the validation loss is the saved average's; a distilling run resumes bit for
 bit on the pairs its first sitting decoded."""
 import dataclasses
 import json
@@ -36,9 +36,10 @@ def _training_weights(ckpt) -> np.ndarray:
     return load_file(str(ckpt / "optimizer.safetensors"))["params"]
 
 
-def test_skipped_step_leaves_the_weight_average(tmp_path, monkeypatch):
+def test_non_finite_policy_with_weight_average(tmp_path, monkeypatch):
     """--ema (the scaffold's, checked for every family by run_checks'
-    weight_average): a skipped step leaves the average as it was too."""
+    weight_average) under the non-finite policy: a skipped step and the run
+    goes on; a run that diverges leaves latest/ (the average) as it was."""
     CHECKS["non_finite"](_with_average(), write_data(tmp_path), tmp_path, monkeypatch)
 
 
