@@ -44,6 +44,7 @@ from mingpt_c.encoder import checkpoint as ckpt
 from mingpt_c.encoder import data as ed
 from mingpt_c.encoder.model import Encoder, EncoderConfig
 from mingpt_c.errors import CheckpointError, DataError
+from mingpt_c.nn.loss import mean_cross_entropy, softmax
 from mingpt_c.nn.model import memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.params import Layout
@@ -128,17 +129,6 @@ def predict_logits(model: Encoder, seqs: list, batch_size: int = 64, bar=None) -
             bar.update(len(idx))
     return out
 
-
-def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy of the labels y under the logits (N, K), in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 # ------------------------------------------------------------------ setup
 
@@ -365,7 +355,7 @@ def train_classifier(tc: EncoderTrainConfig, resume: bool = False, log=print, gi
                 with run.evaluating(model.params):
                     logits = predict_logits(model, vseqs)
                 res = metrics(val[1], logits.argmax(1), names)
-                rec.update(val_loss=cross_entropy(logits, val[1]), val_accuracy=res["accuracy"],
+                rec.update(val_loss=mean_cross_entropy(logits, val[1]), val_accuracy=res["accuracy"],
                            val_macro_f1=res["macro_f1"])
                 run.say(f"epoch {epoch:g} (iter {it}): val accuracy {res['accuracy']:.4f}")
                 result["val_accuracy"] = res["accuracy"]
@@ -422,7 +412,7 @@ def predict_texts(path, texts: list[str], log=print, device: Device = CPU) -> tu
         if not t.strip():
             raise DataError(f"text {i + 1} is empty: nothing to classify")
     seqs = _tokenize(tok, texts, _framing(model.cfg)[0], "given", log, _framing(model.cfg)[1])
-    return names, softmax(predict_logits(model, seqs).astype(np.float64))
+    return names, softmax(predict_logits(model, seqs))
 
 # ------------------------------------------------------------------ pretraining
 

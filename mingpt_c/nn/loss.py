@@ -24,6 +24,27 @@ from mingpt_c import ops
 from mingpt_c.errors import ShapeError
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of host logits, in float64 (evaluation and
+    decoding scores, which sum or compare many of them)."""
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise probabilities of host logits, in float64."""
+    return np.exp(log_softmax(z))
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of the labels under host logits (N, K), no
+    smoothing, in float64 (nan for no rows): an evaluation's loss."""
+    if not len(labels):
+        return float("nan")
+    return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
+
+
 def count_rows(labels: np.ndarray) -> int:
     """The rows of host labels that count (not ops.IGNORE_INDEX)."""
     return int(np.count_nonzero(np.asarray(labels) != ops.IGNORE_INDEX))

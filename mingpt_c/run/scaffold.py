@@ -294,7 +294,7 @@ class Run:
         """With --ema (cfg.ema > 0), keeps the average of the weights opt
         trains, starting from average (a resumed run's, from mingpt_c.
         checkpoint.training_weights) or from the weights as they are."""
-        decay = getattr(self.cfg, "ema", 0.0)
+        decay = self.cfg.ema   # every family's config derives from nn/optim.py OptimConfig
         self.average = WeightAverage(opt.params, decay, average) if decay else None
 
     def evaluating(self, params):

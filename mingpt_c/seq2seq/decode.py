@@ -66,7 +66,8 @@ import numpy as np
 
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
-from mingpt_c.seq2seq.model import Seq2Seq, log_softmax
+from mingpt_c.nn.loss import log_softmax
+from mingpt_c.seq2seq.model import Seq2Seq
 
 
 @dataclass

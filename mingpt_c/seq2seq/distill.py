@@ -22,7 +22,7 @@ import numpy as np
 
 from mingpt_c.errors import CheckpointError
 from mingpt_c.seq2seq.decode import Ensemble
-from mingpt_c.seq2seq.model import log_softmax
+from mingpt_c.nn.loss import log_softmax
 
 TOP_K = 8
 

@@ -48,8 +48,8 @@ from mingpt_c.device import CPU, Arena, Device, to_host
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.config import ConfigBase
 from mingpt_c.nn.decoder import DecodeCache, DecoderStack
-from mingpt_c.nn.loss import (count_rows, smoothed_crossentropy_backward, smoothed_crossentropy_forward,
-                              soft_target_terms)
+from mingpt_c.nn.loss import (count_rows, log_softmax, smoothed_crossentropy_backward,
+                              smoothed_crossentropy_forward, soft_target_terms)
 from mingpt_c.nn.model import FlatModel
 from mingpt_c.nn.params import Layout
 from mingpt_c.nn.seeds import mix_seed
@@ -497,13 +497,6 @@ class Seq2Seq(FlatModel):
         teacher-forced decoder (the reference decoding is tested against)."""
         B, T = np.shape(tgt_in)
         return log_softmax(to_host(self.forward(src, src_mask, tgt_in))).reshape(B, T, -1)
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (decoding scores sum many of them)."""
-    z = z.astype(np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def memory_bytes(cfg: Seq2SeqConfig, B: int, S: int, T: int, train: bool) -> int:

@@ -72,7 +72,8 @@ def draw(image: np.ndarray, amap: np.ndarray, png, title: str = "") -> None:
 def attention_map_file(loaded: dict, path, png, convert: bool = False) -> tuple[str, float]:
     """Draws the rollout map of one image file into png; returns the
     predicted class and its probability."""
-    from mingpt_c.vit.infer import load_image, softmax
+    from mingpt_c.nn.loss import softmax
+    from mingpt_c.vit.infer import load_image
 
     cfg = loaded["cfg"]
     image = load_image(cfg, path, convert)

@@ -8,6 +8,7 @@ import numpy as np
 from mingpt_c.vit import images as imgs
 from mingpt_c.device import CPU, Device, to_host
 from mingpt_c.errors import DataError
+from mingpt_c.nn.loss import softmax
 from mingpt_c.vit.model import ViT, ViTConfig
 
 CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
@@ -34,12 +35,6 @@ def load_image(cfg: ViTConfig, path, convert: bool = False) -> np.ndarray:
             raise DataError(f"{path}: image size {w}x{h} is {why}: pass --convert to resize it")
         return imgs.image_array(im, cfg.num_channels, cfg.image_size)
     return imgs.image_array(im, cfg.num_channels)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
 
 
 def predict_files(loaded: dict, paths, top_k: int = 3, convert: bool = False, device: Device = CPU):

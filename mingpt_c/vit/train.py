@@ -31,6 +31,7 @@ import numpy as np
 from mingpt_c.checkpoint import training_weights
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError, DataError
+from mingpt_c.nn.loss import mean_cross_entropy
 from mingpt_c.nn.model import memory_bytes
 from mingpt_c.nn.optim import AdamW, OptimConfig, lr_at
 from mingpt_c.nn.params import Layout
@@ -102,16 +103,14 @@ def evaluate(model: ViT, data: imgs.ImageSet, batch_size: int = 500) -> dict:
     """Accuracy, mean cross-entropy and the confusion matrix (rows: true
     class, columns: predicted)."""
     check_compatible(model.cfg, data)
-    logits = predict_logits(model, data, batch_size).astype(np.float64)
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    logits = predict_logits(model, data, batch_size)
     pred = logits.argmax(1)
     K = model.cfg.num_classes
     conf = np.zeros((K, K), np.int64)
     np.add.at(conf, (data.labels, pred), 1)
     n = max(len(data), 1)
     return {"accuracy": float((pred == data.labels).sum() / n),
-            "loss": float(-logp[np.arange(len(data)), data.labels].mean()) if len(data) else float("nan"),
+            "loss": mean_cross_entropy(logits, data.labels),
             "confusion": conf, "n": len(data)}
 
 # ------------------------------------------------------------------ loop
