@@ -93,10 +93,12 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
             _write_json(tmp / "train_state.json", train_state)
         _readable(tmp)
         _fsync_tree(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
+        if path.exists():   # the previous checkpoint becomes .old (an older .old goes first)
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(path, old)
+        # without path, .old may be the only good checkpoint (a crash between these renames): it
+        # goes only once the new one is in place
         os.replace(tmp, path)
         if old.exists():
             shutil.rmtree(old)
