@@ -69,6 +69,7 @@ def parse_args():
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     ap.add_argument("--ema", type=float, default=d.ema, help="decay of the weight average decoded (0: none)")
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
     ap.add_argument("--init", choices=["xavier", "gpt2"], default=d.init)
     ap.add_argument("--min-lr", type=float, default=d.min_lr)
     ap.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
@@ -97,8 +98,9 @@ def train_config(a, d):
     from dataclasses import replace
     return replace(d, epochs=a.epochs, max_iters=a.iters, batch_size=a.batch_size, enc_layers=a.enc_layers,
                    dec_layers=a.dec_layers, n_embd=a.n_embd, n_head=a.n_head, dropout=a.dropout,
-                   label_smoothing=a.label_smoothing, ema=a.ema, lr=a.lr, min_lr=a.min_lr, warmup_iters=a.warmup_iters,
-                   schedule=a.schedule, seed=a.seed, threads=a.threads, init=a.init)
+                   label_smoothing=a.label_smoothing, ema=a.ema, lr=a.lr, weight_decay=a.weight_decay,
+                   min_lr=a.min_lr, warmup_iters=a.warmup_iters, schedule=a.schedule, seed=a.seed,
+                   threads=a.threads, init=a.init)
 
 # ------------------------------------------------------------------ the twin's greedy decoding
 
@@ -335,7 +337,8 @@ def main() -> None:
 
 
 RECIPE = ("iters", "epochs", "batch_size", "enc_layers", "dec_layers", "n_embd", "n_head", "dropout",
-          "label_smoothing", "ema", "lr", "init", "min_lr", "warmup_iters", "schedule", "seed", "threads", "sides")
+          "label_smoothing", "ema", "lr", "weight_decay", "init", "min_lr", "warmup_iters", "schedule", "seed",
+          "threads", "sides")
 
 
 def torch_average(tavg, tm, decay: float, t: int) -> None:
@@ -379,7 +382,8 @@ def load_state(path: Path, a, model, opt, tm, topt, times, losses, sittings, avg
         blob = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
         sys.exit(f"bench/seq2seq.py: cannot read {path}: {e}")
-    recipe, saved = {k: getattr(a, k) for k in RECIPE}, {"ema": 0.0, **(blob.get("recipe") or {})}
+    older = {"ema": 0.0, "weight_decay": 0.01}   # states saved before these options existed
+    recipe, saved = {k: getattr(a, k) for k in RECIPE}, {**older, **(blob.get("recipe") or {})}
     if saved != recipe:
         diff = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} here"
                          for k, v in recipe.items() if saved.get(k) != v)

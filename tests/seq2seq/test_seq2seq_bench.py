@@ -35,15 +35,16 @@ def score_rows(out: str) -> list[str]:
 
 
 def test_stop_and_go_on_is_bit_exact_and_ours_is_the_cli_run(tmp_path):
-    straight = bench("--state", tmp_path / "a")
+    wd = ("--weight-decay", "0.1")   # not the default: the option reaches both sides
+    straight = bench("--state", tmp_path / "a", *wd)
     assert straight.returncode == 0, straight.stderr
     assert "WER" in straight.stdout
 
-    first = bench("--state", tmp_path / "b", "--stop-after", "4")
+    first = bench("--state", tmp_path / "b", "--stop-after", "4", *wd)
     assert first.returncode == 0, first.stderr
     assert "--stop-after 4 at step 4 of 6" in first.stdout
     assert state(tmp_path / "b")["step"] == 4
-    second = bench("--state", tmp_path / "b")
+    second = bench("--state", tmp_path / "b", *wd)
     assert second.returncode == 0, second.stderr
     assert "resumed from" in second.stdout and "sitting 2: steps 4 to 6" in second.stdout
 
@@ -61,7 +62,8 @@ def test_stop_and_go_on_is_bit_exact_and_ours_is_the_cli_run(tmp_path):
     # our side is the CLI's run of the same recipe, bit for bit
     from mingpt_c.seq2seq import checkpoint as ckpt
     cli = invoke("seq2seq", "train", "--out", tmp_path / "cli", "--max-iters", 6, "--enc-layers", 1,
-                 "--dec-layers", 1, "--n-embd", 32, "--n-head", 2, "--threads", 1, "--eval-limit", 10, "--no-progress")
+                 "--dec-layers", 1, "--n-embd", 32, "--n-head", 2, "--threads", 1, "--eval-limit", 10,
+                 "--no-progress", *wd)
     assert cli.exit_code == 0, cli.output
     params = ckpt.load(tmp_path / "cli" / "latest")["params"]
     assert np.array_equal(params, a["ours"]["params"].numpy())
