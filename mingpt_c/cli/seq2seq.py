@@ -43,13 +43,22 @@ def _decode_config(opts: dict):
 
     options.use_threads(opts.pop("threads"))
     return DecodeConfig(**{k: opts.pop(k) for k in ("beam", "length_penalty", "norm", "search", "len_a", "len_b",
-                                                    "batch_size")})
+                                                    "batch_size", "rerank_weight") if k in opts})
 
 
-def _ensemble_option(f):
-    return click.option("--ensemble", "ensemble", multiple=True, type=click.Path(), metavar="CKPT",
-                        help="decode together with this checkpoint too (repeatable): each step takes the mean of "
-                             "the models' log-probabilities; the vocabularies must be the same")(f)
+def _model_options(f):
+    from mingpt_c.seq2seq.decode import DecodeConfig
+
+    return options.decorate(f, [
+        click.option("--ensemble", "ensemble", multiple=True, type=click.Path(), metavar="CKPT",
+                     help="decode together with this checkpoint too (repeatable): each step takes the mean of "
+                          "the models' log-probabilities; the vocabularies must be the same"),
+        click.option("--rerank", "rerank", multiple=True, type=click.Path(), metavar="CKPT",
+                     help="re-score the beam's best outputs with this checkpoint too (repeatable), typically a "
+                          "right-to-left model (train --reverse-target); needs --beam 2 or more"),
+        click.option("--rerank-weight", type=options.SHARE, default=DecodeConfig().rerank_weight,
+                     help="the --rerank models' share of an output's score (0 to 1)"),
+    ])
 
 
 @click.group()
@@ -87,6 +96,9 @@ def _train_options(f):
                      help="target tokens [default: symbols (phonemes) for the G2P default, else char]"),
         click.option("--shared-vocab", is_flag=True,
                      help="one vocabulary and one embedding for source, target and output (the paper's tying)"),
+        click.option("--reverse-target", is_flag=True,
+                     help="learn the targets last token first: a right-to-left model, whose outputs come out "
+                          "in reading order, to re-score a left-to-right model's (translate/eval --rerank)"),
         click.option("--vocab-size", type=options.Int("[260, inf)"), default=d.vocab_size,
                      help="a trained BPE's size, specials included"),
         click.option("--max-len", type=options.POSITIVE_INT, default=d.max_len,
@@ -160,8 +172,8 @@ def seq2seq_train(ctx, **opts):
 @click.argument("ckpt", type=click.Path())
 @click.argument("texts", nargs=-1)
 @_decode_options
-@_ensemble_option
-def seq2seq_translate(ckpt, texts, ensemble, **opts):
+@_model_options
+def seq2seq_translate(ckpt, texts, ensemble, rerank, **opts):
     """Translate TEXTS (none: one source per line on stdin, one output per line on stdout)."""
     from mingpt_c.seq2seq.train import translate
 
@@ -170,7 +182,7 @@ def seq2seq_translate(ckpt, texts, ensemble, **opts):
         texts = [line.rstrip("\n") for line in sys.stdin]
         if not texts:
             raise click.UsageError("nothing to translate: give TEXTS or lines on stdin")
-    for out in translate(ckpt, list(texts), dc, say=_say, ensemble=ensemble):
+    for out in translate(ckpt, list(texts), dc, say=_say, ensemble=ensemble, rerank=rerank):
         click.echo(out)
 
 
@@ -178,17 +190,17 @@ def seq2seq_translate(ckpt, texts, ensemble, **opts):
 @click.argument("ckpt", type=click.Path())
 @click.argument("data")
 @_decode_options
-@_ensemble_option
+@_model_options
 @click.option("--limit", type=options.POSITIVE_INT, default=None, help="evaluate on the first N sources")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def seq2seq_eval(ckpt, data, ensemble, limit, as_json, **opts):
+def seq2seq_eval(ckpt, data, ensemble, rerank, limit, as_json, **opts):
     """BLEU and chrF (sacrebleu) of the outputs for DATA's sources against all their targets; for symbol
     outputs also word error rate, phoneme/token error rate and exact match. DATA: a TSV or JSON Lines
     file, or cmudict:test / cmudict:val (the G2P default's held-out words)."""
     from mingpt_c.seq2seq.train import evaluate_file
 
     dc = _decode_config(opts)
-    r = evaluate_file(ckpt, data, dc, limit, say=_say, ensemble=ensemble)
+    r = evaluate_file(ckpt, data, dc, limit, say=_say, ensemble=ensemble, rerank=rerank)
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
@@ -227,7 +239,8 @@ def describe(loaded: dict, path) -> list[tuple[str, str]]:
     cfg, v = loaded["cfg"], loaded["vocabs"]
     rows = [("model", f"encoder-decoder, {cfg.enc_layers}+{cfg.dec_layers} layers, {cfg.n_head} heads, width "
                       f"{cfg.n_embd}, {'pre' if cfg.pre_ln else 'post'}-LN, {cfg.act}, {cfg.positions} positions, "
-                      f"max {cfg.max_src_len} source / {cfg.max_tgt_len} target tokens"),
+                      f"max {cfg.max_src_len} source / {cfg.max_tgt_len} target tokens"
+                      + (", writes right to left" if cfg.reverse_target else "")),
             ("parameters", f"{loaded['params'].size:,}"),
             ("vocabulary", f"{v['src'].kind} {v['src'].size} -> {v['tgt'].kind} {v['tgt'].size}"
                            + (" (shared)" if cfg.shared_vocab else "")),

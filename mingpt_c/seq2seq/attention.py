@@ -38,9 +38,15 @@ def alignment(model: Seq2Seq, src_ids: list[int], out_ids: list[int], layer: int
 
 def translate_with_alignment(model: Seq2Seq, vocabs: dict, src_ids: list[int], dc: DecodeConfig,
                              layer: int | None = None, head: int | None = None):
-    """(output text, alignment (T_out + 1, S), source labels, output labels)."""
+    """(output text, alignment (T_out + 1, S), source labels, output labels):
+    the output in reading order, </s> last (a right-to-left model wrote it
+    the other way: its rows are put in reading order)."""
     out = decode(model, [src_ids], dc)[0]
-    A = alignment(model, src_ids, out, layer, head)
+    if model.cfg.reverse_target:
+        A = alignment(model, src_ids, out[::-1], layer, head)
+        A = np.concatenate([A[-2::-1], A[-1:]])
+    else:
+        A = alignment(model, src_ids, out, layer, head)
     out_labels = vocabs["tgt"].symbols(out) + ["</s>"]
     return vocabs["tgt"].decode(out), A, vocabs["src"].symbols(src_ids), out_labels
 

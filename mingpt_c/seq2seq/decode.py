@@ -48,6 +48,14 @@ product of experts, renormalised: Marian's ensembling); greedy and beam
 search then treat them as one model's logits. Each model keeps its own
 cache; the sources are encoded once per model.
 
+A right-to-left model (cfg.reverse_target: trained on reversed targets)
+decodes as any other; decode() hands its outputs back in reading order.
+rerank() pools the beam's best outputs of a model and of other models,
+scores each by all of them (rescore(): teacher-forced log-probabilities,
+each model in its own direction) and keeps the best mix: a right-to-left
+model sees each output's end first, where a left-to-right model's errors
+collect.
+
 search="hf" runs Hugging Face generate()'s beam search instead (its
 defaults: early_stopping False, forced </s> at the last position), so an
 imported Marian model gives transformers' outputs token for token: of the
@@ -79,6 +87,7 @@ class DecodeConfig:
     len_b: int = 10
     batch_size: int = 64           # sources per batch
     search: str = "exact"          # beam search's rules: exact (ours) | hf (transformers' generate)
+    rerank_weight: float = 0.5     # with re-scoring models: their share of a hypothesis's score (rerank)
 
 
 def length_norm(length: np.ndarray | int, alpha: float, kind: str = "gnmt"):
@@ -123,6 +132,9 @@ class Ensemble:
                 raise ShapeError("the models of an ensemble must share their vocabularies and special tokens: "
                                  f"{c.src_vocab_size}/{c.tgt_vocab_size} source/target tokens against "
                                  f"{first.src_vocab_size}/{first.tgt_vocab_size}")
+            if c.reverse_target != first.reverse_target:
+                raise ShapeError("the models of an ensemble must write in one direction: a right-to-left "
+                                 "model (--reverse-target) can re-score the others' outputs (--rerank)")
         self.models = models
         self.cfg = replace(first, max_src_len=min(m.cfg.max_src_len for m in models),
                            max_tgt_len=min(m.cfg.max_tgt_len for m in models))
@@ -475,19 +487,106 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, pac
     return [f[:nbest] for f in finished]
 
 
-def decode(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
-    """The best output of each source: greedy with beam 1, else beam search.
-    The sources go through in order of length (batches of like lengths pad
-    little and end together), the outputs come back in the given order."""
+def decode(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True,
+           rescorers: list | None = None) -> list[list[int]]:
+    """The best output of each source: greedy with beam 1, else beam search,
+    or with rescorers the best of the beam's after rerank(). Outputs are in
+    reading order whatever the model's (a right-to-left model's are
+    reversed back). The sources go through in order of length (batches of
+    like lengths pad little and end together), the outputs come back in
+    the given order."""
     if dc.beam < 1:
         raise ShapeError(f"beam {dc.beam} must be at least 1")
     order = sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
     ranked = [srcs[i] for i in order]
-    if dc.beam == 1:
-        hyps = greedy(model, ranked, dc, cached)
+    if rescorers:
+        hyps = rerank(model, rescorers, ranked, dc, cached)
+    elif dc.beam == 1:
+        hyps = reading_order(model.cfg, greedy(model, ranked, dc, cached))
     else:
-        hyps = [h[0][1] if h else [] for h in beam_search(model, ranked, dc, cached)]
+        hyps = reading_order(model.cfg, [h[0][1] if h else [] for h in beam_search(model, ranked, dc, cached)])
     out: list[list[int]] = [[] for _ in srcs]
     for i, h in zip(order, hyps):
         out[i] = h
+    return out
+
+
+def reading_order(cfg, hyps: list[list[int]]) -> list[list[int]]:
+    """Outputs as the model wrote them -> in reading order (the same lists
+    unless the model writes right to left); the same function maps back."""
+    return [h[::-1] for h in hyps] if cfg.reverse_target else hyps
+
+
+def _fit_sources(cfg, srcs: list[list[int]]) -> list[list[int]]:
+    """Sources cut to the model's maximum (keeping a final </s>), as
+    encode_sources cuts them for the model they were encoded for."""
+    S = cfg.max_src_len
+    return [s if len(s) <= S else s[:S - 1] + s[-1:] if cfg.src_eos else s[:S] for s in srcs]
+
+
+def rescore(model: Seq2Seq | Ensemble, srcs: list[list[int]], hyps: list[list[int]],
+            batch_size: int = 64) -> np.ndarray:
+    """The log-probability (float64) that model gives each output hyps[i]
+    (reading order, without </s>) of source srcs[i], </s> included:
+    the teacher-forced decoder's, summed over the tokens (an Ensemble: the
+    mean of its models'). A right-to-left model scores the reversed output.
+    A source longer than the model takes is cut to its maximum (keeping a
+    final </s>); an output longer than it can write scores -inf."""
+    model = model.on_cpu()
+    if isinstance(model, Ensemble):
+        return np.mean([rescore(m, srcs, hyps, batch_size) for m in model.models], axis=0)
+    cfg = model.cfg
+    srcs = _fit_sources(cfg, srcs)
+    hyps = reading_order(cfg, hyps)
+    out = np.full(len(hyps), -np.inf)
+    order = sorted((i for i in range(len(hyps)) if len(hyps[i]) < cfg.max_tgt_len),
+                   key=lambda i: (len(srcs[i]), len(hyps[i])))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        src, mask = _pad([srcs[j] for j in idx], _source_pad(model))
+        T = max(len(hyps[j]) for j in idx) + 1
+        tin = np.full((len(idx), T), cfg.pad_id, np.int32)
+        tout = np.full((len(idx), T), cfg.pad_id, np.int32)
+        for r, j in enumerate(idx):
+            h = hyps[j]
+            tin[r, :len(h) + 1] = [cfg.bos_id, *h]
+            tout[r, :len(h) + 1] = [*h, cfg.eos_id]
+        z = model.forward(src, mask, tin)                                  # (B*T, V) float32
+        m, L, _ = ops.logits_stats(z)
+        flat = tout.reshape(-1)
+        lp = (z[np.arange(len(flat)), flat].astype(np.float64) - m) - L
+        out[idx] = np.where(flat != cfg.pad_id, lp, 0.0).reshape(len(idx), T).sum(1)
+    return out
+
+
+def rerank(model: Seq2Seq | Ensemble, rescorers: list, srcs: list[list[int]], dc: DecodeConfig,
+           cached: bool = True) -> list[list[int]]:
+    """Each source's best output after re-scoring. The candidates: the
+    dc.beam best of beam search by model and by each re-scorer (in reading
+    order, duplicates once). Each is scored (1 - w) * model's
+    log-probability + w * the mean of the rescorers' (rescore(), w =
+    dc.rerank_weight), normalised by its length as the beam normalises;
+    the best wins (a tie: the first proposed, model's own first). A
+    right-to-left re-scorer judges each output from its end, where a
+    left-to-right model's errors collect, and proposes outputs that the
+    left-to-right beam never reached. Reading order."""
+    if dc.beam < 2:
+        raise ShapeError("re-scoring (--rerank) needs a beam (--beam) of at least 2: it chooses among the "
+                         "beam's best outputs")
+    if not 0.0 <= dc.rerank_weight <= 1.0:
+        raise ShapeError(f"rerank weight {dc.rerank_weight} must be within 0 to 1")
+    cands: list[dict] = [{} for _ in srcs]
+    for m in [model, *rescorers]:
+        for c, hs in zip(cands, beam_search(m, _fit_sources(m.cfg, srcs), dc, cached, nbest=dc.beam)):
+            c.update(dict.fromkeys(tuple(h) for h in reading_order(m.cfg, [h for _, h in hs])))
+    flat_src = [s for s, c in zip(srcs, cands) for _ in c]
+    flat = [list(h) for c in cands for h in c]
+    own = rescore(model, flat_src, flat, dc.batch_size)
+    other = np.mean([rescore(r, flat_src, flat, dc.batch_size) for r in rescorers], axis=0)
+    total = ((1.0 - dc.rerank_weight) * own + dc.rerank_weight * other) / \
+        length_norm(np.array([len(h) + 1 for h in flat]), dc.length_penalty, dc.norm)
+    out, k = [], 0
+    for c in cands:
+        out.append(flat[k + int(np.argmax(total[k:k + len(c)]))] if c else [])
+        k += len(c)
     return out

@@ -96,6 +96,7 @@ class Seq2SeqConfig(ConfigBase):
     bos_id: int = BOS              # the decoder's first input (Marian: its pad id)
     eos_id: int = EOS              # ends every target (and every source with src_eos)
     src_eos: bool = False          # sources end with eos_id (Marian)
+    reverse_target: bool = False   # targets learned and written last token first (a right-to-left model)
     extra: dict = field(default_factory=dict)   # vocabularies, data description: kept verbatim
 
     def __post_init__(self):

@@ -65,6 +65,7 @@ class Seq2SeqTrainConfig(OptimConfig):
     src_vocab: str = "char"         # source tokens: char | symbols (whitespace-separated) | bpe
     tgt_vocab: str | None = None    # target tokens: char | symbols | bpe; default symbols for G2P, else char
     shared_vocab: bool = False      # one vocabulary for both sides, one tied embedding (three-way tying)
+    reverse_target: bool = False    # learn the targets last token first: a right-to-left model (for --rerank)
     vocab_size: int = 8000          # a trained BPE's size
     max_len: int = 256              # longest source or target in tokens; longer training pairs are left out
     enc_layers: int = 3
@@ -238,11 +239,13 @@ def source_ids(vocab, text: str, cfg: Seq2SeqConfig) -> list[int]:
 
 def encode_pairs(vocabs: dict, pairs: list, cfg: Seq2SeqConfig) -> tuple[list, list, int]:
     """(source ids, target ids, pairs left out for length): targets get
-    </s> appended later (max_tgt_len counts it)."""
+    </s> appended later (max_tgt_len counts it); a right-to-left model's
+    are reversed."""
     src, tgt, cut = [], [], 0
     max_src, max_tgt = cfg.max_src_len, cfg.max_tgt_len
+    step = -1 if cfg.reverse_target else 1
     for s, t in pairs:
-        a, b = source_ids(vocabs["src"], s, cfg), vocabs["tgt"].encode(t)
+        a, b = source_ids(vocabs["src"], s, cfg), vocabs["tgt"].encode(t)[::step]
         if len(a) > max_src or len(b) + 1 > max_tgt or not a:
             cut += 1
             continue
@@ -288,14 +291,18 @@ def new_config(tc: Seq2SeqTrainConfig, vocabs: dict, pairs: list) -> Seq2SeqConf
     return Seq2SeqConfig(src_vocab_size=vocabs["src"].size, tgt_vocab_size=vocabs["tgt"].size,
                          shared_vocab=tc.shared_vocab, max_src_len=max_src, max_tgt_len=max_tgt,
                          enc_layers=tc.enc_layers, dec_layers=tc.dec_layers, n_head=tc.n_head, n_embd=tc.n_embd,
-                         dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions, init=tc.init)
+                         dropout=tc.dropout, act=tc.act, pre_ln=tc.pre_ln, positions=tc.positions, init=tc.init,
+                         reverse_target=tc.reverse_target)
 
 
 def _init_from(tc: Seq2SeqTrainConfig, run: Run) -> tuple[Seq2Seq, dict]:
-    """The --init-from checkpoint's model (at this run's dropout) and vocabularies."""
+    """The --init-from checkpoint's model (at this run's dropout) and
+    vocabularies; it writes in its own direction, or right to left with
+    --reverse-target."""
     init = ckpt.load(tc.init_from)
     cfg = init["cfg"]
     cfg.dropout = tc.dropout
+    cfg.reverse_target = cfg.reverse_target or tc.reverse_target
     run.say(f"init: weights and vocabularies from {init['path']}")
     return Seq2Seq(cfg, init["params"], device=run.device), init["vocabs"]
 
@@ -387,6 +394,9 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
             if teacher is not None and (cfg.max_src_len > teacher.cfg.max_src_len
                                         or cfg.max_tgt_len > teacher.cfg.max_tgt_len):
                 raise DataError("--distill token: the model's longest source or target exceeds the teachers'")
+            if teacher is not None and teacher.cfg.reverse_target != cfg.reverse_target:
+                raise MinGPTError("--distill token: the teachers and the student must write in one direction "
+                                  "(--reverse-target); --distill sequence can cross directions")
             soft_targets = distill_tokens(tc, run, teacher, src, tgt, cfg)
         vsrc = vtgt = None
         if val:
@@ -491,14 +501,24 @@ def load_models(paths: list) -> tuple[Seq2Seq | Ensemble, dict]:
     vocabularies (with the vocabularies)."""
     loaded = [load_model(p) for p in paths]
     model, vocabs = loaded[0]
-    if len(loaded) == 1:
-        return model, vocabs
-    for p, (_, v) in zip(paths[1:], loaded[1:]):
+    _check_shared(paths[0], vocabs, paths[1:], [v for _, v in loaded[1:]], "an ensemble")
+    return (model if len(loaded) == 1 else Ensemble([m for m, _ in loaded])), vocabs
+
+
+def load_rescorers(paths: tuple, first, vocabs: dict) -> list[Seq2Seq]:
+    """The models of the --rerank checkpoints (decode.rerank), which must
+    share the vocabularies of the model at first."""
+    loaded = [load_model(p) for p in paths]
+    _check_shared(first, vocabs, paths, [v for _, v in loaded], "a model and its re-scorers")
+    return [m for m, _ in loaded]
+
+
+def _check_shared(first, vocabs: dict, paths, others: list, what: str) -> None:
+    for p, v in zip(paths, others):
         side = _other_side(vocabs, v)
         if side:
-            raise CheckpointError(f"{p}: its {side} vocabulary is not that of {paths[0]}: the models of an "
-                                  f"ensemble must share their vocabularies")
-    return Ensemble([m for m, _ in loaded]), vocabs
+            raise CheckpointError(f"{p}: its {side} vocabulary is not that of {first}: the models of "
+                                  f"{what} must share their vocabularies")
 
 
 def _other_side(a: dict, b: dict) -> str | None:
@@ -527,11 +547,13 @@ def encode_sources(model: Seq2Seq | Ensemble, vocabs: dict, texts: list[str], sa
     return out
 
 
-def translate(path, texts: list[str], dc: DecodeConfig, say=None, ensemble=()) -> list[str]:
+def translate(path, texts: list[str], dc: DecodeConfig, say=None, ensemble=(), rerank=()) -> list[str]:
     """The outputs of the checkpoint at path (decoded together with those of
-    ensemble, when given) for texts."""
+    ensemble, when given; the beam's best re-scored by the rerank
+    checkpoints, when given) for texts."""
     model, vocabs = load_models([path, *ensemble])
-    hyps = decode(model, encode_sources(model, vocabs, texts, say), dc)
+    rescorers = load_rescorers(rerank, path, vocabs)
+    hyps = decode(model, encode_sources(model, vocabs, texts, say), dc, rescorers=rescorers)
     return [vocabs["tgt"].decode(h) for h in hyps]
 
 
@@ -546,14 +568,17 @@ def read_references(data: str) -> list:
     return sd.group_references(sd.read_pairs(data))
 
 
-def evaluate_file(path, data_file, dc: DecodeConfig, limit: int | None = None, say=None, ensemble=()) -> dict:
+def evaluate_file(path, data_file, dc: DecodeConfig, limit: int | None = None, say=None, ensemble=(),
+                  rerank=()) -> dict:
     """BLEU, chrF (and for symbol outputs WER, PER, exact match) of the
-    model's outputs (with ensemble's checkpoints, the ensemble's) for the
-    sources of data_file against all their targets."""
+    model's outputs (with ensemble's checkpoints, the ensemble's; with
+    rerank's, re-scored) for the sources of data_file against all their
+    targets."""
     model, vocabs = load_models([path, *ensemble])
+    rescorers = load_rescorers(rerank, path, vocabs)
     refs = read_references(data_file)
     if limit:
         refs = refs[:limit]
-    hyps = decode(model, encode_sources(model, vocabs, [s for s, _ in refs], say), dc)
+    hyps = decode(model, encode_sources(model, vocabs, [s for s, _ in refs], say), dc, rescorers=rescorers)
     res = evaluate_outputs(vocabs, hyps, [r for _, r in refs])
     return res

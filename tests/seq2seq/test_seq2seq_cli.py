@@ -1,6 +1,7 @@
 """`mingpt seq2seq` through the CLI: a word-reversal task learned to BLEU
 >= 95 through translate -> detokenize -> sacrebleu; translate from
-arguments and stdin; an ensemble of checkpoints; checkpoints of this
+arguments and stdin; an ensemble of checkpoints; a right-to-left model
+re-scoring the beam; checkpoints of this
 family and of others; the
 alignment map (a small G2P model puts each letter's phoneme over that
 letter); sequence-level distillation from the reversal model; bad input
@@ -81,6 +82,42 @@ def test_ensemble_of_a_model_with_itself_scores_as_the_model(reverser, tmp_path)
               "--max-iters", "1", "--threads", "1", "--no-progress"))
     one_line_error(invoke("seq2seq", "translate", reverser / "run", "red blue", "--ensemble", tmp_path / "other"),
                    "vocabulary", "ensemble")
+
+
+def test_right_to_left_model_reranks_through_the_cli(reverser, tmp_path):
+    """train --reverse-target learns the targets backwards and still prints
+    them in reading order (the reversal task at BLEU >= 95 through eval,
+    `mingpt info` says so, the alignment map draws); it re-scores the
+    left-to-right model's beam (--rerank); without a beam, with a weight
+    out of range, ensembled with a left-to-right model or distilled token
+    by token into one: one line each."""
+    run = tmp_path / "r2l"
+    ok(invoke("seq2seq", "train", "--train", reverser / "train.tsv", "--out", run, "--reverse-target",
+              "--src-vocab", "symbols", "--tgt-vocab", "symbols", "--shared-vocab", "--enc-layers", "2",
+              "--dec-layers", "2", "--n-embd", "64", "--n-head", "4", "--dropout", "0", "--label-smoothing", "0",
+              "--batch-size", "32", "--max-iters", "400", "--lr", "1e-3", "--warmup-iters", "50",
+              "--threads", "2", "--no-progress"))
+    test = reverser / "test.tsv"
+    alone = json.loads(ok(invoke("seq2seq", "eval", run, test, "--json")).output)
+    assert alone["bleu"] >= 95, alone
+    assert "writes right to left" in ok(invoke("info", run)).output
+    assert ok(invoke("seq2seq", "translate", run, "red blue green gold")).stdout.splitlines() == \
+        ["gold green blue red"]
+    ok(invoke("seq2seq", "attention", run, "red blue green gold", "--out", tmp_path / "map.png"))
+    both = json.loads(ok(invoke("seq2seq", "eval", reverser / "run", test, "--json", "--beam", "4",
+                                "--rerank", run)).output)
+    assert both["bleu"] >= 95, both
+    res = ok(invoke("seq2seq", "translate", reverser / "run", "red blue green gold", "--beam", "3", "--rerank", run,
+                    "--rerank-weight", "0.8"))
+    assert res.stdout.splitlines() == ["gold green blue red"]
+    one_line_error(invoke("seq2seq", "eval", reverser / "run", test, "--rerank", run), "--beam")
+    one_line_error(invoke("seq2seq", "eval", reverser / "run", test, "--beam", "4", "--rerank", run,
+                          "--rerank-weight", "1.5"), "--rerank-weight")
+    one_line_error(invoke("seq2seq", "translate", reverser / "run", "red blue", "--ensemble", run), "direction")
+    one_line_error(invoke("seq2seq", "train", "--train", reverser / "train.tsv", "--out", tmp_path / "student",
+                          "--distill-from", run, "--distill", "token", "--enc-layers", "1", "--dec-layers", "1",
+                          "--n-embd", "16", "--n-head", "2", "--max-iters", "1", "--threads", "1", "--no-progress"),
+                   "direction")
 
 
 STUDENT = ["--src-vocab", "symbols", "--tgt-vocab", "symbols", "--enc-layers", "1", "--dec-layers", "1",

@@ -219,3 +219,81 @@ def test_ensemble_refuses_another_vocabulary(model):
     cfg = replace(model.cfg, tgt_vocab_size=8)
     with pytest.raises(ShapeError, match="share their vocabularies"):
         Ensemble([model, Seq2Seq(cfg, seed=1)])
+
+# ---------------------------------------------------------------- right to left, re-scoring
+
+
+def right_to_left(model):
+    """The same weights writing right to left."""
+    return Seq2Seq(replace(model.cfg, reverse_target=True), model.params.copy())
+
+
+OUTPUTS = [[3, 4], [], [6, 5, 4]]      # one output per source of SOURCES, reading order
+
+
+def reference_logprob(model, src, out):
+    """float64: the sum of the teacher-forced log-probabilities of out + </s>."""
+    s = np.array([src], np.int32)
+    lp = model.logprobs(s, np.ones_like(s), np.array([[BOS, *out]], np.int32))[0]
+    return sum(lp[t, y] for t, y in enumerate([*out, EOS]))
+
+
+def test_rescore_is_the_teacher_forced_log_probability(model, other):
+    got = decode_mod.rescore(model, SOURCES, OUTPUTS, batch_size=2)
+    want = [reference_logprob(model, s, o) for s, o in zip(SOURCES, OUTPUTS)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    ens = decode_mod.rescore(Ensemble([model, other]), SOURCES, OUTPUTS)
+    np.testing.assert_allclose(ens, np.mean([want, decode_mod.rescore(other, SOURCES, OUTPUTS)], 0), atol=1e-5)
+
+
+def test_rescore_gives_beam_search_its_own_scores(model):
+    dc = DecodeConfig(beam=4, length_penalty=1.0, len_a=1.0, len_b=2)
+    for src, hyps in zip(SOURCES, beam_search(model, SOURCES, dc, nbest=4)):
+        raw = [score * length_norm(len(h) + 1, 1.0) for score, h in hyps]
+        np.testing.assert_allclose(decode_mod.rescore(model, [src] * len(hyps), [h for _, h in hyps]), raw,
+                                   atol=1e-5)
+
+
+def test_right_to_left_model_scores_and_writes_reversed(model):
+    r2l = right_to_left(model)
+    np.testing.assert_array_equal(decode_mod.rescore(r2l, SOURCES, OUTPUTS),
+                                  decode_mod.rescore(model, SOURCES, [o[::-1] for o in OUTPUTS]))
+    for beam in (1, 3):
+        dc = DecodeConfig(beam=beam, len_a=1.0, len_b=2)
+        assert decode(r2l, SOURCES, dc) == [o[::-1] for o in decode(model, SOURCES, dc)]
+
+
+def test_rescore_scores_what_a_model_cannot_write_as_impossible(model):
+    long = [3] * model.cfg.max_tgt_len                     # no room for </s>
+    got = decode_mod.rescore(model, [SOURCES[0]] * 2, [long, [3]])
+    assert got[0] == -np.inf and np.isfinite(got[1])
+
+
+def test_rerank_chooses_among_both_models_proposals(model, other):
+    """The candidates are both beams' 4 best (the right-to-left model's
+    reversed into reading order); the winner has the best mix of the two
+    models' float64 log-probabilities, normalised by length. Weight 0: the
+    best by the model alone; more weight to the other model changes the
+    choice."""
+    r2l = right_to_left(other)
+    dc = DecodeConfig(beam=4, length_penalty=3.0, len_a=1.0, len_b=2)   # a strong penalty: outputs of 2-7 tokens
+    alone = decode(model, SOURCES, dc)
+    proposals = [[h for _, h in a] + [h[::-1] for _, h in b if h[::-1] not in [x for _, x in a]]
+                 for a, b in zip(beam_search(model, SOURCES, dc, nbest=4), beam_search(r2l, SOURCES, dc, nbest=4))]
+    assert any(len(p) > 4 for p in proposals)                            # the other model adds candidates
+
+    def total(w, src, h):
+        return ((1 - w) * reference_logprob(model, src, h) + w * reference_logprob(other, src, h[::-1])) \
+            / length_norm(len(h) + 1, 3.0)
+
+    for w in (0.0, 0.3, 1.0):
+        want = [max(p, key=lambda h: total(w, src, h)) for src, p in zip(SOURCES, proposals)]
+        assert decode(model, SOURCES, replace(dc, rerank_weight=w), rescorers=[r2l]) == want
+        assert (want == alone) == (w == 0.0)                             # the other model changes the choice
+
+
+def test_rerank_needs_a_beam_and_one_direction_per_ensemble(model):
+    with pytest.raises(ShapeError, match="of at least 2"):
+        decode(model, SOURCES, DecodeConfig(beam=1), rescorers=[model])
+    with pytest.raises(ShapeError, match="one direction"):
+        Ensemble([model, right_to_left(model)])
