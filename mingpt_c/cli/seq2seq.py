@@ -54,8 +54,9 @@ def _model_options(f):
                      help="decode together with this checkpoint too (repeatable): each step takes the mean of "
                           "the models' log-probabilities; the vocabularies must be the same"),
         click.option("--rerank", "rerank", multiple=True, type=click.Path(), metavar="CKPT",
-                     help="re-score the beam's best outputs with this checkpoint too (repeatable), typically a "
-                          "right-to-left model (train --reverse-target); needs --beam 2 or more"),
+                     help="choose with this checkpoint too (repeatable; typically a right-to-left model, train "
+                          "--reverse-target): the beam's best outputs of both, each scored by both; needs "
+                          "--beam 2 or more"),
         click.option("--rerank-weight", type=options.SHARE, default=DecodeConfig().rerank_weight,
                      help="the --rerank models' share of an output's score (0 to 1)"),
     ])
