@@ -53,8 +53,8 @@ decodes as any other; decode() hands its outputs back in reading order.
 rerank() pools the beam's best outputs of a model and of other models,
 scores each by all of them (rescore(): teacher-forced log-probabilities,
 each model in its own direction) and keeps the best mix: a right-to-left
-model sees each output's end first, where a left-to-right model's errors
-collect.
+model predicts each token from the ones after it, a view of the output
+that a left-to-right model lacks, and errs on other outputs.
 
 search="hf" runs Hugging Face generate()'s beam search instead (its
 defaults: early_stopping False, forced </s> at the last position), so an
@@ -567,9 +567,9 @@ def rerank(model: Seq2Seq | Ensemble, rescorers: list, srcs: list[list[int]], dc
     log-probability + w * the mean of the rescorers' (rescore(), w =
     dc.rerank_weight), normalised by its length as the beam normalises;
     the best wins (a tie: the first proposed, model's own first). A
-    right-to-left re-scorer judges each output from its end, where a
-    left-to-right model's errors collect, and proposes outputs that the
-    left-to-right beam never reached. Reading order."""
+    right-to-left re-scorer predicts each token from the ones after it,
+    and proposes outputs that a left-to-right beam did not keep. Reading
+    order."""
     if dc.beam < 2:
         raise ShapeError("re-scoring (--rerank) needs a beam (--beam) of at least 2: it chooses among the "
                          "beam's best outputs")
