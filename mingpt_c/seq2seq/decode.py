@@ -517,9 +517,9 @@ def reading_order(cfg, hyps: list[list[int]]) -> list[list[int]]:
     return [h[::-1] for h in hyps] if cfg.reverse_target else hyps
 
 
-def _fit_sources(cfg, srcs: list[list[int]]) -> list[list[int]]:
-    """Sources cut to the model's maximum (keeping a final </s>), as
-    encode_sources cuts them for the model they were encoded for."""
+def fit_sources(cfg, srcs: list[list[int]]) -> list[list[int]]:
+    """Sources cut to the model's maximum (keeping a final </s> for a model
+    whose sources end with one)."""
     S = cfg.max_src_len
     return [s if len(s) <= S else s[:S - 1] + s[-1:] if cfg.src_eos else s[:S] for s in srcs]
 
@@ -536,7 +536,7 @@ def rescore(model: Seq2Seq | Ensemble, srcs: list[list[int]], hyps: list[list[in
     if isinstance(model, Ensemble):
         return np.mean([rescore(m, srcs, hyps, batch_size) for m in model.models], axis=0)
     cfg = model.cfg
-    srcs = _fit_sources(cfg, srcs)
+    srcs = fit_sources(cfg, srcs)
     hyps = reading_order(cfg, hyps)
     out = np.full(len(hyps), -np.inf)
     order = sorted((i for i in range(len(hyps)) if len(hyps[i]) < cfg.max_tgt_len),
@@ -577,7 +577,7 @@ def rerank(model: Seq2Seq | Ensemble, rescorers: list, srcs: list[list[int]], dc
         raise ShapeError(f"rerank weight {dc.rerank_weight} must be within 0 to 1")
     cands: list[dict] = [{} for _ in srcs]
     for m in [model, *rescorers]:
-        for c, hs in zip(cands, beam_search(m, _fit_sources(m.cfg, srcs), dc, cached, nbest=dc.beam)):
+        for c, hs in zip(cands, beam_search(m, fit_sources(m.cfg, srcs), dc, cached, nbest=dc.beam)):
             c.update(dict.fromkeys(tuple(h) for h in reading_order(m.cfg, [h for _, h in hs])))
     flat_src = [s for s, c in zip(srcs, cands) for _ in c]
     flat = [list(h) for c in cands for h in c]

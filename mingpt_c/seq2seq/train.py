@@ -46,7 +46,7 @@ from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd
-from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, decode
+from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, decode, fit_sources
 from mingpt_c.seq2seq.distill import TokenTargets
 from mingpt_c.seq2seq.metrics import score
 from mingpt_c.seq2seq.model import Seq2Seq, Seq2SeqConfig, memory_bytes
@@ -539,9 +539,9 @@ def encode_sources(model: Seq2Seq | Ensemble, vocabs: dict, texts: list[str], sa
             raise DataError(f"source {i + 1} ({t[:40]!r}) has symbols the model's vocabulary lacks: "
                             + ", ".join(repr(u) for u in unknown[:10]))
         ids = source_ids(vocabs["src"], t, model.cfg)
-        if len(ids) > limit:
-            ids, cut = ids[:limit - 1] + ids[-1:] if model.cfg.src_eos else ids[:limit], cut + 1
+        cut += len(ids) > limit
         out.append(ids)
+    out = fit_sources(model.cfg, out)
     if cut and say:
         say(f"note: {cut} source(s) longer than the model's {limit} tokens were cut to their first {limit}")
     return out
