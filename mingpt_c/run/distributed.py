@@ -17,6 +17,7 @@ hanging; Open MPI's launcher usually ends the job even sooner.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -52,6 +53,9 @@ class SingleProcess:
 
     def barrier(self) -> None:
         pass
+
+    def broadcast(self, obj):
+        return obj
 
     def abort(self, message: str) -> None:  # pragma: no cover - nothing to abort
         raise DistributedError(message)
@@ -101,6 +105,16 @@ class MPIWorld:
 
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier(), "a barrier")
+
+    def broadcast(self, obj):
+        """Rank 0's obj (anything json writes) on every rank, rank 0's own
+        included, as json reads it back: every rank holds the same value."""
+        data = json.dumps(obj).encode() if self.is_main else b""
+        n = np.array([len(data)], np.int64)
+        self._wait(self.comm.Ibcast(n, root=0), "a broadcast")
+        buf = np.frombuffer(data, np.uint8).copy() if self.is_main else np.empty(int(n[0]), np.uint8)
+        self._wait(self.comm.Ibcast(buf, root=0), "a broadcast")
+        return json.loads(buf.tobytes())
 
     def abort(self, message: str) -> None:
         print(f"Error: {message}", file=sys.stderr, flush=True)

@@ -197,7 +197,18 @@ def cut_log(path: Path, it: int) -> int:
         else:
             keep.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+        write_atomic(path, "".join(keep))
     return dropped
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Writes path whole or not at all: into a temporary sibling first, then
+    renamed over it, so that a reader, a crash or a full disk never meets
+    it half-written."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -72,7 +72,7 @@ from mingpt_c.run.distributed import default_threads, get_world
 from mingpt_c.run.plot import plot_log
 from mingpt_c.run.progress import Progress
 from mingpt_c.run.rundir import (RUN_CONFIG, DirectoryLock, RunDirError, cut_log, has_run,
-                                 remove_stale_temporaries, resolve_resumed, saved_config)
+                                 remove_stale_temporaries, resolve_resumed, saved_config, write_atomic)
 from mingpt_c.run.signals import StopFlag
 
 LOG = "log.jsonl"
@@ -101,9 +101,8 @@ class Run:
                 if not self.dir.is_dir():
                     raise RunDirError(f"--resume: no checkpoint to resume in {self.dir} "
                                       f"(expected {self.dir}/latest)")
-                self._open_dir()
-                self.cfg = resolve_resumed(cfg, saved_config(self.dir), given, self.dir)
-                self.resumed_state = _read_state(self.dir / "latest")
+                saved, self.resumed_state = self._open_dir()
+                self.cfg = resolve_resumed(cfg, saved, given, self.dir)
                 self._earlier = float(self.resumed_state.get("seconds") or 0.0)
             for name in ("batch_size", "grad_accum", "log_interval", "max_nan_steps"):
                 if getattr(self.cfg, name) < 1:
@@ -145,11 +144,14 @@ class Run:
         self.cfg.batch_size = gb // W
         self.say(f"resuming a global batch of {gb} rows on {W} rank(s): {self.cfg.batch_size} per rank")
 
-    def _open_dir(self) -> None:
+    def _open_dir(self) -> tuple[dict, dict]:
         """Rank 0 locks the directory, clears what dead writers left, and
         refuses a new run over an old one (a resumed one without its run);
-        every rank raises if it failed."""
-        failure = None
+        on --resume it reads the run's saved configuration and train state
+        and returns them. Every rank gets them from rank 0, not from the
+        files, which rank 0 rewrites as soon as its run begins; every rank
+        raises if rank 0 failed."""
+        failure, saved = None, ({}, {})
         if self.is_main:
             try:
                 self._lock = DirectoryLock(self.dir)
@@ -162,10 +164,15 @@ class Run:
                 for name in remove_stale_temporaries(self.dir):
                     self.say(f"removed {self.dir / name}, a checkpoint left half-written by a process "
                              f"that is gone")
+                if self.resume:
+                    saved = (saved_config(self.dir), _read_state(self.dir / "latest"))
             except MinGPTError as e:
                 failure = e
         if self.world.any(failure is not None):
             raise failure or RunDirError("rank 0 could not open the run directory (see its message)")
+        if self.resume:
+            saved = tuple(self.world.broadcast(list(saved)))
+        return saved
 
     def begin(self, start: int, total: int, save, state=None, best_key: str | None = None,
               best_mode: str = "min", unit: str = "tokens", plot: str | None = "loss.png",
@@ -186,8 +193,7 @@ class Run:
             self.best = None
         self.unit, self.plot, self.command = unit, plot, command
         if self.is_main:
-            (self.dir / RUN_CONFIG).write_text(
-                json.dumps(dataclasses.asdict(self.cfg), indent=2, default=str) + "\n")
+            write_atomic(self.dir / RUN_CONFIG, json.dumps(dataclasses.asdict(self.cfg), indent=2, default=str) + "\n")
             if self.resume:
                 cut_log(self.dir / LOG, start)
             # line-buffered; a new run starts a new log (a run that died before its first checkpoint left one)
