@@ -30,11 +30,14 @@ def readme_commands() -> list[list[str]]:
 def test_readme_command_parses(args):
     from mingpt_c.cli import main
 
-    cmd, rest = main, list(args)
+    # under its groups' contexts, as the command line parses it: a command's
+    # context made alone would take (and click keep) help options of its own
+    ctx, cmd, rest = None, main, list(args)
     while isinstance(cmd, click.Group) and rest and rest[0] in cmd.commands:
+        ctx = click.Context(cmd, info_name=cmd.name, parent=ctx, **cmd.context_settings)
         cmd = cmd.commands[rest.pop(0)]
     assert not isinstance(cmd, click.Group), f"no command in {args}"
-    cmd.make_context(cmd.name, rest)   # raises on an unknown option or a bad value
+    cmd.make_context(cmd.name, rest, parent=ctx)   # raises on an unknown option or a bad value
 
 
 def test_quick_start_runs(tmp_path, monkeypatch):
