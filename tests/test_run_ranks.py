@@ -65,3 +65,18 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         write_atomic(path, json.dumps({"lr": 2}))
     assert json.loads(path.read_text()) == {"lr": 1}
     assert os.listdir(tmp_path) == [RUN_CONFIG]   # no temporary left behind
+
+
+def test_write_atomic_keeps_the_old_file_when_its_writer_fails(tmp_path):
+    path = tmp_path / "distilled.npz"
+    write_atomic(path, lambda f: f.write(b"old"))
+    assert path.read_bytes() == b"old"
+
+    def half(f):   # writes part of the file, then fails
+        f.write(b"ne")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, half)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["distilled.npz"]

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from mingpt_c.errors import MinGPTError
 
@@ -201,13 +202,19 @@ def cut_log(path: Path, it: int) -> int:
     return dropped
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes path whole or not at all: into a temporary sibling first, then
-    renamed over it, so that a reader, a crash or a full disk never meets
-    it half-written."""
+def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Writes path whole or not at all: data (text, bytes, or a function
+    that writes into the open binary file) into a temporary sibling
+    .NAME.tmpPID first, then renamed over path, so that a reader, a crash
+    or a full disk never meets it half-written (a crash leaves the
+    temporary, which remove_stale_temporaries clears)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

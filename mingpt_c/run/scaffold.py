@@ -144,14 +144,14 @@ class Run:
         self.cfg.batch_size = gb // W
         self.say(f"resuming a global batch of {gb} rows on {W} rank(s): {self.cfg.batch_size} per rank")
 
-    def _open_dir(self) -> tuple[dict, dict]:
+    def _open_dir(self) -> list[dict]:
         """Rank 0 locks the directory, clears what dead writers left, and
         refuses a new run over an old one (a resumed one without its run);
         on --resume it reads the run's saved configuration and train state
-        and returns them. Every rank gets them from rank 0, not from the
-        files, which rank 0 rewrites as soon as its run begins; every rank
-        raises if rank 0 failed."""
-        failure, saved = None, ({}, {})
+        and returns them ([config, state]). Every rank gets them from rank
+        0, not from the files, which rank 0 rewrites as soon as its run
+        begins; every rank raises if rank 0 failed."""
+        failure, saved = None, [{}, {}]
         if self.is_main:
             try:
                 self._lock = DirectoryLock(self.dir)
@@ -165,14 +165,12 @@ class Run:
                     self.say(f"removed {self.dir / name}, a checkpoint left half-written by a process "
                              f"that is gone")
                 if self.resume:
-                    saved = (saved_config(self.dir), _read_state(self.dir / "latest"))
+                    saved = [saved_config(self.dir), _read_state(self.dir / "latest")]
             except MinGPTError as e:
                 failure = e
         if self.world.any(failure is not None):
             raise failure or RunDirError("rank 0 could not open the run directory (see its message)")
-        if self.resume:
-            saved = tuple(self.world.broadcast(list(saved)))
-        return saved
+        return self.world.broadcast(saved) if self.resume else saved
 
     def begin(self, start: int, total: int, save, state=None, best_key: str | None = None,
               best_mode: str = "min", unit: str = "tokens", plot: str | None = "loss.png",

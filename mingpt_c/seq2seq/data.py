@@ -188,6 +188,15 @@ def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None) -
         mask[i, :len(row)] = 1
     return ids, mask
 
+
+def make_batch(src: list, tgt: list, cfg) -> tuple[np.ndarray, ...]:
+    """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>),
+    padded, for a model of configuration cfg (a Seq2SeqConfig)."""
+    s, m = pad(src, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0)
+    tin, _ = pad(tgt, cfg.pad_id, bos=cfg.bos_id)
+    tout, _ = pad(tgt, cfg.pad_id, eos=cfg.eos_id)
+    return s, m, tin, tout
+
 # ------------------------------------------------------------------ batches
 
 

@@ -75,6 +75,7 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.loss import log_softmax
+from mingpt_c.seq2seq.data import make_batch
 from mingpt_c.seq2seq.model import Seq2Seq
 
 
@@ -543,19 +544,12 @@ def rescore(model: Seq2Seq | Ensemble, srcs: list[list[int]], hyps: list[list[in
                    key=lambda i: (len(srcs[i]), len(hyps[i])))
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        src, mask = _pad([srcs[j] for j in idx], _source_pad(model))
-        T = max(len(hyps[j]) for j in idx) + 1
-        tin = np.full((len(idx), T), cfg.pad_id, np.int32)
-        tout = np.full((len(idx), T), cfg.pad_id, np.int32)
-        for r, j in enumerate(idx):
-            h = hyps[j]
-            tin[r, :len(h) + 1] = [cfg.bos_id, *h]
-            tout[r, :len(h) + 1] = [*h, cfg.eos_id]
+        src, mask, tin, tout = make_batch([srcs[j] for j in idx], [hyps[j] for j in idx], cfg)
         z = model.forward(src, mask, tin)                                  # (B*T, V) float32
         m, L, _ = ops.logits_stats(z)
         flat = tout.reshape(-1)
         lp = (z[np.arange(len(flat)), flat].astype(np.float64) - m) - L
-        out[idx] = np.where(flat != cfg.pad_id, lp, 0.0).reshape(len(idx), T).sum(1)
+        out[idx] = np.where(flat != cfg.pad_id, lp, 0.0).reshape(tout.shape).sum(1)
     return out
 
 

@@ -32,7 +32,6 @@ weights, in the spirit of the paper's averaging of its last checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -43,9 +42,11 @@ from mingpt_c.checkpoint import training_weights
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.nn.optim import AdamW, OptimConfig, inverse_sqrt_lr, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
+from mingpt_c.run.rundir import write_atomic
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd
+from mingpt_c.seq2seq.data import make_batch
 from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, decode, fit_sources
 from mingpt_c.seq2seq.distill import TokenTargets
 from mingpt_c.seq2seq.metrics import score
@@ -170,16 +171,9 @@ def distill_sequences(tc: Seq2SeqTrainConfig, run: Run, pairs: list, what: str) 
     if not distilled:
         raise DataError("distill: the teachers' outputs are all empty: nothing to train on")
     if run.is_main:
-        _write_atomic(path, lambda f: f.write("".join(json.dumps({"source": s, "target": o}, ensure_ascii=False)
-                                                      + "\n" for s, o in distilled).encode()))
+        write_atomic(path, "".join(json.dumps({"source": s, "target": o}, ensure_ascii=False) + "\n"
+                                   for s, o in distilled))
     return distilled, what
-
-
-def _write_atomic(path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def distill_tokens(tc: Seq2SeqTrainConfig, run: Run, teacher, src: list, tgt: list, cfg: Seq2SeqConfig):
@@ -198,7 +192,7 @@ def distill_tokens(tc: Seq2SeqTrainConfig, run: Run, teacher, src: list, tgt: li
     run.say(f"distill: the distributions of {len(tc.distill_from)} teacher(s) along {len(src):,} training targets "
             f"({len(targets.ids):,} tokens) in {time.perf_counter() - t0:.0f} s; weight {tc.distill_weight:g}")
     if run.is_main:
-        _write_atomic(path, targets.save)
+        write_atomic(path, targets.save)
     return targets
 
 
@@ -252,14 +246,6 @@ def encode_pairs(vocabs: dict, pairs: list, cfg: Seq2SeqConfig) -> tuple[list, l
         src.append(a)
         tgt.append(b)
     return src, tgt, cut
-
-
-def make_batch(src: list, tgt: list, cfg: Seq2SeqConfig) -> tuple[np.ndarray, ...]:
-    """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>), padded."""
-    s, m = sd.pad(src, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0)
-    tin, _ = sd.pad(tgt, cfg.pad_id, bos=cfg.bos_id)
-    tout, _ = sd.pad(tgt, cfg.pad_id, eos=cfg.eos_id)
-    return s, m, tin, tout
 
 
 def mean_loss(model: Seq2Seq, src: list, tgt: list, batch_size: int = 128) -> float:
