@@ -13,7 +13,11 @@ than one rank, so single-process runs pay nothing and need no MPI library.
 A rank that dies leaves the others blocked in a collective. Collectives here
 are non-blocking requests polled against a deadline (--dist-timeout): past
 it, the surviving ranks print one clear line and abort the job, instead of
-hanging; Open MPI's launcher usually ends the job even sooner.
+hanging; Open MPI's launcher usually ends the job even sooner. A rank that
+raises inside the training loop (rank 0 alone writes checkpoints, so a full
+disk fails rank 0 alone) prints its line and aborts the job at once
+(run.scaffold.Run.__exit__), rather than leaving the others to wait for the
+deadline.
 """
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ What the scaffold owns:
   progress bar or plain lines; the final plot (run.plot);
 - SIGINT and SIGTERM: the loop stops after the step, latest/ is saved, and
   the result carries the signal (the CLI exits with 128 + its number);
+- an error raised on one rank inside the loop (rank 0's disk is full)
+  aborts every rank at once, with that rank's line;
 - the non-finite policy: a step whose loss or gradient is not finite is
   skipped; --max-nan-steps of them in a row stop the run with an error;
 - --ema D: an exponential moving average of the weights (nn/optim.py
@@ -79,6 +81,12 @@ LOG = "log.jsonl"
 _SHORT = {"tokens": "tok", "images": "img"}   # the progress bar's names of the units
 
 
+class Diverged(MinGPTError):
+    """Too many non-finite steps in a row. The loss is all-reduced, so every
+    rank raises it at the same step: the one error of the loop that is not
+    one rank's alone."""
+
+
 class Run:
     """One training run in its directory (see the module's docstring)."""
 
@@ -89,6 +97,7 @@ class Run:
         self.world = get_world(getattr(cfg, "dist_timeout", 300.0))
         self.is_main = self.world.is_main
         self._lock = self._logf = self._progress = self._stop = None
+        self._looping = False
         self.stopped, self.signum = False, 0
         self.resumed_state: dict = {}
         self.best = None
@@ -199,6 +208,7 @@ class Run:
             if self.cfg.progress:
                 self._progress = Progress(total, start, self.log)
         self._stop = StopFlag().__enter__()
+        self._looping = True
         self._window = ([], 0, time.perf_counter())
 
     # ------------------------------------------------------------ messages
@@ -265,8 +275,8 @@ class Run:
         if self._nan_streak >= self.cfg.max_nan_steps:
             where = (f"the last good checkpoint is in {self.dir / 'latest'}" if has_run(self.dir)
                      else "no checkpoint was saved yet")
-            raise MinGPTError(f"training diverged: {self._nan_streak} non-finite steps in a row at iteration "
-                              f"{it}; {where} (try a lower --lr)")
+            raise Diverged(f"training diverged: {self._nan_streak} non-finite steps in a row at iteration "
+                           f"{it}; {where} (try a lower --lr)")
         return norm
 
     def tick(self, it: int, loss: float, lr: float, norm: float, count: int, **fields) -> None:
@@ -361,6 +371,7 @@ class Run:
                     main=self.is_main, seconds=self.elapsed())
 
     def _close_loop(self) -> None:
+        self._looping = False
         if self._progress:
             self._progress.close()
             self._progress = None
@@ -381,8 +392,17 @@ class Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        looping = self._looping
         self.close()
+        if looping and self.world.size > 1 and isinstance(exc, Exception) and not isinstance(exc, Diverged):
+            # An error inside the loop is this rank's alone (rank 0's disk is
+            # full, say): the other ranks already wait in the next collective
+            # and would wait --dist-timeout. End the whole job now, with
+            # this rank's line. (Errors before the loop come from the same
+            # configuration and files on every rank, so every rank raises them.)
+            self.world.abort(f"rank {self.world.rank}: {exc}" if isinstance(exc, MinGPTError)
+                             else f"rank {self.world.rank}: {type(exc).__name__}: {exc}")
         return False
 
 

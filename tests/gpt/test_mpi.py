@@ -112,3 +112,64 @@ def test_killed_rank_ends_the_job(tmp_path, corpus):
     st = json.loads((run / "latest" / "train_state.json").read_text())
     assert st["iter"] == 6  # saved at iteration 3, then 6; rank 1 died in iteration 7
     assert checkpoint.load(run / "latest")["params"].size > 0
+
+
+FULL_DISK = """
+import os, sys
+sys.path.insert(0, {root!r})
+from mingpt_c.errors import CheckpointError
+from mingpt_c.gpt import checkpoint
+real = checkpoint.save
+count = [0]
+def save(path, *a, **k):
+    count[0] += str(path).endswith("latest")
+    if count[0] == 2:
+        raise CheckpointError(f"cannot write {{path}}: [Errno 28] No space left on device")
+    return real(path, *a, **k)
+checkpoint.save = save
+import cli
+cli.main()
+"""
+
+
+def test_error_on_one_rank_stops_every_rank(tmp_path, corpus):
+    """Rank 0 alone writes checkpoints, so a full disk fails rank 0 alone,
+    while rank 1 is already waiting in the next step's all-reduce. The job
+    ends at once with rank 0's line, not after --dist-timeout (300 s; the
+    subprocess timeout of 120 s fails the test if it waits for it)."""
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK.format(root=str(ROOT)))
+    run = tmp_path / "run"
+    r = mpirun(2, "train", corpus, "--out", run, *MODEL, "--batch-size", "2", "--max-iters", "1000",
+               "--eval-interval", "3", script=script, timeout=120)
+    assert r.returncode != 0
+    assert "rank 0: cannot write" in r.stderr and "No space left on device" in r.stderr
+    assert "no answer from the other ranks" not in r.stderr
+    assert json.loads((run / "latest" / "train_state.json").read_text())["iter"] == 3
+
+
+NAN_GRADS = """
+import sys
+sys.path.insert(0, {root!r})
+from mingpt_c.gpt import model as gpt
+real = gpt.GPT.backward
+def backward(self, *a, **k):
+    out = real(self, *a, **k)
+    self.grads[:] = float("nan")
+    return out
+gpt.GPT.backward = backward
+import cli
+cli.main()
+"""
+
+
+def test_divergence_ends_every_rank_without_abort(tmp_path, corpus):
+    """The one error every rank raises together in the loop: each ends with
+    its line, and the job is not aborted (no MPI_ABORT)."""
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_GRADS.format(root=str(ROOT)))
+    r = mpirun(2, "train", corpus, "--out", tmp_path / "run", *MODEL, "--batch-size", "2", "--max-iters", "50",
+               "--eval-interval", "10", "--max-nan-steps", "3", script=script, timeout=120)
+    assert r.returncode == 1
+    assert "training diverged: 3 non-finite steps in a row" in r.stderr
+    assert "MPI_ABORT" not in r.stderr
