@@ -30,6 +30,7 @@ import numpy as np
 
 from mingpt_c.device import to_host
 from mingpt_c.errors import CheckpointError
+from mingpt_c.files import temporary
 
 FORMAT = "mingpt-checkpoint"
 FORMAT_VERSION = 1
@@ -72,7 +73,7 @@ def write_dir(path: str | Path, hf_config: dict, tensors: dict, optimizer=None,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary(path)
     old = path.with_name(f".{path.name}.old")
     if tmp.exists():
         shutil.rmtree(tmp)

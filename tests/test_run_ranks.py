@@ -11,7 +11,8 @@ import pytest
 
 from mingpt_c.gpt.train import TrainConfig
 from mingpt_c.run import scaffold
-from mingpt_c.run.rundir import RUN_CONFIG, RunDirError, write_atomic
+from mingpt_c.files import write_atomic
+from mingpt_c.run.rundir import RUN_CONFIG, RunDirError
 
 
 class OtherRank:

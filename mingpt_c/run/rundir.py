@@ -24,12 +24,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from mingpt_c.errors import MinGPTError
+from mingpt_c.files import TEMPORARY, write_atomic
 
 LOCK_NAME = ".lock"
 RUN_CONFIG = "run_config.json"
@@ -94,16 +93,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_TMP = re.compile(r"^\..+\.tmp(\d+)$")
-
-
 def remove_stale_temporaries(out: Path) -> list[str]:
     """Removes out/.NAME.tmpPID checkpoint temporaries whose writer is gone
     (call with the lock held: then a temporary of this very PID is stale
     too). Returns the names removed."""
     gone = []
     for p in sorted(out.iterdir()):
-        m = _TMP.match(p.name)
+        m = TEMPORARY.match(p.name)
         if not m:
             continue
         pid = int(m.group(1))
@@ -200,22 +196,3 @@ def cut_log(path: Path, it: int) -> int:
     if dropped:
         write_atomic(path, "".join(keep))
     return dropped
-
-
-def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
-    """Writes path whole or not at all: data (text, bytes, or a function
-    that writes into the open binary file) into a temporary sibling
-    .NAME.tmpPID first, then renamed over path, so that a reader, a crash
-    or a full disk never meets it half-written (a crash leaves the
-    temporary, which remove_stale_temporaries clears)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

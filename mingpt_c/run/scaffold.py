@@ -69,12 +69,13 @@ import numpy as np
 from mingpt_c._lib import set_num_threads
 from mingpt_c.device import Device, default_dtype
 from mingpt_c.errors import MinGPTError
+from mingpt_c.files import write_atomic
 from mingpt_c.nn.optim import WeightAverage
 from mingpt_c.run.distributed import default_threads, get_world
 from mingpt_c.run.plot import plot_log
 from mingpt_c.run.progress import Progress
 from mingpt_c.run.rundir import (RUN_CONFIG, DirectoryLock, RunDirError, cut_log, has_run,
-                                 remove_stale_temporaries, resolve_resumed, saved_config, write_atomic)
+                                 remove_stale_temporaries, resolve_resumed, saved_config)
 from mingpt_c.run.signals import StopFlag
 
 LOG = "log.jsonl"

@@ -173,12 +173,15 @@ def g2p_pairs(split_list: list[tuple[str, list[str]]]) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ padding
 
 
-def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None,
+        min_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """ids, mask (B, T) int32 of token sequences (lists or arrays), each
-    with bos before and eos after when given. T is the longest row; mask is
-    1 on real tokens (bos and eos included), 0 on padding."""
+    with bos before and eos after when given. T is the longest row, at
+    least min_len; mask is 1 on real tokens (bos and eos included), 0 on
+    padding."""
     extra = (bos is not None) + (eos is not None)
     T = max((len(s) + extra for s in seqs), default=0)
+    T = max(T, min_len)
     ids = np.full((len(seqs), T), pad_id, np.int32)   # (B, T)
     mask = np.zeros((len(seqs), T), np.int32)         # (B, T)
     for i, s in enumerate(seqs):
@@ -189,10 +192,17 @@ def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None) -
     return ids, mask
 
 
+def source_pad_id(cfg) -> int:
+    """The id that pads sources: the special ids are the target
+    vocabulary's, so a source vocabulary too small to hold pad_id pads
+    with 0 (the source mask hides padding either way)."""
+    return cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0
+
+
 def make_batch(src: list, tgt: list, cfg) -> tuple[np.ndarray, ...]:
     """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>),
     padded, for a model of configuration cfg (a Seq2SeqConfig)."""
-    s, m = pad(src, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0)
+    s, m = pad(src, source_pad_id(cfg))
     tin, _ = pad(tgt, cfg.pad_id, bos=cfg.bos_id)
     tout, _ = pad(tgt, cfg.pad_id, eos=cfg.eos_id)
     return s, m, tin, tout

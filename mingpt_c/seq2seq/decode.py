@@ -75,7 +75,7 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.loss import log_softmax
-from mingpt_c.seq2seq.data import make_batch
+from mingpt_c.seq2seq.data import make_batch, pad, source_pad_id
 from mingpt_c.seq2seq.model import Seq2Seq
 
 
@@ -104,15 +104,6 @@ def length_norm(length: np.ndarray | int, alpha: float, kind: str = "gnmt"):
 def max_lengths(model: Seq2Seq | Ensemble, src_lens: np.ndarray, dc: DecodeConfig) -> np.ndarray:
     cap = model.cfg.max_tgt_len
     return np.clip((dc.len_a * np.asarray(src_lens) + dc.len_b).astype(np.int64), 1, cap)
-
-
-def _pad(seqs: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
-    S = max(1, max(len(s) for s in seqs))
-    ids = np.full((len(seqs), S), pad, np.int32)
-    mask = np.zeros((len(seqs), S), np.int32)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
-    return ids, mask
 
 
 class Ensemble:
@@ -220,11 +211,6 @@ def _packed(model: Seq2Seq | Ensemble, srcs: list, dc: DecodeConfig, cached: boo
     return model.pack() if cached and rows > ops.GEMV_ROWS else None
 
 
-def _source_pad(model: Seq2Seq | Ensemble) -> int:
-    cfg = model.cfg
-    return cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0
-
-
 def greedy(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, cached: bool = True) -> list[list[int]]:
     """The most likely next token each step, until </s> or max_len. The
     logits' argmax is the log-probabilities' (no softmax is needed); a
@@ -236,7 +222,7 @@ def greedy(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, c
     packed = _packed(model, srcs, dc, cached)
     for i in range(0, len(srcs), dc.batch_size):
         batch = srcs[i:i + dc.batch_size]
-        src, mask = _pad(batch, _source_pad(model))
+        src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
         limit = max_lengths(model, [len(s) for s in batch], dc)
         sc = _scorer(model, src, mask, 1, int(limit.max()) + 1, cached, packed)
         alive = np.arange(len(batch))                              # the batch's sources still decoding
@@ -391,7 +377,7 @@ def beam_search(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConf
 def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int, packed=None):
     cfg = model.cfg
     N, K = len(batch), dc.beam
-    src, mask = _pad(batch, _source_pad(model))
+    src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
     limit = max_lengths(model, [len(s) for s in batch], dc)
     sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                                                   # row a * K + k: source alive[a]
@@ -443,7 +429,7 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, pac
     early_stopping False and a forced </s> at the last position)."""
     cfg = model.cfg
     N, K = len(batch), dc.beam
-    src, mask = _pad(batch, _source_pad(model))
+    src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
     limit = max_lengths(model, [len(s) for s in batch], dc)
     sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                        # sources whose open hypotheses may still beat a finished one

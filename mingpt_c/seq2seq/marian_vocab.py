@@ -60,7 +60,7 @@ import sentencepiece
 
 from mingpt_c.errors import CheckpointError, IndexRangeError, ShapeError
 from mingpt_c.seq2seq.vocab import FORMAT, _show, load_file
-from mingpt_c.tokenizers.tokenizer import _write_json_atomic
+from mingpt_c.tokenizers.tokenizer import write_json
 
 SIDES = ("source", "target")
 SPM_FILES = {"source": "source.spm", "target": "target.spm"}
@@ -259,10 +259,10 @@ class MarianVocab:
         d.mkdir(parents=True, exist_ok=True)
         for s, name in SPM_FILES.items():
             (d / name).write_bytes(self._spm_bytes[s])
-        _write_json_atomic(d / "vocab.json", self.vocab)
+        write_json(d / "vocab.json", self.vocab)
         if self.separate:
-            _write_json_atomic(d / "target_vocab.json", self.target_vocab)
-        _write_json_atomic(d / "tokenizer_config.json", self.config)
+            write_json(d / "target_vocab.json", self.target_vocab)
+        write_json(d / "tokenizer_config.json", self.config)
         return d
 
     # ------------------------------------------------------------------ special ids
@@ -423,7 +423,7 @@ class MarianVocab:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the vocabulary file atomically (temporary file, then rename)."""
-        _write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MarianVocab":

@@ -42,7 +42,7 @@ from mingpt_c.checkpoint import training_weights
 from mingpt_c.errors import CheckpointError, DataError, MinGPTError
 from mingpt_c.nn.optim import AdamW, OptimConfig, inverse_sqrt_lr, lr_at
 from mingpt_c.nn.seeds import STREAM_BATCHES, dropout_seed, stream_rng
-from mingpt_c.run.rundir import write_atomic
+from mingpt_c.files import write_atomic
 from mingpt_c.run.scaffold import Run
 from mingpt_c.seq2seq import checkpoint as ckpt
 from mingpt_c.seq2seq import data as sd

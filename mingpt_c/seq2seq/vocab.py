@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mingpt_c.errors import CheckpointError, DataError, IndexRangeError, ShapeError
-from mingpt_c.tokenizers.tokenizer import BPETokenizer, Tokenizer, _write_json_atomic
+from mingpt_c.tokenizers.tokenizer import BPETokenizer, Tokenizer, write_json
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -247,7 +247,7 @@ class Vocab:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the vocabulary file atomically (temporary file, then rename)."""
-        _write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":

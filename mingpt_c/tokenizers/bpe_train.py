@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from mingpt_c import ops
 from mingpt_c.errors import DataError, ShapeError
+from mingpt_c.files import write_atomic
 from mingpt_c.tokenizers.tokenizer import BPETokenizer
 
 MAX_VOCAB = ops.BPE_MAX_VOCAB
@@ -69,10 +69,7 @@ def codepoint_classes() -> np.ndarray:
     table = _class_table()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(table.tobytes())
-        os.replace(tmp, path)
+        write_atomic(path, table.tobytes())
     except OSError:
         pass
     return table

@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from mingpt_c.errors import DataError
+from mingpt_c.files import write_atomic
 
 MAGIC = b"MGTOK\0\0\0"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQII")  # 32 bytes
 _DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 _CODES = {np.dtype("<u2"): 1, np.dtype("<u4"): 2}
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -65,34 +59,29 @@ def write_tokens(path: str | os.PathLike, ids: np.ndarray | Iterable, vocab_size
         if dt not in _CODES:
             raise DataError(f"token files hold uint16 or uint32 ids, not {np.dtype(dtype)}")
     limit = int(np.iinfo(dt).max) if vocab_size is None else int(vocab_size) - 1
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                               prefix=path.name + ".", suffix=".tmp")
     count = 0
-    try:
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * HEADER.size)
-            for p in parts:
-                a = np.asarray(p)
-                if a.size == 0:
-                    continue
-                a = a.reshape(-1)
-                if a.dtype.kind not in "iu":
-                    raise DataError(f"token ids must be integers, not {a.dtype}")
-                lo, hi = int(a.min()), int(a.max())
-                if lo < 0 or hi > limit:
-                    bad = lo if lo < 0 else hi
-                    raise DataError(f"token id {bad} does not fit the token file "
-                                    f"(0..{limit}, {dt.name})")
-                f.write(a.astype(dt, copy=False).tobytes())
-                count += a.size
-            f.seek(0)
-            f.write(HEADER.pack(MAGIC, VERSION, _CODES[dt], count, int(vocab_size or 0), 0))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f) -> None:
+        nonlocal count
+        f.write(b"\0" * HEADER.size)
+        for p in parts:
+            a = np.asarray(p)
+            if a.size == 0:
+                continue
+            a = a.reshape(-1)
+            if a.dtype.kind not in "iu":
+                raise DataError(f"token ids must be integers, not {a.dtype}")
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi > limit:
+                bad = lo if lo < 0 else hi
+                raise DataError(f"token id {bad} does not fit the token file "
+                                f"(0..{limit}, {dt.name})")
+            f.write(a.astype(dt, copy=False).tobytes())
+            count += a.size
+        f.seek(0)
+        f.write(HEADER.pack(MAGIC, VERSION, _CODES[dt], count, int(vocab_size or 0), 0))
+
+    write_atomic(path, write)
     return count
 
 

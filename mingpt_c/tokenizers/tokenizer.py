@@ -56,6 +56,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from mingpt_c.errors import CheckpointError, DataError, IndexRangeError, ShapeError
+from mingpt_c.files import write_atomic
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -75,25 +76,9 @@ _GPT2_ORIGINAL = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]
 _BATCH_CHARS = 1 << 20
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=path.name + ".", suffix=".tmp")
-    try:
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """A tokenizer's JSON file, written whole or not at all."""
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
 
 
 def printable(piece: bytes) -> str:
@@ -136,7 +121,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the tokenizer file atomically (temporary file, then rename)."""
-        _write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
 
     @staticmethod
     def from_json(obj: dict) -> "Tokenizer":

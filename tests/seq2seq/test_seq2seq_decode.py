@@ -14,6 +14,7 @@ import pytest
 
 from mingpt_c.seq2seq import decode as decode_mod
 from mingpt_c.errors import ShapeError
+from mingpt_c.seq2seq.data import pad
 from mingpt_c.seq2seq.decode import DecodeConfig, Ensemble, beam_search, decode, greedy, length_norm
 from mingpt_c.seq2seq.model import BOS, EOS, PAD, Seq2Seq, Seq2SeqConfig
 
@@ -129,7 +130,7 @@ def test_caches_over_one_mask_decode_as_alone(model):
     from the same arrays, stepped in turn and reordered (a finished source
     dropped), each give the logits of a cache of the kept sources alone,
     and the caller's mask is left as it was."""
-    src, mask = decode_mod._pad(SOURCES, PAD)
+    src, mask = pad(SOURCES, PAD)
     given = mask.copy()
     caches = [model.start(src, mask, MAX_OUT) for _ in range(2)]
     bos = np.full(len(SOURCES), BOS, np.int32)
