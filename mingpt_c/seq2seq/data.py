@@ -180,8 +180,7 @@ def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None,
     least min_len; mask is 1 on real tokens (bos and eos included), 0 on
     padding."""
     extra = (bos is not None) + (eos is not None)
-    T = max((len(s) + extra for s in seqs), default=0)
-    T = max(T, min_len)
+    T = max([min_len, *(len(s) + extra for s in seqs)])
     ids = np.full((len(seqs), T), pad_id, np.int32)   # (B, T)
     mask = np.zeros((len(seqs), T), np.int32)         # (B, T)
     for i, s in enumerate(seqs):
@@ -192,17 +191,19 @@ def pad(seqs, pad_id: int = 0, bos: int | None = None, eos: int | None = None,
     return ids, mask
 
 
-def source_pad_id(cfg) -> int:
-    """The id that pads sources: the special ids are the target
-    vocabulary's, so a source vocabulary too small to hold pad_id pads
-    with 0 (the source mask hides padding either way)."""
-    return cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0
+def pad_sources(srcs, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Sources (ids, mask) for a model of configuration cfg: at least one
+    column, so that a batch of empty sources still encodes (all masked);
+    padded with pad_id, or with 0 where the source vocabulary is too small
+    to hold it (the special ids are the target vocabulary's; the mask hides
+    padding either way)."""
+    return pad(srcs, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0, min_len=1)
 
 
 def make_batch(src: list, tgt: list, cfg) -> tuple[np.ndarray, ...]:
     """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>),
     padded, for a model of configuration cfg (a Seq2SeqConfig)."""
-    s, m = pad(src, source_pad_id(cfg))
+    s, m = pad_sources(src, cfg)
     tin, _ = pad(tgt, cfg.pad_id, bos=cfg.bos_id)
     tout, _ = pad(tgt, cfg.pad_id, eos=cfg.eos_id)
     return s, m, tin, tout

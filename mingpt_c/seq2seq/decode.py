@@ -75,7 +75,7 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.loss import log_softmax
-from mingpt_c.seq2seq.data import make_batch, pad, source_pad_id
+from mingpt_c.seq2seq.data import make_batch, pad_sources
 from mingpt_c.seq2seq.model import Seq2Seq
 
 
@@ -222,7 +222,7 @@ def greedy(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConfig, c
     packed = _packed(model, srcs, dc, cached)
     for i in range(0, len(srcs), dc.batch_size):
         batch = srcs[i:i + dc.batch_size]
-        src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
+        src, mask = pad_sources(batch, model.cfg)
         limit = max_lengths(model, [len(s) for s in batch], dc)
         sc = _scorer(model, src, mask, 1, int(limit.max()) + 1, cached, packed)
         alive = np.arange(len(batch))                              # the batch's sources still decoding
@@ -377,7 +377,7 @@ def beam_search(model: Seq2Seq | Ensemble, srcs: list[list[int]], dc: DecodeConf
 def _beam_batch(model, batch, dc: DecodeConfig, cached: bool, nbest: int, packed=None):
     cfg = model.cfg
     N, K = len(batch), dc.beam
-    src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
+    src, mask = pad_sources(batch, model.cfg)
     limit = max_lengths(model, [len(s) for s in batch], dc)
     sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                                                   # row a * K + k: source alive[a]
@@ -429,7 +429,7 @@ def _beam_batch_hf(model, batch, dc: DecodeConfig, cached: bool, nbest: int, pac
     early_stopping False and a forced </s> at the last position)."""
     cfg = model.cfg
     N, K = len(batch), dc.beam
-    src, mask = pad(batch, source_pad_id(model.cfg), min_len=1)
+    src, mask = pad_sources(batch, model.cfg)
     limit = max_lengths(model, [len(s) for s in batch], dc)
     sc = _scorer(model, src, mask, K, int(limit.max()) + 1, cached, packed)
     alive = np.arange(N)                        # sources whose open hypotheses may still beat a finished one

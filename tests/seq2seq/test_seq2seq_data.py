@@ -247,7 +247,7 @@ def test_pad():
     assert ids.tolist() == [[5, 6, EOS], [8, EOS, PAD]]
     ids, mask = pad([[5], [8, 9, 9]], 7, bos=BOS, eos=EOS)
     assert ids.tolist() == [[BOS, 5, EOS, 7, 7], [BOS, 8, 9, 9, EOS]] and mask.sum() == 8
-    ids, mask = pad([[], []], 7, min_len=1)   # decoding empty sources: one padded column
+    ids, mask = pad([[], []], 7, min_len=1)   # empty sources: one masked column
     assert ids.tolist() == [[7], [7]] and mask.tolist() == [[0], [0]]
     assert pad([[5, 6]], PAD, min_len=1)[0].tolist() == [[5, 6]]
 

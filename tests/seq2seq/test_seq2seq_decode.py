@@ -264,6 +264,16 @@ def test_right_to_left_model_scores_and_writes_reversed(model):
         assert decode(r2l, SOURCES, dc) == [o[::-1] for o in decode(model, SOURCES, dc)]
 
 
+def test_empty_source_decodes_and_rescores(model):
+    """An empty source is one masked column, in decoding and re-scoring
+    alike: rescore gives beam search its own score for it."""
+    dc = DecodeConfig(beam=3, length_penalty=1.0, len_a=1.0, len_b=2)
+    (hyps,) = beam_search(model, [[]], dc, nbest=3)
+    raw = [score * length_norm(len(h) + 1, 1.0) for score, h in hyps]
+    np.testing.assert_allclose(decode_mod.rescore(model, [[]] * len(hyps), [h for _, h in hyps]), raw, atol=1e-5)
+    assert len(decode(model, [[], SOURCES[0]], DecodeConfig())) == 2
+
+
 def test_rescore_scores_what_a_model_cannot_write_as_impossible(model):
     long = [3] * model.cfg.max_tgt_len                     # no room for </s>
     got = decode_mod.rescore(model, [SOURCES[0]] * 2, [long, [3]])
