@@ -136,8 +136,8 @@ def _train_options(f):
         click.option("--adam-eps", type=options.POSITIVE, default=d.adam_eps, help="Adam's epsilon (the paper: 1e-9)"),
         click.option("--limit", type=options.POSITIVE_INT, default=None, help="use only the first N training pairs"),
         click.option("--eval-limit", type=options.NON_NEGATIVE_INT, default=d.eval_limit or 0,
-                     help="greedy-decode the first N validation sources each epoch for the error rates / BLEU "
-                          "(0: all)"),
+                     help="validate on the first N validation sources each epoch: the loss, and their greedy "
+                          "decoding for the error rates / BLEU (0: all)"),
         options.log_interval(d),
         options.seed(d),
         options.train_threads(),

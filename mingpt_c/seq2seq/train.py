@@ -12,9 +12,10 @@ Run directory (--out), as every family's:
                       decoding (no validation: the last model)
     distilled.jsonl   with --distill-from: the teachers' outputs it trains on
     distilled.npz     with --distill token: the teachers' distributions
-    log.jsonl         train records every log interval, one eval per epoch
-                      (validation loss, and the error rates or BLEU of
-                      greedy decoding on --eval-limit validation sources)
+    log.jsonl         train records every log interval, one eval per epoch:
+                      validation loss, and the error rates or BLEU of
+                      greedy decoding (on the first --eval-limit
+                      validation sources, or all)
     loss.png
 
 Batches: pairs sorted by (source, target) length and cut into batches of
@@ -92,8 +93,7 @@ class Seq2SeqTrainConfig(OptimConfig):
     beta2: float = 0.98
     adam_eps: float = 1e-9
     limit: int | None = None        # use the first N training pairs
-    eval_limit: int | None = None   # greedy-decode the first N validation sources each epoch (None: all;
-                                    # G2P's 6,208 words take about 10 s an epoch, 4% of its training)
+    eval_limit: int | None = None   # validate on the first N validation sources each epoch (None: all)
     log_interval: int = 50
     seed: int = 1337
     threads: int | None = None
@@ -385,7 +385,9 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                                   "(--reverse-target); --distill sequence can cross directions")
             soft_targets = distill_tokens(tc, run, teacher, src, tgt, cfg)
         vsrc = vtgt = None
+        n_val = len(val or [])
         if val:
+            val = val[:tc.eval_limit or None]   # the sources each epoch's validation covers
             vpairs = [(s, r) for s, refs in val for r in refs]
             vsrc, vtgt, _ = encode_pairs(vocabs, vpairs, cfg)
         opt = AdamW(model.params, model.layout.decay_mask(), tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay,
@@ -405,7 +407,8 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
                 f"{model.num_params() / 1e6:.2f}M parameters")
         run.say_device()
         run.say(f"data: {what}: {len(src):,} pairs, {total:,} iterations of {GB * tc.grad_accum} pairs"
-                + (f"; {len(val):,} validation sources" if val else ""))
+                + (f"; {len(val):,} validation sources" if val else "")
+                + (f" (of {n_val:,}: --eval-limit)" if val and len(val) < n_val else ""))
         st = run.resumed_state
         pos = SimpleNamespace(epoch=int(st.get("epoch", 0)), batch=int(st.get("batch", 0)))
         result: dict = {}
@@ -423,17 +426,16 @@ def train(tc: Seq2SeqTrainConfig, resume: bool = False, log=print, given: dict |
         def evaluate(it: int, epoch: float) -> None:
             rec = {"type": "eval", "iter": it, "epoch": epoch, "seconds": run.elapsed()}
             if val:
-                sub = val[:tc.eval_limit] if tc.eval_limit else val
                 with run.evaluating(model.params):   # the model the run saves
                     rec["val_loss"] = result["val_loss"] = mean_loss(model, vsrc, vtgt)
-                    hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in sub],
+                    hyps = decode(model, [source_ids(vocabs["src"], s, cfg)[:cfg.max_src_len] for s, _ in val],
                                   DecodeConfig(batch_size=256))
-                m = evaluate_outputs(vocabs, hyps, [r for _, r in sub])
+                m = evaluate_outputs(vocabs, hyps, [r for _, r in val])
                 rec.update({f"val_{k}": v for k, v in m.items() if k != "n"})
                 shown = (f"WER {m['wer']:.2%}, PER {m['per']:.2%}" if "wer" in m
                          else f"BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}")
                 run.say(f"epoch {epoch:g} (iter {it}): val loss {rec['val_loss']:.4f}, greedy {shown} "
-                        f"on {len(sub):,} sources")
+                        f"on {len(val):,} sources")
                 run.save_best(it, rec[best_key])
             run.record(rec)
             run.save_latest(it)

@@ -43,6 +43,26 @@ def test_non_finite_policy_with_weight_average(tmp_path, monkeypatch):
     CHECKS["non_finite"](_with_average(), write_data(tmp_path), tmp_path, monkeypatch)
 
 
+def test_eval_limit_validates_on_the_first_sources(tmp_path):
+    """--eval-limit N: each epoch's validation loss, as its greedy decoding,
+    covers the first N validation sources."""
+    from mingpt_c.seq2seq import data as sd
+    from mingpt_c.seq2seq.train import encode_pairs, load_model, mean_loss
+
+    data = write_data(tmp_path)
+    out = tmp_path / "limited"
+    res = ok(run(*FAMILIES["seq2seq"].argv(data, "--out", out, "--eval-limit", "3")))
+    model, vocabs = load_model(out / "latest")
+    pairs = sd.read_pairs(data / "pairs.tsv")
+    last = [json.loads(line) for line in open(out / "log.jsonl") if '"eval"' in line][-1]
+    assert mean_loss(model, *encode_pairs(vocabs, pairs[:3], model.cfg)[:2]) == pytest.approx(last["val_loss"],
+                                                                                             rel=1e-6)
+    assert mean_loss(model, *encode_pairs(vocabs, pairs, model.cfg)[:2]) != pytest.approx(last["val_loss"],
+                                                                                          rel=1e-3)
+    assert f"3 validation sources (of {len(pairs)}: --eval-limit)" in res.output
+    assert "on 3 sources" in res.output
+
+
 def test_weight_average_is_the_model_evaluated(tmp_path):
     """The validation loss in log.jsonl is that of the saved model, the
     average, not of the training weights (kept in optimizer.safetensors)."""
@@ -54,7 +74,7 @@ def test_weight_average_is_the_model_evaluated(tmp_path):
     out = tmp_path / "avg"
     ok(run(*_with_average().argv(data, "--out", out)))
     model, vocabs = load_model(out / "latest")
-    src, tgt, _ = encode_pairs(vocabs, sd.read_pairs(data / "pairs.tsv"), model.cfg)
+    src, tgt, _ = encode_pairs(vocabs, sd.read_pairs(data / "pairs.tsv")[:4], model.cfg)   # the tiny's --eval-limit
     last = [json.loads(line) for line in open(out / "log.jsonl") if '"eval"' in line][-1]
     assert mean_loss(model, src, tgt) == pytest.approx(last["val_loss"], rel=1e-6)
     trained = Seq2Seq(model.cfg, _training_weights(out / "latest"))
