@@ -156,7 +156,7 @@ def g2p_split() -> dict[str, list[tuple[str, list[str]]]]:
             word = word.lower()
             if not _WORD.fullmatch(word):
                 continue
-            out = list(dict.fromkeys(" ".join(_STRESS.sub("", p) for p in pron) for pron in prons))
+            out = list(dict.fromkeys(_STRESS.sub("", " ".join(pron)) for pron in prons))
             r = zlib.crc32(word.encode()) % 20
             split["test" if r == 0 else "val" if r == 1 else "train"].append((word, out))
         for v in split.values():
@@ -200,13 +200,15 @@ def pad_sources(srcs, cfg) -> tuple[np.ndarray, np.ndarray]:
     return pad(srcs, cfg.pad_id if cfg.pad_id < cfg.src_vocab_size else 0, min_len=1)
 
 
+def pad_targets(tgt: list, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(tgt_in = <s> + target, tgt_out = target + </s>), padded with pad_id."""
+    return pad(tgt, cfg.pad_id, bos=cfg.bos_id)[0], pad(tgt, cfg.pad_id, eos=cfg.eos_id)[0]
+
+
 def make_batch(src: list, tgt: list, cfg) -> tuple[np.ndarray, ...]:
     """(src, src_mask, tgt_in = <s> + target, tgt_out = target + </s>),
     padded, for a model of configuration cfg (a Seq2SeqConfig)."""
-    s, m = pad_sources(src, cfg)
-    tin, _ = pad(tgt, cfg.pad_id, bos=cfg.bos_id)
-    tout, _ = pad(tgt, cfg.pad_id, eos=cfg.eos_id)
-    return s, m, tin, tout
+    return (*pad_sources(src, cfg), *pad_targets(tgt, cfg))
 
 # ------------------------------------------------------------------ batches
 

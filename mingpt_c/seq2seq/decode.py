@@ -75,7 +75,7 @@ import numpy as np
 from mingpt_c import ops
 from mingpt_c.errors import ShapeError
 from mingpt_c.nn.loss import log_softmax
-from mingpt_c.seq2seq.data import make_batch, pad_sources
+from mingpt_c.seq2seq.data import pad_sources, pad_targets
 from mingpt_c.seq2seq.model import Seq2Seq
 
 
@@ -518,20 +518,28 @@ def rescore(model: Seq2Seq | Ensemble, srcs: list[list[int]], hyps: list[list[in
     the teacher-forced decoder's, summed over the tokens (an Ensemble: the
     mean of its models'). A right-to-left model scores the reversed output.
     A source longer than the model takes is cut to its maximum (keeping a
-    final </s>); an output longer than it can write scores -inf."""
+    final </s>); an output longer than it can write scores -inf. Outputs
+    of one source go through together, and the encoder reads each source
+    of a batch once (Seq2Seq.forward_shared)."""
     model = model.on_cpu()
     if isinstance(model, Ensemble):
         return np.mean([rescore(m, srcs, hyps, batch_size) for m in model.models], axis=0)
     cfg = model.cfg
-    srcs = fit_sources(cfg, srcs)
+    srcs = [tuple(s) for s in fit_sources(cfg, srcs)]
     hyps = reading_order(cfg, hyps)
+    first: dict[tuple, int] = {}
+    for s in srcs:
+        first.setdefault(s, len(first))
     out = np.full(len(hyps), -np.inf)
     order = sorted((i for i in range(len(hyps)) if len(hyps[i]) < cfg.max_tgt_len),
-                   key=lambda i: (len(srcs[i]), len(hyps[i])))
+                   key=lambda i: (len(srcs[i]), first[srcs[i]], len(hyps[i])))
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        src, mask, tin, tout = make_batch([srcs[j] for j in idx], [hyps[j] for j in idx], cfg)
-        z = model.forward(src, mask, tin)                                  # (B*T, V) float32
+        row: dict[tuple, int] = {}                                         # source -> its row in this batch
+        rows = [row.setdefault(srcs[j], len(row)) for j in idx]
+        src, mask = pad_sources(list(row), cfg)
+        tin, tout = pad_targets([hyps[j] for j in idx], cfg)
+        z = model.forward_shared(src, mask, rows, tin)                     # (B*T, V) float32
         m, L, _ = ops.logits_stats(z)
         flat = tout.reshape(-1)
         lp = (z[np.arange(len(flat)), flat].astype(np.float64) - m) - L
@@ -548,22 +556,36 @@ def rerank(model: Seq2Seq | Ensemble, rescorers: list, srcs: list[list[int]], dc
     dc.rerank_weight), normalised by its length as the beam normalises;
     the best wins (a tie: the first proposed, model's own first). A
     right-to-left re-scorer predicts each token from the ones after it,
-    and proposes outputs that a left-to-right beam did not keep. Reading
+    and proposes outputs that a left-to-right beam did not keep. A model's
+    own proposals keep the log-probabilities its beam found (a single
+    model's exact search scores as rescore() does, to float rounding);
+    only the others' go through its teacher-forced decoder. Reading
     order."""
     if dc.beam < 2:
         raise ShapeError("re-scoring (--rerank) needs a beam (--beam) of at least 2: it chooses among the "
                          "beam's best outputs")
     if not 0.0 <= dc.rerank_weight <= 1.0:
         raise ShapeError(f"rerank weight {dc.rerank_weight} must be within 0 to 1")
-    cands: list[dict] = [{} for _ in srcs]
-    for m in [model, *rescorers]:
+    models = [model, *rescorers]
+    cands: list[dict] = [{} for _ in srcs]                                 # output -> {model: log-probability}
+    for k, m in enumerate(models):
+        # an Ensemble's beam renormalises each step's mean, and hf search forces </s> with log-probability 0:
+        # their scores are not rescore()'s
+        keep = isinstance(m, Seq2Seq) and dc.search == "exact"
         for c, hs in zip(cands, beam_search(m, fit_sources(m.cfg, srcs), dc, cached, nbest=dc.beam)):
-            c.update(dict.fromkeys(tuple(h) for h in reading_order(m.cfg, [h for _, h in hs])))
+            for score, h in hs:
+                lp = c.setdefault(tuple(h[::-1] if m.cfg.reverse_target else h), {})
+                if keep:
+                    lp[k] = score * float(length_norm(len(h) + 1, dc.length_penalty, dc.norm))
     flat_src = [s for s, c in zip(srcs, cands) for _ in c]
     flat = [list(h) for c in cands for h in c]
-    own = rescore(model, flat_src, flat, dc.batch_size)
-    other = np.mean([rescore(r, flat_src, flat, dc.batch_size) for r in rescorers], axis=0)
-    total = ((1.0 - dc.rerank_weight) * own + dc.rerank_weight * other) / \
+    known = [lp for c in cands for lp in c.values()]
+    lps = np.array([[lp.get(k, np.nan) for lp in known] for k in range(len(models))]).reshape(len(models), -1)
+    for k, m in enumerate(models):
+        need = np.flatnonzero(np.isnan(lps[k]))
+        if need.size:
+            lps[k, need] = rescore(m, [flat_src[i] for i in need], [flat[i] for i in need], dc.batch_size)
+    total = ((1.0 - dc.rerank_weight) * lps[0] + dc.rerank_weight * lps[1:].mean(0)) / \
         length_norm(np.array([len(h) + 1 for h in flat]), dc.length_penalty, dc.norm)
     out, k = [], 0
     for c in cands:

@@ -358,6 +358,27 @@ class Seq2Seq(FlatModel):
         a.src, a.src_mask, a.tgt_in, a.mem, a.drop = src, src_mask, tgt_in, mem, drop
         return logits
 
+    def forward_shared(self, src, src_mask, rows, tgt_in) -> np.ndarray:
+        """Logits (B*T, V) of the teacher-forced decoder over tgt_in (B, T),
+        whose row i continues source rows[i] of src (N, S): outputs of one
+        source (a beam's, re-scored) share one pass of the encoder. The
+        same logits as forward() of the sources repeated row by row.
+        Inference on the CPU; a buffer, valid until the next call."""
+        self._cpu_only("forward_shared()")
+        cfg = self.cfg
+        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
+        tgt_in = self._check("tgt_in", tgt_in, cfg.tgt_vocab_size, cfg.max_tgt_len + 1)
+        src_mask = np.ascontiguousarray(src_mask, np.int32)
+        rows = np.asarray(rows, np.int64)
+        if src_mask.shape != src.shape or rows.shape != (tgt_in.shape[0],):
+            raise ShapeError(f"src {src.shape}, src_mask {src_mask.shape}, rows {rows.shape} and tgt_in "
+                             f"{tgt_in.shape}: src_mask must have src's shape, rows one entry per tgt_in row")
+        if rows.size and (rows.min() < 0 or rows.max() >= src.shape[0]):
+            raise ShapeError(f"rows must index src's {src.shape[0]} sources")
+        (N, S), (B, T) = src.shape, tgt_in.shape
+        mem = self.encode(self._buffers(N, S, 1, False), src, src_mask, 0.0, 0)[rows]   # a copy (B, S, C)
+        return self._decode_logits(self._buffers(B, S, T, False), tgt_in, mem, src_mask[rows], 0.0, 0)
+
     def loss(self, src, src_mask, tgt_in, tgt_out, train: bool = False, seed: int = 0,
              label_smoothing: float = 0.0, teacher: np.ndarray | None = None, teacher_weight: float = 0.0) -> float:
         """Mean label-smoothed cross-entropy over the target tokens (tgt_out

@@ -247,6 +247,31 @@ def test_rescore_is_the_teacher_forced_log_probability(model, other):
     np.testing.assert_allclose(ens, np.mean([want, decode_mod.rescore(other, SOURCES, OUTPUTS)], 0), atol=1e-5)
 
 
+def test_outputs_of_one_source_share_its_encoding(model):
+    """forward_shared: each source encoded once, its rows of the decoder
+    reading that one memory, gives forward()'s logits of the sources
+    repeated row by row."""
+    src, mask = pad(SOURCES, PAD)
+    rows = np.array([2, 0, 0, 1, 2, 1, 0])
+    tin, _ = pad([[3], [4, 5], [], [6, 6, 3], [5], [3, 4], [4]], PAD, bos=BOS)
+    shared = model.forward_shared(src, mask, rows, tin).copy()
+    np.testing.assert_array_equal(shared, model.forward(src[rows], mask[rows], tin))
+    with pytest.raises(ShapeError, match="rows must index"):
+        model.forward_shared(src, mask, [0, 3, 1, 0, 0, 0, 0], tin)
+    with pytest.raises(ShapeError, match="one entry per tgt_in row"):
+        model.forward_shared(src, mask, rows[:3], tin)
+
+
+def test_rescore_of_many_outputs_per_source_in_any_order(model):
+    """Several outputs of each source, the sources interleaved, batches that
+    cut through a source's outputs: each scored as on its own."""
+    outs = [[], [3], [4, 5], [6, 6, 3], [5, 3, 4]]
+    pairs = [(i, o) for o in outs for i in (1, 0, 2)]
+    srcs, hyps = [SOURCES[i] for i, _ in pairs], [o for _, o in pairs]
+    got = decode_mod.rescore(model, srcs, hyps, batch_size=4)
+    np.testing.assert_allclose(got, [reference_logprob(model, s, o) for s, o in zip(srcs, hyps)], atol=1e-5)
+
+
 def test_rescore_gives_beam_search_its_own_scores(model):
     dc = DecodeConfig(beam=4, length_penalty=1.0, len_a=1.0, len_b=2)
     for src, hyps in zip(SOURCES, beam_search(model, SOURCES, dc, nbest=4)):
@@ -301,6 +326,31 @@ def test_rerank_chooses_among_both_models_proposals(model, other):
         want = [max(p, key=lambda h: total(w, src, h)) for src, p in zip(SOURCES, proposals)]
         assert decode(model, SOURCES, replace(dc, rerank_weight=w), rescorers=[r2l]) == want
         assert (want == alone) == (w == 0.0)                             # the other model changes the choice
+
+
+def test_rerank_rescores_only_what_a_model_did_not_propose(model, other, monkeypatch):
+    """A single model keeps its beam's scores for its own proposals (an
+    Ensemble's beam scores differently: it rescores them all)."""
+    r2l = right_to_left(other)
+    dc = DecodeConfig(beam=4, length_penalty=3.0, len_a=1.0, len_b=2)
+    ranked = sorted(SOURCES, key=len)                                    # the order decode() takes them in
+    mine = [[tuple(h) for _, h in hs] for hs in beam_search(model, ranked, dc, nbest=4)]
+    theirs = [[tuple(h[::-1]) for _, h in hs] for hs in beam_search(r2l, ranked, dc, nbest=4)]
+    every = [a + [h for h in b if h not in a] for a, b in zip(mine, theirs)]
+    calls, real = [], decode_mod.rescore
+    monkeypatch.setattr(decode_mod, "rescore", lambda m, s, h, bs: calls.append((m, [tuple(x) for x in h]))
+                        or real(m, s, h, bs))
+    decode(model, SOURCES, dc, rescorers=[r2l])
+    want = {id(model): [h for e, a in zip(every, mine) for h in e if h not in a],
+            id(r2l): [h for e, b in zip(every, theirs) for h in e if h not in b]}
+    assert {id(m): h for m, h in calls} == {k: v for k, v in want.items() if v}
+    assert want[id(model)] and want[id(r2l)]                             # both had something to score
+    calls.clear()
+    ens = Ensemble([model, other])
+    ens_mine = [[tuple(h) for _, h in hs] for hs in beam_search(ens, ranked, dc, nbest=4)]
+    decode(ens, SOURCES, dc, rescorers=[r2l])
+    assert calls[0][0] is ens
+    assert calls[0][1] == [h for a, b in zip(ens_mine, theirs) for h in a + [x for x in b if x not in a]]
 
 
 def test_rerank_needs_a_beam_and_one_direction_per_ensemble(model):
