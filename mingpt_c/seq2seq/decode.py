@@ -573,14 +573,15 @@ def rerank(model: Seq2Seq | Ensemble, rescorers: list, srcs: list[list[int]], dc
         # their scores are not rescore()'s
         keep = isinstance(m, Seq2Seq) and dc.search == "exact"
         for c, hs in zip(cands, beam_search(m, fit_sources(m.cfg, srcs), dc, cached, nbest=dc.beam)):
-            for score, h in hs:
-                lp = c.setdefault(tuple(h[::-1] if m.cfg.reverse_target else h), {})
+            for (score, _), h in zip(hs, reading_order(m.cfg, [h for _, h in hs])):
+                lp = c.setdefault(tuple(h), {})
                 if keep:
                     lp[k] = score * float(length_norm(len(h) + 1, dc.length_penalty, dc.norm))
     flat_src = [s for s, c in zip(srcs, cands) for _ in c]
     flat = [list(h) for c in cands for h in c]
-    known = [lp for c in cands for lp in c.values()]
-    lps = np.array([[lp.get(k, np.nan) for lp in known] for k in range(len(models))]).reshape(len(models), -1)
+    lps = np.full((len(models), len(flat)), np.nan)                        # (model, candidate); nan: not yet
+    for i, lp in enumerate(lp for c in cands for lp in c.values()):
+        lps[list(lp), i] = list(lp.values())
     for k, m in enumerate(models):
         need = np.flatnonzero(np.isnan(lps[k]))
         if need.size:

@@ -287,6 +287,17 @@ class Seq2Seq(FlatModel):
         ops.check_ids(name, ids, V)
         return ids
 
+    def _inputs(self, src, src_mask, tgt_in) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ids checked against the vocabularies and lengths, as int32
+        arrays; src_mask must have src's shape."""
+        cfg = self.cfg
+        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
+        tgt_in = self._check("tgt_in", tgt_in, cfg.tgt_vocab_size, cfg.max_tgt_len + 1)
+        src_mask = np.ascontiguousarray(src_mask, np.int32)
+        if src_mask.shape != src.shape:
+            raise ShapeError(f"src_mask {src_mask.shape} must have src's shape {src.shape}")
+        return src, src_mask, tgt_in
+
     def _buffers(self, B: int, S: int, T: int, with_grads: bool) -> SimpleNamespace:
         a = self._acts
         if a is None or (a.B, a.S, a.T) != (B, S, T) or (with_grads and a.enc.grads is None):
@@ -341,12 +352,9 @@ class Seq2Seq(FlatModel):
         """Logits (B*T, V) of the teacher-forced decoder (a buffer, valid
         until the next call)."""
         cfg = self.cfg
-        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
-        tgt_in = self._check("tgt_in", tgt_in, cfg.tgt_vocab_size, cfg.max_tgt_len + 1)
-        src_mask = np.ascontiguousarray(src_mask, np.int32)
-        if src_mask.shape != src.shape or tgt_in.shape[0] != src.shape[0]:
-            raise ShapeError(f"src {src.shape}, src_mask {src_mask.shape} and tgt_in {tgt_in.shape} "
-                             f"must share the batch (and src_mask src's shape)")
+        src, src_mask, tgt_in = self._inputs(src, src_mask, tgt_in)
+        if tgt_in.shape[0] != src.shape[0]:
+            raise ShapeError(f"src {src.shape} and tgt_in {tgt_in.shape} must share the batch")
         (B, S), T = src.shape, tgt_in.shape[1]
         a = self._buffers(B, S, T, with_grads)
         if a.ids is not None:   # the GPU
@@ -365,14 +373,10 @@ class Seq2Seq(FlatModel):
         same logits as forward() of the sources repeated row by row.
         Inference on the CPU; a buffer, valid until the next call."""
         self._cpu_only("forward_shared()")
-        cfg = self.cfg
-        src = self._check("src", src, cfg.src_vocab_size, cfg.max_src_len)
-        tgt_in = self._check("tgt_in", tgt_in, cfg.tgt_vocab_size, cfg.max_tgt_len + 1)
-        src_mask = np.ascontiguousarray(src_mask, np.int32)
+        src, src_mask, tgt_in = self._inputs(src, src_mask, tgt_in)
         rows = np.asarray(rows, np.int64)
-        if src_mask.shape != src.shape or rows.shape != (tgt_in.shape[0],):
-            raise ShapeError(f"src {src.shape}, src_mask {src_mask.shape}, rows {rows.shape} and tgt_in "
-                             f"{tgt_in.shape}: src_mask must have src's shape, rows one entry per tgt_in row")
+        if rows.shape != (tgt_in.shape[0],):
+            raise ShapeError(f"rows {rows.shape} and tgt_in {tgt_in.shape}: rows needs one entry per tgt_in row")
         if rows.size and (rows.min() < 0 or rows.max() >= src.shape[0]):
             raise ShapeError(f"rows must index src's {src.shape[0]} sources")
         (N, S), (B, T) = src.shape, tgt_in.shape
